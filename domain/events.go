@@ -1,0 +1,187 @@
+package domain
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Event types, as stored in the event store.
+const (
+	EventProductCreated    = "ProductCreated"
+	EventKeyCreated        = "KeyCreated"
+	EventTokenCreated      = "TokenCreated"
+	EventTokenRevoked      = "TokenRevoked"
+	EventDataObjectAdded   = "DataObjectAdded"
+	EventIntValueSet       = "IntValueSet"
+	EventStringValueSet    = "StringValueSet"
+	EventIncrementApplied  = "IncrementApplied"
+	EventDecrementApplied  = "DecrementApplied"
+	EventDataObjectRemoved = "DataObjectRemoved"
+	EventUploadPrepared    = "UploadPrepared"
+	EventUploadCommitted   = "UploadCommitted"
+	EventUploadAborted     = "UploadAborted"
+)
+
+// Stream names. A stream's category is the text before its first dash, as in KurrentDB.
+const (
+	CategoryProduct    = "product"
+	CategoryKey        = "key"
+	CategoryToken      = "token"
+	CategoryDataObject = "dataobject"
+	CategoryUpload     = "upload"
+)
+
+// StreamCategories lists every category Tally writes, for backends that share a store with
+// others and must filter.
+var StreamCategories = []string{CategoryProduct, CategoryKey, CategoryToken, CategoryDataObject, CategoryUpload}
+
+func ProductStream(id int64) string    { return CategoryProduct + "-" + strconv.FormatInt(id, 10) }
+func KeyStream(id int64) string        { return CategoryKey + "-" + strconv.FormatInt(id, 10) }
+func TokenStream(id uuid.UUID) string  { return CategoryToken + "-" + id.String() }
+func DataObjectStream(id int64) string { return CategoryDataObject + "-" + strconv.FormatInt(id, 10) }
+
+// UploadStream is the per-owner stream whose UploadPrepared / UploadCommitted / UploadAborted
+// events make a multi-object upload all or nothing (docs/uploads.md).
+func UploadStream(o Owner) string {
+	return fmt.Sprintf("%s-%d.%d", CategoryUpload, o.Type, o.ID)
+}
+
+// StreamCategory returns the category of a stream name.
+func StreamCategory(stream string) string {
+	c, _, _ := strings.Cut(stream, "-")
+	return c
+}
+
+// Metadata says who made a change and from where; it is stored as every event's metadata.
+type Metadata struct {
+	TokenID    uuid.UUID `json:"tokenId,omitempty"` // uuid.Nil for the admin credential
+	Admin      bool      `json:"admin,omitempty"`
+	RequestID  string    `json:"requestId,omitempty"`
+	ClientAddr string    `json:"clientAddr,omitempty"`
+}
+
+// ProductCreated starts a product stream.
+type ProductCreated struct {
+	ProductID int64     `json:"productId"`
+	Name      string    `json:"name"`
+	At        time.Time `json:"at"`
+}
+
+// KeyCreated starts a license-key stream.
+type KeyCreated struct {
+	KeyID     int64     `json:"keyId"`
+	ProductID int64     `json:"productId"`
+	Key       string    `json:"key"`
+	At        time.Time `json:"at"`
+}
+
+// TokenCreated starts a token stream. The secret itself is never recorded.
+type TokenCreated struct {
+	TokenID     uuid.UUID `json:"tokenId"`
+	Name        string    `json:"name,omitempty"`
+	SecretHash  string    `json:"secretHash"` // hex SHA-256
+	Methods     []Method  `json:"methods"`
+	ProductLock int64     `json:"productLock"`
+	KeyLock     int64     `json:"keyLock"`
+	FeatureLock int64     `json:"featureLock"`
+	At          time.Time `json:"at"`
+}
+
+// TokenRevoked ends a token's use.
+type TokenRevoked struct {
+	TokenID uuid.UUID `json:"tokenId"`
+	At      time.Time `json:"at"`
+}
+
+// DataObjectAdded starts a data-object stream.
+type DataObjectAdded struct {
+	ObjectID    int64     `json:"objectId"`
+	Owner       Owner     `json:"owner"`
+	Name        string    `json:"name"`
+	StringValue string    `json:"stringValue"`
+	IntValue    int32     `json:"intValue"`
+	At          time.Time `json:"at"`
+}
+
+// IntValueSet records SetIntValue.
+type IntValueSet struct {
+	ObjectID int64     `json:"objectId"`
+	Before   int32     `json:"before"`
+	After    int32     `json:"after"`
+	At       time.Time `json:"at"`
+}
+
+// StringValueSet records SetStringValue.
+type StringValueSet struct {
+	ObjectID int64     `json:"objectId"`
+	Before   string    `json:"before"`
+	After    string    `json:"after"`
+	At       time.Time `json:"at"`
+}
+
+// UploadSource ties a change to the usage-log layer it came from.
+type UploadSource struct {
+	UploadID     uuid.UUID `json:"uploadId"`
+	Layer        string    `json:"layer"`        // hex layer identity
+	LogTimestamp time.Time `json:"logTimestamp"` // when the License Server flushed the layer
+	// Anomaly says what was odd about the layer's timestamp ("" when nothing was).
+	Anomaly string `json:"anomaly,omitempty"`
+}
+
+// ValueChanged is the body of IncrementApplied and DecrementApplied. Amount is positive; the
+// event type gives the direction.
+type ValueChanged struct {
+	ObjectID int64     `json:"objectId"`
+	Amount   int64     `json:"amount"`
+	Before   int32     `json:"before"`
+	After    int32     `json:"after"`
+	At       time.Time `json:"at"`
+	// Upload is set when the change came from an uploaded usage log. Such a change counts only
+	// once its upload is committed.
+	Upload *UploadSource `json:"upload,omitempty"`
+	// Correction is the reason of a compensating change made by an operator.
+	Correction string `json:"correction,omitempty"`
+}
+
+// DataObjectRemoved ends a data object.
+type DataObjectRemoved struct {
+	ObjectID int64     `json:"objectId"`
+	At       time.Time `json:"at"`
+}
+
+// UploadPrepared opens a multi-object upload on its owner's upload stream. The changes it lists
+// then go to the data-object streams; they count once UploadCommitted follows, and never if
+// UploadAborted does. Exactly one of the two wins, by expected revision on this stream.
+type UploadPrepared struct {
+	UploadID uuid.UUID     `json:"uploadId"`
+	Owner    Owner         `json:"owner"`
+	Layers   []string      `json:"layers"` // hex layer identities, oldest first
+	Changes  []PlannedStep `json:"changes"`
+	Instance uuid.UUID     `json:"instance"` // the Tally process that prepared it
+	At       time.Time     `json:"at"`
+}
+
+// PlannedStep is one data object's share of an upload: how many events it gets, appended after
+// revision FromRevision.
+type PlannedStep struct {
+	ObjectID     int64  `json:"objectId"`
+	FromRevision uint64 `json:"fromRevision"`
+	Events       int    `json:"events"`
+}
+
+// UploadCommitted makes an upload's changes count.
+type UploadCommitted struct {
+	UploadID uuid.UUID `json:"uploadId"`
+	At       time.Time `json:"at"`
+}
+
+// UploadAborted discards an upload's changes.
+type UploadAborted struct {
+	UploadID uuid.UUID `json:"uploadId"`
+	Reason   string    `json:"reason"`
+	At       time.Time `json:"at"`
+}

@@ -140,7 +140,7 @@ func ParseMethod(s string) (Method, error) {
 type Token struct {
 	ID          uuid.UUID `json:"id"`
 	Name        string    `json:"name,omitempty"`
-	SecretHash  [32]byte  `json:"-"`
+	SecretHash  [32]byte  `json:"secretHash"`
 	Methods     []Method  `json:"methods"`
 	ProductLock int64     `json:"productLock"` // 0: any product
 	KeyLock     int64     `json:"keyLock"`     // 0: none; <0: key-specific methods only; >0: that key id only

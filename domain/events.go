@@ -50,6 +50,17 @@ func UploadStream(o Owner) string {
 	return fmt.Sprintf("%s-%d.%d", CategoryUpload, o.Type, o.ID)
 }
 
+// ParseUploadStream returns the owner of an upload stream.
+func ParseUploadStream(stream string) (Owner, bool) {
+	var o Owner
+	var t int
+	if _, err := fmt.Sscanf(stream, CategoryUpload+"-%d.%d", &t, &o.ID); err != nil {
+		return Owner{}, false
+	}
+	o.Type = OwnerType(t)
+	return o, UploadStream(o) == stream
+}
+
 // StreamCategory returns the category of a stream name.
 func StreamCategory(stream string) string {
 	c, _, _ := strings.Cut(stream, "-")
@@ -157,12 +168,17 @@ type DataObjectRemoved struct {
 // then go to the data-object streams; they count once UploadCommitted follows, and never if
 // UploadAborted does. Exactly one of the two wins, by expected revision on this stream.
 type UploadPrepared struct {
-	UploadID uuid.UUID     `json:"uploadId"`
-	Owner    Owner         `json:"owner"`
-	Layers   []string      `json:"layers"` // hex layer identities, oldest first
-	Changes  []PlannedStep `json:"changes"`
-	Instance uuid.UUID     `json:"instance"` // the Tally process that prepared it
-	At       time.Time     `json:"at"`
+	UploadID uuid.UUID `json:"uploadId"`
+	Owner    Owner     `json:"owner"`
+	Layers   []string  `json:"layers"` // hex layer identities, oldest first
+	// Timestamps are the layers' log timestamps (Unix seconds), in the order of Layers.
+	Timestamps []int64 `json:"timestamps"`
+	// BaseDepth is the depth of the newest layer already applied when the walk stopped (0 when
+	// the whole file was new): Layers[i] sits at depth BaseDepth+i+1.
+	BaseDepth int64         `json:"baseDepth"`
+	Changes   []PlannedStep `json:"changes"`
+	Instance  uuid.UUID     `json:"instance"` // the Tally process that prepared it
+	At        time.Time     `json:"at"`
 }
 
 // PlannedStep is one data object's share of an upload: how many events it gets, appended after

@@ -1,0 +1,262 @@
+package projections
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// Apply folds one event into the state. Events of streams Tally does not own, and event types
+// it does not know, move the position and change nothing else. An event it cannot decode is
+// reported after moving the position, so one bad event cannot stop the projection.
+func (s *State) Apply(ev eventstore.RecordedEvent) error {
+	if ev.Position > s.Position {
+		s.Position = ev.Position
+	}
+	s.Events++
+	if err := s.apply(ev); err != nil {
+		return fmt.Errorf("project %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+	}
+	return nil
+}
+
+func (s *State) apply(ev eventstore.RecordedEvent) error {
+	switch ev.Type {
+	case domain.EventProductCreated:
+		var e domain.ProductCreated
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		s.Products[e.ProductID] = domain.Product{ID: e.ProductID, Name: e.Name, Created: e.At}
+		s.seenID(domain.CategoryProduct, e.ProductID)
+	case domain.EventKeyCreated:
+		var e domain.KeyCreated
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		s.Keys[e.KeyID] = domain.LicenseKey{ID: e.KeyID, ProductID: e.ProductID, Key: e.Key, Created: e.At}
+		s.keyByString[domain.NormalizeKeyString(e.Key)] = e.KeyID
+		s.seenID(domain.CategoryKey, e.KeyID)
+	case domain.EventTokenCreated:
+		var e domain.TokenCreated
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		var h [32]byte
+		if n, err := hex.Decode(h[:], []byte(e.SecretHash)); err != nil || n != len(h) {
+			return fmt.Errorf("bad secret hash")
+		}
+		s.Tokens[e.TokenID] = domain.Token{
+			ID: e.TokenID, Name: e.Name, SecretHash: h, Methods: e.Methods,
+			ProductLock: e.ProductLock, KeyLock: e.KeyLock, FeatureLock: e.FeatureLock, Created: e.At,
+		}
+		s.tokenByHash[h] = e.TokenID
+	case domain.EventTokenRevoked:
+		var e domain.TokenRevoked
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		if t, ok := s.Tokens[e.TokenID]; ok {
+			t.Revoked = true
+			s.Tokens[e.TokenID] = t
+		}
+	case domain.EventDataObjectAdded:
+		var e domain.DataObjectAdded
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		s.Objects[e.ObjectID] = &Object{DataObject: domain.DataObject{
+			ID: e.ObjectID, Owner: e.Owner, Name: e.Name, StringValue: e.StringValue,
+			IntValue: e.IntValue, Revision: ev.Revision,
+		}}
+		s.own(e.Owner, e.ObjectID)
+		s.seenID(domain.CategoryDataObject, e.ObjectID)
+	case domain.EventIntValueSet:
+		var e domain.IntValueSet
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		if o := s.object(ev); o != nil {
+			o.IntValue = e.After
+		}
+	case domain.EventStringValueSet:
+		var e domain.StringValueSet
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		if o := s.object(ev); o != nil {
+			o.StringValue = e.After
+		}
+	case domain.EventIncrementApplied, domain.EventDecrementApplied:
+		var e domain.ValueChanged
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		o := s.object(ev)
+		if o == nil {
+			return nil
+		}
+		dir := domain.Increment
+		if ev.Type == domain.EventDecrementApplied {
+			dir = domain.Decrement
+		}
+		switch {
+		case e.Upload == nil:
+			o.IntValue = int32(int64(o.IntValue) + int64(dir)*e.Amount)
+		case s.Aborted[e.Upload.UploadID]:
+			// A late event of an upload that was already aborted: it never counts.
+		default:
+			o.Pending = append(o.Pending, PendingChange{UploadID: e.Upload.UploadID, Dir: dir, Amount: e.Amount})
+		}
+	case domain.EventDataObjectRemoved:
+		if o := s.object(ev); o != nil {
+			o.Removed = true
+			delete(s.owned[o.Owner], o.ID)
+		}
+	case domain.EventUploadPrepared:
+		var e domain.UploadPrepared
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		u := s.uploadStream(e.Owner, ev.Revision)
+		u.Prepared = &e
+	case domain.EventUploadCommitted:
+		var e domain.UploadCommitted
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		u := s.uploadOf(ev)
+		if u == nil {
+			return nil
+		}
+		u.Revision, u.Exists = ev.Revision, true
+		if u.Prepared == nil || u.Prepared.UploadID != e.UploadID {
+			return fmt.Errorf("commit of upload %s that is not prepared", e.UploadID)
+		}
+		s.commit(u)
+	case domain.EventUploadAborted:
+		var e domain.UploadAborted
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return err
+		}
+		u := s.uploadOf(ev)
+		if u == nil {
+			return nil
+		}
+		u.Revision, u.Exists = ev.Revision, true
+		s.Aborted[e.UploadID] = true
+		if u.Prepared != nil && u.Prepared.UploadID == e.UploadID {
+			s.dropPending(u.Prepared)
+			u.Prepared = nil
+		}
+	default:
+		return nil
+	}
+	// Product, key and token streams keep their revision here; data objects and uploads keep
+	// theirs in their own records.
+	switch domain.StreamCategory(ev.Stream) {
+	case domain.CategoryProduct, domain.CategoryKey, domain.CategoryToken:
+		s.Revisions[ev.Stream] = ev.Revision
+	}
+	return nil
+}
+
+func (s *State) seenID(category string, id int64) {
+	if id > s.MaxIDs[category] {
+		s.MaxIDs[category] = id
+	}
+}
+
+// object returns the data object a data-object event belongs to and moves its revision.
+func (s *State) object(ev eventstore.RecordedEvent) *Object {
+	rest, ok := strings.CutPrefix(ev.Stream, domain.CategoryDataObject+"-")
+	if !ok {
+		return nil
+	}
+	id, err := strconv.ParseInt(rest, 10, 64)
+	if err != nil {
+		return nil
+	}
+	o, ok := s.Objects[id]
+	if !ok {
+		return nil
+	}
+	o.Revision = ev.Revision
+	return o
+}
+
+func (s *State) uploadStream(owner domain.Owner, revision uint64) *Upload {
+	key := owner.String()
+	u, ok := s.Uploads[key]
+	if !ok {
+		u = &Upload{Owner: owner, Layers: map[string]LayerInfo{}}
+		s.Uploads[key] = u
+	}
+	u.Revision, u.Exists = revision, true
+	return u
+}
+
+// uploadOf finds the upload stream record of an upload event by its stream name.
+func (s *State) uploadOf(ev eventstore.RecordedEvent) *Upload {
+	owner, ok := domain.ParseUploadStream(ev.Stream)
+	if !ok {
+		return nil
+	}
+	return s.Uploads[owner.String()]
+}
+
+// commit makes a prepared upload's pending changes count and remembers its layers.
+func (s *State) commit(u *Upload) {
+	p := u.Prepared
+	for _, step := range p.Changes {
+		o, ok := s.Objects[step.ObjectID]
+		if !ok {
+			continue
+		}
+		kept := o.Pending[:0]
+		for _, c := range o.Pending {
+			if c.UploadID == p.UploadID {
+				o.IntValue = int32(int64(o.IntValue) + int64(c.Dir)*c.Amount)
+				continue
+			}
+			kept = append(kept, c)
+		}
+		o.Pending = nilIfEmpty(kept)
+	}
+	for i, l := range p.Layers {
+		info := LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
+		if i < len(p.Timestamps) {
+			info.Timestamp = p.Timestamps[i]
+		}
+		u.Layers[l] = info
+	}
+	u.Prepared = nil
+}
+
+func (s *State) dropPending(p *domain.UploadPrepared) {
+	for _, step := range p.Changes {
+		o, ok := s.Objects[step.ObjectID]
+		if !ok {
+			continue
+		}
+		kept := o.Pending[:0]
+		for _, c := range o.Pending {
+			if c.UploadID != p.UploadID {
+				kept = append(kept, c)
+			}
+		}
+		o.Pending = nilIfEmpty(kept)
+	}
+}
+
+func nilIfEmpty(p []PendingChange) []PendingChange {
+	if len(p) == 0 {
+		return nil
+	}
+	return p
+}

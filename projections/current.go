@@ -1,0 +1,309 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// Current keeps a State up to date by following every event of the store, and persists it
+// with its checkpoint (the position it reflects) so that a restart catches up from there
+// instead of replaying from zero.
+type Current struct {
+	store        eventstore.Store
+	snapshotPath string // "" keeps no snapshot
+	logger       *slog.Logger
+	every        time.Duration
+
+	mu      sync.RWMutex
+	state   *State
+	changed chan struct{} // closed and replaced whenever state moves
+	err     error         // the reason the projection stopped, if it did
+
+	saveMu    sync.Mutex // one snapshot write at a time
+	savedAt   eventstore.Position
+	loadedAt  eventstore.Position
+	applyErrs int
+}
+
+// CurrentOptions configure a Current projection.
+type CurrentOptions struct {
+	// SnapshotPath is the file holding the persisted state and checkpoint; empty keeps none.
+	SnapshotPath string
+	// SnapshotEvery is how often a changed state is persisted (default 2 s).
+	SnapshotEvery time.Duration
+	Logger        *slog.Logger
+}
+
+// NewCurrent loads the snapshot, if any, and returns a projection ready to Run.
+func NewCurrent(store eventstore.Store, opts CurrentOptions) (*Current, error) {
+	if store == nil {
+		return nil, errors.New("projections: nil event store")
+	}
+	c := &Current{
+		store: store, snapshotPath: opts.SnapshotPath, logger: opts.Logger, every: opts.SnapshotEvery,
+		state: NewState(), changed: make(chan struct{}),
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	if c.every <= 0 {
+		c.every = 2 * time.Second
+	}
+	if c.snapshotPath != "" {
+		b, err := os.ReadFile(c.snapshotPath)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			return nil, fmt.Errorf("read projection snapshot: %w", err)
+		default:
+			st, err := UnmarshalState(b)
+			if err != nil {
+				// A damaged snapshot only costs a replay: the events are the truth.
+				c.logger.Warn("projection snapshot unreadable; replaying from the start", "err", err)
+			} else {
+				c.state = st
+			}
+		}
+	}
+	c.loadedAt = c.state.Position
+	c.savedAt = c.state.Position
+	return c, nil
+}
+
+// LoadedAt is the checkpoint the projection started from.
+func (c *Current) LoadedAt() eventstore.Position { return c.loadedAt }
+
+// Run follows the store until ctx ends, resubscribing from its last position when a
+// subscription drops. It persists the state every SnapshotEvery and once more on the way out.
+func (c *Current) Run(ctx context.Context) error {
+	if err := c.checkCheckpoint(ctx); err != nil {
+		c.stop(err)
+		return err
+	}
+	saveCtx, stopSaving := context.WithCancel(context.WithoutCancel(ctx))
+	saverDone := make(chan struct{})
+	go func() {
+		defer close(saverDone)
+		t := time.NewTicker(c.every)
+		defer t.Stop()
+		for {
+			select {
+			case <-saveCtx.Done():
+				return
+			case <-t.C:
+				if err := c.Save(); err != nil {
+					c.logger.Error("persist projection", "err", err)
+				}
+			}
+		}
+	}()
+	err := c.follow(ctx)
+	stopSaving()
+	<-saverDone
+	if serr := c.Save(); serr != nil {
+		c.logger.Error("persist projection", "err", serr)
+	}
+	c.stop(err)
+	return err
+}
+
+// checkCheckpoint refuses a snapshot that is ahead of the store: it belongs to other data.
+func (c *Current) checkCheckpoint(ctx context.Context) error {
+	pos := c.Position()
+	if pos == eventstore.Start {
+		return nil
+	}
+	evs, err := c.store.ReadAll(ctx, pos-1, 1)
+	if err != nil {
+		return fmt.Errorf("check projection checkpoint: %w", err)
+	}
+	if len(evs) == 0 || evs[0].Position != pos {
+		c.logger.Warn("projection snapshot does not match the store; replaying from the start", "checkpoint", pos)
+		c.mu.Lock()
+		c.state = NewState()
+		c.loadedAt, c.savedAt = eventstore.Start, eventstore.Start
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+func (c *Current) follow(ctx context.Context) error {
+	for {
+		sub, err := c.store.SubscribeAll(ctx, c.Position())
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("subscribe: %w", err)
+		}
+		err = c.drain(ctx, sub)
+		_ = sub.Close()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, eventstore.ErrSubscriptionDropped):
+			c.logger.Warn("subscription dropped; resubscribing", "from", c.Position(), "err", err)
+			continue
+		default:
+			return err
+		}
+	}
+}
+
+func (c *Current) drain(ctx context.Context, sub eventstore.Subscription) error {
+	for {
+		ev, err := sub.Next(ctx)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		if ev.Position <= c.state.Position {
+			c.mu.Unlock()
+			continue // never apply an event twice, whatever the backend redelivers
+		}
+		aerr := c.state.Apply(ev)
+		ch := c.changed
+		c.changed = make(chan struct{})
+		if aerr != nil {
+			c.applyErrs++
+		}
+		c.mu.Unlock()
+		close(ch)
+		if aerr != nil {
+			c.logger.Error("projection skipped an event it cannot read", "err", aerr)
+		}
+	}
+}
+
+func (c *Current) stop(err error) {
+	if err == nil || errors.Is(err, context.Canceled) {
+		err = errors.New("projection stopped")
+	}
+	c.mu.Lock()
+	c.err = err
+	ch := c.changed
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	close(ch)
+}
+
+// Position is the position of the last event the state reflects.
+func (c *Current) Position() eventstore.Position {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.state.Position
+}
+
+// Read runs fn with the state under a read lock. fn must not keep references to what it reads
+// beyond its return.
+func (c *Current) Read(fn func(*State)) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	fn(c.state)
+}
+
+// WaitUntil blocks until cond holds for the state, ctx ends, or the projection stops.
+func (c *Current) WaitUntil(ctx context.Context, cond func(*State) bool) error {
+	for {
+		c.mu.RLock()
+		ok, ch, stopped := cond(c.state), c.changed, c.err
+		c.mu.RUnlock()
+		if ok {
+			return nil
+		}
+		if stopped != nil {
+			return stopped
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// WaitFor blocks until the state reflects every event up to pos.
+func (c *Current) WaitFor(ctx context.Context, pos eventstore.Position) error {
+	return c.WaitUntil(ctx, func(s *State) bool { return s.Position >= pos })
+}
+
+// Save persists the state and its checkpoint if it moved since the last save. The file is
+// replaced atomically, so a crash leaves the old checkpoint or the new one.
+func (c *Current) Save() error {
+	if c.snapshotPath == "" {
+		return nil
+	}
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
+	c.mu.RLock()
+	pos := c.state.Position
+	if pos == c.savedAt {
+		c.mu.RUnlock()
+		return nil
+	}
+	b, err := MarshalState(c.state)
+	c.mu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("encode projection: %w", err)
+	}
+	if err := writeFileAtomic(c.snapshotPath, b); err != nil {
+		return err
+	}
+	c.savedAt = pos
+	return nil
+}
+
+// writeFileAtomic writes b to path through a synced temporary file and a rename.
+func writeFileAtomic(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	tmp := f.Name()
+	_, werr := f.Write(b)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(tmp, path)
+	}
+	if werr != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write snapshot %s: %w", path, werr)
+	}
+	return nil
+}
+
+// Rebuild folds every event of the store into a fresh state, calling progress (if not nil)
+// after each batch with the number of events folded so far.
+func Rebuild(ctx context.Context, store eventstore.Store, progress func(events int)) (*State, error) {
+	st := NewState()
+	n := 0
+	for {
+		evs, err := store.ReadAll(ctx, st.Position, 4096)
+		if err != nil {
+			return nil, fmt.Errorf("replay: %w", err)
+		}
+		if len(evs) == 0 {
+			return st, nil
+		}
+		for _, ev := range evs {
+			_ = st.Apply(ev) // Apply already moved the position; an unreadable event changes nothing
+		}
+		n += len(evs)
+		if progress != nil {
+			progress(n)
+		}
+	}
+}

@@ -1,0 +1,371 @@
+// Package projections holds Tally's read models: state folded from the event history, each
+// rebuildable from zero. State is the current state that commands check against (products,
+// keys, tokens, data objects with their values and stream revisions, upload progress and the
+// usage-log layers already applied); Current keeps one State up to date from a catch-up
+// subscription and persists it with its checkpoint.
+package projections
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// Object is a data object as projected, with what its stream holds beyond its value.
+type Object struct {
+	domain.DataObject
+	Removed bool `json:"removed,omitempty"`
+	// Pending lists changes of an upload that is neither committed nor aborted yet. They do not
+	// count in IntValue; commands on the object wait until the upload is decided.
+	Pending []PendingChange `json:"pending,omitempty"`
+}
+
+// PendingChange is one change of an undecided upload.
+type PendingChange struct {
+	UploadID uuid.UUID        `json:"uploadId"`
+	Dir      domain.Direction `json:"dir"`
+	Amount   int64            `json:"amount"`
+}
+
+// LayerInfo is what the ledger remembers of an applied usage-log layer: how deep in its file it
+// sits (1 for the innermost layer) and its timestamp.
+type LayerInfo struct {
+	Depth     int64 `json:"depth"`
+	Timestamp int64 `json:"timestamp"`
+}
+
+// Upload is the projected state of one owner's upload stream.
+type Upload struct {
+	Owner domain.Owner `json:"owner"`
+	// Revision is the upload stream's last revision (meaningful when Exists).
+	Revision uint64 `json:"revision"`
+	Exists   bool   `json:"exists"`
+	// Prepared is the upload in progress, if any.
+	Prepared *domain.UploadPrepared `json:"prepared,omitempty"`
+	// Layers maps hex layer identities to what is known of them, for committed uploads only.
+	Layers map[string]LayerInfo `json:"layers"`
+}
+
+// State is the current state folded from events. Its exported fields are what a snapshot
+// persists; the indexes are derived again after loading.
+type State struct {
+	Position    eventstore.Position                 `json:"position"`
+	Events      uint64                              `json:"events"`
+	Products    map[int64]domain.Product            `json:"products"`
+	Keys        map[int64]domain.LicenseKey         `json:"keys"`
+	Tokens      map[uuid.UUID]domain.Token          `json:"tokens"`
+	Objects     map[int64]*Object                   `json:"objects"`
+	Uploads     map[string]*Upload                  `json:"uploads"`   // by Owner.String()
+	Aborted     map[uuid.UUID]bool                  `json:"aborted"`   // aborted uploads, to ignore their late events
+	MaxIDs      map[string]int64                    `json:"maxIds"`    // by stream category
+	Revisions   map[string]uint64                   `json:"revisions"` // product, key and token streams
+	keyByString map[string]int64                    // normalized key string -> key id
+	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
+	owned       map[domain.Owner]map[int64]struct{} // live objects per owner
+}
+
+// NewState returns an empty state, as before the first event.
+func NewState() *State {
+	s := &State{
+		Products:  map[int64]domain.Product{},
+		Keys:      map[int64]domain.LicenseKey{},
+		Tokens:    map[uuid.UUID]domain.Token{},
+		Objects:   map[int64]*Object{},
+		Uploads:   map[string]*Upload{},
+		Aborted:   map[uuid.UUID]bool{},
+		MaxIDs:    map[string]int64{},
+		Revisions: map[string]uint64{},
+	}
+	s.reindex()
+	return s
+}
+
+// reindex derives the lookup indexes from the primary maps.
+func (s *State) reindex() {
+	s.keyByString = make(map[string]int64, len(s.Keys))
+	for id, k := range s.Keys {
+		s.keyByString[domain.NormalizeKeyString(k.Key)] = id
+	}
+	s.tokenByHash = make(map[[32]byte]uuid.UUID, len(s.Tokens))
+	for id, t := range s.Tokens {
+		s.tokenByHash[t.SecretHash] = id
+	}
+	s.owned = map[domain.Owner]map[int64]struct{}{}
+	for id, o := range s.Objects {
+		if !o.Removed {
+			s.own(o.Owner, id)
+		}
+	}
+}
+
+func (s *State) own(o domain.Owner, id int64) {
+	m := s.owned[o]
+	if m == nil {
+		m = map[int64]struct{}{}
+		s.owned[o] = m
+	}
+	m[id] = struct{}{}
+}
+
+// MarshalState encodes a state for a snapshot.
+func MarshalState(s *State) ([]byte, error) { return json.Marshal(s) }
+
+// UnmarshalState decodes a snapshot and rebuilds its indexes.
+func UnmarshalState(b []byte) (*State, error) {
+	s := NewState()
+	if err := json.Unmarshal(b, s); err != nil {
+		return nil, fmt.Errorf("decode projection snapshot: %w", err)
+	}
+	s.reindex()
+	return s, nil
+}
+
+// Product returns a product by id.
+func (s *State) Product(id int64) (domain.Product, bool) {
+	p, ok := s.Products[id]
+	return p, ok
+}
+
+// Key returns a license key by id.
+func (s *State) Key(id int64) (domain.LicenseKey, bool) {
+	k, ok := s.Keys[id]
+	return k, ok
+}
+
+// KeyByString returns the key of a product with the given key string.
+func (s *State) KeyByString(productID int64, key string) (domain.LicenseKey, bool) {
+	id, ok := s.keyByString[domain.NormalizeKeyString(key)]
+	if !ok {
+		return domain.LicenseKey{}, false
+	}
+	k := s.Keys[id]
+	return k, k.ProductID == productID
+}
+
+// TokenBySecretHash returns the token whose secret hashes to h.
+func (s *State) TokenBySecretHash(h [32]byte) (domain.Token, bool) {
+	id, ok := s.tokenByHash[h]
+	if !ok {
+		return domain.Token{}, false
+	}
+	return s.Tokens[id], true
+}
+
+// Object returns a data object, removed or not.
+func (s *State) Object(id int64) (*Object, bool) {
+	o, ok := s.Objects[id]
+	return o, ok
+}
+
+// ObjectsOf returns the live objects of an owner, by id.
+func (s *State) ObjectsOf(o domain.Owner) []*Object {
+	ids := make([]int64, 0, len(s.owned[o]))
+	for id := range s.owned[o] {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	out := make([]*Object, len(ids))
+	for i, id := range ids {
+		out[i] = s.Objects[id]
+	}
+	return out
+}
+
+// AllObjects returns every live object, by id.
+func (s *State) AllObjects() []*Object {
+	out := make([]*Object, 0, len(s.Objects))
+	for _, o := range s.Objects {
+		if !o.Removed {
+			out = append(out, o)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// ObjectByName returns the live object of an owner with that name (the lowest id if several).
+func (s *State) ObjectByName(o domain.Owner, name string) (*Object, bool) {
+	var best *Object
+	for id := range s.owned[o] {
+		obj := s.Objects[id]
+		if obj.Name == name && (best == nil || obj.ID < best.ID) {
+			best = obj
+		}
+	}
+	return best, best != nil
+}
+
+// Upload returns the state of an owner's upload stream (a zero one if it has none).
+func (s *State) Upload(o domain.Owner) *Upload {
+	if u, ok := s.Uploads[o.String()]; ok {
+		return u
+	}
+	return &Upload{Owner: o}
+}
+
+// Layer returns what is known of an applied layer of an owner.
+func (s *State) Layer(o domain.Owner, layer [32]byte) (LayerInfo, bool) {
+	u, ok := s.Uploads[o.String()]
+	if !ok {
+		return LayerInfo{}, false
+	}
+	info, ok := u.Layers[hex.EncodeToString(layer[:])]
+	return info, ok
+}
+
+// MaxID returns the largest id seen in a stream category.
+func (s *State) MaxID(category string) int64 { return s.MaxIDs[category] }
+
+// StreamRevision returns the last revision of a product, key or token stream.
+func (s *State) StreamRevision(stream string) (uint64, bool) {
+	r, ok := s.Revisions[stream]
+	return r, ok
+}
+
+// PendingUploads returns the uploads prepared and not yet decided, by owner.
+func (s *State) PendingUploads() []domain.UploadPrepared {
+	var out []domain.UploadPrepared
+	for _, u := range s.Uploads {
+		if u.Prepared != nil {
+			out = append(out, *u.Prepared)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Owner.String() < out[j].Owner.String() })
+	return out
+}
+
+// PendingEvents counts the events of an undecided upload that its objects' streams hold.
+func (s *State) PendingEvents(uploadID uuid.UUID) int {
+	n := 0
+	for _, o := range s.Objects {
+		for _, p := range o.Pending {
+			if p.UploadID == uploadID {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// Diff lists the differences between two states (as "what: a vs b" lines), for verify.
+func Diff(a, b *State) []string {
+	var out []string
+	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+	ids := map[int64]bool{}
+	for id := range a.Objects {
+		ids[id] = true
+	}
+	for id := range b.Objects {
+		ids[id] = true
+	}
+	sorted := make([]int64, 0, len(ids))
+	for id := range ids {
+		sorted = append(sorted, id)
+	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	for _, id := range sorted {
+		x, okx := a.Objects[id]
+		y, oky := b.Objects[id]
+		switch {
+		case !okx:
+			add("data object %d: missing vs present", id)
+		case !oky:
+			add("data object %d: present vs missing", id)
+		default:
+			if x.IntValue != y.IntValue {
+				add("data object %d: intValue %d vs %d", id, x.IntValue, y.IntValue)
+			}
+			if x.StringValue != y.StringValue {
+				add("data object %d: stringValue %q vs %q", id, x.StringValue, y.StringValue)
+			}
+			if x.Name != y.Name {
+				add("data object %d: name %q vs %q", id, x.Name, y.Name)
+			}
+			if x.Owner != y.Owner {
+				add("data object %d: owner %v vs %v", id, x.Owner, y.Owner)
+			}
+			if x.Revision != y.Revision {
+				add("data object %d: revision %d vs %d", id, x.Revision, y.Revision)
+			}
+			if x.Removed != y.Removed {
+				add("data object %d: removed %v vs %v", id, x.Removed, y.Removed)
+			}
+			if len(x.Pending) != len(y.Pending) {
+				add("data object %d: %d vs %d pending changes", id, len(x.Pending), len(y.Pending))
+			}
+		}
+	}
+	for id, p := range a.Products {
+		if q, ok := b.Products[id]; !ok || q.Name != p.Name {
+			add("product %d: %q vs %q", id, p.Name, q.Name)
+		}
+	}
+	for id := range b.Products {
+		if _, ok := a.Products[id]; !ok {
+			add("product %d: missing vs present", id)
+		}
+	}
+	for id, k := range a.Keys {
+		if q, ok := b.Keys[id]; !ok || q.Key != k.Key || q.ProductID != k.ProductID {
+			add("key %d: %q vs %q", id, k.Key, q.Key)
+		}
+	}
+	for id := range b.Keys {
+		if _, ok := a.Keys[id]; !ok {
+			add("key %d: missing vs present", id)
+		}
+	}
+	for id, t := range a.Tokens {
+		u, ok := b.Tokens[id]
+		if !ok || u.Revoked != t.Revoked || u.SecretHash != t.SecretHash || u.KeyLock != t.KeyLock ||
+			u.ProductLock != t.ProductLock || u.FeatureLock != t.FeatureLock ||
+			strings.Join(methodNames(t.Methods), ",") != strings.Join(methodNames(u.Methods), ",") {
+			add("token %s: differs", id)
+		}
+	}
+	for id := range b.Tokens {
+		if _, ok := a.Tokens[id]; !ok {
+			add("token %s: missing vs present", id)
+		}
+	}
+	for key, u := range a.Uploads {
+		v, ok := b.Uploads[key]
+		if !ok {
+			add("uploads of owner %s: present vs missing", key)
+			continue
+		}
+		if u.Revision != v.Revision || u.Exists != v.Exists || (u.Prepared == nil) != (v.Prepared == nil) {
+			add("uploads of owner %s: revision %d vs %d", key, u.Revision, v.Revision)
+		}
+		if len(u.Layers) != len(v.Layers) {
+			add("uploads of owner %s: %d vs %d applied layers", key, len(u.Layers), len(v.Layers))
+		}
+		for l, info := range u.Layers {
+			if v.Layers[l] != info {
+				add("uploads of owner %s: layer %s differs", key, l)
+			}
+		}
+	}
+	for key := range b.Uploads {
+		if _, ok := a.Uploads[key]; !ok {
+			add("uploads of owner %s: missing vs present", key)
+		}
+	}
+	return out
+}
+
+func methodNames(ms []domain.Method) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = string(m)
+	}
+	sort.Strings(out)
+	return out
+}

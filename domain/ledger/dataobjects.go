@@ -1,0 +1,337 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/projections"
+)
+
+// Scope is the owner a Cryptolens call addresses: a license key in the key-specific (…ToKey)
+// form, a referencer in the general form.
+type Scope struct {
+	KeySpecific bool
+	ProductID   int64
+	Key         string
+	Referencer  domain.Owner
+}
+
+// ObjectRef names a data object by id (when ID is not 0) or by name.
+type ObjectRef struct {
+	ID   int64
+	Name string
+}
+
+// resolveOwner applies the token's locks to the scope and returns the owner it addresses.
+func resolveOwner(st *projections.State, tok domain.Token, sc Scope) (domain.Owner, error) {
+	if sc.KeySpecific {
+		if err := tok.CheckKeySpecific(); err != nil {
+			return domain.Owner{}, err
+		}
+		if _, ok := st.Product(sc.ProductID); !ok {
+			return domain.Owner{}, domain.ErrProductNotFound
+		}
+		if err := tok.CheckProduct(sc.ProductID); err != nil {
+			return domain.Owner{}, err
+		}
+		k, ok := st.KeyByString(sc.ProductID, sc.Key)
+		if !ok || sc.Key == "" {
+			return domain.Owner{}, domain.ErrKeyNotFound
+		}
+		return domain.Owner{Type: domain.OwnerKey, ID: k.ID}, nil
+	}
+	owner := sc.Referencer
+	switch owner.Type {
+	case domain.OwnerUser:
+		owner.ID = 0 // one Tally serves one vendor account, whatever id its SDK sends
+	case domain.OwnerProduct:
+		if _, ok := st.Product(owner.ID); !ok {
+			return domain.Owner{}, domain.ErrProductNotFound
+		}
+	case domain.OwnerKey:
+		if _, ok := st.Key(owner.ID); !ok {
+			return domain.Owner{}, domain.ErrKeyNotFound
+		}
+	default:
+		return domain.Owner{}, domain.ErrReferencerType
+	}
+	productOf := func(keyID int64) (int64, bool) {
+		k, ok := st.Key(keyID)
+		return k.ProductID, ok
+	}
+	if err := tok.CheckGeneral(owner, productOf); err != nil {
+		return domain.Owner{}, err
+	}
+	return owner, nil
+}
+
+// resolveObject finds a live object of the owner.
+func resolveObject(st *projections.State, owner domain.Owner, ref ObjectRef) (projections.Object, error) {
+	var o *projections.Object
+	var ok bool
+	switch {
+	case ref.ID != 0:
+		o, ok = st.Object(ref.ID)
+		ok = ok && !o.Removed && o.Owner == owner
+	case ref.Name != "":
+		o, ok = st.ObjectByName(owner, ref.Name)
+	default:
+		return projections.Object{}, domain.ErrInvalidInput
+	}
+	if !ok {
+		return projections.Object{}, domain.ErrDataObjectNotFound
+	}
+	cp := *o
+	cp.Pending = append([]projections.PendingChange(nil), o.Pending...)
+	return cp, nil
+}
+
+// AddDataObject is the AddDataObject(ToKey) command.
+type AddDataObject struct {
+	Scope
+	Name               string
+	StringValue        string
+	IntValue           int32
+	CheckForDuplicates bool
+}
+
+// AddDataObject creates a data object and returns its id. Ids are claimed by appending the
+// object's first event with "no stream" expected, so two instances never take the same one.
+func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject) (int64, error) {
+	if !c.Token.Allows(domain.MethodAddDataObject) {
+		return 0, domain.ErrAccessDenied
+	}
+	if err := domain.ValidateName(cmd.Name); err != nil {
+		return 0, err
+	}
+	if err := domain.ValidateStringValue(cmd.StringValue); err != nil {
+		return 0, err
+	}
+	var candidate int64
+	for attempt := 0; attempt < s.maxAttempts; attempt++ {
+		var owner domain.Owner
+		var err error
+		s.view.Read(func(st *projections.State) {
+			owner, err = resolveOwner(st, c.Token, cmd.Scope)
+			if err != nil {
+				return
+			}
+			if cmd.CheckForDuplicates {
+				if _, dup := st.ObjectByName(owner, cmd.Name); dup {
+					err = domain.ErrDuplicateName
+					return
+				}
+			}
+			candidate = max(candidate+1, st.MaxID(domain.CategoryDataObject)+1)
+		})
+		if err != nil {
+			return 0, err
+		}
+		ev, err := newEvent(uuid.New(), domain.EventDataObjectAdded, domain.DataObjectAdded{
+			ObjectID: candidate, Owner: owner, Name: cmd.Name, StringValue: cmd.StringValue,
+			IntValue: cmd.IntValue, At: s.clock().UTC(),
+		}, c.metadata())
+		if err != nil {
+			return 0, err
+		}
+		_, err = s.appendAndWait(ctx, domain.DataObjectStream(candidate), eventstore.NoStream(), ev)
+		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		return candidate, nil
+	}
+	return 0, domain.ErrConcurrentChange
+}
+
+// ListDataObjects is the ListDataObjects(ToKey) query.
+type ListDataObjects struct {
+	Scope
+	Contains string
+	// ShowAll lists every object the token may see, across owners (general form only).
+	ShowAll bool
+}
+
+// ListDataObjects returns the live objects of the scope (or, with ShowAll, every object the
+// token may see), by id, filtered by a case-insensitive name substring.
+func (s *Service) ListDataObjects(_ context.Context, c Caller, q ListDataObjects) ([]domain.DataObject, error) {
+	if !c.Token.Allows(domain.MethodListDataObjects) {
+		return nil, domain.ErrAccessDenied
+	}
+	var out []domain.DataObject
+	var err error
+	needle := strings.ToLower(q.Contains)
+	s.view.Read(func(st *projections.State) {
+		var objs []*projections.Object
+		if q.ShowAll && !q.KeySpecific {
+			objs = visibleObjects(st, c.Token)
+		} else {
+			var owner domain.Owner
+			owner, err = resolveOwner(st, c.Token, q.Scope)
+			if err != nil {
+				return
+			}
+			objs = st.ObjectsOf(owner)
+		}
+		for _, o := range objs {
+			if needle == "" || strings.Contains(strings.ToLower(o.Name), needle) {
+				out = append(out, o.DataObject)
+			}
+		}
+	})
+	return out, err
+}
+
+// visibleObjects is every live object within the token's locks.
+func visibleObjects(st *projections.State, tok domain.Token) []*projections.Object {
+	var out []*projections.Object
+	for _, o := range st.AllObjects() {
+		productOf := func(keyID int64) (int64, bool) {
+			k, ok := st.Key(keyID)
+			return k.ProductID, ok
+		}
+		if tok.CheckGeneral(o.Owner, productOf) == nil {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// SetIntValue is the SetIntValue(ToKey) command.
+type SetIntValue struct {
+	Scope
+	Object   ObjectRef
+	IntValue int32
+}
+
+// SetIntValue replaces an object's int value.
+func (s *Service) SetIntValue(ctx context.Context, c Caller, cmd SetIntValue) error {
+	return s.change(ctx, c, domain.MethodSetIntValue, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+		return domain.EventIntValueSet, domain.IntValueSet{ObjectID: o.ID, Before: o.IntValue, After: cmd.IntValue, At: s.clock().UTC()}, nil
+	})
+}
+
+// SetStringValue is the SetStringValue(ToKey) command.
+type SetStringValue struct {
+	Scope
+	Object      ObjectRef
+	StringValue string
+}
+
+// SetStringValue replaces an object's string value.
+func (s *Service) SetStringValue(ctx context.Context, c Caller, cmd SetStringValue) error {
+	if err := domain.ValidateStringValue(cmd.StringValue); err != nil {
+		return err
+	}
+	return s.change(ctx, c, domain.MethodSetStringValue, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+		return domain.EventStringValueSet, domain.StringValueSet{ObjectID: o.ID, Before: o.StringValue, After: cmd.StringValue, At: s.clock().UTC()}, nil
+	})
+}
+
+// ChangeIntValue is the IncrementIntValue(ToKey) and DecrementIntValue(ToKey) command.
+type ChangeIntValue struct {
+	Scope
+	Object ObjectRef
+	// Amount is the constant to add or subtract; its sign is ignored, as Cryptolens does.
+	Amount      int64
+	EnableBound bool
+	// Bound is inclusive: an upper bound for increments, a lower bound for decrements.
+	Bound int64
+}
+
+// IncrementIntValue adds to an object's int value.
+func (s *Service) IncrementIntValue(ctx context.Context, c Caller, cmd ChangeIntValue) error {
+	return s.changeIntValue(ctx, c, domain.Increment, cmd)
+}
+
+// DecrementIntValue subtracts from an object's int value.
+func (s *Service) DecrementIntValue(ctx context.Context, c Caller, cmd ChangeIntValue) error {
+	return s.changeIntValue(ctx, c, domain.Decrement, cmd)
+}
+
+func (s *Service) changeIntValue(ctx context.Context, c Caller, dir domain.Direction, cmd ChangeIntValue) error {
+	method, typ := domain.MethodIncrementIntValue, domain.EventIncrementApplied
+	if dir == domain.Decrement {
+		method, typ = domain.MethodDecrementIntValue, domain.EventDecrementApplied
+	}
+	amount := cmd.Amount
+	if amount < 0 {
+		amount = -amount
+	}
+	if c.Token.Allows(method) {
+		if err := c.Token.CheckAmount(amount); err != nil {
+			return err
+		}
+	}
+	return s.change(ctx, c, method, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+		after, err := domain.ApplyChange(o.IntValue, dir, amount, cmd.EnableBound, cmd.Bound)
+		if err != nil {
+			return "", nil, err
+		}
+		return typ, domain.ValueChanged{ObjectID: o.ID, Amount: amount, Before: o.IntValue, After: after, At: s.clock().UTC()}, nil
+	})
+}
+
+// RemoveDataObject is the RemoveDataObject(ToKey) command.
+type RemoveDataObject struct {
+	Scope
+	Object ObjectRef
+}
+
+// RemoveDataObject removes an object. Its history stays; its id is never reused.
+func (s *Service) RemoveDataObject(ctx context.Context, c Caller, cmd RemoveDataObject) error {
+	return s.change(ctx, c, domain.MethodRemoveDataObject, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+		return domain.EventDataObjectRemoved, domain.DataObjectRemoved{ObjectID: o.ID, At: s.clock().UTC()}, nil
+	})
+}
+
+// change runs one command on one data object: decide on the projected object, append with its
+// revision as the expected revision, and start over on fresh state when another writer won.
+// While an upload touching the object is undecided, it waits for the decision.
+func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc Scope, ref ObjectRef, decide func(projections.Object) (string, any, error)) error {
+	if !c.Token.Allows(method) {
+		return domain.ErrAccessDenied
+	}
+	for attempt := 0; attempt < s.maxAttempts; {
+		var obj projections.Object
+		var err error
+		s.view.Read(func(st *projections.State) {
+			var owner domain.Owner
+			owner, err = resolveOwner(st, c.Token, sc)
+			if err == nil {
+				obj, err = resolveObject(st, owner, ref)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if len(obj.Pending) > 0 {
+			if err := s.awaitUploadDecision(ctx, obj.Owner); err != nil {
+				return err
+			}
+			continue
+		}
+		typ, data, err := decide(obj)
+		if err != nil {
+			return err
+		}
+		ev, err := newEvent(uuid.New(), typ, data, c.metadata())
+		if err != nil {
+			return err
+		}
+		_, err = s.appendAndWait(ctx, domain.DataObjectStream(obj.ID), eventstore.Exact(obj.Revision), ev)
+		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			attempt++
+			continue
+		}
+		return err
+	}
+	return domain.ErrConcurrentChange
+}

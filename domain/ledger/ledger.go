@@ -1,0 +1,219 @@
+// Package ledger holds Tally's use cases: the commands of the Cryptolens data-object API, the
+// upload of usage logs, and the vendor's administration of products, keys and tokens. Each
+// command checks the projected current state, appends events with the projected stream
+// revision as the expected revision, retries a bounded number of times when another writer got
+// there first, and returns once its own events are in the projection it reads from.
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/projections"
+)
+
+// View is the projected state the ledger decides against.
+type View interface {
+	// Read runs fn with a consistent state; fn must not keep what it reads.
+	Read(fn func(*projections.State))
+	// WaitUntil blocks until cond holds, ctx ends or the projection stops.
+	WaitUntil(ctx context.Context, cond func(*projections.State) bool) error
+	// WaitFor blocks until the state reflects every event up to pos.
+	WaitFor(ctx context.Context, pos eventstore.Position) error
+}
+
+// LogEntry is one entry of an uploaded usage log.
+type LogEntry struct {
+	Layer     [32]byte // the layer's identity
+	ObjectID  int64
+	Decrement bool
+	Amount    int64 // > 0
+	Timestamp int64 // Unix seconds
+}
+
+// LogDecoder reads usage logs. Decode returns the entries of the layers newer than the newest
+// layer for which known is true, oldest first. It fails with domain.ErrDataEmpty,
+// domain.ErrDataCorrupted or domain.ErrTooManyEntries.
+type LogDecoder interface {
+	Decode(ctx context.Context, data string, known func(layer [32]byte) bool) ([]LogEntry, error)
+}
+
+// Config wires a Service.
+type Config struct {
+	Store eventstore.Store
+	View  View
+	// Decoder reads uploaded usage logs; nil refuses uploads as corrupted.
+	Decoder LogDecoder
+	// Clock gives the time recorded on events (default time.Now).
+	Clock func() time.Time
+	// Instance identifies this Tally process on the events it prepares (default random).
+	Instance uuid.UUID
+	// MaxAttempts bounds the retries of a command that keeps losing to concurrent writers
+	// (default 16).
+	MaxAttempts int
+	// UploadLease is how long an upload may stay undecided before any instance may decide it
+	// (default 30 s).
+	UploadLease time.Duration
+	Logger      *slog.Logger
+}
+
+// Service runs the ledger's commands.
+type Service struct {
+	store       eventstore.Store
+	view        View
+	decoder     LogDecoder
+	clock       func() time.Time
+	instance    uuid.UUID
+	maxAttempts int
+	lease       time.Duration
+	logger      *slog.Logger
+	conflicts   atomic.Int64
+}
+
+// New returns a Service, refusing missing dependencies.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("ledger: nil event store")
+	}
+	if cfg.View == nil {
+		return nil, errors.New("ledger: nil view")
+	}
+	s := &Service{
+		store: cfg.Store, view: cfg.View, decoder: cfg.Decoder, clock: cfg.Clock,
+		instance: cfg.Instance, maxAttempts: cfg.MaxAttempts, lease: cfg.UploadLease, logger: cfg.Logger,
+	}
+	if s.clock == nil {
+		s.clock = time.Now
+	}
+	if s.instance == uuid.Nil {
+		s.instance = uuid.New()
+	}
+	if s.maxAttempts <= 0 {
+		s.maxAttempts = 16
+	}
+	if s.lease <= 0 {
+		s.lease = 30 * time.Second
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	return s, nil
+}
+
+// Conflicts counts appends refused for their expected revision and retried, since start.
+func (s *Service) Conflicts() int64 { return s.conflicts.Load() }
+
+// Caller is who issues a command and from where; it is recorded on every event.
+type Caller struct {
+	Token      domain.Token
+	Admin      bool // the vendor's admin credential, not a token
+	RequestID  string
+	ClientAddr string
+}
+
+func (c Caller) metadata() domain.Metadata {
+	return domain.Metadata{TokenID: c.Token.ID, Admin: c.Admin, RequestID: c.RequestID, ClientAddr: c.ClientAddr}
+}
+
+// Authenticate finds the live token with this secret.
+func (s *Service) Authenticate(secret string) (domain.Token, error) {
+	if secret == "" {
+		return domain.Token{}, domain.ErrUnauthenticated
+	}
+	var tok domain.Token
+	var ok bool
+	s.view.Read(func(st *projections.State) { tok, ok = st.TokenBySecretHash(domain.HashSecret(secret)) })
+	// The map lookup is by hash, so it leaks nothing about the secret; the comparison below
+	// keeps the check itself constant-time.
+	if !ok || tok.Revoked || !tok.SecretMatches(secret) {
+		return domain.Token{}, domain.ErrUnauthenticated
+	}
+	return tok, nil
+}
+
+// newEvent encodes an event with the caller's metadata.
+func newEvent(id uuid.UUID, typ string, data any, meta domain.Metadata) (eventstore.EventData, error) {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return eventstore.EventData{}, fmt.Errorf("encode %s: %w", typ, err)
+	}
+	m, err := json.Marshal(meta)
+	if err != nil {
+		return eventstore.EventData{}, fmt.Errorf("encode metadata: %w", err)
+	}
+	return eventstore.EventData{ID: id, Type: typ, Data: b, Metadata: m}, nil
+}
+
+// appendAndWait appends and returns once the projection holds the events. A refusal for the
+// expected revision comes back as it is, after the projection has caught up with the stream,
+// so that the caller's next attempt decides on fresh state.
+func (s *Service) appendAndWait(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
+	res, err := s.store.Append(ctx, stream, expected, events...)
+	if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+		s.conflicts.Add(1)
+		if cerr := s.catchUp(ctx, stream); cerr != nil {
+			return res, cerr
+		}
+		return res, err
+	}
+	if err != nil {
+		return res, unavailable(fmt.Errorf("append to %s: %w", stream, err))
+	}
+	if err := s.view.WaitFor(ctx, res.Position); err != nil {
+		return res, unavailable(fmt.Errorf("wait for projection: %w", err))
+	}
+	return res, nil
+}
+
+// catchUp waits until the projection holds the last event of a stream.
+func (s *Service) catchUp(ctx context.Context, stream string) error {
+	evs, err := s.store.ReadStream(ctx, stream, eventstore.Backwards, eventstore.End, 1)
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return unavailable(fmt.Errorf("read %s: %w", stream, err))
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	if err := s.view.WaitFor(ctx, evs[0].Position); err != nil {
+		return unavailable(fmt.Errorf("wait for projection: %w", err))
+	}
+	return nil
+}
+
+// unavailableError keeps the cause of a refusal that is the service's fault, not the caller's.
+type unavailableError struct{ cause error }
+
+func (e *unavailableError) Error() string { return e.cause.Error() }
+func (e *unavailableError) Unwrap() []error {
+	return []error{domain.ErrServiceUnavailable, e.cause}
+}
+
+func unavailable(err error) error {
+	if _, ok := domain.AsError(err); ok {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return &unavailableError{cause: err}
+}
+
+// expectedFor is the expected revision of a stream last seen at rev (exists false: no events).
+func expectedFor(rev uint64, exists bool) eventstore.ExpectedRevision {
+	if !exists {
+		return eventstore.NoStream()
+	}
+	return eventstore.Exact(rev)
+}

@@ -1,0 +1,394 @@
+package ledger
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/projections"
+)
+
+// MaxNewEntries is the most new entries one upload may apply.
+const MaxNewEntries = 1000
+
+// futureTolerance is how far ahead of the server's clock a log timestamp may be before its
+// event records the anomaly (clocks of offline machines drift).
+const futureTolerance = 10 * time.Minute
+
+// uploadNamespace derives upload and event ids (UUIDv5), so that a retried append of the same
+// decision carries the same ids and the store recognises it.
+var uploadNamespace = uuid.MustParse("6f1c1a52-8d1e-4b39-9a57-1e0f1d6c2b7e")
+
+// UploadValues is the UploadValuesToKey / UploadValues command.
+type UploadValues struct {
+	Scope
+	// ObjectID, when not 0, is the only object the log's new entries may target.
+	ObjectID int64
+	Data     string
+}
+
+// UploadResult says what an upload did.
+type UploadResult struct {
+	// Applied is the number of new entries applied.
+	Applied int
+	// Known is the number of entries of the file that were already applied before.
+	Known int64
+}
+
+// plan is one attempt's decision on an upload.
+type plan struct {
+	owner    domain.Owner
+	entries  []LogEntry
+	prepared domain.UploadPrepared
+	changes  []domain.ValueChanged       // one per entry, with the values before and after
+	expected eventstore.ExpectedRevision // of the owner's upload stream
+}
+
+// UploadValues applies the new entries of a usage log, all or nothing, each exactly once.
+//
+// The owner's upload stream is the commit point (docs/uploads.md): UploadPrepared lists the
+// layers and the objects' shares, then each object's stream gets its events (which count for
+// nothing yet), then UploadCommitted makes them count. A failure before the commit leaves
+// every value unchanged; an undecided upload is committed or aborted by recovery.
+func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) (UploadResult, error) {
+	if !c.Token.AllowsAny(domain.MethodIncrementIntValue, domain.MethodDecrementIntValue) {
+		return UploadResult{}, domain.ErrAccessDenied
+	}
+	var owner domain.Owner
+	var err error
+	s.view.Read(func(st *projections.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
+	if err != nil {
+		return UploadResult{}, err
+	}
+	if cmd.Data == "" {
+		return UploadResult{}, domain.ErrDataEmpty
+	}
+	if s.decoder == nil {
+		return UploadResult{}, domain.ErrDataCorrupted
+	}
+	if err := s.awaitUploadDecision(ctx, owner); err != nil {
+		return UploadResult{}, err
+	}
+	// The walk stops at the first known layer; remember which, to say how many entries the
+	// file held before it.
+	var stop *[32]byte
+	known := func(layer [32]byte) bool {
+		var ok bool
+		s.view.Read(func(st *projections.State) { _, ok = st.Layer(owner, layer) })
+		if ok {
+			stop = &layer
+		}
+		return ok
+	}
+	entries, err := s.decoder.Decode(ctx, cmd.Data, known)
+	if err != nil {
+		return UploadResult{}, err
+	}
+	if len(entries) > MaxNewEntries {
+		return UploadResult{}, domain.ErrTooManyEntries
+	}
+	for attempt := 0; attempt < s.maxAttempts; attempt++ {
+		if err := s.awaitUploadDecision(ctx, owner); err != nil {
+			return UploadResult{}, err
+		}
+		var p *plan
+		s.view.Read(func(st *projections.State) { p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop) })
+		if err != nil {
+			return UploadResult{}, err
+		}
+		if len(p.entries) == 0 {
+			return UploadResult{Known: p.prepared.BaseDepth}, nil
+		}
+		res, err := s.runUpload(ctx, c, p)
+		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			continue
+		}
+		return res, err
+	}
+	return UploadResult{}, domain.ErrConcurrentChange
+}
+
+// planUpload checks the entries still new against the projected values and decides what to
+// append. Entries whose layers were applied meanwhile (by a concurrent upload of an overlapping
+// version of the same file) are dropped.
+func (s *Service) planUpload(st *projections.State, c Caller, owner domain.Owner, onlyObject int64, all []LogEntry, stop *[32]byte) (*plan, error) {
+	p := &plan{owner: owner}
+	// The entries are oldest first and each layer wraps the older ones, so the newest applied
+	// layer among them marks where the new part starts.
+	start := 0
+	var base projections.LayerInfo
+	for i := len(all) - 1; i >= 0; i-- {
+		if info, ok := st.Layer(owner, all[i].Layer); ok {
+			start, base = i+1, info
+			break
+		}
+	}
+	if start == 0 && stop != nil {
+		base, _ = st.Layer(owner, *stop)
+	}
+	p.entries = all[start:]
+	p.prepared.BaseDepth = base.Depth
+	if len(p.entries) == 0 {
+		return p, nil
+	}
+	up := st.Upload(owner)
+	p.expected = expectedFor(up.Revision, up.Exists)
+
+	running := map[int64]int32{}
+	revision := map[int64]uint64{}
+	count := map[int64]int{}
+	prevTS := base.Timestamp
+	now := s.clock()
+	for _, e := range p.entries {
+		method := domain.MethodIncrementIntValue
+		dir := domain.Increment
+		if e.Decrement {
+			method, dir = domain.MethodDecrementIntValue, domain.Decrement
+		}
+		if !c.Token.Allows(method) {
+			return nil, domain.ErrNotEnoughPermission
+		}
+		if err := c.Token.CheckAmount(e.Amount); err != nil {
+			return nil, err
+		}
+		if onlyObject != 0 && e.ObjectID != onlyObject {
+			return nil, domain.ErrInvalidInput
+		}
+		o, ok := st.Object(e.ObjectID)
+		if !ok || o.Removed || o.Owner != owner {
+			return nil, domain.ErrInvalidInput
+		}
+		value, seen := running[o.ID]
+		if !seen {
+			value, revision[o.ID] = o.IntValue, o.Revision
+		}
+		next, err := domain.ApplyChange(value, dir, e.Amount, false, 0)
+		if err != nil {
+			return nil, err
+		}
+		running[o.ID] = next
+		count[o.ID]++
+		logTime := time.Unix(e.Timestamp, 0).UTC()
+		src := &domain.UploadSource{Layer: hex.EncodeToString(e.Layer[:]), LogTimestamp: logTime}
+		switch {
+		case prevTS != 0 && e.Timestamp < prevTS:
+			src.Anomaly = fmt.Sprintf("timestamp %d is earlier than the previous layer's %d", e.Timestamp, prevTS)
+		case logTime.After(now.Add(futureTolerance)):
+			src.Anomaly = fmt.Sprintf("timestamp %d is in the future", e.Timestamp)
+		}
+		prevTS = e.Timestamp
+		p.changes = append(p.changes, domain.ValueChanged{
+			ObjectID: o.ID, Amount: e.Amount, Before: value, After: next, At: logTime, Upload: src,
+		})
+	}
+	ids := make([]int64, 0, len(count))
+	for id := range count {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	newest := p.entries[len(p.entries)-1].Layer
+	var seed [8 + 8 + 1]byte
+	binary.BigEndian.PutUint64(seed[0:], uint64(up.Revision))
+	binary.BigEndian.PutUint64(seed[8:], uint64(owner.ID))
+	seed[16] = byte(owner.Type)
+	if up.Exists {
+		seed[16] |= 0x80
+	}
+	p.prepared.UploadID = uuid.NewSHA1(uploadNamespace, append(seed[:], newest[:]...))
+	p.prepared.Owner = owner
+	p.prepared.Instance = s.instance
+	p.prepared.At = now.UTC()
+	for i, e := range p.entries {
+		p.prepared.Layers = append(p.prepared.Layers, p.changes[i].Upload.Layer)
+		p.prepared.Timestamps = append(p.prepared.Timestamps, e.Timestamp)
+		p.changes[i].Upload.UploadID = p.prepared.UploadID
+	}
+	for _, id := range ids {
+		p.prepared.Changes = append(p.prepared.Changes, domain.PlannedStep{ObjectID: id, FromRevision: revision[id], Events: count[id]})
+	}
+	return p, nil
+}
+
+// runUpload appends a plan: prepare, the objects' events, commit. A refusal for an expected
+// revision aborts the upload and comes back as ErrWrongExpectedVersion for a fresh attempt.
+func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResult, error) {
+	meta := c.metadata()
+	uploadStream := domain.UploadStream(p.owner)
+	prep, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, []byte("prepared")), domain.EventUploadPrepared, p.prepared, meta)
+	if err != nil {
+		return UploadResult{}, err
+	}
+	res, err := s.appendAndWait(ctx, uploadStream, p.expected, prep)
+	if err != nil {
+		return UploadResult{}, err
+	}
+	prepRevision := res.NextExpectedRevision
+
+	byObject := map[int64][]eventstore.EventData{}
+	for i, e := range p.entries {
+		typ := domain.EventIncrementApplied
+		if e.Decrement {
+			typ = domain.EventDecrementApplied
+		}
+		ev, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, e.Layer[:]), typ, p.changes[i], meta)
+		if err != nil {
+			return UploadResult{}, s.abandon(ctx, p, prepRevision, err)
+		}
+		byObject[e.ObjectID] = append(byObject[e.ObjectID], ev)
+	}
+	for _, step := range p.prepared.Changes {
+		_, err := s.store.Append(ctx, domain.DataObjectStream(step.ObjectID), eventstore.Exact(step.FromRevision), byObject[step.ObjectID]...)
+		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			// A direct call changed the object after the plan: decide again on fresh state.
+			s.conflicts.Add(1)
+			if aerr := s.abandon(ctx, p, prepRevision, errors.New("an object changed during the upload")); aerr != nil && !errors.Is(aerr, eventstore.ErrWrongExpectedVersion) {
+				return UploadResult{}, aerr
+			}
+			if cerr := s.catchUp(ctx, domain.DataObjectStream(step.ObjectID)); cerr != nil {
+				return UploadResult{}, cerr
+			}
+			return UploadResult{}, err
+		}
+		if err != nil {
+			return UploadResult{}, s.abandon(ctx, p, prepRevision, unavailable(fmt.Errorf("append upload events: %w", err)))
+		}
+	}
+	commit, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, []byte("committed")), domain.EventUploadCommitted,
+		domain.UploadCommitted{UploadID: p.prepared.UploadID, At: s.clock().UTC()}, meta)
+	if err != nil {
+		return UploadResult{}, s.abandon(ctx, p, prepRevision, err)
+	}
+	_, err = s.appendAndWait(ctx, uploadStream, eventstore.Exact(prepRevision), commit)
+	if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+		// Recovery decided this upload first. If it committed it, the entries count.
+		if s.layerApplied(p.owner, p.entries[len(p.entries)-1].Layer) {
+			return UploadResult{Applied: len(p.entries), Known: p.prepared.BaseDepth}, nil
+		}
+		return UploadResult{}, err
+	}
+	if err != nil {
+		return UploadResult{}, err
+	}
+	return UploadResult{Applied: len(p.entries), Known: p.prepared.BaseDepth}, nil
+}
+
+func (s *Service) layerApplied(owner domain.Owner, layer [32]byte) bool {
+	var ok bool
+	s.view.Read(func(st *projections.State) { _, ok = st.Layer(owner, layer) })
+	return ok
+}
+
+// abandon aborts a prepared upload after a failure and returns the failure. If the abort
+// cannot be written either, recovery will decide the upload later.
+func (s *Service) abandon(ctx context.Context, p *plan, prepRevision uint64, cause error) error {
+	if err := s.decide(context.WithoutCancel(ctx), p.owner, p.prepared.UploadID, prepRevision, false, cause.Error()); err != nil {
+		s.logger.Warn("could not abort an upload; recovery will", "upload", p.prepared.UploadID, "err", err)
+	}
+	return cause
+}
+
+// decide appends the commit or the abort of a prepared upload.
+func (s *Service) decide(ctx context.Context, owner domain.Owner, uploadID uuid.UUID, prepRevision uint64, commit bool, reason string) error {
+	var ev eventstore.EventData
+	var err error
+	if commit {
+		ev, err = newEvent(uuid.NewSHA1(uploadID, []byte("committed")), domain.EventUploadCommitted,
+			domain.UploadCommitted{UploadID: uploadID, At: s.clock().UTC()}, domain.Metadata{})
+	} else {
+		ev, err = newEvent(uuid.NewSHA1(uploadID, []byte("aborted")), domain.EventUploadAborted,
+			domain.UploadAborted{UploadID: uploadID, Reason: reason, At: s.clock().UTC()}, domain.Metadata{})
+	}
+	if err != nil {
+		return err
+	}
+	_, err = s.appendAndWait(ctx, domain.UploadStream(owner), eventstore.Exact(prepRevision), ev)
+	return err
+}
+
+// awaitUploadDecision waits while the owner has an undecided upload; after the lease it decides
+// the upload itself.
+func (s *Service) awaitUploadDecision(ctx context.Context, owner domain.Owner) error {
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, s.lease)
+		err := s.view.WaitUntil(waitCtx, func(st *projections.State) bool { return st.Upload(owner).Prepared == nil })
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			return unavailable(err)
+		}
+		if _, err := s.RecoverUploads(ctx, false); err != nil {
+			return err
+		}
+	}
+}
+
+// RecoverUploads decides undecided uploads: an upload whose every planned event is in its
+// objects' streams is committed, any other is aborted. Without force it leaves uploads younger
+// than the lease alone, as their instance may still be working on them; with force (a single
+// instance starting up, when no other process can hold the store) it decides them all.
+func (s *Service) RecoverUploads(ctx context.Context, force bool) (int, error) {
+	type undecided struct {
+		prepared   domain.UploadPrepared
+		revision   uint64
+		allPresent bool
+	}
+	var todo []undecided
+	now := s.clock()
+	s.view.Read(func(st *projections.State) {
+		for _, p := range st.PendingUploads() {
+			if !force && now.Sub(p.At) < s.lease {
+				continue
+			}
+			want := 0
+			for _, step := range p.Changes {
+				want += step.Events
+			}
+			todo = append(todo, undecided{prepared: p, revision: st.Upload(p.Owner).Revision, allPresent: st.PendingEvents(p.UploadID) == want})
+		}
+	})
+	decided := 0
+	for _, u := range todo {
+		reason := "recovery: the upload was interrupted before all its events were written"
+		err := s.decide(ctx, u.prepared.Owner, u.prepared.UploadID, u.revision, u.allPresent, reason)
+		switch {
+		case errors.Is(err, eventstore.ErrWrongExpectedVersion):
+			// Its own instance, or another recovery, decided it first.
+		case err != nil:
+			return decided, err
+		default:
+			decided++
+			s.logger.Info("recovered an interrupted upload", "upload", u.prepared.UploadID, "owner", u.prepared.Owner.String(), "committed", u.allPresent)
+		}
+	}
+	return decided, nil
+}
+
+// RunRecovery decides stale uploads every half lease until ctx ends, so that an instance that
+// died mid-upload never blocks its owner's objects for longer than the lease.
+func (s *Service) RunRecovery(ctx context.Context) {
+	t := time.NewTicker(s.lease / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.RecoverUploads(ctx, false); err != nil && ctx.Err() == nil {
+				s.logger.Error("upload recovery", "err", err)
+			}
+		}
+	}
+}

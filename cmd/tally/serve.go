@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/tallyledger/tally/adapters/embedded"
+	"github.com/tallyledger/tally/adapters/httpapi"
+	"github.com/tallyledger/tally/adapters/kurrentdb"
+	"github.com/tallyledger/tally/adapters/usagelog"
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/projections"
+)
+
+// serveConfig is everything tally serve is configured with.
+type serveConfig struct {
+	Addr         string
+	LogFormat    string
+	LogLevel     string
+	Store        string
+	KurrentURL   string
+	RSAKeys      []string
+	MaxBodyBytes int64
+	UploadLease  time.Duration
+}
+
+func newServeCommand(g *globalFlags) *cobra.Command {
+	var cfg serveConfig
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the Tally server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := newLogger(cmd.ErrOrStderr(), cfg.LogFormat, cfg.LogLevel)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), logger, g, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Addr, "addr", "127.0.0.1:8080", "listen address (TALLY_ADDR)")
+	f.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json (TALLY_LOG_FORMAT)")
+	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn, error (TALLY_LOG_LEVEL)")
+	f.StringVar(&cfg.Store, "store", "embedded", "event store: embedded or kurrentdb (TALLY_STORE)")
+	f.StringVar(&cfg.KurrentURL, "kurrentdb-url", "", "KurrentDB connection string, esdb://… (TALLY_KURRENTDB_URL)")
+	f.StringSliceVar(&cfg.RSAKeys, "rsa-key", nil, "RSA private key PEM file(s); the first is current (TALLY_RSA_KEY); default: keys in the data directory, created on first start")
+	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 8<<20, "largest request body accepted (TALLY_MAX_BODY_BYTES)")
+	f.DurationVar(&cfg.UploadLease, "upload-lease", 30*time.Second, "how long an interrupted upload may stay undecided before recovery decides it (TALLY_UPLOAD_LEASE)")
+	return cmd
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// serve runs the server until ctx ends, then shuts down in order: stop accepting and finish
+// in-flight requests, stop the projection (which persists its checkpoint), close the store.
+func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveConfig) error {
+	if err := os.MkdirAll(g.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	adminToken, err := loadOrCreateAdminToken(g)
+	if err != nil {
+		return err
+	}
+	keys, err := loadKeys(g.DataDir, cfg.RSAKeys)
+	if err != nil {
+		return err
+	}
+	store, err := openStore(ctx, logger, g.DataDir, cfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			logger.Error("close store", "err", err)
+		}
+	}()
+
+	started := time.Now()
+	proj, err := projections.NewCurrent(store, projections.CurrentOptions{
+		SnapshotPath: filepath.Join(g.DataDir, "projection.json"),
+		Logger:       logger.With("component", "projection"),
+	})
+	if err != nil {
+		return err
+	}
+	projCtx, stopProjection := context.WithCancel(context.WithoutCancel(ctx))
+	projDone := make(chan error, 1)
+	go func() { projDone <- proj.Run(projCtx) }()
+	defer func() {
+		stopProjection()
+		if err := <-projDone; err != nil && !errors.Is(err, context.Canceled) {
+			logger.Error("projection", "err", err)
+		}
+	}()
+
+	svc, err := ledger.New(ledger.Config{
+		Store: store, View: proj, Decoder: usagelog.NewLedgerDecoder(keys),
+		Instance: uuid.New(), UploadLease: cfg.UploadLease, Logger: logger.With("component", "ledger"),
+	})
+	if err != nil {
+		return err
+	}
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tally_ledger_conflicts_total",
+			Help: "Appends refused for their expected revision and retried.",
+		}, func() float64 { return float64(svc.Conflicts()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tally_projection_position",
+			Help: "Global position of the last event in the current-state projection.",
+		}, func() float64 { return float64(proj.Position()) }),
+	)
+
+	ready := newReadiness()
+	handler, err := httpapi.New(httpapi.Config{
+		Ledger: svc, AdminToken: adminToken, Ready: ready.check,
+		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
+		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	logger.Info("listening", "addr", ln.Addr().String(), "store", cfg.Store, "data_dir", g.DataDir)
+
+	go func() {
+		// Ready once the projection holds every event stored before start, and interrupted
+		// uploads are decided.
+		if err := catchUpToHead(ctx, store, proj); err != nil {
+			ready.fail(err)
+			return
+		}
+		force := cfg.Store == "embedded" // the store's file lock proves no other instance runs
+		if n, err := svc.RecoverUploads(ctx, force); err != nil {
+			logger.Error("recover uploads", "err", err)
+		} else if n > 0 {
+			logger.Info("recovered interrupted uploads", "count", n)
+		}
+		ready.set()
+		logger.Info("ready", "position", proj.Position(), "checkpoint", proj.LoadedAt(), "took", time.Since(started).String())
+		svc.RunRecovery(ctx)
+	}()
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		logger.Error("http shutdown", "err", err)
+	}
+	return nil
+}
+
+// catchUpToHead waits until the projection holds the last event the store had when called.
+func catchUpToHead(ctx context.Context, store eventstore.Store, proj *projections.Current) error {
+	head := proj.Position()
+	for {
+		evs, err := store.ReadAll(ctx, head, 4096)
+		if err != nil {
+			return fmt.Errorf("find the store's head: %w", err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		head = evs[len(evs)-1].Position
+	}
+	return proj.WaitFor(ctx, head)
+}
+
+func openStore(ctx context.Context, logger *slog.Logger, dataDir string, cfg serveConfig) (eventstore.Store, error) {
+	switch cfg.Store {
+	case "embedded":
+		s, err := embedded.Open(ctx, filepath.Join(dataDir, "events"))
+		if err != nil {
+			return nil, fmt.Errorf("open embedded store: %w", err)
+		}
+		return s, nil
+	case "kurrentdb":
+		if cfg.KurrentURL == "" {
+			return nil, errors.New("--store kurrentdb needs --kurrentdb-url (TALLY_KURRENTDB_URL)")
+		}
+		prefixes := make([]string, len(domain.StreamCategories))
+		for i, c := range domain.StreamCategories {
+			prefixes[i] = c + "-"
+		}
+		s, err := kurrentdb.Open(ctx, kurrentdb.Config{URL: cfg.KurrentURL, Logger: logger.With("component", "kurrentdb"), StreamPrefixes: prefixes})
+		if err != nil {
+			return nil, fmt.Errorf("open KurrentDB store: %w", err)
+		}
+		return s, nil
+	}
+	return nil, fmt.Errorf("--store %q: want embedded or kurrentdb", cfg.Store)
+}
+
+func loadKeys(dataDir string, paths []string) (*usagelog.KeyRing, error) {
+	if len(paths) > 0 {
+		kr, err := usagelog.LoadKeyRingFiles(paths...)
+		if err != nil {
+			return nil, fmt.Errorf("load RSA keys: %w", err)
+		}
+		return kr, nil
+	}
+	kr, err := usagelog.LoadOrCreateKeyRing(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("RSA keys in %s: %w", dataDir, err)
+	}
+	return kr, nil
+}
+
+// loadOrCreateAdminToken returns TALLY_ADMIN_TOKEN, or the token in the data directory,
+// creating it (mode 0600) on first start.
+func loadOrCreateAdminToken(g *globalFlags) (string, error) {
+	if tok, err := g.adminToken(); err == nil {
+		return tok, nil
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	tok := base64.RawURLEncoding.EncodeToString(raw)
+	f, err := os.OpenFile(adminTokenFile(g.DataDir), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("create admin token: %w", err)
+	}
+	_, werr := f.WriteString(tok + "\n")
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return "", fmt.Errorf("write admin token: %w", werr)
+	}
+	return strings.TrimSpace(tok), nil
+}

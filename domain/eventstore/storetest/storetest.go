@@ -67,7 +67,9 @@ type env struct {
 
 func (e *env) stream(name string) string { return e.prefix + "-" + name }
 
-func (e *env) ours(ev eventstore.RecordedEvent) bool { return strings.HasPrefix(ev.Stream, e.prefix+"-") }
+func (e *env) ours(ev eventstore.RecordedEvent) bool {
+	return strings.HasPrefix(ev.Stream, e.prefix+"-")
+}
 
 // newEvents makes n events with fresh IDs and distinct JSON payloads.
 func newEvents(n int, label string) []eventstore.EventData {

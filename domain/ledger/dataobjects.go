@@ -316,6 +316,7 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 			if err := s.awaitUploadDecision(ctx, obj.Owner); err != nil {
 				return err
 			}
+			attempt++
 			continue
 		}
 		typ, data, err := decide(obj)

@@ -42,8 +42,9 @@ type CurrentOptions struct {
 	Logger        *slog.Logger
 }
 
-// NewCurrent loads the snapshot, if any, and returns a projection ready to Run.
-func NewCurrent(store eventstore.Store, opts CurrentOptions) (*Current, error) {
+// NewCurrent loads the snapshot, if any, checks that the store holds its checkpoint, and
+// returns a projection ready to Run.
+func NewCurrent(ctx context.Context, store eventstore.Store, opts CurrentOptions) (*Current, error) {
 	if store == nil {
 		return nil, errors.New("projections: nil event store")
 	}
@@ -73,6 +74,9 @@ func NewCurrent(store eventstore.Store, opts CurrentOptions) (*Current, error) {
 			}
 		}
 	}
+	if err := c.checkCheckpoint(ctx); err != nil {
+		return nil, err
+	}
 	c.loadedAt = c.state.Position
 	c.savedAt = c.state.Position
 	return c, nil
@@ -84,10 +88,6 @@ func (c *Current) LoadedAt() eventstore.Position { return c.loadedAt }
 // Run follows the store until ctx ends, resubscribing from its last position when a
 // subscription drops. It persists the state every SnapshotEvery and once more on the way out.
 func (c *Current) Run(ctx context.Context) error {
-	if err := c.checkCheckpoint(ctx); err != nil {
-		c.stop(err)
-		return err
-	}
 	saveCtx, stopSaving := context.WithCancel(context.WithoutCancel(ctx))
 	saverDone := make(chan struct{})
 	go func() {
@@ -117,7 +117,7 @@ func (c *Current) Run(ctx context.Context) error {
 
 // checkCheckpoint refuses a snapshot that is ahead of the store: it belongs to other data.
 func (c *Current) checkCheckpoint(ctx context.Context) error {
-	pos := c.Position()
+	pos := c.state.Position
 	if pos == eventstore.Start {
 		return nil
 	}
@@ -127,10 +127,7 @@ func (c *Current) checkCheckpoint(ctx context.Context) error {
 	}
 	if len(evs) == 0 || evs[0].Position != pos {
 		c.logger.Warn("projection snapshot does not match the store; replaying from the start", "checkpoint", pos)
-		c.mu.Lock()
 		c.state = NewState()
-		c.loadedAt, c.savedAt = eventstore.Start, eventstore.Start
-		c.mu.Unlock()
 	}
 	return nil
 }

@@ -109,7 +109,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	}()
 
 	started := time.Now()
-	proj, err := projections.NewCurrent(store, projections.CurrentOptions{
+	proj, err := projections.NewCurrent(ctx, store, projections.CurrentOptions{
 		SnapshotPath: filepath.Join(g.DataDir, "projection.json"),
 		Logger:       logger.With("component", "projection"),
 	})

@@ -1,0 +1,124 @@
+package projections_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/adapters/embedded"
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/projections"
+)
+
+func appendEvent(t *testing.T, s eventstore.Store, stream, typ string, data any) eventstore.AppendResult {
+	t.Helper()
+	b, err := json.Marshal(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Append(context.Background(), stream, eventstore.Any(), eventstore.EventData{ID: uuid.New(), Type: typ, Data: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// runCurrent starts a projection and returns a function that stops it and waits for it.
+func runCurrent(t *testing.T, store eventstore.Store, snapshot string) (*projections.Current, func()) {
+	t.Helper()
+	c, err := projections.NewCurrent(context.Background(), store, projections.CurrentOptions{SnapshotPath: snapshot, SnapshotEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	return c, func() { cancel(); <-done }
+}
+
+func TestCurrentResumesFromItsCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	snapshot := filepath.Join(dir, "projection.json")
+	store, err := embedded.Open(ctx, filepath.Join(dir, "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	owner := domain.Owner{Type: domain.OwnerUser}
+	appendEvent(t, store, domain.DataObjectStream(1), domain.EventDataObjectAdded, domain.DataObjectAdded{ObjectID: 1, Owner: owner, Name: "seats"})
+	var last eventstore.AppendResult
+	for i := 0; i < 50; i++ {
+		last = appendEvent(t, store, domain.DataObjectStream(1), domain.EventIncrementApplied, domain.ValueChanged{ObjectID: 1, Amount: 2})
+	}
+
+	c, stop := runCurrent(t, store, snapshot)
+	if err := c.WaitFor(ctx, last.Position); err != nil {
+		t.Fatal(err)
+	}
+	stop() // persists the checkpoint on the way out
+
+	more := appendEvent(t, store, domain.DataObjectStream(1), domain.EventDecrementApplied, domain.ValueChanged{ObjectID: 1, Amount: 1})
+	c2, stop2 := runCurrent(t, store, snapshot)
+	defer stop2()
+	if c2.LoadedAt() != last.Position {
+		t.Fatalf("restarted from %d, want the checkpoint %d", c2.LoadedAt(), last.Position)
+	}
+	if err := c2.WaitFor(ctx, more.Position); err != nil {
+		t.Fatal(err)
+	}
+	var got int32
+	c2.Read(func(s *projections.State) { got = s.Objects[1].IntValue })
+	if got != 99 {
+		t.Fatalf("value = %d, want 99", got)
+	}
+	rebuilt, err := projections.Rebuild(ctx, store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Read(func(s *projections.State) {
+		if d := projections.Diff(rebuilt, s); len(d) != 0 {
+			t.Fatalf("resumed projection differs from a rebuild: %v", d)
+		}
+	})
+}
+
+func TestCurrentReplaysWhenItsCheckpointIsNotInTheStore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	snapshot := filepath.Join(dir, "projection.json")
+	store, err := embedded.Open(ctx, filepath.Join(dir, "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	res := appendEvent(t, store, domain.ProductStream(1), domain.EventProductCreated, domain.ProductCreated{ProductID: 1, Name: "real"})
+
+	// A snapshot from other data, ahead of this store.
+	foreign := projections.NewState()
+	foreign.Position = 1000
+	foreign.Products[5] = domain.Product{ID: 5, Name: "foreign"}
+	b, err := projections.MarshalState(foreign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(snapshot, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, stop := runCurrent(t, store, snapshot)
+	defer stop()
+	if err := c.WaitFor(ctx, res.Position); err != nil {
+		t.Fatal(err)
+	}
+	c.Read(func(s *projections.State) {
+		if _, ok := s.Products[5]; ok || s.Products[1].Name != "real" || s.Position != res.Position {
+			t.Fatalf("state = %+v at %d; want only the store's product", s.Products, s.Position)
+		}
+	})
+}

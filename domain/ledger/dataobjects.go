@@ -277,12 +277,12 @@ func (s *Service) changeIntValue(ctx context.Context, c Caller, dir domain.Direc
 	if amount < 0 {
 		amount = -amount
 	}
-	if c.Token.Allows(method) {
-		if err := c.Token.CheckAmount(amount); err != nil {
-			return err
-		}
-	}
 	return s.change(ctx, c, method, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+		// The feature lock is checked after the permission and the owner, as the API's order of
+		// checks says.
+		if err := c.Token.CheckAmount(amount); err != nil {
+			return "", nil, err
+		}
 		after, err := domain.ApplyChange(o.IntValue, dir, amount, cmd.EnableBound, cmd.Bound)
 		if err != nil {
 			return "", nil, err

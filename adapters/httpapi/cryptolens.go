@@ -54,6 +54,10 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ri := infoOf(r)
 		ri.method = m.name
+		if r.Method != http.MethodGet && r.Method != http.MethodPost {
+			s.methodNotAllowed(w, r)
+			return
+		}
 		values, err := s.readParams(w, r)
 		if err != nil {
 			s.writeError(w, r, err)

@@ -103,26 +103,36 @@ func New(cfg Config) (http.Handler, error) {
 	// redirect them itself: a redirect would turn an SDK's POST into a GET without its body.
 	r := mux.NewRouter().SkipClean(true)
 	r.NotFoundHandler = http.HandlerFunc(s.notFound)
-	r.MethodNotAllowedHandler = http.HandlerFunc(s.methodNotAllowed)
 
-	api := r.PathPrefix("/api/data/").Methods(http.MethodGet, http.MethodPost).Subrouter()
+	// Methods are told apart in the handlers rather than with mux's Methods matchers: in
+	// mux 1.8.1 a later route under the same prefix clears a method mismatch, so the mismatch
+	// would be answered as 404 instead of 405.
+	api := r.PathPrefix("/api/data/").Subrouter()
 	for _, m := range dataMethods() {
 		api.Handle("/"+strings.ToLower(m.name), s.dataHandler(m))
 	}
 
 	admin := r.PathPrefix("/admin/v1/").Subrouter()
-	admin.Handle("/products", s.adminHandler("admin.createProduct", s.createProduct)).Methods(http.MethodPost)
-	admin.Handle("/products", s.adminHandler("admin.listProducts", s.listProducts)).Methods(http.MethodGet)
-	admin.Handle("/keys", s.adminHandler("admin.createKey", s.createKey)).Methods(http.MethodPost)
-	admin.Handle("/keys", s.adminHandler("admin.listKeys", s.listKeys)).Methods(http.MethodGet)
-	admin.Handle("/tokens", s.adminHandler("admin.createToken", s.createToken)).Methods(http.MethodPost)
-	admin.Handle("/tokens", s.adminHandler("admin.listTokens", s.listTokens)).Methods(http.MethodGet)
-	admin.Handle("/tokens/{id}/revoke", s.adminHandler("admin.revokeToken", s.revokeToken)).Methods(http.MethodPost)
+	admin.Handle("/products", s.byMethod(map[string]http.Handler{
+		http.MethodPost: s.adminHandler("admin.createProduct", s.createProduct),
+		http.MethodGet:  s.adminHandler("admin.listProducts", s.listProducts),
+	}))
+	admin.Handle("/keys", s.byMethod(map[string]http.Handler{
+		http.MethodPost: s.adminHandler("admin.createKey", s.createKey),
+		http.MethodGet:  s.adminHandler("admin.listKeys", s.listKeys),
+	}))
+	admin.Handle("/tokens", s.byMethod(map[string]http.Handler{
+		http.MethodPost: s.adminHandler("admin.createToken", s.createToken),
+		http.MethodGet:  s.adminHandler("admin.listTokens", s.listTokens),
+	}))
+	admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
+		http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
+	}))
 
-	r.Handle("/healthz", s.named("healthz", http.HandlerFunc(s.healthz))).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/readyz", s.named("readyz", http.HandlerFunc(s.readyz))).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
+	r.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))
 	if cfg.Metrics != nil {
-		r.Handle("/metrics", s.named("metrics", cfg.Metrics)).Methods(http.MethodGet, http.MethodHead)
+		r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", cfg.Metrics)}))
 	}
 
 	return s.normalise(s.observe(r)), nil
@@ -217,4 +227,20 @@ func (s *server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+}
+
+// byMethod dispatches on the HTTP method; HEAD is served as GET.
+func (s *server) byMethod(handlers map[string]http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		method := r.Method
+		if method == http.MethodHead {
+			method = http.MethodGet
+		}
+		h, ok := handlers[method]
+		if !ok {
+			s.methodNotAllowed(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

@@ -311,6 +311,12 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 	if !c.Token.Allows(method) {
 		return domain.ErrAccessDenied
 	}
+	var unlock func()
+	defer func() {
+		if unlock != nil {
+			unlock()
+		}
+	}()
 	for attempt := 0; attempt < s.maxAttempts; {
 		var obj projections.Object
 		var err error
@@ -323,6 +329,14 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 		})
 		if err != nil {
 			return err
+		}
+		if unlock == nil {
+			// Queue behind this process's other commands on the object, then decide on the
+			// state as it is once it is our turn.
+			if unlock, err = s.objectLocks.lock(ctx, obj.ID); err != nil {
+				return err
+			}
+			continue
 		}
 		if len(obj.Pending) > 0 {
 			if err := s.awaitUploadDecision(ctx, obj.Owner); err != nil {

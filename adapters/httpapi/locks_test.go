@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
@@ -116,7 +117,8 @@ func TestConcurrentChanges(t *testing.T) {
 	}
 	f := newFixture(t)
 	owner := f.toKey(f.token)
-	run := func(t *testing.T, id int64, op func(worker int) (method, amount string)) (accepted, limited, retried int64) {
+	// run sends the workers' requests, each worker to one of envs, and counts the answers.
+	run := func(t *testing.T, envs []*apitest.Env, id int64, op func(worker int) (method, amount string)) (accepted, limited, retried int64) {
 		var wg sync.WaitGroup
 		var acc, lim, ret atomic.Int64
 		errs := make(chan string, workers)
@@ -128,7 +130,7 @@ func TestConcurrentChanges(t *testing.T) {
 					method, amount := op(w)
 					params := with(owner, "Id", strconv.FormatInt(id, 10), "IntValue", amount)
 					for {
-						r := f.env.Call(method, params)
+						r := envs[w%len(envs)].Call(method, params)
 						var res struct {
 							Result  int     `json:"result"`
 							Message *string `json:"message"`
@@ -159,32 +161,67 @@ func TestConcurrentChanges(t *testing.T) {
 		return acc.Load(), lim.Load(), ret.Load()
 	}
 
+	incDec := func(w int) (string, string) {
+		if w%2 == 0 {
+			return "IncrementIntValueToKey", "3"
+		}
+		return "DecrementIntValueToKey", "2"
+	}
+	// Half the workers increment by 3, half decrement by 2.
+	wantSum := int32(workers / 2 * opsPerWorker * (3 - 2))
+
 	t.Run("exact sum", func(t *testing.T) {
 		id := f.add(t, owner, "AddDataObjectToKey", "sum", 0)
 		before := f.env.Ledger.Conflicts()
-		accepted, limited, retried := run(t, id, func(w int) (string, string) {
-			if w%2 == 0 {
-				return "IncrementIntValueToKey", "3"
-			}
-			return "DecrementIntValueToKey", "2"
-		})
-		want := int32(workers / 2 * opsPerWorker * (3 - 2))
+		accepted, limited, retried := run(t, []*apitest.Env{f.env}, id, incDec)
 		if accepted != int64(workers*opsPerWorker) || limited != 0 {
 			t.Fatalf("%d accepted, %d refused for the limit", accepted, limited)
 		}
-		if v := f.value(t, id); v != want {
-			t.Fatalf("value %d, want %d", v, want)
+		if v := f.value(t, id); v != wantSum {
+			t.Fatalf("value %d, want %d", v, wantSum)
 		}
-		checkChain(t, f, id, 0, want, int(accepted))
-		t.Logf("%d changes, %d conflicts retried inside the ledger, %d answered 409 and retried by the client",
-			accepted, f.env.Ledger.Conflicts()-before, retried)
+		checkChain(t, f, id, 0, wantSum, int(accepted))
+		// One instance queues its own commands on an object: nothing to retry.
+		if c := f.env.Ledger.Conflicts() - before; c != 0 || retried != 0 {
+			t.Fatalf("%d conflicts, %d answers 409 within one instance", c, retried)
+		}
+	})
+
+	t.Run("exact sum across two instances", func(t *testing.T) {
+		second := f.env.AnotherInstance()
+		id := f.add(t, owner, "AddDataObjectToKey", "sum2", 0)
+		// The second instance learns of the object through its own subscription; a client
+		// switching instances right after the add would be told the object does not exist yet.
+		if err := second.Projection.WaitFor(context.Background(), f.env.Projection.Position()); err != nil {
+			t.Fatal(err)
+		}
+		before := f.env.Ledger.Conflicts() + second.Ledger.Conflicts()
+		accepted, limited, retried := run(t, []*apitest.Env{f.env, second}, id, incDec)
+		if accepted != int64(workers*opsPerWorker) || limited != 0 {
+			t.Fatalf("%d accepted, %d refused for the limit", accepted, limited)
+		}
+		// Each instance has seen its own changes; wait until both have seen all of them.
+		head := max(f.env.Projection.Position(), second.Projection.Position())
+		for _, e := range []*apitest.Env{f.env, second} {
+			if err := e.Projection.WaitFor(context.Background(), head); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, e := range []*apitest.Env{f.env, second} {
+			if o, _ := e.Object(id); o.IntValue != wantSum {
+				t.Fatalf("value %d, want %d", o.IntValue, wantSum)
+			}
+		}
+		checkChain(t, f, id, 0, wantSum, int(accepted))
+		t.Logf("%d changes through two instances: %d conflicts retried inside the ledgers, %d answered 409 and retried by the client",
+			accepted, f.env.Ledger.Conflicts()+second.Ledger.Conflicts()-before, retried)
 	})
 
 	t.Run("at the int32 limit", func(t *testing.T) {
 		start := int32(math.MaxInt32 - 10)
 		id := f.add(t, owner, "AddDataObjectToKey", "limit", start)
 		before := f.env.Ledger.Conflicts()
-		accepted, limited, retried := run(t, id, func(int) (string, string) { return "IncrementIntValueToKey", "1" })
+		accepted, limited, retried := run(t, []*apitest.Env{f.env}, id, func(int) (string, string) { return "IncrementIntValueToKey", "1" })
 		if accepted != 10 || limited != int64(workers*opsPerWorker-10) {
 			t.Fatalf("%d accepted, %d refused for the limit; want 10 and %d", accepted, limited, workers*opsPerWorker-10)
 		}

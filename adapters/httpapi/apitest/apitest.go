@@ -57,9 +57,11 @@ type Env struct {
 	Registry   *prometheus.Registry
 	HTTP       *http.Client
 	Admin      *httpapi.AdminClient
+	opts  Options
 	// storeClosed is set when a test closed the store under the service on purpose, which
-	// stops the projection with an error the cleanup then expects.
-	storeClosed atomic.Bool
+	// stops the projection with an error the cleanup then expects. Instances on one store
+	// share it.
+	storeClosed *atomic.Bool
 }
 
 // OpenEmbedded opens an embedded store on a fresh temporary directory.
@@ -84,47 +86,65 @@ func StartWith(t testing.TB, opts Options) *Env {
 	if opts.Open == nil {
 		opts.Open = OpenEmbedded
 	}
-	logger := opts.Logger
-	if logger == nil {
-		logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	store := opts.Open(t)
-	proj, err := projections.NewCurrent(store, projections.CurrentOptions{Logger: logger})
+	env := &Env{t: t, AdminToken: AdminToken, Store: store, opts: opts, storeClosed: &atomic.Bool{}}
+	// Registered first, so it runs last: after every instance has stopped.
+	t.Cleanup(func() {
+		if err := store.Close(); err != nil && !env.storeClosed.Load() {
+			t.Errorf("close store: %v", err)
+		}
+	})
+	env.start()
+	return env
+}
+
+// AnotherInstance starts a second Tally instance (its own projection, ledger and HTTP server)
+// on the same store, as two processes sharing a KurrentDB would run.
+func (e *Env) AnotherInstance() *Env {
+	e.t.Helper()
+	other := &Env{t: e.t, AdminToken: e.AdminToken, Store: e.Store, opts: e.opts, storeClosed: e.storeClosed}
+	other.start()
+	return other
+}
+
+// start runs the projection, ledger and HTTP server of one instance on e.Store.
+func (e *Env) start() {
+	t := e.t
+	t.Helper()
+	proj, err := projections.NewCurrent(e.Store, projections.CurrentOptions{Logger: e.opts.Logger})
 	if err != nil {
 		t.Fatalf("projection: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	projDone := make(chan error, 1)
 	go func() { projDone <- proj.Run(ctx) }()
-	svc, err := ledger.New(ledger.Config{Store: store, View: proj, Decoder: opts.Decoder, Logger: logger})
+	svc, err := ledger.New(ledger.Config{Store: e.Store, View: proj, Decoder: e.opts.Decoder, Logger: e.opts.Logger})
 	if err != nil {
 		t.Fatalf("ledger: %v", err)
 	}
 	reg := prometheus.NewRegistry()
 	h, err := httpapi.New(httpapi.Config{
-		Ledger: svc, AdminToken: AdminToken, Ready: opts.Ready,
+		Ledger: svc, AdminToken: AdminToken, Ready: e.opts.Ready,
 		Metrics:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		Registry: reg, Logger: logger, MaxBodyBytes: opts.MaxBodyBytes,
+		Registry: reg, Logger: e.opts.Logger, MaxBodyBytes: e.opts.MaxBodyBytes,
 	})
 	if err != nil {
 		t.Fatalf("http handler: %v", err)
 	}
 	srv := httptest.NewServer(h)
-	env := &Env{
-		t: t, URL: srv.URL, AdminToken: AdminToken, Store: store, Projection: proj, Ledger: svc,
-		Registry: reg, HTTP: srv.Client(), Admin: httpapi.NewAdminClient(srv.URL, AdminToken, srv.Client()),
-	}
+	e.URL, e.Projection, e.Ledger, e.Registry = srv.URL, proj, svc, reg
+	e.HTTP = srv.Client()
+	e.Admin = httpapi.NewAdminClient(srv.URL, AdminToken, srv.Client())
 	t.Cleanup(func() {
 		srv.Close()
 		cancel()
-		if err := <-projDone; err != nil && !errors.Is(err, context.Canceled) && !env.storeClosed.Load() {
+		if err := <-projDone; err != nil && !errors.Is(err, context.Canceled) && !e.storeClosed.Load() {
 			t.Errorf("projection: %v", err)
 		}
-		if err := store.Close(); err != nil && !env.storeClosed.Load() {
-			t.Errorf("close store: %v", err)
-		}
 	})
-	return env
 }
 
 // CloseStore closes the event store under the running service, to see how it fails.

@@ -57,7 +57,7 @@ type Env struct {
 	Registry   *prometheus.Registry
 	HTTP       *http.Client
 	Admin      *httpapi.AdminClient
-	opts  Options
+	opts       Options
 	// storeClosed is set when a test closed the store under the service on purpose, which
 	// stops the projection with an error the cleanup then expects. Instances on one store
 	// share it.

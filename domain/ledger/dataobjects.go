@@ -70,6 +70,15 @@ func resolveOwner(st *projections.State, tok domain.Token, sc Scope) (domain.Own
 	return owner, nil
 }
 
+// CheckScope applies the token's locks to a scope without changing anything. Inbound adapters
+// use it to keep the API's order of checks (token, permission, owner, then the other
+// parameters) when a later parameter is already known to be malformed.
+func (s *Service) CheckScope(c Caller, sc Scope) error {
+	var err error
+	s.view.Read(func(st *projections.State) { _, err = resolveOwner(st, c.Token, sc) })
+	return err
+}
+
 // resolveObject finds a live object of the owner.
 func resolveObject(st *projections.State, owner domain.Owner, ref ObjectRef) (projections.Object, error) {
 	var o *projections.Object
@@ -106,12 +115,6 @@ func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject
 	if !c.Token.Allows(domain.MethodAddDataObject) {
 		return 0, domain.ErrAccessDenied
 	}
-	if err := domain.ValidateName(cmd.Name); err != nil {
-		return 0, err
-	}
-	if err := domain.ValidateStringValue(cmd.StringValue); err != nil {
-		return 0, err
-	}
 	var candidate int64
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
 		var owner domain.Owner
@@ -119,6 +122,13 @@ func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject
 		s.view.Read(func(st *projections.State) {
 			owner, err = resolveOwner(st, c.Token, cmd.Scope)
 			if err != nil {
+				return
+			}
+			// The owner is checked before the values, as the API's order of checks says.
+			if err = domain.ValidateName(cmd.Name); err != nil {
+				return
+			}
+			if err = domain.ValidateStringValue(cmd.StringValue); err != nil {
 				return
 			}
 			if cmd.CheckForDuplicates {
@@ -227,10 +237,12 @@ type SetStringValue struct {
 
 // SetStringValue replaces an object's string value.
 func (s *Service) SetStringValue(ctx context.Context, c Caller, cmd SetStringValue) error {
-	if err := domain.ValidateStringValue(cmd.StringValue); err != nil {
-		return err
-	}
 	return s.change(ctx, c, domain.MethodSetStringValue, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+		// Checked here, after the permission, the owner and the object, as the API's order of
+		// checks says.
+		if err := domain.ValidateStringValue(cmd.StringValue); err != nil {
+			return "", nil, err
+		}
 		return domain.EventStringValueSet, domain.StringValueSet{ObjectID: o.ID, Before: o.StringValue, After: cmd.StringValue, At: s.clock().UTC()}, nil
 	})
 }
@@ -265,12 +277,12 @@ func (s *Service) changeIntValue(ctx context.Context, c Caller, dir domain.Direc
 	if amount < 0 {
 		amount = -amount
 	}
-	if c.Token.Allows(method) {
-		if err := c.Token.CheckAmount(amount); err != nil {
-			return err
-		}
-	}
 	return s.change(ctx, c, method, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+		// The feature lock is checked after the permission and the owner, as the API's order of
+		// checks says.
+		if err := c.Token.CheckAmount(amount); err != nil {
+			return "", nil, err
+		}
 		after, err := domain.ApplyChange(o.IntValue, dir, amount, cmd.EnableBound, cmd.Bound)
 		if err != nil {
 			return "", nil, err
@@ -299,6 +311,12 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 	if !c.Token.Allows(method) {
 		return domain.ErrAccessDenied
 	}
+	var unlock func()
+	defer func() {
+		if unlock != nil {
+			unlock()
+		}
+	}()
 	for attempt := 0; attempt < s.maxAttempts; {
 		var obj projections.Object
 		var err error
@@ -311,6 +329,14 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 		})
 		if err != nil {
 			return err
+		}
+		if unlock == nil {
+			// Queue behind this process's other commands on the object, then decide on the
+			// state as it is once it is our turn.
+			if unlock, err = s.objectLocks.lock(ctx, obj.ID); err != nil {
+				return err
+			}
+			continue
 		}
 		if len(obj.Pending) > 0 {
 			if err := s.awaitUploadDecision(ctx, obj.Owner); err != nil {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -77,6 +78,12 @@ type Service struct {
 	lease       time.Duration
 	logger      *slog.Logger
 	conflicts   atomic.Int64
+	// objectLocks serialise this process's commands on one data object. Optimistic
+	// concurrency still decides between instances; within one, queueing spares concurrent
+	// callers of one object the retries that otherwise run out (64 concurrent increments on
+	// one object through HTTP: ~11,000 conflicts and ~550 answers of "changed concurrently too
+	// often" without it, see adapters/httpapi TestConcurrentChanges).
+	objectLocks keyedMutex
 }
 
 // New returns a Service, refusing missing dependencies.
@@ -216,4 +223,47 @@ func expectedFor(rev uint64, exists bool) eventstore.ExpectedRevision {
 		return eventstore.NoStream()
 	}
 	return eventstore.Exact(rev)
+}
+
+// keyedMutex is a set of mutexes by id, each existing while someone holds or awaits it. The
+// zero value is ready to use.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[int64]*keyedLock
+}
+
+type keyedLock struct {
+	held chan struct{} // holds one token while locked
+	refs int           // holders and waiters
+}
+
+// lock takes the mutex of id, or gives up when ctx ends; the returned func releases it.
+func (k *keyedMutex) lock(ctx context.Context, id int64) (func(), error) {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[int64]*keyedLock{}
+	}
+	l := k.locks[id]
+	if l == nil {
+		l = &keyedLock{held: make(chan struct{}, 1)}
+		k.locks[id] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	select {
+	case l.held <- struct{}{}:
+		return func() { <-l.held; k.release(id, l) }, nil
+	case <-ctx.Done():
+		k.release(id, l)
+		return nil, ctx.Err()
+	}
+}
+
+func (k *keyedMutex) release(id int64, l *keyedLock) {
+	k.mu.Lock()
+	l.refs--
+	if l.refs == 0 {
+		delete(k.locks, id)
+	}
+	k.mu.Unlock()
 }

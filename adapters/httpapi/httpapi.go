@@ -1,0 +1,246 @@
+// Package httpapi is Tally's inbound HTTP adapter: the Cryptolens-compatible data-object API
+// under /api/data/, the vendor's admin API under /admin/v1/ (with a small client for it), and
+// the operational endpoints /healthz, /readyz and /metrics. It parses requests the way the
+// official Cryptolens SDKs send them, calls the ledger, and answers with the JSON those SDKs
+// read. It holds no rules of its own beyond the order in which refusals are reported.
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/ledger"
+)
+
+// DefaultMaxBodyBytes is the largest request body accepted when Config leaves it unset. A
+// usage log of 1000 new entries is far smaller; 8 MiB leaves room for long histories of layers.
+const DefaultMaxBodyBytes int64 = 8 << 20
+
+// Ledger is what the adapter needs from the ledger; *ledger.Service satisfies it.
+type Ledger interface {
+	Authenticate(secret string) (domain.Token, error)
+	CheckScope(c ledger.Caller, sc ledger.Scope) error
+
+	AddDataObject(ctx context.Context, c ledger.Caller, cmd ledger.AddDataObject) (int64, error)
+	ListDataObjects(ctx context.Context, c ledger.Caller, q ledger.ListDataObjects) ([]domain.DataObject, error)
+	SetIntValue(ctx context.Context, c ledger.Caller, cmd ledger.SetIntValue) error
+	SetStringValue(ctx context.Context, c ledger.Caller, cmd ledger.SetStringValue) error
+	IncrementIntValue(ctx context.Context, c ledger.Caller, cmd ledger.ChangeIntValue) error
+	DecrementIntValue(ctx context.Context, c ledger.Caller, cmd ledger.ChangeIntValue) error
+	RemoveDataObject(ctx context.Context, c ledger.Caller, cmd ledger.RemoveDataObject) error
+	UploadValues(ctx context.Context, c ledger.Caller, cmd ledger.UploadValues) (ledger.UploadResult, error)
+
+	CreateProduct(ctx context.Context, c ledger.Caller, name string) (domain.Product, error)
+	CreateKey(ctx context.Context, c ledger.Caller, productID int64) (domain.LicenseKey, error)
+	CreateToken(ctx context.Context, c ledger.Caller, spec ledger.TokenSpec) (domain.Token, string, error)
+	RevokeToken(ctx context.Context, c ledger.Caller, id uuid.UUID) error
+	Products() []domain.Product
+	Keys(productID int64) []domain.LicenseKey
+	Tokens() []domain.Token
+}
+
+var _ Ledger = (*ledger.Service)(nil)
+
+// Config wires the handler.
+type Config struct {
+	Ledger Ledger
+	// AdminToken is the credential of the admin API (Authorization: Bearer). Empty disables
+	// the admin API: every admin request is refused as unauthenticated.
+	AdminToken string
+	// Ready reports whether the service can take requests (nil: always ready).
+	Ready func() error
+	// Metrics serves /metrics (nil: 404).
+	Metrics http.Handler
+	// Registry receives the request metrics (nil: none are recorded).
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+	// MaxBodyBytes bounds request bodies (0: DefaultMaxBodyBytes).
+	MaxBodyBytes int64
+}
+
+// server holds the handler's dependencies.
+type server struct {
+	ledger     Ledger
+	adminToken string
+	ready      func() error
+	logger     *slog.Logger
+	maxBody    int64
+	metrics    *requestMetrics
+}
+
+// New returns the HTTP handler of the whole service.
+func New(cfg Config) (http.Handler, error) {
+	if cfg.Ledger == nil {
+		return nil, errors.New("httpapi: nil ledger")
+	}
+	s := &server{
+		ledger: cfg.Ledger, adminToken: cfg.AdminToken, ready: cfg.Ready,
+		logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = DefaultMaxBodyBytes
+	}
+	if cfg.Registry != nil {
+		m, err := newRequestMetrics(cfg.Registry)
+		if err != nil {
+			return nil, err
+		}
+		s.metrics = m
+	}
+
+	// The router sees normalised paths only (see normalise), so it must not clean or
+	// redirect them itself: a redirect would turn an SDK's POST into a GET without its body.
+	r := mux.NewRouter().SkipClean(true)
+	r.NotFoundHandler = http.HandlerFunc(s.notFound)
+
+	// Methods are told apart in the handlers rather than with mux's Methods matchers: in
+	// mux 1.8.1 a later route under the same prefix clears a method mismatch, so the mismatch
+	// would be answered as 404 instead of 405.
+	api := r.PathPrefix("/api/data/").Subrouter()
+	for _, m := range dataMethods() {
+		api.Handle("/"+strings.ToLower(m.name), s.dataHandler(m))
+	}
+
+	admin := r.PathPrefix("/admin/v1/").Subrouter()
+	admin.Handle("/products", s.byMethod(map[string]http.Handler{
+		http.MethodPost: s.adminHandler("admin.createProduct", s.createProduct),
+		http.MethodGet:  s.adminHandler("admin.listProducts", s.listProducts),
+	}))
+	admin.Handle("/keys", s.byMethod(map[string]http.Handler{
+		http.MethodPost: s.adminHandler("admin.createKey", s.createKey),
+		http.MethodGet:  s.adminHandler("admin.listKeys", s.listKeys),
+	}))
+	admin.Handle("/tokens", s.byMethod(map[string]http.Handler{
+		http.MethodPost: s.adminHandler("admin.createToken", s.createToken),
+		http.MethodGet:  s.adminHandler("admin.listTokens", s.listTokens),
+	}))
+	admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
+		http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
+	}))
+
+	r.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
+	r.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))
+	if cfg.Metrics != nil {
+		r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", cfg.Metrics)}))
+	}
+
+	return s.normalise(s.observe(r)), nil
+}
+
+// normalise rewrites the path the way Cryptolens clients spell it into the one form the router
+// knows: slashes collapsed, no trailing slash, lower case. So /api//data/IncrementIntValueToKey/
+// routes as /api/data/incrementintvaluetokey.
+func (s *server) normalise(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := normalisePath(r.URL.Path)
+		if p != r.URL.Path {
+			r2 := new(http.Request)
+			*r2 = *r
+			u := *r.URL
+			u.Path, u.RawPath = p, ""
+			r2.URL = &u
+			r = r2
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// normalisePath collapses runs of slashes, drops a trailing slash and lower-cases the path.
+func normalisePath(p string) string {
+	var b strings.Builder
+	b.Grow(len(p) + 1)
+	prevSlash := false
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '/' {
+			if prevSlash {
+				continue
+			}
+			prevSlash = true
+		} else {
+			prevSlash = false
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+		}
+		b.WriteByte(c)
+	}
+	out := b.String()
+	if len(out) > 1 && strings.HasSuffix(out, "/") {
+		out = out[:len(out)-1]
+	}
+	if !strings.HasPrefix(out, "/") {
+		out = "/" + out
+	}
+	return out
+}
+
+func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if s.ready != nil {
+		if err := s.ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+			return
+		}
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+// notFound answers an unknown path. Under /api/ it answers in the Cryptolens shape, so that an
+// SDK pointed at a wrong base URL reports a readable message.
+func (s *server) notFound(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		s.writeResult(w, r, http.StatusNotFound, errorResult("Unknown method."))
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, "/admin/") {
+		writeAdminJSON(w, r, http.StatusNotFound, adminError{Error: "not found"})
+		return
+	}
+	http.NotFound(w, r)
+}
+
+func (s *server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		s.writeResult(w, r, http.StatusMethodNotAllowed, errorResult("Use GET or POST."))
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, "/admin/") {
+		writeAdminJSON(w, r, http.StatusMethodNotAllowed, adminError{Error: "method not allowed"})
+		return
+	}
+	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+}
+
+// byMethod dispatches on the HTTP method; HEAD is served as GET.
+func (s *server) byMethod(handlers map[string]http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		method := r.Method
+		if method == http.MethodHead {
+			method = http.MethodGet
+		}
+		h, ok := handlers[method]
+		if !ok {
+			s.methodNotAllowed(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

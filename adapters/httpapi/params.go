@@ -1,0 +1,129 @@
+package httpapi
+
+import (
+	"errors"
+	"math"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/tallyledger/tally/domain"
+)
+
+// readParams collects the query and form parameters of a request under lower-cased names,
+// since Cryptolens clients spell them in any case (productId, ProductId). A value in the body
+// wins over the query; among spellings of one name in the same place, the first in byte order
+// wins, so the choice does not depend on map order. The body is read through a size limit.
+func (s *server) readParams(w http.ResponseWriter, r *http.Request) (map[string]string, error) {
+	r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
+	if err := r.ParseForm(); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, domain.ErrRequestTooLarge
+		}
+		return nil, domain.ErrInvalidInput
+	}
+	out := make(map[string]string, len(r.Form))
+	add := func(vs url.Values) {
+		names := make([]string, 0, len(vs))
+		for name := range vs {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			lower := strings.ToLower(name)
+			if _, seen := out[lower]; !seen && len(vs[name]) > 0 {
+				out[lower] = vs[name][0]
+			}
+		}
+	}
+	add(r.PostForm)
+	add(r.URL.Query())
+	return out, nil
+}
+
+// bearer returns the credential of an Authorization: Bearer header, or "".
+func bearer(r *http.Request) string {
+	scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(cred)
+}
+
+// parser reads typed parameters, remembering the first malformed one. Owner parameters are
+// kept apart from the others because they are reported at a different point in the order of
+// checks.
+type parser struct {
+	values   map[string]string
+	scopeErr error // a malformed or missing owner parameter
+	err      error // the first other malformed parameter
+}
+
+func (p *parser) fail(err error) {
+	if p.err == nil {
+		p.err = err
+	}
+}
+
+// has reports whether a parameter was sent with a value.
+func (p *parser) has(name string) bool { return strings.TrimSpace(p.values[name]) != "" }
+
+// str returns a parameter as sent ("" when missing).
+func (p *parser) str(name string) string { return p.values[name] }
+
+// int64 parses an integer parameter; missing means 0, as in Cryptolens's model binding.
+func (p *parser) int64(name string) int64 {
+	n, err := parseInt(p.values[name], 64)
+	if err != nil {
+		p.fail(domain.ErrInvalidInput)
+	}
+	return n
+}
+
+// int32 parses an int32 parameter; a value outside int32 is malformed.
+func (p *parser) int32(name string) int32 {
+	n, err := parseInt(p.values[name], 32)
+	if err != nil {
+		p.fail(domain.ErrInvalidInput)
+		return 0
+	}
+	return int32(n)
+}
+
+// bool parses a boolean as the SDKs send it: True/False (.NET, Python), true/false (C, Java),
+// 1/0; missing means false.
+func (p *parser) bool(name string) bool {
+	b, err := parseBool(p.values[name])
+	if err != nil {
+		p.fail(domain.ErrInvalidInput)
+	}
+	return b
+}
+
+func parseInt(v string, bits int) (int64, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, bits)
+	if err != nil {
+		return 0, err
+	}
+	if bits == 32 && (n < math.MinInt32 || n > math.MaxInt32) {
+		return 0, strconv.ErrRange
+	}
+	return n, nil
+}
+
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "", "false", "0":
+		return false, nil
+	case "true", "1":
+		return true, nil
+	}
+	return false, strconv.ErrSyntax
+}

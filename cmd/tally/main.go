@@ -39,6 +39,9 @@ func newRootCommand() *cobra.Command {
 	g.register(root.PersistentFlags())
 	root.AddCommand(
 		newServeCommand(g),
+		newProductCommand(g),
+		newKeyCommand(g),
+		newTokenCommand(g),
 	)
 	return root
 }

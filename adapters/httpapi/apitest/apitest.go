@@ -114,7 +114,7 @@ func (e *Env) AnotherInstance() *Env {
 func (e *Env) start() {
 	t := e.t
 	t.Helper()
-	proj, err := projections.NewCurrent(e.Store, projections.CurrentOptions{Logger: e.opts.Logger})
+	proj, err := projections.NewCurrent(context.Background(), e.Store, projections.CurrentOptions{Logger: e.opts.Logger})
 	if err != nil {
 		t.Fatalf("projection: %v", err)
 	}

@@ -19,7 +19,7 @@ func TestRoundTrip(t *testing.T) {
 	ring := testRing(t, priv)
 	for _, n := range []int{1, 2, 10, 1000} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			rng := mrand.New(mrand.NewPCG(uint64(n), 1))
+			rng := newTestRand(uint64(n))
 			raws := randomEntries(rng, n)
 			versions := buildLog(t, &priv.PublicKey, raws)
 			raw := versions[n-1]

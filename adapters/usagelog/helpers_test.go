@@ -251,3 +251,6 @@ func entriesEqual(a, b []Entry) bool {
 	}
 	return true
 }
+
+// newTestRand returns a deterministic generator for test data.
+func newTestRand(seed uint64) *mrand.Rand { return mrand.New(mrand.NewPCG(seed, 1)) }

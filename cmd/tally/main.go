@@ -42,6 +42,8 @@ func newRootCommand() *cobra.Command {
 		newProductCommand(g),
 		newKeyCommand(g),
 		newTokenCommand(g),
+		newRSACommand(g),
+		newLogCommand(),
 	)
 	return root
 }

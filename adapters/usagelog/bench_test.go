@@ -1,0 +1,108 @@
+package usagelog
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"fmt"
+	"os"
+	"testing"
+)
+
+// BenchmarkRSADecrypt is one raw RSA-2048 private-key operation, the unit a decode's cost is
+// compared with.
+func BenchmarkRSADecrypt(b *testing.B) {
+	priv := testKey(b, 1)
+	//lint:ignore SA1019 the usage-log format mandates PKCS#1 v1.5 encryption
+	ct, err := rsa.EncryptPKCS1v15(rand.Reader, &priv.PublicKey, make([]byte, 16))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("DecryptPKCS1v15", func(b *testing.B) {
+		for b.Loop() {
+			//lint:ignore SA1019 the usage-log format mandates PKCS#1 v1.5 encryption
+			if _, err := rsa.DecryptPKCS1v15(nil, priv, ct); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("DecryptPKCS1v15SessionKey", func(b *testing.B) {
+		key := make([]byte, 16)
+		for b.Loop() {
+			//lint:ignore SA1019 the usage-log format mandates PKCS#1 v1.5 encryption
+			if err := rsa.DecryptPKCS1v15SessionKey(nil, priv, ct, key); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkDecodePerLayer decodes a 100-layer log with no older history and reports the cost
+// per layer, to set beside BenchmarkRSADecrypt.
+func BenchmarkDecodePerLayer(b *testing.B) {
+	priv := testKey(b, 1)
+	ring := testRing(b, priv)
+	const layers = 100
+	log := buildLog(b, &priv.PublicKey, randomEntries(newTestRand(1), layers))[layers-1]
+	for _, tc := range []struct {
+		name string
+		open opener
+	}{{"fast", nil}, {"straightforward", openFull}} {
+		b.Run(tc.name, func(b *testing.B) {
+			d := &Decoder{Keys: ring, open: tc.open}
+			for b.Loop() {
+				if _, err := d.DecodeRaw(context.Background(), log, NewestFirst, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*layers), "ns/layer")
+		})
+	}
+}
+
+// BenchmarkLongHistory decodes new layers on top of a long known history: the upload of a
+// long-lived License Server file. The history is one known layer with an opaque
+// EncryptedObject of the size of that many real layers (310 bytes each): the decoder stops at
+// it and never opens it, so only its size matters, and building a real history of 100,000
+// layers would take quadratic time. The 1000-on-100,000 case (31 GB of AES to build and to
+// decode straightforwardly) runs only with TALLY_LONG=1.
+func BenchmarkLongHistory(b *testing.B) {
+	priv := testKey(b, 1)
+	ring := testRing(b, priv)
+	const layerBytes = 310
+	for _, old := range []int{10_000, 100_000} {
+		history := opaqueHistory(b, &priv.PublicKey, old*layerBytes)
+		historyID, err := LayerIDOf(history)
+		if err != nil {
+			b.Fatal(err)
+		}
+		known := func(id LayerID) bool { return id == historyID }
+		for _, fresh := range []int{100, 1000} {
+			if old*fresh > 10_000_000 && os.Getenv("TALLY_LONG") == "" {
+				continue
+			}
+			log := history
+			for i := range fresh {
+				if log, err = Record(log, &priv.PublicKey, int64(1+i%5), 1, int64(1_700_000_000+i), false); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for _, tc := range []struct {
+				name string
+				open opener
+			}{{"fast", nil}, {"straightforward", openFull}} {
+				b.Run(fmt.Sprintf("old=%d/new=%d/%s", old, fresh, tc.name), func(b *testing.B) {
+					d := &Decoder{Keys: ring, open: tc.open, MaxInputBytes: 2 * len(log)}
+					for b.Loop() {
+						entries, err := d.DecodeRaw(context.Background(), log, OldestFirst, known)
+						if err != nil || len(entries) != fresh {
+							b.Fatalf("%d entries, %v", len(entries), err)
+						}
+					}
+					b.ReportMetric(float64(len(log))/1e6, "MB/file")
+					b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*fresh), "ns/layer")
+				})
+			}
+		}
+	}
+}

@@ -1,0 +1,338 @@
+// Package embedded holds Tally's durable embedded event store: the eventstore port on one SQLite
+// database (modernc.org/sqlite, pure Go) in WAL mode with synchronous=FULL. A single writer
+// goroutine folds concurrent appends into group commits; readers and catch-up subscriptions read
+// committed data only and are woken in-process after each commit. An exclusive flock on the data
+// directory keeps a second process out.
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// DatabaseFile is the name of the SQLite database inside the data directory.
+const DatabaseFile = "events.db"
+
+// lockFile is the file in the data directory that holds the exclusive flock.
+const lockFile = "LOCK"
+
+// schemaVersion is stored in PRAGMA user_version; a database from a newer Tally is refused.
+const schemaVersion = 1
+
+// ErrLocked is matched by Open when another process (or another Store in this process) holds
+// the data directory.
+var ErrLocked = errors.New("event store data directory is locked by another process")
+
+// Option tunes Open.
+type Option func(*options)
+
+type options struct {
+	maxBatch    int
+	queueLength int
+	readConns   int
+	pageSize    int
+}
+
+// WithMaxBatch caps how many appends one group commit takes (default 1024).
+func WithMaxBatch(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.maxBatch = n
+		}
+	}
+}
+
+// WithReadConnections sets how many SQLite connections serve reads and subscriptions
+// (default 4).
+func WithReadConnections(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.readConns = n
+		}
+	}
+}
+
+// WithSubscriptionPage sets how many events a subscription reads from the database at a time
+// (default 512); it bounds each subscriber's memory.
+func WithSubscriptionPage(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.pageSize = n
+		}
+	}
+}
+
+// Store is the embedded event store. It is safe for concurrent use.
+type Store struct {
+	dir  string
+	lock *os.File
+
+	writeDB *sql.DB // one connection, used only by the writer goroutine
+	readDB  *sql.DB // pool for ReadStream, ReadAll and subscriptions
+	reads   readStatements
+
+	// queue carries appends to the writer; sendMu (read-locked by senders) keeps Close from
+	// closing it under a sender.
+	queue      chan *appendRequest
+	sendMu     sync.RWMutex
+	closed     bool
+	closing    chan struct{} // closed when Close starts: wakes subscribers
+	writerDone chan struct{}
+	closeOnce  sync.Once
+	closeErr   error
+
+	// headMu guards head, the last committed position, and wake, closed and replaced after
+	// every commit that wrote events so that waiting subscribers re-read.
+	headMu sync.Mutex
+	head   eventstore.Position
+	wake   chan struct{}
+
+	opts  options
+	stats counters
+}
+
+var _ eventstore.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the store whose database lives in dir/events.db. It takes an
+// exclusive lock on dir; a dir already open elsewhere gives an error matching ErrLocked.
+func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
+	o := options{maxBatch: 1024, queueLength: 4096, readConns: 4, pageSize: 512}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open event store: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{
+		dir:        dir,
+		lock:       lock,
+		queue:      make(chan *appendRequest, o.queueLength),
+		closing:    make(chan struct{}),
+		writerDone: make(chan struct{}),
+		wake:       make(chan struct{}),
+		opts:       o,
+	}
+	if err := s.openDatabases(ctx); err != nil {
+		s.closeDatabases()
+		_ = unlockDir(lock)
+		return nil, err
+	}
+	w, err := newWriter(ctx, s)
+	if err != nil {
+		s.closeDatabases()
+		_ = unlockDir(lock)
+		return nil, err
+	}
+	s.head = w.lastPosition
+	go w.run()
+	return s, nil
+}
+
+// lockDir takes the exclusive, non-blocking flock that keeps a second opener out. The kernel
+// drops it when the process dies, so a crash never leaves a stale lock behind.
+func lockDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, lockFile)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open event store lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		_ = f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("open event store in %s: %w", dir, ErrLocked)
+		}
+		return nil, fmt.Errorf("lock event store %s: %w", path, err)
+	}
+	return f, nil
+}
+
+func unlockDir(f *os.File) error {
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_UN); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("unlock event store: %w", err)
+	}
+	return f.Close()
+}
+
+// dsn builds the connection string: WAL so readers never block the writer and see only
+// committed (and, with synchronous=FULL, fsynced) transactions.
+func dsn(path string, readOnly bool) string {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "cache_size(-16384)") // 16 MiB a connection
+	if readOnly {
+		q.Add("_pragma", "query_only(1)")
+	}
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+}
+
+func (s *Store) openDatabases(ctx context.Context) error {
+	path := filepath.Join(s.dir, DatabaseFile)
+	var err error
+	if s.writeDB, err = sql.Open("sqlite", dsn(path, false)); err != nil {
+		return fmt.Errorf("open event database %s: %w", path, err)
+	}
+	s.writeDB.SetMaxOpenConns(1)
+	s.writeDB.SetMaxIdleConns(1)
+	s.writeDB.SetConnMaxLifetime(0)
+	s.writeDB.SetConnMaxIdleTime(0)
+	if err := migrate(ctx, s.writeDB); err != nil {
+		return fmt.Errorf("event database %s: %w", path, err)
+	}
+	if s.readDB, err = sql.Open("sqlite", dsn(path, true)); err != nil {
+		return fmt.Errorf("open event database %s for reading: %w", path, err)
+	}
+	s.readDB.SetMaxOpenConns(s.opts.readConns)
+	s.readDB.SetMaxIdleConns(s.opts.readConns)
+	s.readDB.SetConnMaxIdleTime(0)
+	s.readDB.SetConnMaxLifetime(0)
+	if err := s.reads.prepare(ctx, s.readDB); err != nil {
+		return fmt.Errorf("event database %s: %w", path, err)
+	}
+	return nil
+}
+
+func (s *Store) closeDatabases() error {
+	var errs []error
+	s.reads.close()
+	if s.readDB != nil {
+		errs = append(errs, s.readDB.Close())
+	}
+	if s.writeDB != nil {
+		errs = append(errs, s.writeDB.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// migrate creates the schema. Positions are rowids given out by the single writer in commit
+// order; events are never deleted, so a position is never reused and always increases.
+func migrate(ctx context.Context, db *sql.DB) error {
+	var version int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if version > schemaVersion {
+		return fmt.Errorf("schema version %d is newer than this build's %d", version, schemaVersion)
+	}
+	if version == schemaVersion {
+		return nil
+	}
+	const schema = `
+CREATE TABLE IF NOT EXISTS events (
+	position INTEGER PRIMARY KEY,
+	stream   TEXT    NOT NULL,
+	revision INTEGER NOT NULL,
+	id       BLOB    NOT NULL,
+	type     TEXT    NOT NULL,
+	data     BLOB    NOT NULL,
+	metadata BLOB    NOT NULL,
+	recorded INTEGER NOT NULL,
+	UNIQUE (stream, revision)
+);
+PRAGMA user_version = 1;`
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		return fmt.Errorf("create schema: %w", err)
+	}
+	return nil
+}
+
+// Dir is the data directory the store was opened on.
+func (s *Store) Dir() string { return s.dir }
+
+// Close stops taking appends, lets the writer commit those already queued (their callers get
+// their real results), ends subscriptions with ErrClosed, closes the database and releases the
+// directory lock. Calls after Close fail with ErrClosed; a second Close returns nil.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.sendMu.Lock()
+		s.closed = true
+		close(s.queue)
+		close(s.closing)
+		s.sendMu.Unlock()
+		<-s.writerDone
+		s.closeErr = errors.Join(s.closeDatabases(), unlockDir(s.lock))
+		if s.closeErr != nil {
+			s.closeErr = fmt.Errorf("close event store: %w", s.closeErr)
+		}
+	})
+	return s.closeErr
+}
+
+// isClosing reports whether Close has started.
+func (s *Store) isClosing() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// closedError turns an error met while Close runs into ErrClosed, so callers see one error.
+func (s *Store) closedError(err error) error {
+	if s.isClosing() {
+		return fmt.Errorf("%w (%v)", eventstore.ErrClosed, err)
+	}
+	return err
+}
+
+// committedHead returns the last committed position and a channel closed by the next commit
+// that writes events.
+func (s *Store) committedHead() (eventstore.Position, <-chan struct{}) {
+	s.headMu.Lock()
+	defer s.headMu.Unlock()
+	return s.head, s.wake
+}
+
+// publish makes a commit visible to waiting subscribers.
+func (s *Store) publish(head eventstore.Position) {
+	s.headMu.Lock()
+	s.head = head
+	close(s.wake)
+	s.wake = make(chan struct{})
+	s.headMu.Unlock()
+}
+
+// Stats are cumulative counters of the write path since Open.
+type Stats struct {
+	Appends      uint64 // appends acknowledged (idempotent repeats included)
+	Events       uint64 // events written
+	Refused      uint64 // appends refused for their expected revision
+	Failed       uint64 // appends failed by a commit or database error
+	Batches      uint64 // group commits that wrote events
+	MaxBatchSize uint64 // most appends taken by one group commit
+}
+
+type counters struct {
+	appends, events, refused, failed, batches, maxBatch atomic.Uint64
+}
+
+// Stats returns the write-path counters; mean batch size is Appends/Batches.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Appends:      s.stats.appends.Load(),
+		Events:       s.stats.events.Load(),
+		Refused:      s.stats.refused.Load(),
+		Failed:       s.stats.failed.Load(),
+		Batches:      s.stats.batches.Load(),
+		MaxBatchSize: s.stats.maxBatch.Load(),
+	}
+}

@@ -1,0 +1,79 @@
+package embedded
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// subscription is a catch-up subscription. It holds at most one page of events: it reads the
+// next page from the database whenever its buffer runs dry and the committed head is past its
+// position, and otherwise waits for the writer's next commit. Because the single writer gives
+// out positions in commit order and readers see only committed transactions, reading "after my
+// last position" never skips or repeats an event, and a slow subscriber costs the writer
+// nothing.
+type subscription struct {
+	store     *Store
+	position  eventstore.Position // last delivered
+	buffer    []eventstore.RecordedEvent
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+// SubscribeAll starts a catch-up subscription after position from (exclusive).
+func (s *Store) SubscribeAll(ctx context.Context, from eventstore.Position) (eventstore.Subscription, error) {
+	if s.isClosing() {
+		return nil, fmt.Errorf("subscribe to all: %w", eventstore.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("subscribe to all: %w", err)
+	}
+	return &subscription{store: s, position: from, closed: make(chan struct{})}, nil
+}
+
+// Next returns the next event in global order. It is not for concurrent use by several
+// goroutines (Close is).
+func (sub *subscription) Next(ctx context.Context) (eventstore.RecordedEvent, error) {
+	for {
+		select {
+		case <-sub.closed:
+			return eventstore.RecordedEvent{}, fmt.Errorf("subscription: %w", eventstore.ErrClosed)
+		case <-sub.store.closing:
+			return eventstore.RecordedEvent{}, fmt.Errorf("subscription: %w", eventstore.ErrClosed)
+		default:
+		}
+		if len(sub.buffer) > 0 {
+			ev := sub.buffer[0]
+			sub.buffer[0] = eventstore.RecordedEvent{} // let the page's payloads go
+			sub.buffer = sub.buffer[1:]
+			sub.position = ev.Position
+			return ev, nil
+		}
+		head, wake := sub.store.committedHead()
+		if head > sub.position {
+			events, err := sub.store.ReadAll(ctx, sub.position, sub.store.opts.pageSize)
+			if err != nil {
+				return eventstore.RecordedEvent{}, fmt.Errorf("subscription: %w", err)
+			}
+			if len(events) > 0 {
+				sub.buffer = events
+				continue
+			}
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return eventstore.RecordedEvent{}, fmt.Errorf("subscription: %w", ctx.Err())
+		case <-sub.closed:
+		case <-sub.store.closing:
+		}
+	}
+}
+
+// Close ends the subscription; Next then fails with ErrClosed.
+func (sub *subscription) Close() error {
+	sub.closeOnce.Do(func() { close(sub.closed) })
+	return nil
+}

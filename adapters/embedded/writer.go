@@ -1,0 +1,351 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// maxCachedStreams bounds the writer's cache of stream heads; past it the cache starts over.
+const maxCachedStreams = 1 << 16
+
+// appendRequest is one Append waiting for the writer.
+type appendRequest struct {
+	ctx      context.Context
+	stream   string
+	expected eventstore.ExpectedRevision
+	events   []eventstore.EventData
+	done     chan appendReply // buffered: the writer never waits for the caller
+}
+
+type appendReply struct {
+	result eventstore.AppendResult
+	err    error
+}
+
+// Append queues the append for the writer's next group commit and waits for its result. When it
+// returns nil the transaction holding the events has been committed with synchronous=FULL.
+// If ctx ends first, ctx's error is returned and the append may or may not have been
+// committed; retrying with the same event IDs and an exact expected revision is safe.
+func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
+	if stream == "" {
+		return eventstore.AppendResult{}, errors.New("append: empty stream name")
+	}
+	req := &appendRequest{ctx: ctx, stream: stream, expected: expected, events: events, done: make(chan appendReply, 1)}
+	s.sendMu.RLock()
+	if s.closed {
+		s.sendMu.RUnlock()
+		return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w", stream, eventstore.ErrClosed)
+	}
+	select {
+	case s.queue <- req:
+	case <-ctx.Done():
+		s.sendMu.RUnlock()
+		return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w", stream, ctx.Err())
+	}
+	s.sendMu.RUnlock()
+	select {
+	case reply := <-req.done:
+		return reply.result, reply.err
+	case <-ctx.Done():
+		return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w", stream, ctx.Err())
+	}
+}
+
+// streamHead is a stream's last revision and that event's position; exists is false for a
+// stream with no events.
+type streamHead struct {
+	revision uint64
+	position eventstore.Position
+	exists   bool
+}
+
+// writer is the single goroutine that owns the write connection.
+type writer struct {
+	store *Store
+	conn  *sql.Conn
+
+	headStmt, rangeStmt, insertStmt *sql.Stmt
+
+	// heads caches stream heads as of the open transaction; it is dropped when a transaction
+	// rolls back, since it may hold uncommitted heads.
+	heads        map[string]streamHead
+	lastPosition eventstore.Position
+
+	batch   []*appendRequest
+	replies []appendReply
+}
+
+func newWriter(ctx context.Context, s *Store) (*writer, error) {
+	conn, err := s.writeDB.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("event store writer connection: %w", err)
+	}
+	w := &writer{store: s, conn: conn, heads: make(map[string]streamHead)}
+	prepare := func(query string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var stmt *sql.Stmt
+		stmt, err = conn.PrepareContext(ctx, query)
+		return stmt
+	}
+	w.headStmt = prepare(`SELECT revision, position FROM events WHERE stream = ? ORDER BY revision DESC LIMIT 1`)
+	w.rangeStmt = prepare(`SELECT id, position FROM events WHERE stream = ? AND revision >= ? AND revision <= ? ORDER BY revision`)
+	w.insertStmt = prepare(`INSERT INTO events (position, stream, revision, id, type, data, metadata, recorded) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err == nil {
+		var last sql.NullInt64
+		err = conn.QueryRowContext(ctx, `SELECT max(position) FROM events`).Scan(&last)
+		w.lastPosition = eventstore.Position(last.Int64)
+	}
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("event store writer: %w", err)
+	}
+	return w, nil
+}
+
+func (w *writer) close() {
+	for _, stmt := range []*sql.Stmt{w.headStmt, w.rangeStmt, w.insertStmt} {
+		if stmt != nil {
+			_ = stmt.Close()
+		}
+	}
+	_ = w.conn.Close()
+}
+
+// run takes the first queued append, then whatever else is already queued (up to maxBatch), and
+// commits them in one transaction: appends that arrive while a commit's fsync runs form the
+// next batch, so the fsync cost is shared. It returns when Close has closed the queue and the
+// queue is drained.
+func (w *writer) run() {
+	defer close(w.store.writerDone)
+	defer w.close()
+	for {
+		req, ok := <-w.store.queue
+		if !ok {
+			return
+		}
+		w.batch = append(w.batch[:0], req)
+	fill:
+		for len(w.batch) < w.store.opts.maxBatch {
+			select {
+			case req, ok := <-w.store.queue:
+				if !ok {
+					break fill
+				}
+				w.batch = append(w.batch, req)
+			default:
+				break fill
+			}
+		}
+		w.commitBatch()
+	}
+}
+
+// commitBatch applies each append of the batch in order inside one transaction, commits, and
+// only then answers the callers and wakes subscribers. An append refused for its expected
+// revision writes nothing and does not affect the others; a database error fails the whole
+// batch (nothing of it is committed).
+func (w *writer) commitBatch() {
+	ctx := context.Background()
+	w.replies = w.replies[:0]
+	for range w.batch {
+		w.replies = append(w.replies, appendReply{})
+	}
+	nextPosition := w.lastPosition + 1
+	recorded := time.Now().UnixNano()
+	written, events := 0, 0
+
+	err := w.exec(ctx, "BEGIN IMMEDIATE")
+	if err == nil {
+		for i, req := range w.batch {
+			if err = req.ctx.Err(); err != nil {
+				w.replies[i].err = fmt.Errorf("append to %q: %w", req.stream, err)
+				err = nil
+				continue
+			}
+			var result eventstore.AppendResult
+			var n int
+			result, n, err = w.apply(ctx, req, &nextPosition, recorded)
+			if err != nil {
+				var refused *eventstore.WrongExpectedVersionError
+				if errors.As(err, &refused) {
+					w.replies[i].err = err
+					err = nil
+					continue
+				}
+				break
+			}
+			w.replies[i].result = result
+			if n > 0 {
+				written++
+				events += n
+			}
+		}
+	}
+	if err == nil {
+		if written > 0 {
+			err = w.exec(ctx, "COMMIT")
+		} else {
+			err = w.exec(ctx, "ROLLBACK") // nothing to make durable
+		}
+	}
+	if err != nil {
+		_ = w.exec(ctx, "ROLLBACK")
+		clear(w.heads)
+		err = fmt.Errorf("event store commit: %w", w.store.closedError(err))
+		for i := range w.replies {
+			if w.replies[i].err == nil || errors.Is(w.replies[i].err, eventstore.ErrWrongExpectedVersion) {
+				// A refusal may have rested on an append of this batch that is now rolled back.
+				w.replies[i] = appendReply{err: err}
+			}
+		}
+		w.store.stats.failed.Add(uint64(len(w.batch)))
+	} else if written > 0 {
+		w.lastPosition = nextPosition - 1
+		w.store.publish(w.lastPosition)
+		w.store.stats.batches.Add(1)
+		w.store.stats.events.Add(uint64(events))
+		if size := uint64(len(w.batch)); size > w.store.stats.maxBatch.Load() {
+			w.store.stats.maxBatch.Store(size)
+		}
+	}
+	if len(w.heads) > maxCachedStreams {
+		clear(w.heads)
+	}
+	for i, req := range w.batch {
+		reply := w.replies[i]
+		switch {
+		case reply.err == nil:
+			w.store.stats.appends.Add(1)
+		case errors.Is(reply.err, eventstore.ErrWrongExpectedVersion):
+			w.store.stats.refused.Add(1)
+		}
+		req.done <- reply
+		w.batch[i] = nil
+	}
+}
+
+func (w *writer) exec(ctx context.Context, query string) error {
+	_, err := w.conn.ExecContext(ctx, query)
+	return err
+}
+
+// apply checks one append's expected revision against the stream as the open transaction sees
+// it and inserts its events. It returns how many events it wrote: none for an empty or an
+// idempotent append. A refusal is a *WrongExpectedVersionError.
+func (w *writer) apply(ctx context.Context, req *appendRequest, nextPosition *eventstore.Position, recorded int64) (eventstore.AppendResult, int, error) {
+	head, err := w.head(ctx, req.stream)
+	if err != nil {
+		return eventstore.AppendResult{}, 0, err
+	}
+	if !req.expected.Matches(head.revision, head.exists) {
+		return w.idempotent(ctx, req, head)
+	}
+	if len(req.events) == 0 {
+		return eventstore.AppendResult{NextExpectedRevision: head.revision, Position: head.position}, 0, nil
+	}
+	revision := uint64(0)
+	if head.exists {
+		revision = head.revision + 1
+	}
+	position := *nextPosition
+	for _, ev := range req.events {
+		id := ev.ID
+		if id == uuid.Nil {
+			id = uuid.New() // as KurrentDB's client does
+		}
+		if _, err := w.insertStmt.ExecContext(ctx, int64(position), req.stream, int64(revision), id[:], ev.Type, nonNil(ev.Data), nonNil(ev.Metadata), recorded); err != nil {
+			return eventstore.AppendResult{}, 0, fmt.Errorf("insert event %d of %q: %w", revision, req.stream, err)
+		}
+		revision++
+		position++
+	}
+	*nextPosition = position
+	head = streamHead{revision: revision - 1, position: position - 1, exists: true}
+	w.heads[req.stream] = head
+	return eventstore.AppendResult{NextExpectedRevision: head.revision, Position: head.position}, len(req.events), nil
+}
+
+// idempotent handles an append whose expected revision does not match. As in KurrentDB, an
+// append with an exact expected revision (or NoStream) whose event IDs are exactly the events
+// already following that revision is a retry of a committed append: it succeeds with the
+// original result and writes nothing. Anything else is refused.
+func (w *writer) idempotent(ctx context.Context, req *appendRequest, head streamHead) (eventstore.AppendResult, int, error) {
+	refuse := &eventstore.WrongExpectedVersionError{
+		Stream: req.stream, Expected: req.expected,
+		Actual: head.revision, ActualExists: head.exists, ActualKnown: true,
+	}
+	var first uint64
+	if exact, ok := req.expected.IsExact(); ok {
+		first = exact + 1
+	} else if !req.expected.IsNoStream() {
+		return eventstore.AppendResult{}, 0, refuse
+	}
+	n := uint64(len(req.events))
+	if n == 0 || !head.exists || head.revision < first || head.revision-first+1 < n {
+		return eventstore.AppendResult{}, 0, refuse
+	}
+	rows, err := w.rangeStmt.QueryContext(ctx, req.stream, int64(first), int64(first+n-1))
+	if err != nil {
+		return eventstore.AppendResult{}, 0, fmt.Errorf("read %q for idempotency: %w", req.stream, err)
+	}
+	defer rows.Close()
+	var matched uint64
+	var position int64
+	for rows.Next() {
+		var id []byte
+		if err := rows.Scan(&id, &position); err != nil {
+			return eventstore.AppendResult{}, 0, fmt.Errorf("read %q for idempotency: %w", req.stream, err)
+		}
+		if matched >= n || !bytesEqualID(id, req.events[matched].ID) {
+			return eventstore.AppendResult{}, 0, refuse
+		}
+		matched++
+	}
+	if err := rows.Err(); err != nil {
+		return eventstore.AppendResult{}, 0, fmt.Errorf("read %q for idempotency: %w", req.stream, err)
+	}
+	if matched != n {
+		return eventstore.AppendResult{}, 0, refuse
+	}
+	return eventstore.AppendResult{NextExpectedRevision: first + n - 1, Position: eventstore.Position(position)}, 0, nil
+}
+
+// head returns the stream's head as the open transaction sees it, from the cache when it can.
+func (w *writer) head(ctx context.Context, stream string) (streamHead, error) {
+	if head, ok := w.heads[stream]; ok {
+		return head, nil
+	}
+	var revision, position int64
+	err := w.headStmt.QueryRowContext(ctx, stream).Scan(&revision, &position)
+	var head streamHead
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return streamHead{}, fmt.Errorf("read head of %q: %w", stream, err)
+	default:
+		head = streamHead{revision: uint64(revision), position: eventstore.Position(position), exists: true}
+	}
+	w.heads[stream] = head
+	return head, nil
+}
+
+func bytesEqualID(stored []byte, id uuid.UUID) bool {
+	return len(stored) == len(id) && string(stored) == string(id[:])
+}
+
+// nonNil stores a missing payload as an empty blob (the columns are NOT NULL).
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}

@@ -149,7 +149,11 @@ func (s *Server) commit(name string, options *streamspb.AppendReq_Options, event
 		event.revision = uint64(len(current) + i)
 		event.position = s.nextPosition
 		event.created = now
-		s.nextPosition += uint64(recordOverhead + len(name) + len(event.eventType) + len(event.data) + len(event.customMetadata))
+		if s.densePositions {
+			s.nextPosition++
+		} else {
+			s.nextPosition += uint64(recordOverhead + len(name) + len(event.eventType) + len(event.data) + len(event.customMetadata))
+		}
 		s.remember(event)
 	}
 	s.streams[name] = append(current, events...)

@@ -47,11 +47,12 @@ const maxMessageSize = 17 << 20
 type Server struct {
 	streamspb.UnimplementedStreamsServer
 
-	grpcServer    *grpc.Server
-	listener      net.Listener
-	maxAppendSize int
-	closeOnce     sync.Once
-	served        chan struct{}
+	grpcServer     *grpc.Server
+	listener       net.Listener
+	maxAppendSize  int
+	densePositions bool
+	closeOnce      sync.Once
+	served         chan struct{}
 
 	mu      sync.Mutex
 	log     []*record            // every event in global order
@@ -95,6 +96,13 @@ type Option func(*Server)
 // custom metadata and event type (KurrentDB's MaxAppendSize, 1 MiB by default).
 func WithMaxAppendSize(bytes int) Option {
 	return func(s *Server) { s.maxAppendSize = bytes }
+}
+
+// WithDensePositions makes positions consecutive (each event one after the previous) instead of
+// advancing by the event's size as KurrentDB's log positions do. Dense positions expose
+// off-by-one errors in a client's position handling that sparse ones hide.
+func WithDensePositions() Option {
+	return func(s *Server) { s.densePositions = true }
 }
 
 // Start runs a server on 127.0.0.1 on a free port, without TLS, until Close or the end of the

@@ -16,6 +16,9 @@ import (
 	"github.com/tallyledger/tally/projections"
 )
 
+// errUploadInProgress says the owner has an undecided upload; the caller waits for its decision.
+var errUploadInProgress = errors.New("another upload of this owner is in progress")
+
 // MaxNewEntries is the most new entries one upload may apply.
 const MaxNewEntries = 1000
 
@@ -101,6 +104,9 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 		}
 		var p *plan
 		s.view.Read(func(st *projections.State) { p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop) })
+		if errors.Is(err, errUploadInProgress) {
+			continue // another upload of this owner was prepared since we waited
+		}
 		if err != nil {
 			return UploadResult{}, err
 		}
@@ -140,6 +146,10 @@ func (s *Service) planUpload(st *projections.State, c Caller, owner domain.Owner
 		return p, nil
 	}
 	up := st.Upload(owner)
+	if up.Prepared != nil {
+		// Deciding now would plan against values that the undecided upload may still change.
+		return nil, errUploadInProgress
+	}
 	p.expected = expectedFor(up.Revision, up.Exists)
 
 	running := map[int64]int32{}
@@ -249,8 +259,8 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 			// A direct call changed the object after the plan: decide again on fresh state.
 			s.conflicts.Add(1)
-			if aerr := s.abandon(ctx, p, prepRevision, errors.New("an object changed during the upload")); aerr != nil && !errors.Is(aerr, eventstore.ErrWrongExpectedVersion) {
-				return UploadResult{}, aerr
+			if derr := s.decide(context.WithoutCancel(ctx), p.owner, p.prepared.UploadID, prepRevision, false, "an object changed during the upload"); derr != nil {
+				s.logger.Warn("could not abort an upload; recovery will", "upload", p.prepared.UploadID, "err", derr)
 			}
 			if cerr := s.catchUp(ctx, domain.DataObjectStream(step.ObjectID)); cerr != nil {
 				return UploadResult{}, cerr

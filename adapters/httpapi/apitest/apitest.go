@@ -305,3 +305,14 @@ func (e *Env) Object(id int64) (projections.Object, bool) {
 	})
 	return o, ok
 }
+
+// Backend is an event-store backend the same tests run on.
+type Backend struct {
+	Name string
+	Open func(t testing.TB) eventstore.Store
+}
+
+// Backends lists every backend Tally ships.
+func Backends() []Backend {
+	return []Backend{{Name: "embedded", Open: OpenEmbedded}}
+}

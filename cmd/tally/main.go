@@ -39,6 +39,7 @@ func newRootCommand() *cobra.Command {
 	g.register(root.PersistentFlags())
 	root.AddCommand(
 		newServeCommand(g),
+		newHistoryCommand(g), newValueCommand(g), newUsageCommand(g), newCorrectCommand(g), newReplayCommand(g), newVerifyCommand(g),
 	)
 	return root
 }

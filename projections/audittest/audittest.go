@@ -81,7 +81,12 @@ type Env struct {
 	Proj   *projections.Current
 	Ledger *ledger.Service
 	clock  *clock
+	stop   func()
 }
+
+// Stop ends the projection (which persists its snapshot, if it keeps one) before the test
+// does; the store stays open.
+func (e *Env) Stop() { e.stop() }
 
 type clock struct {
 	mu  sync.Mutex
@@ -111,13 +116,15 @@ func Start(t testing.TB, store eventstore.Store, snapshotPath string) *Env {
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = proj.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
 	clk := &clock{now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
 	svc, err := ledger.New(ledger.Config{Store: store, View: proj, Clock: clk.get})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Env{Store: store, Proj: proj, Ledger: svc, clock: clk}
+	return &Env{Store: store, Proj: proj, Ledger: svc, clock: clk, stop: stop}
 }
 
 // Interesting instants: month ends and Europe/Stockholm's daylight-saving changes

@@ -258,8 +258,15 @@ func (a *api) usage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	filter := uq.Include
+	// The fold asks once per change; the answer per object is remembered.
+	allowed := map[int64]bool{}
 	uq.Include = func(o projections.UsageObject) bool {
-		return (filter == nil || filter(o)) && a.may(p, o.ObjectID)
+		ok, seen := allowed[o.ObjectID]
+		if !seen {
+			ok = (filter == nil || filter(o)) && a.may(p, o.ObjectID)
+			allowed[o.ObjectID] = ok
+		}
+		return ok
 	}
 	rep, err := projections.Usage(r.Context(), a.store, uq)
 	if err != nil {

@@ -44,6 +44,12 @@ func newRootCommand() *cobra.Command {
 		newTokenCommand(g),
 		newRSACommand(g),
 		newLogCommand(),
+		newHistoryCommand(g),
+		newValueCommand(g),
+		newUsageCommand(g),
+		newCorrectCommand(g),
+		newReplayCommand(g),
+		newVerifyCommand(g),
 	)
 	return root
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/tallyledger/tally/adapters/auditapi"
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
@@ -157,12 +158,18 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err != nil {
 		return err
 	}
+	audit, err := auditapi.New(auditapi.Config{
+		Store: store, Ledger: svc, AdminToken: adminToken, Logger: logger.With("component", "audit"),
+	})
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           handler,
+		Handler:           routeByPrefix("/v1/", audit, handler),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -284,4 +291,17 @@ func loadOrCreateAdminToken(g *globalFlags) (string, error) {
 		return "", fmt.Errorf("write admin token: %w", werr)
 	}
 	return strings.TrimSpace(tok), nil
+}
+
+// routeByPrefix sends requests whose path starts with prefix to one handler and the rest to
+// another. It does no path cleaning: the Cryptolens API accepts doubled slashes that
+// http.ServeMux would redirect.
+func routeByPrefix(prefix string, matched, rest http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, prefix) {
+			matched.ServeHTTP(w, r)
+			return
+		}
+		rest.ServeHTTP(w, r)
+	})
 }

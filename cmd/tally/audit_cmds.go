@@ -1,0 +1,40 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	_ "time/tzdata" // zone data for --tz (Europe/Stockholm…) on machines without it
+
+	"github.com/spf13/cobra"
+
+	"github.com/tallyledger/tally/cmd/tally/internal/auditcli"
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// auditClient points the client commands at --server with the admin credential.
+func auditClient(g *globalFlags) auditcli.Client {
+	return auditcli.Client{Server: func() string { return g.Server }, AdminToken: g.adminToken}
+}
+
+// auditLocal lets replay and verify open the store the way tally serve does.
+func auditLocal(g *globalFlags) auditcli.Local {
+	return auditcli.Local{
+		DataDir: func() string { return g.DataDir },
+		Open: func(ctx context.Context, kind, kurrentURL string) (eventstore.Store, error) {
+			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			return openStore(ctx, logger, g.DataDir, serveConfig{Store: kind, KurrentURL: kurrentURL})
+		},
+	}
+}
+
+func newHistoryCommand(g *globalFlags) *cobra.Command {
+	return auditcli.NewHistoryCommand(auditClient(g))
+}
+func newValueCommand(g *globalFlags) *cobra.Command { return auditcli.NewValueCommand(auditClient(g)) }
+func newUsageCommand(g *globalFlags) *cobra.Command { return auditcli.NewUsageCommand(auditClient(g)) }
+func newCorrectCommand(g *globalFlags) *cobra.Command {
+	return auditcli.NewCorrectCommand(auditClient(g))
+}
+func newReplayCommand(g *globalFlags) *cobra.Command { return auditcli.NewReplayCommand(auditLocal(g)) }
+func newVerifyCommand(g *globalFlags) *cobra.Command { return auditcli.NewVerifyCommand(auditLocal(g)) }

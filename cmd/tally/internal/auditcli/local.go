@@ -1,0 +1,174 @@
+package auditcli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/projections"
+)
+
+// SnapshotFile is the name of the current-state projection's snapshot in the data directory,
+// as tally serve keeps it.
+const SnapshotFile = "projection.json"
+
+// Local says how replay and verify reach the data directly.
+type Local struct {
+	DataDir func() string
+	// Open opens the event store of the given kind ("embedded": in the data directory, which
+	// must not be in use; "kurrentdb": at kurrentURL).
+	Open func(ctx context.Context, kind, kurrentURL string) (eventstore.Store, error)
+}
+
+type storeFlags struct {
+	kind, kurrentURL string
+}
+
+func (s *storeFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&s.kind, "store", "embedded", "event store: embedded (in --data-dir; stop the server first) or kurrentdb (TALLY_STORE)")
+	cmd.Flags().StringVar(&s.kurrentURL, "kurrentdb-url", "", "KurrentDB connection string, esdb://… (TALLY_KURRENTDB_URL)")
+}
+
+func (l Local) open(ctx context.Context, sf storeFlags) (eventstore.Store, error) {
+	s, err := l.Open(ctx, sf.kind, sf.kurrentURL)
+	if err != nil {
+		if sf.kind == "embedded" {
+			return nil, fmt.Errorf("%w (replay and verify need the server stopped)", err)
+		}
+		return nil, err
+	}
+	return s, nil
+}
+
+// progress shows a progress bar on w when it is a terminal, and nothing otherwise.
+func progress(w io.Writer, what string) (func(int), func()) {
+	f, ok := w.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil, func() {}
+	}
+	bar := progressbar.NewOptions64(-1,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(what),
+		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetItsString("events"),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)
+	return func(n int) { _ = bar.Set64(int64(n)) }, func() { _ = bar.Finish() }
+}
+
+// NewReplayCommand is tally replay: rebuild the current-state projection from every event and
+// write it as the new snapshot.
+func NewReplayCommand(l Local) *cobra.Command {
+	var sf storeFlags
+	cmd := &cobra.Command{
+		Use:   "replay",
+		Short: "Rebuild the projection from the events into a fresh state and save it as the snapshot",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			store, err := l.open(ctx, sf)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			tick, done := progress(cmd.ErrOrStderr(), "replaying")
+			started := time.Now()
+			st, err := projections.Rebuild(ctx, store, tick)
+			done()
+			if err != nil {
+				return err
+			}
+			took := time.Since(started)
+			path := filepath.Join(l.DataDir(), SnapshotFile)
+			if err := projections.SaveSnapshot(path, st); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "replayed %d events in %s (%.0f events/s); %d data objects; snapshot at position %d written to %s\n",
+				st.Events, took.Round(time.Millisecond), float64(st.Events)/took.Seconds(), len(st.Objects), st.Position, path)
+			return err
+		},
+	}
+	sf.register(cmd)
+	return cmd
+}
+
+// NewVerifyCommand is tally verify: rebuild from the events, check every recorded value-after,
+// and compare with the persisted projection caught up to the store's head.
+func NewVerifyCommand(l Local) *cobra.Command {
+	var sf storeFlags
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Rebuild from the events and compare with the live projection and each event's recorded value",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			out := cmd.OutOrStdout()
+			store, err := l.open(ctx, sf)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			tick, done := progress(cmd.ErrOrStderr(), "verifying")
+			rebuilt, problems, err := projections.RebuildVerified(ctx, store, tick)
+			done()
+			if err != nil {
+				return err
+			}
+			path := filepath.Join(l.DataDir(), SnapshotFile)
+			live, err := projections.LoadSnapshot(path)
+			switch {
+			case errors.Is(err, os.ErrNotExist):
+				fmt.Fprintf(out, "no projection snapshot at %s: checked the events only\n", path)
+			case err != nil:
+				problems = append(problems, fmt.Sprintf("projection snapshot %s: %v", path, err))
+			default:
+				more, err := compareLive(ctx, store, live, rebuilt)
+				if err != nil {
+					return err
+				}
+				problems = append(problems, more...)
+			}
+			for _, p := range problems {
+				fmt.Fprintln(out, p)
+			}
+			if len(problems) > 0 {
+				return fmt.Errorf("verify: %d difference(s)", len(problems))
+			}
+			_, err = fmt.Fprintf(out, "ok: %d events, %d data objects; every recorded value and the projection agree with the replay\n", rebuilt.Events, len(rebuilt.Objects))
+			return err
+		},
+	}
+	sf.register(cmd)
+	return cmd
+}
+
+// compareLive catches the persisted projection up with the store, as tally serve would on
+// start, and lists how it differs from the replay ("live vs replay").
+func compareLive(ctx context.Context, store eventstore.Store, live, rebuilt *projections.State) ([]string, error) {
+	ok, err := projections.CheckpointInStore(ctx, store, live.Position)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return []string{fmt.Sprintf("projection: checkpoint %d is not an event of this store", live.Position)}, nil
+	}
+	if err := projections.CatchUp(ctx, store, live); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, d := range projections.Diff(live, rebuilt) {
+		out = append(out, "projection vs replay: "+d)
+	}
+	return out, nil
+}

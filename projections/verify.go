@@ -1,0 +1,191 @@
+package projections
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// recordedAfter is the value an event recorded as its result, to be checked when it counts.
+type recordedAfter struct {
+	objectID int64
+	delta    int64
+	after    int32
+	ev       eventstore.RecordedEvent
+}
+
+// RebuildVerified folds every event of the store into a fresh state, as Rebuild does, and
+// checks each counted IncrementApplied, DecrementApplied and IntValueSet against the value the
+// fold gives right after it: a direct change when it is folded, an upload's changes (in their
+// order, per object) when its UploadCommitted is. It returns the state and one line per event
+// whose recorded After differs. progress, if not nil, is called after each batch with the
+// number of events folded so far.
+func RebuildVerified(ctx context.Context, r AllReader, progress func(events int)) (*State, []string, error) {
+	st := NewState()
+	var problems []string
+	pending := map[uuid.UUID][]recordedAfter{}
+	n := 0
+	for {
+		evs, err := r.ReadAll(ctx, st.Position, 4096)
+		if err != nil {
+			return nil, nil, fmt.Errorf("replay: %w", err)
+		}
+		if len(evs) == 0 {
+			return st, problems, nil
+		}
+		for _, ev := range evs {
+			problems = append(problems, verifyApply(st, ev, pending)...)
+		}
+		n += len(evs)
+		if progress != nil {
+			progress(n)
+		}
+	}
+}
+
+func verifyApply(st *State, ev eventstore.RecordedEvent, pending map[uuid.UUID][]recordedAfter) []string {
+	var problems []string
+	mismatch := func(e eventstore.RecordedEvent, objectID int64, recorded, folded int32) {
+		problems = append(problems, fmt.Sprintf("data object %d: %s at revision %d (position %d) recorded after=%d, replay gives %d",
+			objectID, e.Type, e.Revision, e.Position, recorded, folded))
+	}
+	objectID, isObject := objectOfStream(ev.Stream)
+	var commitValues map[int64]int32
+	var committed []recordedAfter
+	var check *recordedAfter
+	switch ev.Type {
+	case domain.EventIntValueSet:
+		var d domain.IntValueSet
+		if json.Unmarshal(ev.Data, &d) == nil && isObject {
+			check = &recordedAfter{objectID: objectID, after: d.After, ev: ev}
+		}
+	case domain.EventIncrementApplied, domain.EventDecrementApplied:
+		var d domain.ValueChanged
+		if json.Unmarshal(ev.Data, &d) != nil || !isObject {
+			break
+		}
+		delta := d.Amount
+		if ev.Type == domain.EventDecrementApplied {
+			delta = -delta
+		}
+		c := recordedAfter{objectID: objectID, delta: delta, after: d.After, ev: ev}
+		switch {
+		case d.Upload == nil:
+			check = &c
+		case !st.Aborted[d.Upload.UploadID]:
+			pending[d.Upload.UploadID] = append(pending[d.Upload.UploadID], c)
+		}
+	case domain.EventUploadCommitted, domain.EventUploadAborted:
+		var d struct {
+			UploadID uuid.UUID `json:"uploadId"`
+		}
+		if json.Unmarshal(ev.Data, &d) != nil {
+			break
+		}
+		if ev.Type == domain.EventUploadCommitted {
+			committed = pending[d.UploadID]
+			commitValues = map[int64]int32{}
+			for _, c := range committed {
+				if o, ok := st.Objects[c.objectID]; ok {
+					commitValues[c.objectID] = o.IntValue
+				}
+			}
+		}
+		delete(pending, d.UploadID)
+	}
+	if err := st.Apply(ev); err != nil {
+		problems = append(problems, fmt.Sprintf("event at position %d cannot be folded: %v", ev.Position, err))
+		return problems
+	}
+	if check != nil {
+		if o, ok := st.Objects[check.objectID]; ok && o.IntValue != check.after {
+			mismatch(check.ev, check.objectID, check.after, o.IntValue)
+		}
+	}
+	// The commit counted the upload's changes; walk them in order from the values before it.
+	running := commitValues
+	for _, c := range committed {
+		v, ok := running[c.objectID]
+		if !ok {
+			continue
+		}
+		v = int32(int64(v) + c.delta)
+		running[c.objectID] = v
+		if v != c.after {
+			mismatch(c.ev, c.objectID, c.after, v)
+		}
+	}
+	return problems
+}
+
+func objectOfStream(stream string) (int64, bool) {
+	rest, ok := strings.CutPrefix(stream, domain.CategoryDataObject+"-")
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(rest, 10, 64)
+	return id, err == nil
+}
+
+// CatchUp folds into st every event of the store after st's position.
+func CatchUp(ctx context.Context, r AllReader, st *State) error {
+	for {
+		evs, err := r.ReadAll(ctx, st.Position, 4096)
+		if err != nil {
+			return fmt.Errorf("catch up: %w", err)
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		for _, ev := range evs {
+			_ = st.Apply(ev) // as in Rebuild: an unreadable event only moves the position
+		}
+	}
+}
+
+// LoadSnapshot reads a persisted state (as Current saves it).
+func LoadSnapshot(path string) (*State, error) {
+	b, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return UnmarshalState(b)
+}
+
+// SaveSnapshot persists a state where Current looks for it, replacing the file atomically.
+func SaveSnapshot(path string, st *State) error {
+	b, err := MarshalState(st)
+	if err != nil {
+		return fmt.Errorf("encode projection: %w", err)
+	}
+	return writeFileAtomic(path, b)
+}
+
+func readFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read projection snapshot: %w", err)
+	}
+	return b, nil
+}
+
+// CheckpointInStore reports whether a state's position is the position of an event in the
+// store (or Start): a snapshot ahead of the store, or from other data, is not.
+func CheckpointInStore(ctx context.Context, r AllReader, pos eventstore.Position) (bool, error) {
+	if pos == eventstore.Start {
+		return true, nil
+	}
+	evs, err := r.ReadAll(ctx, pos-1, 1)
+	if err != nil {
+		return false, fmt.Errorf("check projection checkpoint: %w", err)
+	}
+	return len(evs) == 1 && evs[0].Position == pos, nil
+}

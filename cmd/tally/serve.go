@@ -42,6 +42,9 @@ type serveConfig struct {
 	RSAKeys      []string
 	MaxBodyBytes int64
 	UploadLease  time.Duration
+	// onReady, if set, is called with the listening address once the server is ready (tests
+	// use it instead of polling).
+	onReady func(addr string)
 }
 
 func newServeCommand(g *globalFlags) *cobra.Command {
@@ -195,6 +198,9 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 			logger.Info("recovered interrupted uploads", "count", n)
 		}
 		ready.set()
+		if cfg.onReady != nil {
+			cfg.onReady(ln.Addr().String())
+		}
 		logger.Info("ready", "position", proj.Position(), "checkpoint", proj.LoadedAt(), "took", time.Since(started).String())
 		svc.RunRecovery(ctx)
 	}()

@@ -101,3 +101,19 @@ func TestStats(t *testing.T) {
 		t.Fatalf("stats %+v, want %+v", got, want)
 	}
 }
+
+// TestExpectedRevisionAtTheTop checks that an exact expected revision near 2^64 is refused, not
+// wrapped round to revision 0 and taken for an idempotent retry.
+func TestExpectedRevisionAtTheTop(t *testing.T) {
+	store := openStore(t, t.TempDir())
+	ctx := t.Context()
+	events := []eventstore.EventData{{ID: uuid.New(), Type: "A", Data: []byte(`{}`)}}
+	if _, err := store.Append(ctx, "top", eventstore.NoStream(), events...); err != nil {
+		t.Fatal(err)
+	}
+	for _, revision := range []uint64{eventstore.End, eventstore.End - 1, 1 << 63} {
+		if _, err := store.Append(ctx, "top", eventstore.Exact(revision), events...); !errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			t.Fatalf("exact %d: got %v, want ErrWrongExpectedVersion", revision, err)
+		}
+	}
+}

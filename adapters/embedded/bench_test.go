@@ -2,9 +2,11 @@ package embedded_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -83,11 +85,11 @@ func BenchmarkAppend(b *testing.B) {
 	}
 }
 
-// BenchmarkReadAll measures reading every event of a 200,000-event store in global order.
-func BenchmarkReadAll(b *testing.B) {
-	const total, page = 200_000, 4096
+// populate fills a store in dir with total benchmark events over 50,000 streams.
+func populate(b *testing.B, dir string, total int) {
+	b.Helper()
 	ctx := context.Background()
-	store, err := embedded.Open(ctx, b.TempDir())
+	store, err := embedded.Open(ctx, dir)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -101,6 +103,19 @@ func BenchmarkReadAll(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkReadAll measures reading every event of a 200,000-event store in global order.
+func BenchmarkReadAll(b *testing.B) {
+	const total, page = 200_000, 4096
+	ctx := context.Background()
+	dir := b.TempDir()
+	populate(b, dir, total)
+	store, err := embedded.Open(ctx, dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
 	b.ResetTimer()
 	start := time.Now()
 	for b.Loop() {
@@ -121,4 +136,44 @@ func BenchmarkReadAll(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(total)*float64(b.N)/time.Since(start).Seconds(), "events/s")
+}
+
+// BenchmarkBareScan scans the same 200,000 events with one plain database/sql query, reading
+// two columns or all eight, without building RecordedEvents: the floor under ReadAll.
+func BenchmarkBareScan(b *testing.B) {
+	const total = 200_000
+	dir := b.TempDir()
+	populate(b, dir, total)
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, embedded.DatabaseFile)+"?_pragma=query_only(1)")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	for _, columns := range []string{"position, data", "position, stream, revision, id, type, data, metadata, recorded"} {
+		b.Run(fmt.Sprintf("columns=%d", strings.Count(columns, ",")+1), func(b *testing.B) {
+			start := time.Now()
+			for b.Loop() {
+				rows, err := db.Query("SELECT " + columns + " FROM events ORDER BY position")
+				if err != nil {
+					b.Fatal(err)
+				}
+				values := make([]any, strings.Count(columns, ",")+1)
+				targets := make([]any, len(values))
+				for i := range values {
+					targets[i] = &values[i]
+				}
+				n := 0
+				for rows.Next() {
+					if err := rows.Scan(targets...); err != nil {
+						b.Fatal(err)
+					}
+					n++
+				}
+				if err := rows.Close(); err != nil || n != total {
+					b.Fatalf("scanned %d rows (%v), want %d", n, err, total)
+				}
+			}
+			b.ReportMetric(float64(total)*float64(b.N)/time.Since(start).Seconds(), "events/s")
+		})
+	}
 }

@@ -60,7 +60,8 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 	if dir == eventstore.Backwards {
 		stmt = s.reads.backwards
 	}
-	events, err := s.query(ctx, stmt, max, stream, clampInt64(from), max)
+	// Streams are usually short: don't size the result for max.
+	events, err := s.query(ctx, stmt, min(max, 64), stream, clampInt64(from), max)
 	if err != nil {
 		return nil, fmt.Errorf("read stream %q: %w", stream, err)
 	}
@@ -85,20 +86,21 @@ func (s *Store) ReadAll(ctx context.Context, from eventstore.Position, max int) 
 	if max <= 0 {
 		return nil, fmt.Errorf("read all: max %d is not positive", max)
 	}
-	events, err := s.query(ctx, s.reads.all, max, clampInt64(uint64(from)), max)
+	// Global reads usually fill their page: size the result once instead of growing it.
+	events, err := s.query(ctx, s.reads.all, min(max, 4096), clampInt64(uint64(from)), max)
 	if err != nil {
 		return nil, fmt.Errorf("read all after %d: %w", from, err)
 	}
 	return events, nil
 }
 
-func (s *Store) query(ctx context.Context, stmt *sql.Stmt, max int, args ...any) ([]eventstore.RecordedEvent, error) {
+func (s *Store) query(ctx context.Context, stmt *sql.Stmt, capacity int, args ...any) ([]eventstore.RecordedEvent, error) {
 	rows, err := stmt.QueryContext(ctx, args...)
 	if err != nil {
 		return nil, s.closedError(err)
 	}
 	defer rows.Close()
-	events := make([]eventstore.RecordedEvent, 0, min(max, 256))
+	events := make([]eventstore.RecordedEvent, 0, capacity)
 	for rows.Next() {
 		var (
 			ev                 eventstore.RecordedEvent

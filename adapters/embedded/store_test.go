@@ -26,7 +26,10 @@ func TestContract(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) eventstore.Store { return openStore(t, t.TempDir()) })
 }
 
-// A batch size of one commits every append alone: the contract must hold without group commit.
-func TestContractWithoutGroupCommit(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) eventstore.Store { return openStore(t, t.TempDir(), embedded.WithMaxBatch(1)) })
+// A batch size of one commits every append alone, and subscriptions read two events at a time:
+// the contract must hold without group commit and across many page boundaries.
+func TestContractWithoutGroupCommitSmallPages(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) eventstore.Store {
+		return openStore(t, t.TempDir(), embedded.WithMaxBatch(1), embedded.WithSubscriptionPage(2), embedded.WithReadConnections(1))
+	})
 }

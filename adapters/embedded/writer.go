@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/google/uuid"
@@ -285,6 +286,9 @@ func (w *writer) idempotent(ctx context.Context, req *appendRequest, head stream
 	}
 	var first uint64
 	if exact, ok := req.expected.IsExact(); ok {
+		if exact >= math.MaxInt64 {
+			return eventstore.AppendResult{}, 0, refuse // no stream gets that far (and +1 would wrap)
+		}
 		first = exact + 1
 	} else if !req.expected.IsNoStream() {
 		return eventstore.AppendResult{}, 0, refuse

@@ -455,3 +455,53 @@ func TestLinearizability(t *testing.T) {
 		})
 	}
 }
+
+// TestLinearizabilityModel shows that the model and checker above catch what they are there
+// to catch: a stale read, a change counted twice, a refusal the value did not justify; and
+// that a call with an unknown outcome may count or not.
+func TestLinearizabilityModel(t *testing.T) {
+	op := func(client int, in linInput, call, ret int64, out linOutput) porcupine.Operation {
+		in.object = 1
+		return porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret}
+	}
+	inc := func(amount int64) linInput { return linInput{kind: linIncrement, amount: amount} }
+	read := linInput{kind: linRead}
+	okOut := linOutput{outcome: linOK}
+	value := func(v int32) linOutput { return linOutput{outcome: linOK, value: v} }
+	cases := []struct {
+		name string
+		ops  []porcupine.Operation
+		want bool
+	}{
+		{"read after an acknowledged set sees it", []porcupine.Operation{
+			op(0, linInput{kind: linSet, value: 5}, 0, 10, okOut), op(1, read, 20, 30, value(5))}, true},
+		{"stale read", []porcupine.Operation{
+			op(0, linInput{kind: linSet, value: 5}, 0, 10, okOut), op(1, read, 20, 30, value(0))}, false},
+		{"concurrent read may see either", []porcupine.Operation{
+			op(0, linInput{kind: linSet, value: 5}, 0, 30, okOut), op(1, read, 10, 20, value(0))}, true},
+		{"an increment counted twice", []porcupine.Operation{
+			op(0, inc(1), 0, 10, okOut), op(1, read, 20, 30, value(2))}, false},
+		{"the sign of the amount is ignored", []porcupine.Operation{
+			op(0, inc(-2), 0, 10, okOut), op(1, read, 20, 30, value(2))}, true},
+		{"a refusal the bound did not justify", []porcupine.Operation{
+			op(0, linInput{kind: linIncrement, amount: 1, bounded: true, bound: 5}, 0, 10, linOutput{outcome: linBound})}, false},
+		{"a refusal the bound justified, and it changed nothing", []porcupine.Operation{
+			op(0, linInput{kind: linDecrement, amount: 1, bounded: true, bound: 0}, 0, 10, linOutput{outcome: linBound}),
+			op(1, read, 20, 30, value(0))}, true},
+		{"an int32 refusal at MaxInt32", []porcupine.Operation{
+			op(0, linInput{kind: linSet, value: math.MaxInt32}, 0, 10, okOut),
+			op(0, inc(1), 20, 30, linOutput{outcome: linInt32}), op(1, read, 40, 50, value(math.MaxInt32))}, true},
+		{"an unknown increment that happened", []porcupine.Operation{
+			op(0, inc(1), 0, math.MaxInt64, linOutput{outcome: linUnknown}), op(1, read, 20, 30, value(1))}, true},
+		{"an unknown increment that did not", []porcupine.Operation{
+			op(0, inc(1), 0, math.MaxInt64, linOutput{outcome: linUnknown}), op(1, read, 20, 30, value(0))}, true},
+		{"an unknown increment does not happen twice", []porcupine.Operation{
+			op(0, inc(1), 0, math.MaxInt64, linOutput{outcome: linUnknown}), op(1, read, 20, 30, value(2))}, false},
+	}
+	model := dataObjectModel.ToModel()
+	for _, c := range cases {
+		if got := porcupine.CheckOperations(model, c.ops); got != c.want {
+			t.Errorf("%s: linearizable %v, want %v", c.name, got, c.want)
+		}
+	}
+}

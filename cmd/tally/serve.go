@@ -228,7 +228,7 @@ func defaultServerTimeouts() serverTimeouts {
 		Read:       60 * time.Second,
 		Write:      60 * time.Second,
 		Idle:       120 * time.Second,
-		MaxHeader:  64 << 10,
+		MaxHeader:  http.DefaultMaxHeaderBytes, // 1 MiB: a GET upload carries its log in the query string
 	}
 }
 

@@ -44,12 +44,13 @@ func FuzzReadParams(f *testing.F) {
 		if post {
 			b, _ = url.ParseQuery(body)
 		}
+		bodyByName, queryByName := byLowerName(b), byLowerName(q)
 		for name, v := range values {
 			if name != strings.ToLower(name) {
 				t.Fatalf("name %q not lower-cased", name)
 			}
 			// The value comes from some spelling of the name, in the body if it has one.
-			inBody, inQuery := spellings(b, name), spellings(q, name)
+			inBody, inQuery := bodyByName[name], queryByName[name]
 			if len(inBody) > 0 {
 				if !contains(inBody, v) {
 					t.Fatalf("%s=%q is not one of the body's %q", name, v, inBody)
@@ -102,13 +103,12 @@ func FuzzReadParams(f *testing.F) {
 	})
 }
 
-// spellings is every value of every spelling of a lower-case name.
-func spellings(vs url.Values, lower string) []string {
-	var out []string
+// byLowerName groups the values of every spelling of each name under its lower-case form.
+func byLowerName(vs url.Values) map[string][]string {
+	out := map[string][]string{}
 	for name, v := range vs {
-		if strings.ToLower(name) == lower {
-			out = append(out, v...)
-		}
+		lower := strings.ToLower(name)
+		out[lower] = append(out[lower], v...)
 	}
 	return out
 }

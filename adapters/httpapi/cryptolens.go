@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
@@ -70,6 +71,10 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 		tok, err := s.ledger.Authenticate(secret)
 		if err != nil {
 			s.writeError(w, r, err)
+			return
+		}
+		if s.limiter != nil && !s.limiter.allow(tok.ID, time.Now()) {
+			s.writeError(w, r, domain.ErrRateLimited)
 			return
 		}
 		c := ledger.Caller{Token: tok, RequestID: ri.requestID, ClientAddr: clientAddr(r)}

@@ -64,6 +64,11 @@ type Config struct {
 	Logger   *slog.Logger
 	// MaxBodyBytes bounds request bodies (0: DefaultMaxBodyBytes).
 	MaxBodyBytes int64
+	// RateLimit is how many data-object API requests per second each access token may make
+	// (0: no limit; tally serve uses DefaultRateLimit). Requests above it are refused with 429.
+	RateLimit float64
+	// RateBurst is how many requests a token may make at once (0: twice RateLimit).
+	RateBurst int
 }
 
 // server holds the handler's dependencies.
@@ -74,6 +79,7 @@ type server struct {
 	logger     *slog.Logger
 	maxBody    int64
 	metrics    *requestMetrics
+	limiter    *tokenLimiter // nil: no rate limit
 }
 
 // New returns the HTTP handler of the whole service.
@@ -84,6 +90,7 @@ func New(cfg Config) (http.Handler, error) {
 	s := &server{
 		ledger: cfg.Ledger, adminToken: cfg.AdminToken, ready: cfg.Ready,
 		logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
+		limiter: newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)

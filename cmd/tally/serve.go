@@ -42,6 +42,8 @@ type serveConfig struct {
 	RSAKeys      []string
 	MaxBodyBytes int64
 	UploadLease  time.Duration
+	RateLimit    float64
+	RateBurst    int
 	// onReady, if set, is called with the listening address once the server is ready (tests
 	// use it instead of polling).
 	onReady func(addr string)
@@ -70,6 +72,8 @@ func newServeCommand(g *globalFlags) *cobra.Command {
 	f.StringSliceVar(&cfg.RSAKeys, "rsa-key", nil, "RSA private key PEM file(s); the first is current (TALLY_RSA_KEY); default: keys in the data directory, created on first start")
 	// A License Server never trims its log: 100,000 layers are about 31 MB, 41 MB of base64.
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 64<<20, "largest request body, and so usage log, accepted (TALLY_MAX_BODY_BYTES)")
+	f.Float64Var(&cfg.RateLimit, "rate-limit", httpapi.DefaultRateLimit, "data-object API requests per second per access token; 0 turns the limit off (TALLY_RATE_LIMIT)")
+	f.IntVar(&cfg.RateBurst, "rate-burst", httpapi.DefaultRateBurst, "requests a token may send at once; 0: twice --rate-limit (TALLY_RATE_BURST)")
 	f.DurationVar(&cfg.UploadLease, "upload-lease", 30*time.Second, "how long an interrupted upload may stay undecided before recovery decides it (TALLY_UPLOAD_LEASE)")
 	return cmd
 }
@@ -158,6 +162,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		Ledger: svc, AdminToken: adminToken, Ready: ready.check,
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
 	})
 	if err != nil {
 		return err
@@ -172,14 +177,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           routeByPrefix("/v1/", audit, handler),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	srv := newHTTPServer(routeByPrefix("/v1/", audit, handler), defaultServerTimeouts(), logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	logger.Info("listening", "addr", ln.Addr().String(), "store", cfg.Store, "data_dir", g.DataDir)
@@ -217,6 +215,42 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		logger.Error("http shutdown", "err", err)
 	}
 	return nil
+}
+
+// serverTimeouts bound how long a client may take over each part of a request, so that slow
+// or stalled clients (slowloris) cannot hold connections and memory indefinitely.
+type serverTimeouts struct {
+	ReadHeader time.Duration // the request line and headers
+	Read       time.Duration // the whole request, body included
+	Write      time.Duration // from the end of the headers to the end of the answer
+	Idle       time.Duration // between requests on a kept-alive connection
+	MaxHeader  int           // bytes of request line and headers
+}
+
+// defaultServerTimeouts are tally serve's. An upload of a long log on a slow link fits in the
+// read timeout; a client dribbling its headers is cut off after ReadHeader.
+func defaultServerTimeouts() serverTimeouts {
+	return serverTimeouts{
+		ReadHeader: 10 * time.Second,
+		Read:       60 * time.Second,
+		Write:      60 * time.Second,
+		Idle:       120 * time.Second,
+		MaxHeader:  http.DefaultMaxHeaderBytes, // 1 MiB: a GET upload carries its log in the query string
+	}
+}
+
+// newHTTPServer is the HTTP server tally serve runs: the handler behind the timeouts and the
+// header limit, with the server's own errors in the log.
+func newHTTPServer(handler http.Handler, to serverTimeouts, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: to.ReadHeader,
+		ReadTimeout:       to.Read,
+		WriteTimeout:      to.Write,
+		IdleTimeout:       to.Idle,
+		MaxHeaderBytes:    to.MaxHeader,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
 }
 
 // catchUpToHead waits until the projection holds the last event the store had when called.

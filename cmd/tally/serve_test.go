@@ -14,31 +14,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
 	"github.com/tallyledger/tally/adapters/usagelog"
 )
-
-// syncBuffer is a log destination the server and the test share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // startServe runs serve in-process and returns its base URL once it is ready, and a function
 // that stops it as SIGTERM would and returns serve's error.

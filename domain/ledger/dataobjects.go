@@ -171,9 +171,12 @@ type ListDataObjects struct {
 
 // ListDataObjects returns the live objects of the scope (or, with ShowAll, every object the
 // token may see), by id, filtered by a case-insensitive name substring.
-func (s *Service) ListDataObjects(_ context.Context, c Caller, q ListDataObjects) ([]domain.DataObject, error) {
+func (s *Service) ListDataObjects(ctx context.Context, c Caller, q ListDataObjects) ([]domain.DataObject, error) {
 	if !c.Token.Allows(domain.MethodListDataObjects) {
 		return nil, domain.ErrAccessDenied
+	}
+	if err := s.syncView(ctx); err != nil {
+		return nil, err
 	}
 	var out []domain.DataObject
 	var err error
@@ -306,7 +309,9 @@ func (s *Service) RemoveDataObject(ctx context.Context, c Caller, cmd RemoveData
 
 // change runs one command on one data object: decide on the projected object, append with its
 // revision as the expected revision, and start over on fresh state when another writer won.
-// While an upload touching the object is undecided, it waits for the decision.
+// While an upload touching the object is undecided, it waits for the decision. A refusal is
+// decided once more after the projection has caught up with the store, since the projection
+// may not yet hold a change another instance acknowledged.
 func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc Scope, ref ObjectRef, decide func(projections.Object) (string, any, error)) error {
 	if !c.Token.Allows(method) {
 		return domain.ErrAccessDenied
@@ -317,6 +322,19 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 			unlock()
 		}
 	}()
+	synced := false
+	// refuse returns a refusal once it was decided on a projection caught up with the store,
+	// else catches up and asks for another decision.
+	refuse := func(refusal error) (retry bool, err error) {
+		if synced {
+			return false, refusal
+		}
+		synced = true
+		if err := s.syncView(ctx); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
 	for attempt := 0; attempt < s.maxAttempts; {
 		var obj projections.Object
 		var err error
@@ -328,7 +346,10 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 			}
 		})
 		if err != nil {
-			return err
+			if retry, err := refuse(err); !retry {
+				return err
+			}
+			continue
 		}
 		if unlock == nil {
 			// Queue behind this process's other commands on the object, then decide on the
@@ -347,7 +368,10 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 		}
 		typ, data, err := decide(obj)
 		if err != nil {
-			return err
+			if retry, err := refuse(err); !retry {
+				return err
+			}
+			continue
 		}
 		ev, err := newEvent(uuid.New(), typ, data, c.metadata())
 		if err != nil {

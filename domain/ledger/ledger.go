@@ -30,6 +30,8 @@ type View interface {
 	WaitUntil(ctx context.Context, cond func(*projections.State) bool) error
 	// WaitFor blocks until the state reflects every event up to pos.
 	WaitFor(ctx context.Context, pos eventstore.Position) error
+	// Position is the global position of the last event the state reflects.
+	Position() eventstore.Position
 }
 
 // LogEntry is one entry of an uploaded usage log.
@@ -179,6 +181,28 @@ func (s *Service) appendAndWait(ctx context.Context, stream string, expected eve
 		return res, unavailable(fmt.Errorf("wait for projection: %w", err))
 	}
 	return res, nil
+}
+
+// syncView waits until the projection holds every event the store held when called. Another
+// instance may have acknowledged a change the projection has not yet received; an answer read
+// after syncView is at least as new as every change acknowledged before the call, so reads and
+// refusals stay linearizable across instances sharing a store.
+func (s *Service) syncView(ctx context.Context) error {
+	head := s.view.Position()
+	for {
+		evs, err := s.store.ReadAll(ctx, head, 256)
+		if err != nil {
+			return unavailable(fmt.Errorf("find the store's head: %w", err))
+		}
+		if len(evs) == 0 {
+			break
+		}
+		head = evs[len(evs)-1].Position
+	}
+	if err := s.view.WaitFor(ctx, head); err != nil {
+		return unavailable(fmt.Errorf("wait for projection: %w", err))
+	}
+	return nil
 }
 
 // catchUp waits until the projection holds the last event of a stream.

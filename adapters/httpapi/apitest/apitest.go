@@ -46,6 +46,9 @@ type Options struct {
 	Ready func() error
 	// Logger receives the service's logs (nil: the test's output, warnings and above).
 	Logger *slog.Logger
+	// RateLimit and RateBurst are the handler's per-token rate limit (0: none).
+	RateLimit float64
+	RateBurst int
 }
 
 // Env is a running service.
@@ -132,6 +135,7 @@ func (e *Env) start() {
 		Ledger: svc, AdminToken: AdminToken, Ready: e.opts.Ready,
 		Metrics:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Registry: reg, Logger: e.opts.Logger, MaxBodyBytes: e.opts.MaxBodyBytes,
+		RateLimit: e.opts.RateLimit, RateBurst: e.opts.RateBurst,
 	})
 	if err != nil {
 		t.Fatalf("http handler: %v", err)

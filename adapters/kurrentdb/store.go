@@ -46,6 +46,11 @@ type Config struct {
 	// ResubscribeAttempts is how many consecutive failed attempts end a subscription with
 	// eventstore.ErrSubscriptionDropped. Zero means 20.
 	ResubscribeAttempts int
+	// CallTimeout bounds how long one call waits for the client. The esdb client can leave a
+	// call unanswered for good after it lost its connection; past this bound the store treats
+	// the client as dead, replaces it and fails the call, so a caller without a deadline of its
+	// own is not stuck. Zero means 10 s.
+	CallTimeout time.Duration
 }
 
 // closeWait bounds how long Close waits for calls still running on the client.
@@ -64,6 +69,7 @@ type Store struct {
 	prefixes            []string
 	resubscribeMaxDelay time.Duration
 	resubscribeAttempts int
+	callTimeout         time.Duration
 
 	done          chan struct{} // closed by Close
 	mu            sync.Mutex
@@ -107,6 +113,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		prefixes:            append([]string(nil), cfg.StreamPrefixes...),
 		resubscribeMaxDelay: cfg.ResubscribeMaxDelay,
 		resubscribeAttempts: cfg.ResubscribeAttempts,
+		callTimeout:         cfg.CallTimeout,
 		subscriptions:       make(map[*subscription]struct{}),
 		done:                make(chan struct{}),
 	}
@@ -115,6 +122,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if s.resubscribeAttempts <= 0 {
 		s.resubscribeAttempts = 20
+	}
+	if s.callTimeout <= 0 {
+		s.callTimeout = 10 * time.Second
 	}
 	client, err := s.newClient()
 	if err != nil {
@@ -210,6 +220,8 @@ func (s *Store) call(ctx context.Context, op func(client *esdb.Client) error) (*
 		defer c.calls.RUnlock()
 		done <- op(c.client)
 	}()
+	timeout := time.NewTimer(s.callTimeout)
+	defer timeout.Stop()
 	select {
 	case err := <-done:
 		return c, err
@@ -217,8 +229,14 @@ func (s *Store) call(ctx context.Context, op func(client *esdb.Client) error) (*
 		return c, ctx.Err()
 	case <-s.done:
 		return c, eventstore.ErrClosed
+	case <-timeout.C:
+		s.renew(c)
+		return c, fmt.Errorf("no answer from KurrentDB in %v: %w", s.callTimeout, errCallTimeout)
 	}
 }
+
+// errCallTimeout marks a call that the client left unanswered past Config.CallTimeout.
+var errCallTimeout = errors.New("call timed out")
 
 // renew replaces a client that closed itself or stopped answering. The esdb client gives up for
 // good when a rediscovery (after the server became unavailable) fails all its attempts; every

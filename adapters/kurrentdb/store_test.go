@@ -348,6 +348,7 @@ func TestStoreAndSubscriptionRecoverAfterServerRestart(t *testing.T) {
 		URL:                 server.URL() + "&maxDiscoverAttempts=2&discoveryInterval=10",
 		ResubscribeMaxDelay: 20 * time.Millisecond,
 		ResubscribeAttempts: 10_000,
+		CallTimeout:         time.Second, // a call left unanswered by a client that gave up is abandoned soon
 	})
 	before := newEvents(1, "Before")
 	if _, err := store.Append(ctx, "restart-1", eventstore.NoStream(), before...); err != nil {
@@ -377,7 +378,7 @@ func TestStoreAndSubscriptionRecoverAfterServerRestart(t *testing.T) {
 		if err == nil {
 			break
 		}
-		if attempt == 5 {
+		if attempt == 20 {
 			t.Fatalf("append still failing %d attempts after the restart: %v", attempt, err)
 		}
 	}

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -389,4 +390,34 @@ func TestDroppedSubscription(t *testing.T) {
 		t.Fatalf("only %d subscriptions dropped", d)
 	}
 	t.Logf("%d subscriptions dropped and resumed", fe.store.Drops())
+}
+
+// TestProjectionFailureAfterADurableAppend breaks the projection's subscription for good just
+// as a call's event is stored. The event counts (a restart replays it), so the answer must
+// not be "try again": a client that retried would count the change twice.
+func TestProjectionFailureAfterADurableAppend(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelError + 1}))
+	fe := newFaultEnv(t, apitest.Options{Logger: quiet}, nil)
+	// The cleanup then expects the projection to have stopped with an error.
+	defer fe.env.CloseStore()
+	fe.store.BreakSubscriptions(errors.New("injected: the store cannot be read"))
+	r := fe.env.Call("IncrementIntValueToKey", with(fe.owner, "Id", strconv.FormatInt(fe.objs[0], 10), "IntValue", "5"))
+	evs, err := fe.store.ReadStream(context.Background(), domain.DataObjectStream(fe.objs[0]), eventstore.Forwards, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := len(evs) == 2 && evs[1].Type == domain.EventIncrementApplied
+	switch {
+	case counted && r.Status != http.StatusOK:
+		t.Fatalf("the increment is stored and counts, yet the answer is %d %s", r.Status, r.Body)
+	case !counted && r.Status == http.StatusOK:
+		t.Fatalf("the increment is not stored, yet acknowledged")
+	}
+	rebuilt, err := projections.Rebuild(context.Background(), fe.store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := rebuilt.Object(fe.objs[0]); o.IntValue != 15 {
+		t.Fatalf("a replay gives %d, want 15", o.IntValue)
+	}
 }

@@ -51,7 +51,8 @@ type Faulty struct {
 	mu        sync.Mutex
 	rule      AppendRule
 	delay     time.Duration
-	dropAfter int // 0: subscriptions never drop
+	dropAfter int   // 0: subscriptions never drop
+	subErr    error // subscriptions fail with it, if not nil
 	drops     int
 	failed    int
 	pending   sync.WaitGroup // delayed appends still running
@@ -145,7 +146,16 @@ func (f *Faulty) Close() error {
 	return f.Store.Close()
 }
 
-// SubscribeAll subscribes, wrapping the subscription so that it drops when told to.
+// BreakSubscriptions makes every subscription, live or future, fail with err instead of
+// delivering its next event, as a store that can no longer read would (nil: deliver again).
+// An error that does not match eventstore.ErrSubscriptionDropped ends the subscriber for good.
+func (f *Faulty) BreakSubscriptions(err error) {
+	f.mu.Lock()
+	f.subErr = err
+	f.mu.Unlock()
+}
+
+// SubscribeAll subscribes, wrapping the subscription so that it drops or breaks when told to.
 func (f *Faulty) SubscribeAll(ctx context.Context, from eventstore.Position) (eventstore.Subscription, error) {
 	sub, err := f.Store.SubscribeAll(ctx, from)
 	if err != nil {
@@ -154,29 +164,38 @@ func (f *Faulty) SubscribeAll(ctx context.Context, from eventstore.Position) (ev
 	f.mu.Lock()
 	n := f.dropAfter
 	f.mu.Unlock()
-	if n <= 0 {
-		return sub, nil
-	}
-	return &droppingSubscription{Subscription: sub, left: n, faulty: f}, nil
+	return &faultySubscription{Subscription: sub, left: n, faulty: f}, nil
 }
 
-// droppingSubscription delivers left events, then reports a drop.
-type droppingSubscription struct {
+// faultySubscription delivers left events, then reports a drop (left 0: never), and fails
+// while its store's subscriptions are broken.
+type faultySubscription struct {
 	eventstore.Subscription
 	left   int
 	faulty *Faulty
 }
 
-func (s *droppingSubscription) Next(ctx context.Context) (eventstore.RecordedEvent, error) {
-	if s.left == 0 {
+func (s *faultySubscription) Next(ctx context.Context) (eventstore.RecordedEvent, error) {
+	if s.left < 0 {
 		s.faulty.mu.Lock()
 		s.faulty.drops++
 		s.faulty.mu.Unlock()
 		return eventstore.RecordedEvent{}, fmt.Errorf("injected: %w", eventstore.ErrSubscriptionDropped)
 	}
 	ev, err := s.Subscription.Next(ctx)
-	if err == nil {
-		s.left--
+	if err != nil {
+		return ev, err
 	}
-	return ev, err
+	s.faulty.mu.Lock()
+	broken := s.faulty.subErr
+	s.faulty.mu.Unlock()
+	if broken != nil {
+		return eventstore.RecordedEvent{}, broken
+	}
+	if s.left > 0 {
+		if s.left--; s.left == 0 {
+			s.left = -1 // delivered its share: the next call drops
+		}
+	}
+	return ev, nil
 }

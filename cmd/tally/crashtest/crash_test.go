@@ -62,6 +62,29 @@ type keyFile struct {
 	amounts  []int64  // each layer's increment; layer i targets objects[i%objectsPerKey]
 	versions []string // base64 of every version handed out; versions[i] has lengths[i] layers
 	lengths  []int
+	acked    int // the longest version an upload of which was acknowledged
+}
+
+// maxBacklog is how many layers a file may run ahead of its longest acknowledged version
+// before its clients send the newest version again instead of growing it: every upload cut by
+// a kill leaves its new layers for the next one, and without a bound the new part of each
+// upload would grow until none finished between two kills.
+const maxBacklog = 12 * objectsPerKey
+
+// backlogged reports whether the file ran too far ahead; if so it returns the newest version.
+func (f *keyFile) backlogged() (string, int, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.layers)-f.acked <= maxBacklog {
+		return "", 0, false
+	}
+	return f.versions[len(f.versions)-1], f.lengths[len(f.lengths)-1], true
+}
+
+func (f *keyFile) ack(layers int) {
+	f.mu.Lock()
+	f.acked = max(f.acked, layers)
+	f.mu.Unlock()
 }
 
 // grow wraps the file in units more units and returns the new version.
@@ -213,9 +236,11 @@ func (j *journal) refusal(msg string) {
 	j.mu.Unlock()
 }
 
-// Messages a call may be refused with. The poisoned calls must be refused; the others happen
-// when a call reaches a server whose projection has not yet caught up (clients do not wait for
-// readiness), and must change nothing either.
+// Messages a call may be refused with. The poisoned calls must be refused. "Not found" and
+// "unable to authenticate" happen when a call reaches a server whose projection has not yet
+// caught up (clients do not wait for readiness); "changed concurrently too often" when a
+// direct call kept finding its object held by one upload after another and ran out of
+// attempts. Every refusal must change nothing, which the final check proves.
 const (
 	msgBound     = "The value could not be changed since the bound would be passed."
 	msgIncorrect = "The input parameters were incorrect."
@@ -225,10 +250,11 @@ var allowedRefusals = map[string]bool{
 	msgBound:                  true,
 	msgIncorrect:              true,
 	"Unable to authenticate.": true,
-	"Not enough permission and/or key not found.":               true,
-	"Not enough permission and/or product not found.":           true,
-	"The data object could not be found.":                       true,
-	"The service is temporarily unavailable. Please try again.": true,
+	"Not enough permission and/or key not found.":                           true,
+	"Not enough permission and/or product not found.":                       true,
+	"The data object could not be found.":                                   true,
+	"The service is temporarily unavailable. Please try again.":             true,
+	"The data object was changed concurrently too often. Please try again.": true,
 }
 
 // TestCrashUnderLoad kills a real tally server with SIGKILL at random moments while many
@@ -353,7 +379,10 @@ func TestCrashUnderLoad(t *testing.T) {
 				f := files[k]
 				call := uploadCall{key: k}
 				var data string
+				newest, newestLen, backlogged := f.backlogged()
 				switch r := crng.IntN(10); {
+				case backlogged && r != 0:
+					data, call.layers = newest, newestLen
 				case r == 0 && w.keys > 1:
 					call.poison = true
 					var err error
@@ -387,6 +416,8 @@ func TestCrashUnderLoad(t *testing.T) {
 						t.Errorf("poisoned upload acknowledged: %+v", a)
 					} else if int64(a.applied)+a.known != int64(call.layers) {
 						t.Errorf("upload of %d layers answered applied %d, known %d", call.layers, a.applied, a.known)
+					} else {
+						f.ack(call.layers)
 					}
 					kind := "upload applying new entries"
 					if a.applied == 0 {
@@ -654,7 +685,7 @@ func checkFinal(t *testing.T, h *harness, srv *server, j *journal, files []*keyF
 	h.stats.mu.Lock()
 	defer h.stats.mu.Unlock()
 	t.Logf("calls %v; refusals %v", counts, j.refusals)
-	t.Logf("unknown direct calls: %d applied, %d not; upload layers sent %d, applied before the last upload %d",
+	t.Logf("unknown direct calls: %d applied, %d not; layers in the versions sent %d, applied before the last upload %d",
 		unknownApplied, unknownNot, layersSent, appliedEntries)
 	t.Logf("server logs: %d starts recovered %d interrupted uploads (%d completed, %d discarded); %d warnings, %d errors",
 		h.stats.recoveries, h.stats.recovered, h.stats.committed, h.stats.aborted, h.stats.warnings, h.stats.errorCount)

@@ -53,10 +53,9 @@ type serverStats struct {
 	// the uploads they decided.
 	recoveries, recovered int
 	// committed and aborted count the interrupted uploads recovery completed or discarded.
-	committed, aborted int
-	warnings           int
-	errors             []string // level=ERROR lines, the first few
-	errorCount         int
+	committed, aborted   int
+	warnings, errorCount int
+	notes                []string // level=WARN and level=ERROR lines, the first few
 }
 
 var (
@@ -113,14 +112,15 @@ func (w *logWatcher) line(line string) {
 			s.aborted++
 		}
 	}
-	switch {
-	case strings.Contains(line, "level=WARN"):
+	warn, fail := strings.Contains(line, "level=WARN"), strings.Contains(line, "level=ERROR")
+	if warn {
 		s.warnings++
-	case strings.Contains(line, "level=ERROR"):
+	}
+	if fail {
 		s.errorCount++
-		if len(s.errors) < 20 {
-			s.errors = append(s.errors, line)
-		}
+	}
+	if (warn || fail) && len(s.notes) < 20 {
+		s.notes = append(s.notes, line)
 	}
 }
 
@@ -151,7 +151,7 @@ func newHarness(t *testing.T, bin string) *harness {
 		t: t, bin: bin, dataDir: filepath.Join(root, "data"), logPath: filepath.Join(root, "server.log"),
 		client: &http.Client{
 			Timeout:   60 * time.Second,
-			Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxConnsPerHost: 0},
+			Transport: &http.Transport{MaxIdleConnsPerHost: 64},
 		},
 	}
 	f, err := os.Create(h.logPath)

@@ -188,6 +188,14 @@ func (c *Current) stop(err error) {
 	close(ch)
 }
 
+// Err is why the projection stopped following the store, or nil while it follows it. A
+// projection that stopped no longer moves: readiness checks report it.
+func (c *Current) Err() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.err
+}
+
 // Position is the position of the last event the state reflects.
 func (c *Current) Position() eventstore.Position {
 	c.mu.RLock()

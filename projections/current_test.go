@@ -3,6 +3,7 @@ package projections_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/domain/eventstore/storetest"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -121,4 +123,33 @@ func TestCurrentReplaysWhenItsCheckpointIsNotInTheStore(t *testing.T) {
 			t.Fatalf("state = %+v at %d; want only the store's product", s.Products, s.Position)
 		}
 	})
+}
+
+// TestCurrentReportsWhyItStopped breaks the subscription for good: the projection stops, and
+// says why, so that readiness can report it.
+func TestCurrentReportsWhyItStopped(t *testing.T) {
+	inner, err := embedded.Open(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := storetest.NewFaulty(inner)
+	defer store.Close()
+	c, stop := runCurrent(t, store, "")
+	defer stop()
+	res := appendEvent(t, store, domain.ProductStream(1), domain.EventProductCreated, domain.ProductCreated{ProductID: 1, Name: "p"})
+	if err := c.WaitFor(context.Background(), res.Position); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Err(); err != nil {
+		t.Fatalf("Err while following: %v", err)
+	}
+	broken := errors.New("injected: the store cannot be read")
+	store.BreakSubscriptions(broken)
+	res = appendEvent(t, store, domain.ProductStream(2), domain.EventProductCreated, domain.ProductCreated{ProductID: 2, Name: "q"})
+	if err := c.WaitFor(context.Background(), res.Position); !errors.Is(err, broken) {
+		t.Fatalf("WaitFor on a broken subscription: %v", err)
+	}
+	if err := c.Err(); !errors.Is(err, broken) {
+		t.Fatalf("Err after the subscription broke: %v", err)
+	}
 }

@@ -87,6 +87,12 @@ type uploadEnv struct {
 
 func newUploadEnv(t *testing.T, open func(testing.TB) eventstore.Store) *uploadEnv {
 	t.Helper()
+	return newUploadEnvWith(t, apitest.Options{Open: open})
+}
+
+// newUploadEnvWith is newUploadEnv with more options; the decoder is always set.
+func newUploadEnvWith(t *testing.T, opts apitest.Options) *uploadEnv {
+	t.Helper()
 	key, err := usagelog.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +101,8 @@ func newUploadEnv(t *testing.T, open func(testing.TB) eventstore.Store) *uploadE
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := apitest.StartWith(t, apitest.Options{Open: open, Decoder: usagelog.NewLedgerDecoder(keys)})
+	opts.Decoder = usagelog.NewLedgerDecoder(keys)
+	env := apitest.StartWith(t, opts)
 	p := env.Product("Product A")
 	f := &fixture{env: env, product: p, key: env.Key(p.ID), other: env.Key(p.ID), token: env.AllMethodsToken()}
 	return &uploadEnv{fixture: f, keys: keys}

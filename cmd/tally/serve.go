@@ -158,8 +158,15 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	)
 
 	ready := newReadiness()
+	readyCheck := func() error {
+		// A projection that stopped no longer moves: every write would be refused.
+		if err := proj.Err(); err != nil {
+			return fmt.Errorf("projection stopped: %w", err)
+		}
+		return ready.check()
+	}
 	handler, err := httpapi.New(httpapi.Config{
-		Ledger: svc, AdminToken: adminToken, Ready: ready.check,
+		Ledger: svc, AdminToken: adminToken, Ready: readyCheck,
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,

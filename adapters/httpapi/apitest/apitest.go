@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -49,6 +50,9 @@ type Options struct {
 	// RateLimit and RateBurst are the handler's per-token rate limit (0: none).
 	RateLimit float64
 	RateBurst int
+	// UploadLease is how long an upload may stay undecided before a waiting command decides
+	// it (0: the ledger's default).
+	UploadLease time.Duration
 }
 
 // Env is a running service.
@@ -126,7 +130,7 @@ func (e *Env) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	projDone := make(chan error, 1)
 	go func() { projDone <- proj.Run(ctx) }()
-	svc, err := ledger.New(ledger.Config{Store: e.Store, View: proj, Decoder: e.opts.Decoder, Logger: e.opts.Logger})
+	svc, err := ledger.New(ledger.Config{Store: e.Store, View: proj, Decoder: e.opts.Decoder, Logger: e.opts.Logger, UploadLease: e.opts.UploadLease})
 	if err != nil {
 		t.Fatalf("ledger: %v", err)
 	}

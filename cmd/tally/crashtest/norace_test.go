@@ -1,0 +1,6 @@
+//go:build !race
+
+package crashtest
+
+// raceEnabled says the test runs under the race detector; the binary is then built with it too.
+const raceEnabled = false

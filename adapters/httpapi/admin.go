@@ -124,6 +124,10 @@ func (s *server) adminHandler(name string, fn adminFunc) http.Handler {
 			writeAdminJSON(w, r, http.StatusUnauthorized, adminError{Error: "admin credential missing or wrong"})
 			return
 		}
+		if s.notReady() {
+			writeAdminJSON(w, r, http.StatusServiceUnavailable, adminError{Error: "not ready: catching up with the event store"})
+			return
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
 		c := ledger.Caller{Admin: true, RequestID: ri.requestID, ClientAddr: clientAddr(r)}
 		status, body, err := fn(r, c)
@@ -135,6 +139,9 @@ func (s *server) adminHandler(name string, fn adminFunc) http.Handler {
 		writeAdminJSON(w, r, status, body)
 	})
 }
+
+// notReady reports whether the readiness check says the service cannot take requests yet.
+func (s *server) notReady() bool { return s.ready != nil && s.ready() != nil }
 
 // isAdmin compares the presented credential with the admin token in constant time. Hashing
 // both first makes the comparison's time independent of the lengths too.

@@ -188,6 +188,13 @@ func TestOperationalEndpoints(t *testing.T) {
 	if r := env.Get("/healthz", nil); r.Status != 200 {
 		t.Fatalf("healthz when not ready %d", r.Status)
 	}
+	// Until ready, the APIs answer "try again" rather than decide on a projection that is
+	// still catching up.
+	refused(t, env.Call("ListDataObjects", vals("token", "any")), 503, "The service is temporarily unavailable. Please try again.")
+	if _, err := env.Admin.ListProducts(context.Background()); err == nil || !strings.Contains(err.Error(), "not ready") {
+		t.Fatalf("admin call when not ready: %v", err)
+	}
+	notReady.Store(nil)
 
 	// Metrics are labelled by method name and result, never by raw path or token.
 	p := env.Product("P")

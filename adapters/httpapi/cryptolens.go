@@ -59,6 +59,12 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 			s.methodNotAllowed(w, r)
 			return
 		}
+		if s.notReady() {
+			// While the projection catches up it may not yet hold the token, key or value a
+			// request needs: answering from it would refuse or decide wrongly.
+			s.writeError(w, r, domain.ErrServiceUnavailable)
+			return
+		}
 		values, err := s.readParams(w, r)
 		if err != nil {
 			s.writeError(w, r, err)

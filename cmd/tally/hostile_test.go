@@ -26,23 +26,15 @@ import (
 	"github.com/tallyledger/tally/domain"
 )
 
-// syncBuffer is a log sink that several goroutines write and the test reads; it signals when a
-// line holding "listening" arrives, with the line.
+// syncBuffer is a log sink that several goroutines write and the test reads.
 type syncBuffer struct {
-	mu        sync.Mutex
-	buf       bytes.Buffer
-	listening chan string
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
 func (b *syncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if bytes.Contains(p, []byte("msg=listening")) {
-		select {
-		case b.listening <- string(p):
-		default:
-		}
-	}
 	return b.buf.Write(p)
 }
 
@@ -59,16 +51,18 @@ func (b *syncBuffer) String() string {
 // readable by their owner only.
 func TestServeKeepsSecretsSecret(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
-	logs := &syncBuffer{listening: make(chan string, 1)}
+	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	cfg := serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 8 << 20, UploadLease: 30 * time.Second,
 		RateLimit: httpapi.DefaultRateLimit, RateBurst: httpapi.DefaultRateBurst}
+	ready := make(chan string, 1)
+	cfg.onReady = func(addr string) { ready <- addr }
 	go func() { done <- serve(ctx, logger, &globalFlags{DataDir: dataDir}, cfg) }()
-	var line string
+	var addr string
 	select {
-	case line = <-logs.listening:
+	case addr = <-ready:
 	case err := <-done:
 		t.Fatalf("serve ended: %v\n%s", err, logs.String())
 	}
@@ -83,8 +77,6 @@ func TestServeKeepsSecretsSecret(t *testing.T) {
 		}
 	}
 	t.Cleanup(stop)
-	_, addr, _ := strings.Cut(line, "addr=")
-	addr, _, _ = strings.Cut(addr, " ")
 	base := "http://" + addr
 
 	for _, name := range []string{"admin.token", usagelog.CurrentKeyFile} {

@@ -210,9 +210,16 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		svc.RunRecovery(ctx)
 	}()
 
+	var runErr error
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("http server: %w", err)
+	case err := <-projDone:
+		// A projection that stopped no longer moves, so every command would be refused. Exit,
+		// so that a supervisor restarts the process and the restart catches up again.
+		projDone <- err // for the deferred wait
+		runErr = fmt.Errorf("projection stopped: %w", err)
+		logger.Error("projection stopped; shutting down", "err", err)
 	case <-ctx.Done():
 	}
 	logger.Info("shutting down")
@@ -221,7 +228,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		logger.Error("http shutdown", "err", err)
 	}
-	return nil
+	return runErr
 }
 
 // serverTimeouts bound how long a client may take over each part of a request, so that slow

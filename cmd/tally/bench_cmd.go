@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,6 +21,8 @@ type benchConfig struct {
 	Format    string
 	RSAProbe  time.Duration
 	Quiet     bool
+	CPUProf   string
+	MemProf   string
 }
 
 func newBenchCommand(g *globalFlags) *cobra.Command {
@@ -50,6 +53,8 @@ real layers and uploaded first, which costs O(n²) AES in its length.`,
 	f.StringVar(&bc.Format, "format", "table", "report format: table or json")
 	f.DurationVar(&bc.RSAProbe, "rsa-probe", time.Second, "measure the raw RSA-2048 decrypt rate of all cores for this long (0: skip)")
 	f.BoolVar(&bc.Quiet, "quiet", false, "no progress lines on stderr")
+	f.StringVar(&bc.CPUProf, "cpuprofile", "", "write a CPU profile of the timed phase (server and clients) to this file")
+	f.StringVar(&bc.MemProf, "memprofile", "", "write an allocation profile, taken after the timed phase, to this file")
 	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload or mix")
 	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients")
 	f.DurationVar(&lc.Duration, "duration", 0, "length of the timed phase (0: until --requests and --uploads are done)")
@@ -74,6 +79,15 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 		}
 	}
 	lc.Progress = progress
+	var profErr error
+	lc.AroundTimed = func() func() {
+		stop, err := startProfiles(bc.CPUProf, bc.MemProf)
+		if err != nil {
+			profErr = err
+			return func() {}
+		}
+		return func() { profErr = stop() }
+	}
 	var rsaKey *rsa.PrivateKey
 	var extra func() []loadgen.ExtraLine
 	if bc.Target != "" {
@@ -145,5 +159,37 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 	} else {
 		werr = rep.WriteTable(cmd.OutOrStdout())
 	}
-	return errors.Join(runErr, werr)
+	return errors.Join(runErr, werr, profErr)
+}
+
+// startProfiles starts a CPU profile to cpuPath (if not empty); the returned func stops it and
+// writes the allocation profile to memPath (if not empty).
+func startProfiles(cpuPath, memPath string) (func() error, error) {
+	var cpu *os.File
+	if cpuPath != "" {
+		f, err := os.Create(cpuPath)
+		if err != nil {
+			return nil, fmt.Errorf("--cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("--cpuprofile: %w", err)
+		}
+		cpu = f
+	}
+	return func() error {
+		var errs []error
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			errs = append(errs, cpu.Close())
+		}
+		if memPath != "" {
+			f, err := os.Create(memPath)
+			if err != nil {
+				return fmt.Errorf("--memprofile: %w", err)
+			}
+			errs = append(errs, pprof.Lookup("allocs").WriteTo(f, 0), f.Close())
+		}
+		return errors.Join(errs...)
+	}, nil
 }

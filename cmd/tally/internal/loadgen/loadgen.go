@@ -67,6 +67,9 @@ type Config struct {
 	// SeedHistory, when set, makes the history known without uploading it (see HistorySeeder);
 	// otherwise the history is written as real layers and uploaded before the clock starts.
 	SeedHistory HistorySeeder
+	// AroundTimed, if set, is called as the clock starts; the func it returns is called as the
+	// clock stops (for profiling the timed phase only).
+	AroundTimed func() (stop func())
 	// Progress receives a line about each preparation step (nil: none).
 	Progress func(format string, args ...any)
 }
@@ -166,7 +169,12 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		rep.UploadBodyBytes = len(uploads[0].body)
 	}
 
+	stopTimed := func() {}
+	if cfg.AroundTimed != nil {
+		stopTimed = cfg.AroundTimed()
+	}
 	res := drive(ctx, cfg, api, fx, uploads)
+	stopTimed()
 	rep.Elapsed = res.elapsed
 	rep.Increment = res.increment.summary("IncrementIntValueToKey", res.elapsed, 1)
 	rep.Upload = res.upload.summary("UploadValuesToKey", res.elapsed, cfg.NewEntries)

@@ -127,9 +127,9 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 		progress("started a server on the embedded store in %s at %s", dir, srv.URL)
 		lc.URL, lc.AdminToken, lc.PublicKey, lc.SeedHistory = srv.URL, srv.AdminToken, srv.Keys.Public(), srv.SeedHistory
 		rsaKey = srv.Keys.Current()
-		before := srv.Store.Stats()
+		before := srv.Embedded.Stats()
 		extra = func() []loadgen.ExtraLine {
-			after := srv.Store.Stats()
+			after := srv.Embedded.Stats()
 			appends, batches := after.Appends-before.Appends, after.Batches-before.Batches
 			mean := 0.0
 			if batches > 0 {

@@ -35,13 +35,15 @@ type ServerOptions struct {
 	Logger       *slog.Logger
 }
 
-// Server is a Tally server running in this process on the embedded store, composed as
-// tally serve composes it, listening on a loopback port.
+// Server is a Tally server running in this process, composed as tally serve composes it,
+// listening on a loopback port.
 type Server struct {
 	URL        string
 	AdminToken string
 	Keys       *usagelog.KeyRing
-	Store      *embedded.Store
+	Store      eventstore.Store
+	// Embedded is the store when it is the embedded one (nil otherwise), for its counters.
+	Embedded   *embedded.Store
 	Projection *projections.Current
 
 	http     *http.Server
@@ -54,6 +56,25 @@ func StartEmbedded(ctx context.Context, opts ServerOptions) (*Server, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("loadgen: no data directory")
 	}
+	store, err := embedded.Open(ctx, filepath.Join(opts.Dir, "events"))
+	if err != nil {
+		return nil, fmt.Errorf("loadgen: %w", err)
+	}
+	s, err := StartOn(ctx, store, opts)
+	if err != nil {
+		return nil, err
+	}
+	s.Embedded = store
+	return s, nil
+}
+
+// StartOn starts a server on store, which it closes on Close (also when it fails to start).
+// opts.Dir holds the RSA key and the projection's snapshot.
+func StartOn(ctx context.Context, store eventstore.Store, opts ServerOptions) (*Server, error) {
+	if opts.Dir == "" {
+		_ = store.Close()
+		return nil, errors.New("loadgen: no data directory")
+	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 128 << 20
 	}
@@ -62,11 +83,8 @@ func StartEmbedded(ctx context.Context, opts ServerOptions) (*Server, error) {
 	}
 	keys, err := usagelog.LoadOrCreateKeyRing(opts.Dir)
 	if err != nil {
+		_ = store.Close()
 		return nil, fmt.Errorf("loadgen: RSA key: %w", err)
-	}
-	store, err := embedded.Open(ctx, filepath.Join(opts.Dir, "events"))
-	if err != nil {
-		return nil, fmt.Errorf("loadgen: %w", err)
 	}
 	s := &Server{Keys: keys, Store: store, projDone: make(chan error, 1)}
 	fail := func(err error) (*Server, error) {

@@ -17,6 +17,7 @@ import (
 func (s *State) Apply(ev eventstore.RecordedEvent) error {
 	if ev.Position > s.Position {
 		s.Position = ev.Position
+		s.LastEvent = EventRef{Stream: ev.Stream, Revision: ev.Revision, ID: ev.ID}
 	}
 	s.Events++
 	if err := s.apply(ev); err != nil {

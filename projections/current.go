@@ -124,18 +124,14 @@ func (c *Current) Run(ctx context.Context) error {
 	return err
 }
 
-// checkCheckpoint refuses a snapshot that is ahead of the store: it belongs to other data.
+// checkCheckpoint replaces a snapshot that the store does not hold with an empty state.
 func (c *Current) checkCheckpoint(ctx context.Context) error {
-	pos := c.state.Position
-	if pos == eventstore.Start {
-		return nil
-	}
-	evs, err := c.store.ReadAll(ctx, pos-1, 1)
+	ok, err := CheckpointInStore(ctx, c.store, c.state)
 	if err != nil {
-		return fmt.Errorf("check projection checkpoint: %w", err)
+		return err
 	}
-	if len(evs) == 0 || evs[0].Position != pos {
-		c.logger.Warn("projection snapshot does not match the store; replaying from the start", "checkpoint", pos)
+	if !ok {
+		c.logger.Warn("projection snapshot does not match the store; replaying from the start", "checkpoint", c.state.Position)
 		c.state = NewState()
 	}
 	return nil

@@ -56,7 +56,10 @@ type Upload struct {
 // State is the current state folded from events. Its exported fields are what a snapshot
 // persists; the indexes are derived again after loading.
 type State struct {
-	Position    eventstore.Position                 `json:"position"`
+	Position eventstore.Position `json:"position"`
+	// LastEvent locates the event at Position, so that a snapshot can be checked against the
+	// store it claims to reflect with a plain stream read.
+	LastEvent   EventRef                            `json:"lastEvent"`
 	Events      uint64                              `json:"events"`
 	Products    map[int64]domain.Product            `json:"products"`
 	Keys        map[int64]domain.LicenseKey         `json:"keys"`
@@ -69,6 +72,13 @@ type State struct {
 	keyByString map[string]int64                    // normalized key string -> key id
 	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
 	owned       map[domain.Owner]map[int64]struct{} // live objects per owner
+}
+
+// EventRef locates one event.
+type EventRef struct {
+	Stream   string    `json:"stream,omitempty"`
+	Revision uint64    `json:"revision,omitempty"`
+	ID       uuid.UUID `json:"id"`
 }
 
 // NewState returns an empty state, as before the first event.

@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -177,15 +178,24 @@ func readFile(path string) ([]byte, error) {
 	return b, nil
 }
 
-// CheckpointInStore reports whether a state's position is the position of an event in the
-// store (or Start): a snapshot ahead of the store, or from other data, is not.
-func CheckpointInStore(ctx context.Context, r AllReader, pos eventstore.Position) (bool, error) {
-	if pos == eventstore.Start {
+// CheckpointInStore reports whether the store holds the event a state says it reflects last,
+// at the same position. A snapshot that fails this belongs to other data (or the store was
+// replaced), and only a replay is right. It asks for the event by stream and revision, a read
+// every backend answers (a KurrentDB server may refuse a global position no event has).
+func CheckpointInStore(ctx context.Context, r StreamReader, st *State) (bool, error) {
+	if st.Position == eventstore.Start {
 		return true, nil
 	}
-	evs, err := r.ReadAll(ctx, pos-1, 1)
+	last := st.LastEvent
+	if last.Stream == "" {
+		return false, nil
+	}
+	evs, err := r.ReadStream(ctx, last.Stream, eventstore.Forwards, last.Revision, 1)
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return false, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("check projection checkpoint: %w", err)
 	}
-	return len(evs) == 1 && evs[0].Position == pos, nil
+	return len(evs) == 1 && evs[0].ID == last.ID && evs[0].Position == st.Position, nil
 }

@@ -47,9 +47,12 @@ type fixture struct {
 	token   string
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureOn(t, nil) }
+
+// newFixtureOn is newFixture on the store open returns (nil: embedded).
+func newFixtureOn(t *testing.T, open func(testing.TB) eventstore.Store) *fixture {
 	t.Helper()
-	env := apitest.Start(t, nil)
+	env := apitest.Start(t, open)
 	p := env.Product("Product A")
 	return &fixture{env: env, product: p, key: env.Key(p.ID), other: env.Key(p.ID), token: env.AllMethodsToken()}
 }
@@ -105,8 +108,10 @@ func (f *fixture) value(t *testing.T, id int64) int32 {
 	return o.IntValue
 }
 
-func TestExactResultBodies(t *testing.T) {
-	f := newFixture(t)
+func TestExactResultBodies(t *testing.T) { forEachBackend(t, testExactResultBodies) }
+
+func testExactResultBodies(t *testing.T, open func(testing.TB) eventstore.Store) {
+	f := newFixtureOn(t, open)
 	owner := f.toKey(f.token)
 
 	r := f.env.Call("AddDataObjectToKey", with(owner, "Name", "usage", "StringValue", "a<b>&c", "IntValue", "5"))
@@ -147,8 +152,10 @@ func TestExactResultBodies(t *testing.T) {
 }
 
 // TestEveryMethod runs every method in both forms and checks what it did.
-func TestEveryMethod(t *testing.T) {
-	f := newFixture(t)
+func TestEveryMethod(t *testing.T) { forEachBackend(t, testEveryMethod) }
+
+func testEveryMethod(t *testing.T, open func(testing.TB) eventstore.Store) {
+	f := newFixtureOn(t, open)
 	forms := []struct {
 		name   string
 		suffix string
@@ -205,8 +212,10 @@ func TestEveryMethod(t *testing.T) {
 
 // TestTransport covers how the SDKs send requests: GET or POST, any path casing, trailing and
 // doubled slashes, parameter names in any case, booleans in every spelling.
-func TestTransport(t *testing.T) {
-	f := newFixture(t)
+func TestTransport(t *testing.T) { forEachBackend(t, testTransport) }
+
+func testTransport(t *testing.T, open func(testing.TB) eventstore.Store) {
+	f := newFixtureOn(t, open)
 	id := f.add(t, f.toKey(f.token), "AddDataObjectToKey", "counter", 0)
 	pid := strconv.FormatInt(f.product.ID, 10)
 	sid := strconv.FormatInt(id, 10)
@@ -329,8 +338,10 @@ func TestRequestIDAndCaller(t *testing.T) {
 }
 
 // TestListDataObjects covers Contains and ShowAll, and what each token may see.
-func TestListDataObjects(t *testing.T) {
-	f := newFixture(t)
+func TestListDataObjects(t *testing.T) { forEachBackend(t, testListDataObjects) }
+
+func testListDataObjects(t *testing.T, open func(testing.TB) eventstore.Store) {
+	f := newFixtureOn(t, open)
 	p2 := f.env.Product("Product B")
 	k2 := f.env.Key(p2.ID)
 	f.add(t, general(f.token, domain.OwnerUser, 0), "AddDataObject", "user-Seats", 1)

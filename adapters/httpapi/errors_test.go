@@ -10,14 +10,17 @@ import (
 	"testing"
 
 	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
 )
 
 // TestErrorRows covers every row of the spec's error table that a direct call can reach (the
 // usage-log rows are the upload tests'), with the status each kind gets, and the order of
 // checks: token, permission, owner, then the rest.
-func TestErrorRows(t *testing.T) {
-	f := newFixture(t)
+func TestErrorRows(t *testing.T) { forEachBackend(t, testErrorRows) }
+
+func testErrorRows(t *testing.T, open func(testing.TB) eventstore.Store) {
+	f := newFixtureOn(t, open)
 	env := f.env
 	p2 := env.Product("Product B")
 	k2 := env.Key(p2.ID)
@@ -143,8 +146,10 @@ func TestErrorRows(t *testing.T) {
 
 // TestOverflowAndBounds checks that a change leaving int32 or passing an enabled bound changes
 // nothing and says why.
-func TestOverflowAndBounds(t *testing.T) {
-	f := newFixture(t)
+func TestOverflowAndBounds(t *testing.T) { forEachBackend(t, testOverflowAndBounds) }
+
+func testOverflowAndBounds(t *testing.T, open func(testing.TB) eventstore.Store) {
+	f := newFixtureOn(t, open)
 	owner := f.toKey(f.token)
 	id := f.add(t, owner, "AddDataObjectToKey", "n", 0)
 	obj := with(owner, "Id", strconv.FormatInt(id, 10))

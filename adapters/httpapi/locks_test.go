@@ -19,8 +19,10 @@ import (
 )
 
 // TestLocks checks what each lock of a token lets through.
-func TestLocks(t *testing.T) {
-	f := newFixture(t)
+func TestLocks(t *testing.T) { forEachBackend(t, testLocks) }
+
+func testLocks(t *testing.T, open func(testing.TB) eventstore.Store) {
+	f := newFixtureOn(t, open)
 	env := f.env
 	p2 := env.Product("Product B")
 	k2 := env.Key(p2.ID)
@@ -109,13 +111,15 @@ func TestLocks(t *testing.T) {
 // TestConcurrentChanges sends many increments and decrements to one object at once through
 // HTTP. Every accepted change counts exactly once, the value never leaves int32, and the events
 // chain: each change starts from the value the previous one left.
-func TestConcurrentChanges(t *testing.T) {
+func TestConcurrentChanges(t *testing.T) { forEachBackend(t, testConcurrentChanges) }
+
+func testConcurrentChanges(t *testing.T, open func(testing.TB) eventstore.Store) {
 	const workers = 64
 	opsPerWorker := 5
 	if testing.Short() {
 		opsPerWorker = 2
 	}
-	f := newFixture(t)
+	f := newFixtureOn(t, open)
 	owner := f.toKey(f.token)
 	// run sends the workers' requests, each worker to one of envs, and counts the answers.
 	run := func(t *testing.T, envs []*apitest.Env, id int64, op func(worker int) (method, amount string)) (accepted, limited, retried int64) {

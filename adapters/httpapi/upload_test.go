@@ -476,12 +476,6 @@ func lastPosition(t *testing.T, s eventstore.Store) eventstore.Position {
 	}
 }
 
-// raceOutcome is what the concurrent-upload tests expect of the final values.
-type raceOutcome struct {
-	initial   map[int64]int64
-	increment map[int64]int64 // sum of the increments the API acknowledged, per object
-}
-
 // TestConcurrentOverlappingUploads sends 32 versions of one growing file at once, with direct
 // increments of the same objects in between, on one instance and on two sharing a store.
 func TestConcurrentOverlappingUploads(t *testing.T) {

@@ -48,6 +48,9 @@ type Config struct {
 	ResubscribeAttempts int
 }
 
+// closeWait bounds how long Close waits for calls still running on the client.
+const closeWait = 5 * time.Second
+
 // readBatchMin and readBatchMax bound the count of one $all read request.
 const (
 	readBatchMin = 64
@@ -62,13 +65,29 @@ type Store struct {
 	resubscribeMaxDelay time.Duration
 	resubscribeAttempts int
 
+	done          chan struct{} // closed by Close
 	mu            sync.Mutex
-	client        *esdb.Client
+	conn          *conn
 	closed        bool
 	subscriptions map[*subscription]struct{}
 }
 
 var _ eventstore.Store = (*Store)(nil)
+
+// conn is one esdb client and the calls running on it. The client's Close closes a channel its
+// calls send on, so closing it under a running call can panic ("send on closed channel"): every
+// call holds calls for reading, and close takes it for writing.
+type conn struct {
+	client *esdb.Client
+	calls  sync.RWMutex
+}
+
+// close closes the client once no call runs on it.
+func (c *conn) close() error {
+	c.calls.Lock()
+	defer c.calls.Unlock()
+	return c.client.Close()
+}
 
 // Open connects to KurrentDB and checks that it answers (the client itself does not dial until
 // the first call), so a wrong URL or an unreachable server fails here.
@@ -89,6 +108,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		resubscribeMaxDelay: cfg.ResubscribeMaxDelay,
 		resubscribeAttempts: cfg.ResubscribeAttempts,
 		subscriptions:       make(map[*subscription]struct{}),
+		done:                make(chan struct{}),
 	}
 	if s.resubscribeMaxDelay <= 0 {
 		s.resubscribeMaxDelay = 2 * time.Second
@@ -96,11 +116,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if s.resubscribeAttempts <= 0 {
 		s.resubscribeAttempts = 20
 	}
-	if s.client, err = s.newClient(); err != nil {
+	client, err := s.newClient()
+	if err != nil {
 		return nil, err
 	}
+	s.conn = &conn{client: client}
 	if err := s.ping(ctx); err != nil {
-		_ = s.client.Close()
+		_ = client.Close()
 		return nil, fmt.Errorf("kurrentdb: connect to %s: %w", cfg.URL, err)
 	}
 	return s, nil
@@ -137,7 +159,7 @@ func clientLogger(logger *slog.Logger) esdb.LoggingFunc {
 
 // ping reads the last event of $all.
 func (s *Store) ping(ctx context.Context) error {
-	read, err := s.client.ReadAll(ctx, esdb.ReadAllOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+	read, err := s.conn.client.ReadAll(ctx, esdb.ReadAllOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
 	if err != nil {
 		return err
 	}
@@ -151,23 +173,61 @@ func (s *Store) ping(ctx context.Context) error {
 	}
 }
 
-// current returns the client, or ErrClosed.
-func (s *Store) current() (*esdb.Client, error) {
+// acquire returns the current connection with a call registered on it (release it with
+// c.calls.RUnlock()), or ErrClosed.
+func (s *Store) acquire() (*conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, eventstore.ErrClosed
 	}
-	return s.client, nil
+	s.conn.calls.RLock()
+	return s.conn, nil
 }
 
-// renew replaces a client that closed itself. The esdb client gives up for good when a
-// rediscovery (after the server became unavailable) fails all its attempts; every later call
-// then fails with ErrorCodeConnectionClosed. A fresh client rediscovers on its next call.
-func (s *Store) renew(dead *esdb.Client) {
+// checkOpen returns ErrClosed after Close.
+func (s *Store) checkOpen() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.client != dead {
+	if s.closed {
+		return eventstore.ErrClosed
+	}
+	return nil
+}
+
+// call runs op on the current connection in its own goroutine and waits for it, for ctx or for
+// Close. The esdb client can block a call for good, whatever its context: a call queued for the
+// client's connection loop when that loop gives up after a failed rediscovery never returns.
+// call lets the caller go and abandons op, which then keeps its (replaced) client from closing.
+// It returns the connection op ran on (nil if the store is closed) and op's error.
+func (s *Store) call(ctx context.Context, op func(client *esdb.Client) error) (*conn, error) {
+	c, err := s.acquire()
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer c.calls.RUnlock()
+		done <- op(c.client)
+	}()
+	select {
+	case err := <-done:
+		return c, err
+	case <-ctx.Done():
+		return c, ctx.Err()
+	case <-s.done:
+		return c, eventstore.ErrClosed
+	}
+}
+
+// renew replaces a client that closed itself or stopped answering. The esdb client gives up for
+// good when a rediscovery (after the server became unavailable) fails all its attempts; every
+// later call then fails with ErrorCodeConnectionClosed, and calls that were queued meanwhile
+// never return. A fresh client rediscovers on its next call.
+func (s *Store) renew(dead *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.conn != dead {
 		return
 	}
 	fresh, err := s.newClient()
@@ -175,13 +235,15 @@ func (s *Store) renew(dead *esdb.Client) {
 		s.logger.Error("kurrentdb: cannot replace closed client", "error", err)
 		return
 	}
-	_ = dead.Close()
-	s.client = fresh
-	s.logger.Warn("kurrentdb: client had closed itself after failed discovery; replaced it")
+	s.conn = &conn{client: fresh}
+	s.logger.Warn("kurrentdb: replaced a client that closed itself or stopped answering")
+	// In its own goroutine: the caller still holds a call on dead, and a call that was queued
+	// for the dead client's (exited) connection loop never returns.
+	go func() { _ = dead.close() }()
 }
 
 // fail wraps a client error for op, naming ErrClosed after Close and ctx's error when ctx ended.
-func (s *Store) fail(ctx context.Context, client *esdb.Client, op string, err error) error {
+func (s *Store) fail(ctx context.Context, c *conn, op string, err error) error {
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -189,8 +251,8 @@ func (s *Store) fail(ctx context.Context, client *esdb.Client, op string, err er
 		return fmt.Errorf("kurrentdb: %s: %w", op, eventstore.ErrClosed)
 	}
 	var esErr *esdb.Error
-	if errors.As(err, &esErr) && esErr.Code() == esdb.ErrorCodeConnectionClosed {
-		s.renew(client)
+	if c != nil && errors.As(err, &esErr) && esErr.Code() == esdb.ErrorCodeConnectionClosed {
+		s.renew(c)
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
 		return fmt.Errorf("kurrentdb: %s: %w: %w", op, ctxErr, err)
@@ -214,10 +276,6 @@ func expectedRevision(expected eventstore.ExpectedRevision) esdb.ExpectedRevisio
 
 // Append writes events to one stream in one KurrentDB append, atomic on the server.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
-	client, err := s.current()
-	if err != nil {
-		return eventstore.AppendResult{}, fmt.Errorf("kurrentdb: append to %q: %w", stream, err)
-	}
 	if len(events) == 0 {
 		return s.check(ctx, stream, expected)
 	}
@@ -237,7 +295,11 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 			Metadata:    event.Metadata,
 		}
 	}
-	result, err := client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: expectedRevision(expected)}, proposed...)
+	var result *esdb.WriteResult
+	c, err := s.call(ctx, func(client *esdb.Client) (err error) {
+		result, err = client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: expectedRevision(expected)}, proposed...)
+		return err
+	})
 	if err != nil {
 		var esErr *esdb.Error
 		// errors.As, not esdb.FromError: the latter inverts its boolean and misses wrapped errors.
@@ -245,7 +307,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 			// The client reports the actual revision only as text.
 			return eventstore.AppendResult{}, &eventstore.WrongExpectedVersionError{Stream: stream, Expected: expected}
 		}
-		return eventstore.AppendResult{}, s.fail(ctx, client, fmt.Sprintf("append to %q", stream), err)
+		return eventstore.AppendResult{}, s.fail(ctx, c, fmt.Sprintf("append to %q", stream), err)
 	}
 	return eventstore.AppendResult{
 		NextExpectedRevision: result.NextExpectedVersion,
@@ -277,11 +339,10 @@ func (s *Store) check(ctx context.Context, stream string, expected eventstore.Ex
 
 // ReadStream reads up to limit events of one stream from revision from.
 func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Direction, from uint64, limit int) ([]eventstore.RecordedEvent, error) {
-	client, err := s.current()
-	if err != nil {
-		return nil, fmt.Errorf("kurrentdb: read %q: %w", stream, err)
-	}
 	if limit <= 0 {
+		if err := s.checkOpen(); err != nil {
+			return nil, fmt.Errorf("kurrentdb: read %q: %w", stream, err)
+		}
 		return nil, nil
 	}
 	options := esdb.ReadStreamOptions{Direction: esdb.Forwards, From: esdb.Revision(from)}
@@ -291,36 +352,41 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 			options.From = esdb.End{}
 		}
 	}
-	read, err := client.ReadStream(ctx, stream, options, uint64(limit))
-	if err != nil {
-		return nil, s.fail(ctx, client, fmt.Sprintf("read %q", stream), err)
-	}
-	defer read.Close()
 	var out []eventstore.RecordedEvent
-	for {
-		event, err := read.Recv()
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		var esErr *esdb.Error
-		if errors.As(err, &esErr) && esErr.Code() == esdb.ErrorCodeResourceNotFound {
-			// KurrentDB reports a missing stream at the first Recv, not at the call.
-			return nil, fmt.Errorf("kurrentdb: read %q: %w", stream, eventstore.ErrStreamNotFound)
-		}
+	c, err := s.call(ctx, func(client *esdb.Client) error {
+		read, err := client.ReadStream(ctx, stream, options, uint64(limit))
 		if err != nil {
-			return nil, s.fail(ctx, client, fmt.Sprintf("read %q", stream), err)
+			return err
 		}
-		if event.Event != nil {
-			out = append(out, recorded(event.Event))
+		defer read.Close()
+		for {
+			event, err := read.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if event.Event != nil {
+				out = append(out, recorded(event.Event))
+			}
 		}
+	})
+	var esErr *esdb.Error
+	if errors.As(err, &esErr) && esErr.Code() == esdb.ErrorCodeResourceNotFound {
+		// KurrentDB reports a missing stream at the first Recv, not at the call.
+		return nil, fmt.Errorf("kurrentdb: read %q: %w", stream, eventstore.ErrStreamNotFound)
 	}
+	if err != nil {
+		return nil, s.fail(ctx, c, fmt.Sprintf("read %q", stream), err)
+	}
+	return out, nil
 }
 
 // ReadAll reads up to limit events of the configured streams after position from. The client has
 // no server-side filter for reads, so it reads $all in batches and filters here.
 func (s *Store) ReadAll(ctx context.Context, from eventstore.Position, limit int) ([]eventstore.RecordedEvent, error) {
-	client, err := s.current()
-	if err != nil {
+	if err := s.checkOpen(); err != nil {
 		return nil, fmt.Errorf("kurrentdb: read $all: %w", err)
 	}
 	var out []eventstore.RecordedEvent
@@ -328,7 +394,7 @@ func (s *Store) ReadAll(ctx context.Context, from eventstore.Position, limit int
 	for len(out) < limit {
 		// +1: a read from a position includes the event at it, which is dropped.
 		batch := uint64(min(readBatchMax, max(readBatchMin, limit-len(out)))) + 1
-		received, err := s.readAllBatch(ctx, client, after, batch, func(event eventstore.RecordedEvent) bool {
+		received, err := s.readAllBatch(ctx, after, batch, func(event eventstore.RecordedEvent) bool {
 			after = event.Position
 			if s.wanted(event) {
 				out = append(out, event)
@@ -347,26 +413,33 @@ func (s *Store) ReadAll(ctx context.Context, from eventstore.Position, limit int
 
 // readAllBatch reads up to count events of $all from after (exclusive), calling each with every
 // event after it until each returns false. It returns how many events the server sent.
-func (s *Store) readAllBatch(ctx context.Context, client *esdb.Client, after eventstore.Position, count uint64, each func(eventstore.RecordedEvent) bool) (uint64, error) {
-	read, err := client.ReadAll(ctx, esdb.ReadAllOptions{From: toAllPosition(after)}, count)
-	if err != nil {
-		return 0, s.fail(ctx, client, "read $all", err)
-	}
-	defer read.Close()
+func (s *Store) readAllBatch(ctx context.Context, after eventstore.Position, count uint64, each func(eventstore.RecordedEvent) bool) (uint64, error) {
+	var events []eventstore.RecordedEvent
 	var received uint64
-	for {
-		event, err := read.Recv()
-		if errors.Is(err, io.EOF) {
-			return received, nil
-		}
+	c, err := s.call(ctx, func(client *esdb.Client) error {
+		read, err := client.ReadAll(ctx, esdb.ReadAllOptions{From: toAllPosition(after)}, count)
 		if err != nil {
-			return received, s.fail(ctx, client, "read $all", err)
+			return err
 		}
-		received++
-		if event.Event == nil {
-			continue
+		defer read.Close()
+		for {
+			event, err := read.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			received++
+			if event.Event != nil {
+				events = append(events, recorded(event.Event))
+			}
 		}
-		rec := recorded(event.Event)
+	})
+	if err != nil {
+		return 0, s.fail(ctx, c, "read $all", err)
+	}
+	for _, rec := range events {
 		if rec.Position <= after {
 			continue
 		}
@@ -374,6 +447,7 @@ func (s *Store) readAllBatch(ctx context.Context, client *esdb.Client, after eve
 			return count, nil
 		}
 	}
+	return received, nil
 }
 
 // wanted says whether an event of $all belongs to the configured streams.
@@ -392,7 +466,7 @@ func (s *Store) wanted(event eventstore.RecordedEvent) bool {
 	return false
 }
 
-// Close ends every subscription and closes the client.
+// Close ends every subscription and closes the client once the calls running on it return.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -400,16 +474,27 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.done)
 	subscriptions := make([]*subscription, 0, len(s.subscriptions))
 	for sub := range s.subscriptions {
 		subscriptions = append(subscriptions, sub)
 	}
-	client := s.client
+	c := s.conn
 	s.mu.Unlock()
 	for _, sub := range subscriptions {
 		_ = sub.Close()
 	}
-	return client.Close()
+	// Wait for the calls running on the client, but not for ever: one the client left blocked
+	// (see call) would never return.
+	closed := make(chan error, 1)
+	go func() { closed <- c.close() }()
+	select {
+	case err := <-closed:
+		return err
+	case <-time.After(closeWait):
+		s.logger.Warn("kurrentdb: calls still running on the client; closing it when they end", "waited", closeWait)
+		return nil
+	}
 }
 
 // fromCommit maps a KurrentDB commit position to the port's position (see the package comment).

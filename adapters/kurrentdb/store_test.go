@@ -338,3 +338,51 @@ func TestOpenFailsWhenServerIsUnreachable(t *testing.T) {
 		t.Fatal("open with an http URL succeeded")
 	}
 }
+
+func TestStoreAndSubscriptionRecoverAfterServerRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	server := kurrenttest.Start(t)
+	store := openStore(t, kurrentdb.Config{
+		// Few, quick discovery attempts, so that the client gives up (and closes itself) fast.
+		URL:                 server.URL() + "&maxDiscoverAttempts=2&discoveryInterval=10",
+		ResubscribeMaxDelay: 20 * time.Millisecond,
+		ResubscribeAttempts: 10_000,
+	})
+	before := newEvents(1, "Before")
+	if _, err := store.Append(ctx, "restart-1", eventstore.NoStream(), before...); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := store.SubscribeAll(ctx, eventstore.Start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if event, err := sub.Next(ctx); err != nil || event.ID != before[0].ID {
+		t.Fatalf("first event: %v, %v", event.ID, err)
+	}
+
+	server.Stop()
+	// While the node is down appends fail; the client's failed rediscovery closes it for good.
+	after := newEvents(1, "After")
+	for range 3 {
+		if _, err := store.Append(ctx, "restart-1", eventstore.Exact(0), after...); err == nil {
+			t.Fatal("append succeeded while the server was stopped")
+		}
+	}
+	server.Restart(t)
+	// The store replaces the closed client, so appends work again after a few attempts.
+	for attempt := 1; ; attempt++ {
+		_, err := store.Append(ctx, "restart-1", eventstore.Exact(0), after...)
+		if err == nil {
+			break
+		}
+		if attempt == 5 {
+			t.Fatalf("append still failing %d attempts after the restart: %v", attempt, err)
+		}
+	}
+	// The subscription resubscribed after the restart and carries on without a gap.
+	if event, err := sub.Next(ctx); err != nil || event.ID != after[0].ID {
+		t.Fatalf("event after restart: %v, %v; want %s", event.ID, err, after[0].ID)
+	}
+}

@@ -2,6 +2,7 @@ package kurrentdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,9 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/tallyledger/tally/domain/eventstore"
 )
+
+// subscribeTimeout bounds the wait for KurrentDB to confirm a subscription.
+const subscribeTimeout = 5 * time.Second
 
 // subscriptionBuffer is how many received events wait for Next.
 const subscriptionBuffer = 256
@@ -35,17 +39,16 @@ type subscription struct {
 // SubscribeAll starts a catch-up subscription to the configured streams after position from.
 // ctx bounds only the subscribing itself; the subscription lives until Close.
 func (s *Store) SubscribeAll(ctx context.Context, from eventstore.Position) (eventstore.Subscription, error) {
-	client, err := s.current()
-	if err != nil {
-		return nil, fmt.Errorf("kurrentdb: subscribe to $all: %w", err)
-	}
 	lifetime, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, cancel)
-	inner, err := s.subscribe(lifetime, client, from)
+	inner, err := s.subscribe(lifetime, from)
 	stop()
 	if err != nil {
 		cancel()
-		return nil, s.fail(ctx, client, "subscribe to $all", err)
+		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			err = fmt.Errorf("kurrentdb: subscribe to $all: %w", ctx.Err())
+		}
+		return nil, err
 	}
 	sub := &subscription{
 		store:  s,
@@ -68,13 +71,31 @@ func (s *Store) SubscribeAll(ctx context.Context, from eventstore.Position) (eve
 
 // subscribe asks KurrentDB for a subscription to $all after position after (exclusive), filtered
 // by the configured prefixes on the server.
-func (s *Store) subscribe(ctx context.Context, client *esdb.Client, after eventstore.Position) (*esdb.Subscription, error) {
+// The running subscription does not use the client's connection loop, so it needs no call
+// registered on the connection once it is confirmed.
+func (s *Store) subscribe(ctx context.Context, after eventstore.Position) (*esdb.Subscription, error) {
 	// From must be set: left nil it means the live end only.
 	options := esdb.SubscribeToAllOptions{From: toAllPosition(after)}
 	if len(s.prefixes) > 0 {
 		options.Filter = &esdb.SubscriptionFilter{Type: esdb.StreamFilterType, Prefixes: s.prefixes}
 	}
-	return client.SubscribeToAll(ctx, options)
+	// The subscription lives in ctx; waiting for its confirmation is bounded separately.
+	wait, cancel := context.WithTimeout(ctx, subscribeTimeout)
+	defer cancel()
+	var inner *esdb.Subscription
+	c, err := s.call(wait, func(client *esdb.Client) (err error) {
+		inner, err = client.SubscribeToAll(ctx, options)
+		return err
+	})
+	if err != nil {
+		if c != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// No confirmation in time: the client may be wedged (see Store.call), so the next
+			// attempt gets a fresh one.
+			s.renew(c)
+		}
+		return nil, s.fail(ctx, c, "subscribe to $all", err)
+	}
+	return inner, nil
 }
 
 // run receives from inner until ctx ends or resubscribing fails for good.
@@ -138,18 +159,14 @@ func (sub *subscription) resubscribe(ctx context.Context, last eventstore.Positi
 			}
 		}
 		delay = min(max(2*delay, firstResubscribeDelay), sub.store.resubscribeMaxDelay)
-		client, err := sub.store.current()
-		if err != nil {
-			return nil, err
-		}
-		inner, err := sub.store.subscribe(ctx, client, last)
+		inner, err := sub.store.subscribe(ctx, last)
 		if err == nil {
 			return inner, nil
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, eventstore.ErrClosed) {
 			return nil, eventstore.ErrClosed
 		}
-		lastErr = sub.store.fail(ctx, client, "resubscribe to $all", err)
+		lastErr = err
 		sub.store.logger.Warn("kurrentdb: resubscribe failed", "attempt", attempt, "error", lastErr)
 	}
 	return nil, fmt.Errorf("kurrentdb: %w: %d resubscribe attempts failed, last: %w",

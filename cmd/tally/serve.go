@@ -42,6 +42,9 @@ type serveConfig struct {
 	RSAKeys      []string
 	MaxBodyBytes int64
 	UploadLease  time.Duration
+	// onReady, if set, is called with the listening address once the server is ready (tests
+	// use it instead of polling).
+	onReady func(addr string)
 }
 
 func newServeCommand(g *globalFlags) *cobra.Command {
@@ -65,7 +68,8 @@ func newServeCommand(g *globalFlags) *cobra.Command {
 	f.StringVar(&cfg.Store, "store", "embedded", "event store: embedded or kurrentdb (TALLY_STORE)")
 	f.StringVar(&cfg.KurrentURL, "kurrentdb-url", "", "KurrentDB connection string, esdb://… (TALLY_KURRENTDB_URL)")
 	f.StringSliceVar(&cfg.RSAKeys, "rsa-key", nil, "RSA private key PEM file(s); the first is current (TALLY_RSA_KEY); default: keys in the data directory, created on first start")
-	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 8<<20, "largest request body accepted (TALLY_MAX_BODY_BYTES)")
+	// A License Server never trims its log: 100,000 layers are about 31 MB, 41 MB of base64.
+	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 64<<20, "largest request body, and so usage log, accepted (TALLY_MAX_BODY_BYTES)")
 	f.DurationVar(&cfg.UploadLease, "upload-lease", 30*time.Second, "how long an interrupted upload may stay undecided before recovery decides it (TALLY_UPLOAD_LEASE)")
 	return cmd
 }
@@ -128,7 +132,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	}()
 
 	svc, err := ledger.New(ledger.Config{
-		Store: store, View: proj, Decoder: usagelog.NewLedgerDecoder(keys),
+		Store: store, View: proj, Decoder: &usagelog.LedgerDecoder{Decoder: &usagelog.Decoder{Keys: keys, MaxInputBytes: int(cfg.MaxBodyBytes)}},
 		Instance: uuid.New(), UploadLease: cfg.UploadLease, Logger: logger.With("component", "ledger"),
 	})
 	if err != nil {
@@ -194,6 +198,9 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 			logger.Info("recovered interrupted uploads", "count", n)
 		}
 		ready.set()
+		if cfg.onReady != nil {
+			cfg.onReady(ln.Addr().String())
+		}
 		logger.Info("ready", "position", proj.Position(), "checkpoint", proj.LoadedAt(), "took", time.Since(started).String())
 		svc.RunRecovery(ctx)
 	}()

@@ -22,6 +22,8 @@ import (
 
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
+	"github.com/tallyledger/tally/adapters/kurrentdb"
+	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
@@ -312,7 +314,24 @@ type Backend struct {
 	Open func(t testing.TB) eventstore.Store
 }
 
-// Backends lists every backend Tally ships.
+// Backends lists every backend Tally ships: the embedded store, and KurrentDB through its
+// real client against the in-process gRPC test server.
 func Backends() []Backend {
-	return []Backend{{Name: "embedded", Open: OpenEmbedded}}
+	return []Backend{{Name: "embedded", Open: OpenEmbedded}, {Name: "kurrentdb", Open: OpenKurrentTest}}
+}
+
+// OpenKurrentTest starts a KurrentDB test server and opens the KurrentDB store on it, filtered
+// to Tally's streams as tally serve does. The server stops after the store closes.
+func OpenKurrentTest(t testing.TB) eventstore.Store {
+	t.Helper()
+	server := kurrenttest.Start(t)
+	prefixes := make([]string, len(domain.StreamCategories))
+	for i, c := range domain.StreamCategories {
+		prefixes[i] = c + "-"
+	}
+	s, err := kurrentdb.Open(context.Background(), kurrentdb.Config{URL: server.URL(), StreamPrefixes: prefixes})
+	if err != nil {
+		t.Fatalf("open KurrentDB store: %v", err)
+	}
+	return s
 }

@@ -47,12 +47,15 @@ const maxMessageSize = 17 << 20
 type Server struct {
 	streamspb.UnimplementedStreamsServer
 
-	grpcServer     *grpc.Server
-	listener       net.Listener
+	address        string // host:port, kept across Stop and Restart
 	maxAppendSize  int
 	densePositions bool
-	closeOnce      sync.Once
-	served         chan struct{}
+
+	// lifecycle guards the running gRPC server; nil while stopped.
+	lifecycle  sync.Mutex
+	grpcServer *grpc.Server
+	served     chan struct{} // closed when grpcServer's Serve returns
+	closed     bool
 
 	mu      sync.Mutex
 	log     []*record            // every event in global order
@@ -114,9 +117,8 @@ func Start(tb testing.TB, options ...Option) *Server {
 		tb.Fatalf("kurrenttest: listen: %v", err)
 	}
 	s := &Server{
-		listener:      listener,
+		address:       listener.Addr().String(),
 		maxAppendSize: DefaultMaxAppendSize,
-		served:        make(chan struct{}),
 		streams:       make(map[string][]*record),
 		appended:      make(chan struct{}),
 		recentIDs:     make(map[uuid.UUID]*record),
@@ -125,7 +127,14 @@ func Start(tb testing.TB, options ...Option) *Server {
 	for _, option := range options {
 		option(s)
 	}
-	s.grpcServer = grpc.NewServer(
+	s.serve(listener)
+	tb.Cleanup(s.Close)
+	return s
+}
+
+// serve runs a new gRPC server on listener. s.lifecycle held, or s not yet shared.
+func (s *Server) serve(listener net.Listener) {
+	grpcServer := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxMessageSize),
 		// The client pings every 10 s even without active calls; grpc-go's default policy would
 		// answer that with GOAWAY.
@@ -134,26 +143,61 @@ func Start(tb testing.TB, options ...Option) *Server {
 	// Only Streams is registered: for a single-node connection string the client asks
 	// ServerFeatures for optional features and, getting Unimplemented, assumes none; it reads
 	// gossip only for cluster connection strings.
-	streamspb.RegisterStreamsServer(s.grpcServer, s)
+	streamspb.RegisterStreamsServer(grpcServer, s)
+	served := make(chan struct{})
 	go func() {
-		defer close(s.served)
-		_ = s.grpcServer.Serve(listener)
+		defer close(served)
+		_ = grpcServer.Serve(listener)
 	}()
-	tb.Cleanup(s.Close)
-	return s
+	s.grpcServer, s.served = grpcServer, served
+}
+
+// stopServing ends the running gRPC server, if any, at once. s.lifecycle held.
+func (s *Server) stopServing() {
+	if s.grpcServer == nil {
+		return
+	}
+	s.grpcServer.Stop()
+	<-s.served
+	s.grpcServer, s.served = nil, nil
+}
+
+// Stop takes the server off the network, as when a node goes down: calls in flight end,
+// connections close and new ones are refused. The events stay; Restart brings the server back on
+// the same address.
+func (s *Server) Stop() {
+	s.lifecycle.Lock()
+	defer s.lifecycle.Unlock()
+	s.stopServing()
+}
+
+// Restart serves again on the same address with the same events after Stop. It fails the test
+// if the address cannot be bound again.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.lifecycle.Lock()
+	defer s.lifecycle.Unlock()
+	if s.closed || s.grpcServer != nil {
+		return
+	}
+	listener, err := net.Listen("tcp", s.address)
+	if err != nil {
+		tb.Fatalf("kurrenttest: listen again on %s: %v", s.address, err)
+	}
+	s.serve(listener)
 }
 
 // URL is the connection string for the esdb client.
 func (s *Server) URL() string {
-	return fmt.Sprintf("esdb://%s?tls=false", s.listener.Addr().String())
+	return fmt.Sprintf("esdb://%s?tls=false", s.address)
 }
 
-// Close stops the server at once, ending every call in flight. It is safe to call twice.
+// Close stops the server for good. It is safe to call twice.
 func (s *Server) Close() {
-	s.closeOnce.Do(func() {
-		s.grpcServer.Stop()
-		<-s.served
-	})
+	s.lifecycle.Lock()
+	defer s.lifecycle.Unlock()
+	s.closed = true
+	s.stopServing()
 }
 
 // DropSubscriptions ends every live subscription from the server side: each client sees its

@@ -510,6 +510,7 @@ func testRoundTrip(t *testing.T, e *env) {
 		{ID: uuid.New(), Type: "RoundTrip.Other", Data: []byte(`{}`)},
 		{ID: uuid.New(), Type: "RoundTrip", Data: []byte(`{"big":"` + strings.Repeat("0123456789", 6000) + `"}`)},
 	}
+	from := e.marker()
 	e.append(stream, eventstore.NoStream(), events...)
 	got := e.readStream(stream, eventstore.Forwards, 0, 10)
 	if len(got) != len(events) {
@@ -528,7 +529,8 @@ func testRoundTrip(t *testing.T, e *env) {
 			t.Fatalf("event %d recorded at %v, test ran at %v", i, ev.Recorded, before)
 		}
 	}
-	all := e.readAll(got[0].Position-1, 10, false)
+	// From a real event's position: a KurrentDB server may refuse a position no event has.
+	all := e.readAll(from, 10, false)
 	if len(all) == 0 || !bytes.Equal(all[0].Data, events[0].Data) || !bytes.Equal(all[0].Metadata, events[0].Metadata) || all[0].Recorded.IsZero() {
 		t.Fatalf("read all does not give the event back as written")
 	}

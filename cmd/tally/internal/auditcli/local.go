@@ -156,7 +156,7 @@ func NewVerifyCommand(l Local) *cobra.Command {
 // compareLive catches the persisted projection up with the store, as tally serve would on
 // start, and lists how it differs from the replay ("live vs replay").
 func compareLive(ctx context.Context, store eventstore.Store, live, rebuilt *projections.State) ([]string, error) {
-	ok, err := projections.CheckpointInStore(ctx, store, live.Position)
+	ok, err := projections.CheckpointInStore(ctx, store, live)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
+	"github.com/tallyledger/tally/adapters/usagelog"
+)
+
+// syncBuffer is a log destination the server and the test share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startServe runs serve in-process and returns its base URL once it is ready, and a function
+// that stops it as SIGTERM would and returns serve's error.
+func startServe(t *testing.T, g *globalFlags, cfg serveConfig, logs *syncBuffer) (string, func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ready := make(chan string, 1)
+	cfg.onReady = func(addr string) { ready <- addr }
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, logger, g, cfg) }()
+	select {
+	case addr := <-ready:
+		base := "http://" + addr
+		r, err := http.Get(base + "/readyz")
+		if err != nil || r.StatusCode != http.StatusOK {
+			t.Fatalf("/readyz after ready: %v %v", r, err)
+		}
+		r.Body.Close()
+		return base, func() error { cancel(); return <-done }
+	case err := <-done:
+		cancel()
+		t.Fatalf("serve ended before it was ready: %v\n%s", err, logs.String())
+	case <-time.After(time.Minute):
+		cancel()
+		t.Fatalf("serve not ready in a minute:\n%s", logs.String())
+	}
+	return "", nil
+}
+
+func call(t *testing.T, base, method string, params url.Values) map[string]any {
+	t.Helper()
+	r, err := http.PostForm(base+"/api/data/"+method, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(r.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestServeOnEachStore starts the real composition root on the embedded store and on KurrentDB
+// (the gRPC test server), provisions through the CLI, counts through the Cryptolens API and an
+// upload, restarts, and finds everything back.
+func TestServeOnEachStore(t *testing.T) {
+	for _, store := range []string{"embedded", "kurrentdb"} {
+		t.Run(store, func(t *testing.T) {
+			dataDir := t.TempDir()
+			g := &globalFlags{DataDir: dataDir}
+			cfg := serveConfig{Addr: "127.0.0.1:0", Store: store, MaxBodyBytes: 1 << 20, UploadLease: time.Minute}
+			if store == "kurrentdb" {
+				server := kurrenttest.Start(t)
+				cfg.KurrentURL = server.URL()
+				key, err := usagelog.GenerateKey()
+				if err != nil {
+					t.Fatal(err)
+				}
+				keyPath := filepath.Join(t.TempDir(), "shared-key.pem")
+				if err := usagelog.SavePrivateKeyFile(keyPath, key); err != nil {
+					t.Fatal(err)
+				}
+				cfg.RSAKeys = []string{keyPath}
+			}
+			logs := &syncBuffer{}
+			base, stop := startServe(t, g, cfg, logs)
+
+			cli := func(args ...string) string {
+				t.Helper()
+				root := newRootCommand()
+				var out bytes.Buffer
+				root.SetOut(&out)
+				root.SetErr(io.Discard)
+				root.SetArgs(append([]string{"--server", base, "--data-dir", dataDir}, args...))
+				if err := root.Execute(); err != nil {
+					t.Fatalf("tally %v: %v", args, err)
+				}
+				return strings.TrimSpace(out.String())
+			}
+			product := cli("product", "create", "--name", "App")
+			key := cli("key", "create", "--product", product)
+			token := cli("token", "create", "--permissions", "all", "--product-lock", "0", "--key-lock", "0", "--feature-lock", "0")
+			owner := url.Values{"token": {token}, "ProductId": {product}, "Key": {key}}
+			add := call(t, base, "AddDataObjectToKey", with(owner, "Name", "seats", "IntValue", "5"))
+			if add["result"] != float64(0) {
+				t.Fatalf("AddDataObjectToKey: %v", add)
+			}
+			id := fmt.Sprint(add["id"])
+			if r := call(t, base, "IncrementIntValueToKey", with(owner, "Id", id, "IntValue", "3")); r["result"] != float64(0) {
+				t.Fatalf("IncrementIntValueToKey: %v", r)
+			}
+
+			// An upload of a log written for the key the server uses.
+			pubPath := filepath.Join(t.TempDir(), "pub.pem")
+			if store == "kurrentdb" {
+				pubPath = cfg.RSAKeys[0]
+			} else {
+				if err := os.WriteFile(pubPath, []byte(cli("rsa", "export", "--format", "pem")+"\n"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			logPath := filepath.Join(t.TempDir(), "usage.skm")
+			cli("log", "append", "--public-key", pubKeyFile(t, pubPath), "--file", logPath, "--object", id, "--amount", "4")
+			raw, err := os.ReadFile(logPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := base64.StdEncoding.EncodeToString(raw)
+			if r := call(t, base, "UploadValuesToKey", with(owner, "Data", data)); r["result"] != float64(0) || r["applied"] != float64(1) {
+				t.Fatalf("UploadValuesToKey: %v", r)
+			}
+			if err := stop(); err != nil {
+				t.Fatalf("serve: %v", err)
+			}
+
+			// Restart on the same data directory (and store): everything is back.
+			logs2 := &syncBuffer{}
+			base, stop = startServe(t, g, cfg, logs2)
+			defer func() {
+				if err := stop(); err != nil {
+					t.Errorf("serve: %v", err)
+				}
+			}()
+			list := call(t, base, "ListDataObjectsToKey", owner)
+			objs, _ := list["dataObjects"].([]any)
+			if len(objs) != 1 || objs[0].(map[string]any)["intValue"] != float64(12) {
+				t.Fatalf("after restart: %v", list)
+			}
+			if r := call(t, base, "UploadValuesToKey", with(owner, "Data", data)); r["applied"] != float64(0) || r["known"] != float64(1) {
+				t.Fatalf("re-upload after restart: %v", r)
+			}
+			// The projection resumed from the checkpoint it persisted on the way out, not from zero.
+			m := regexp.MustCompile(`msg=ready position=(\d+) checkpoint=(\d+)`).FindStringSubmatch(logs2.String())
+			if m == nil || m[2] == "0" || m[1] != m[2] {
+				t.Fatalf("restart did not resume from the checkpoint: %q\n%s", m, logs2.String())
+			}
+			for _, secret := range []string{token} {
+				if strings.Contains(logs.String()+logs2.String(), secret) {
+					t.Fatal("a token secret appears in the logs")
+				}
+			}
+		})
+	}
+}
+
+// pubKeyFile returns a public key file for a private or public PEM file.
+func pubKeyFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "PRIVATE KEY") {
+		return path
+	}
+	key, err := usagelog.ParsePrivateKeyPEM(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := usagelog.PublicKeyPEM(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "pub.pem")
+	if err := os.WriteFile(out, pub, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func with(v url.Values, kv ...string) url.Values {
+	out := url.Values{}
+	for k, vs := range v {
+		out[k] = vs
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		out.Set(kv[i], kv[i+1])
+	}
+	return out
+}

@@ -63,6 +63,7 @@ real layers and uploaded first, which costs O(n²) AES in its length.`,
 	f.IntVar(&lc.Uploads, "uploads", 0, "usage logs to upload, each to a key of its own (default: 2 per uploading client)")
 	f.IntVar(&lc.NewEntries, "new-entries", 1000, "new entries per upload")
 	f.IntVar(&lc.History, "history", 0, "older, already applied entries in each uploaded file")
+	f.BoolVar(&lc.CompareFresh, "compare-fresh", false, "make every other upload a fresh file (no history) and report both kinds; use with --clients 1")
 	f.IntVar(&lc.ObjectsPerUpload, "objects-per-upload", 4, "data objects each upload's entries spread over")
 	f.IntVar(&lc.UploadClients, "upload-clients", 0, "clients that upload in the mix (default: one in eight)")
 	return cmd

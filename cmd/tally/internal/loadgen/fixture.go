@@ -103,7 +103,11 @@ func prepareUploads(ctx context.Context, cfg Config, fx *fixture, api *apiClient
 	var mu sync.Mutex
 	doneCount := 0
 	err := forEach(ctx, len(out), runtime.GOMAXPROCS(0), func(ctx context.Context, i int) error {
-		u, err := prepareUpload(ctx, cfg, fx, api, admin)
+		history := cfg.History
+		if cfg.CompareFresh && i%2 == 1 {
+			history = 0
+		}
+		u, err := prepareUpload(ctx, cfg, history, fx, api, admin)
 		if err != nil {
 			return err
 		}
@@ -117,7 +121,7 @@ func prepareUploads(ctx context.Context, cfg Config, fx *fixture, api *apiClient
 	return out, err
 }
 
-func prepareUpload(ctx context.Context, cfg Config, fx *fixture, api *apiClient, admin *httpapi.AdminClient) (*preparedUpload, error) {
+func prepareUpload(ctx context.Context, cfg Config, history int, fx *fixture, api *apiClient, admin *httpapi.AdminClient) (*preparedUpload, error) {
 	key, err := admin.CreateKey(ctx, fx.productID)
 	if err != nil {
 		return nil, fmt.Errorf("prepare upload: %w", err)
@@ -126,27 +130,27 @@ func prepareUpload(ctx context.Context, cfg Config, fx *fixture, api *apiClient,
 	if err != nil {
 		return nil, err
 	}
-	u := &preparedUpload{key: key, objects: objects, expected: map[int64]int64{}, base: map[int64]int64{}, history: int64(cfg.History)}
-	ts := time.Now().Add(-time.Hour).Unix() - int64(cfg.History)
+	u := &preparedUpload{key: key, objects: objects, expected: map[int64]int64{}, base: map[int64]int64{}, history: int64(history)}
+	ts := time.Now().Add(-time.Hour).Unix() - int64(history)
 	var file []byte
 	switch {
-	case cfg.History == 0:
+	case history == 0:
 	case cfg.SeedHistory != nil:
-		if file, err = opaqueLayer(cfg.PublicKey, cfg.History*layerBytes); err != nil {
+		if file, err = opaqueLayer(cfg.PublicKey, history*layerBytes); err != nil {
 			return nil, err
 		}
 		id, err := usagelog.LayerIDOf(file)
 		if err != nil {
 			return nil, fmt.Errorf("prepare upload: seeded history: %w", err)
 		}
-		if err := cfg.SeedHistory(ctx, key.ID, id, int64(cfg.History), ts); err != nil {
+		if err := cfg.SeedHistory(ctx, key.ID, id, int64(history), ts); err != nil {
 			return nil, fmt.Errorf("prepare upload: seed history: %w", err)
 		}
 		ts++
 	default:
 		// Real layers, uploaded at most 1000 at a time as a License Server would.
-		for written := 0; written < cfg.History; {
-			n := min(1000, cfg.History-written)
+		for written := 0; written < history; {
+			n := min(1000, history-written)
 			for j := range n {
 				obj := objects[(written+j)%len(objects)]
 				if file, err = usagelog.Record(file, cfg.PublicKey, obj, 1, ts, false); err != nil {

@@ -64,6 +64,10 @@ type Config struct {
 	ObjectsPerUpload int
 	// UploadClients is how many of the clients upload in the mix (default Clients/8, at least 1).
 	UploadClients int
+	// CompareFresh makes every other upload a fresh file (the same number of new entries, no
+	// history), reported apart (Report.UploadFresh): with one client the two kinds alternate,
+	// so that both are measured under the same conditions.
+	CompareFresh bool
 	// SeedHistory, when set, makes the history known without uploading it (see HistorySeeder);
 	// otherwise the history is written as real layers and uploaded before the clock starts.
 	SeedHistory HistorySeeder
@@ -120,6 +124,9 @@ func (c *Config) defaults() error {
 		}
 		if c.Uploads <= 0 {
 			c.Uploads = 2 * c.UploadClients
+		}
+		if c.CompareFresh && (c.History == 0 || c.Uploads < 2) {
+			return errors.New("loadgen: comparing with fresh files needs a history and at least 2 uploads")
 		}
 	}
 	if c.Objects <= 0 {
@@ -178,6 +185,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	rep.Elapsed = res.elapsed
 	rep.Increment = res.increment.summary("IncrementIntValueToKey", res.elapsed, 1)
 	rep.Upload = res.upload.summary("UploadValuesToKey", res.elapsed, cfg.NewEntries)
+	rep.UploadFresh = res.uploadFresh.summary("UploadValuesToKey (fresh file)", res.elapsed, cfg.NewEntries)
 
 	check, err := checkData(ctx, api, fx, res, uploads)
 	if err != nil {
@@ -192,9 +200,10 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 
 // driveResult is what the timed phase did.
 type driveResult struct {
-	elapsed   time.Duration
-	increment *recorder
-	upload    *recorder
+	elapsed     time.Duration
+	increment   *recorder
+	upload      *recorder
+	uploadFresh *recorder // with CompareFresh: the uploads of fresh files
 	// Per increment object: calls acknowledged, and calls that failed (which may or may not
 	// have been applied).
 	incAcked, incFailed []int64
@@ -202,7 +211,7 @@ type driveResult struct {
 
 func drive(ctx context.Context, cfg Config, api *apiClient, fx *fixture, uploads []*preparedUpload) driveResult {
 	res := driveResult{
-		increment: newRecorder(), upload: newRecorder(),
+		increment: newRecorder(), upload: newRecorder(), uploadFresh: newRecorder(),
 		incAcked: make([]int64, len(fx.incObjects)), incFailed: make([]int64, len(fx.incObjects)),
 	}
 	runCtx := ctx
@@ -230,7 +239,11 @@ func drive(ctx context.Context, cfg Config, api *apiClient, fx *fixture, uploads
 					// In-flight calls finish after the clock stops: only new ones are not started.
 					u.result, u.err = api.upload(ctx, u.body)
 					u.done = true
-					res.upload.record(time.Since(t0), u.err)
+					rec := res.upload
+					if cfg.CompareFresh && u.history == 0 {
+						rec = res.uploadFresh
+					}
+					rec.record(time.Since(t0), u.err)
 				}
 				return
 			}

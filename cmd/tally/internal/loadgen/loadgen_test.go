@@ -121,3 +121,26 @@ func TestMeasureRSA(t *testing.T) {
 		t.Fatalf("%+v, %v", rate, err)
 	}
 }
+
+// TestCompareFresh alternates uploads on a seeded history with uploads of fresh files and
+// reports them apart.
+func TestCompareFresh(t *testing.T) {
+	srv := startServer(t)
+	rep, err := Run(context.Background(), Config{
+		URL: srv.URL, AdminToken: srv.AdminToken, PublicKey: srv.Keys.Public(), SeedHistory: srv.SeedHistory,
+		Workload: WorkloadUpload, Clients: 1, Uploads: 4, NewEntries: 3, History: 2000, CompareFresh: true,
+	})
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if rep.Upload == nil || rep.Upload.OK != 2 || rep.UploadFresh == nil || rep.UploadFresh.OK != 2 || !rep.Check.OK {
+		t.Fatalf("report: %+v %+v %+v", rep.Upload, rep.UploadFresh, rep.Check)
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "upload on 2000 older entries vs on a fresh file:") {
+		t.Errorf("table:\n%s", table.String())
+	}
+}

@@ -29,6 +29,8 @@ type Report struct {
 	Elapsed     time.Duration `json:"elapsedNs"`
 	Increment   *OpSummary    `json:"increment,omitempty"`
 	Upload      *OpSummary    `json:"upload,omitempty"`
+	// UploadFresh is the fresh-file uploads of a run comparing them with the history's.
+	UploadFresh *OpSummary `json:"uploadFresh,omitempty"`
 	// RSA is the raw RSA-2048 decrypt rate of all cores, when measured.
 	RSA   *RSARate    `json:"rsa,omitempty"`
 	Check DataCheck   `json:"check"`
@@ -185,7 +187,7 @@ func (r Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(tw, "; prepared in %s, ran %s\n\n", r.Preparation.Round(time.Millisecond), r.Elapsed.Round(time.Millisecond))
 	fmt.Fprintln(tw, "method\tok\terrors\trequests/s\tentries/s\tp50\tp99\tmax")
-	for _, s := range []*OpSummary{r.Increment, r.Upload} {
+	for _, s := range []*OpSummary{r.Increment, r.Upload, r.UploadFresh} {
 		if s == nil {
 			continue
 		}
@@ -195,9 +197,13 @@ func (r Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(tw)
 	if r.RSA != nil {
 		fmt.Fprintf(tw, "raw RSA-2048 decrypt, %d goroutines:\t%.1f ops/s\n", r.RSA.Goroutines, r.RSA.OpsSec)
-		if r.Upload != nil && r.RSA.OpsSec > 0 {
+		if r.Upload != nil && r.UploadFresh == nil && r.RSA.OpsSec > 0 {
 			fmt.Fprintf(tw, "upload entries/s as a share of it:\t%.1f%%\n", 100*r.Upload.EntriesSec/r.RSA.OpsSec)
 		}
+	}
+	if r.Upload != nil && r.UploadFresh != nil {
+		fmt.Fprintf(tw, "upload on %d older entries vs on a fresh file:\tp50 %.2f×, max %.2f×\n", r.History,
+			float64(r.Upload.P50)/float64(r.UploadFresh.P50), float64(r.Upload.Max)/float64(r.UploadFresh.Max))
 	}
 	if r.UploadBodyBytes > 0 {
 		fmt.Fprintf(tw, "upload request body:\t%d bytes\n", r.UploadBodyBytes)
@@ -216,7 +222,7 @@ func (r Report) WriteTable(w io.Writer) error {
 	for _, p := range r.Check.Problems {
 		fmt.Fprintf(tw, "  %s\n", p)
 	}
-	for _, s := range []*OpSummary{r.Increment, r.Upload} {
+	for _, s := range []*OpSummary{r.Increment, r.Upload, r.UploadFresh} {
 		if s != nil && s.FirstError != "" {
 			fmt.Fprintf(tw, "first %s error:\t%s\n", s.Method, s.FirstError)
 		}

@@ -30,7 +30,7 @@ func appendEvent(t *testing.T, s eventstore.Store, stream, typ string, data any)
 }
 
 // runCurrent starts a projection and returns a function that stops it and waits for it.
-func runCurrent(t *testing.T, store eventstore.Store, snapshot string) (*projections.Current, func()) {
+func runCurrent(t testing.TB, store eventstore.Store, snapshot string) (*projections.Current, func()) {
 	t.Helper()
 	c, err := projections.NewCurrent(context.Background(), store, projections.CurrentOptions{SnapshotPath: snapshot, SnapshotEvery: time.Hour})
 	if err != nil {

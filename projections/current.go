@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -24,8 +25,15 @@ type Current struct {
 
 	mu      sync.RWMutex
 	state   *State
-	changed chan struct{} // closed and replaced whenever state moves
+	changed chan struct{} // closed and replaced whenever state moves (once per applied batch)
 	err     error         // the reason the projection stopped, if it did
+
+	// WaitFor's waiters, ordered by the position they wait for, so that applying events wakes
+	// only those whose position was reached rather than every waiter on every event.
+	waitMu   sync.Mutex
+	waiters  positionWaiters
+	applied  eventstore.Position // the state's position, as last published to waiters
+	waitStop bool                // the projection stopped: waiters no longer queue
 
 	saveMu    sync.Mutex // one snapshot write at a time
 	savedAt   eventstore.Position
@@ -78,6 +86,7 @@ func NewCurrent(ctx context.Context, store eventstore.Store, opts CurrentOptions
 		return nil, err
 	}
 	c.loadedAt = c.state.Position
+	c.applied = c.state.Position
 	c.savedAt = c.state.Position
 	return c, nil
 }
@@ -151,28 +160,65 @@ func (c *Current) follow(ctx context.Context) error {
 	}
 }
 
+// bufferedSubscription is implemented by subscriptions that can say how many events they hold
+// already read, which Next returns without waiting.
+type bufferedSubscription interface {
+	Buffered() int
+}
+
+// maxBatch bounds how many events drain applies under one lock, so that readers wait at most
+// that long.
+const maxBatch = 512
+
+// drain applies events as they come. Events the subscription already holds are applied in one
+// batch under one lock, with one wake-up for the batch.
 func (c *Current) drain(ctx context.Context, sub eventstore.Subscription) error {
+	buffered, _ := sub.(bufferedSubscription)
 	for {
 		ev, err := sub.Next(ctx)
 		if err != nil {
 			return err
 		}
+		var aerrs []error
 		c.mu.Lock()
-		if ev.Position <= c.state.Position {
-			c.mu.Unlock()
-			continue // never apply an event twice, whatever the backend redelivers
+		for n := 0; ; n++ {
+			if ev.Position > c.state.Position { // never apply an event twice, whatever the backend redelivers
+				if aerr := c.state.Apply(ev); aerr != nil {
+					c.applyErrs++
+					aerrs = append(aerrs, aerr)
+				}
+			}
+			if buffered == nil || n+1 >= maxBatch || buffered.Buffered() == 0 {
+				break
+			}
+			if ev, err = sub.Next(ctx); err != nil {
+				break
+			}
 		}
-		aerr := c.state.Apply(ev)
+		pos := c.state.Position
 		ch := c.changed
 		c.changed = make(chan struct{})
-		if aerr != nil {
-			c.applyErrs++
-		}
 		c.mu.Unlock()
 		close(ch)
-		if aerr != nil {
+		c.wakeUpTo(pos)
+		for _, aerr := range aerrs {
 			c.logger.Error("projection skipped an event it cannot read", "err", aerr)
 		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// wakeUpTo publishes pos to WaitFor and wakes the waiters it satisfies.
+func (c *Current) wakeUpTo(pos eventstore.Position) {
+	c.waitMu.Lock()
+	defer c.waitMu.Unlock()
+	if pos > c.applied {
+		c.applied = pos
+	}
+	for len(c.waiters) > 0 && c.waiters[0].pos <= pos {
+		close(heap.Pop(&c.waiters).(*positionWaiter).ch)
 	}
 }
 
@@ -186,6 +232,12 @@ func (c *Current) stop(err error) {
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
 	close(ch)
+	c.waitMu.Lock()
+	c.waitStop = true
+	for len(c.waiters) > 0 {
+		close(heap.Pop(&c.waiters).(*positionWaiter).ch)
+	}
+	c.waitMu.Unlock()
 }
 
 // Err is why the projection stopped following the store, or nil while it follows it. A
@@ -231,9 +283,74 @@ func (c *Current) WaitUntil(ctx context.Context, cond func(*State) bool) error {
 	}
 }
 
-// WaitFor blocks until the state reflects every event up to pos.
+// WaitFor blocks until the state reflects every event up to pos, ctx ends, or the projection
+// stops.
 func (c *Current) WaitFor(ctx context.Context, pos eventstore.Position) error {
-	return c.WaitUntil(ctx, func(s *State) bool { return s.Position >= pos })
+	c.waitMu.Lock()
+	if c.applied >= pos {
+		c.waitMu.Unlock()
+		return nil
+	}
+	if c.waitStop {
+		c.waitMu.Unlock()
+		return c.stopErr()
+	}
+	w := &positionWaiter{pos: pos, ch: make(chan struct{})}
+	heap.Push(&c.waiters, w)
+	c.waitMu.Unlock()
+	select {
+	case <-w.ch:
+		c.waitMu.Lock()
+		reached := c.applied >= pos
+		c.waitMu.Unlock()
+		if reached {
+			return nil
+		}
+		return c.stopErr()
+	case <-ctx.Done():
+		c.waitMu.Lock()
+		if w.index >= 0 {
+			heap.Remove(&c.waiters, w.index)
+		}
+		c.waitMu.Unlock()
+		return ctx.Err()
+	}
+}
+
+func (c *Current) stopErr() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.err
+}
+
+// positionWaiter is one WaitFor call; index is its place in the heap (-1 once out of it).
+type positionWaiter struct {
+	pos   eventstore.Position
+	ch    chan struct{}
+	index int
+}
+
+// positionWaiters is a min-heap of waiters by position (container/heap).
+type positionWaiters []*positionWaiter
+
+func (h positionWaiters) Len() int           { return len(h) }
+func (h positionWaiters) Less(i, j int) bool { return h[i].pos < h[j].pos }
+func (h positionWaiters) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *positionWaiters) Push(x any) {
+	w := x.(*positionWaiter)
+	w.index = len(*h)
+	*h = append(*h, w)
+}
+func (h *positionWaiters) Pop() any {
+	old := *h
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	w.index = -1
+	*h = old[:len(old)-1]
+	return w
 }
 
 // Save persists the state and its checkpoint if it moved since the last save. The file is

@@ -32,7 +32,7 @@ func appendEvent(t *testing.T, s eventstore.Store, stream, typ string, data any)
 }
 
 // runCurrent starts a projection and returns a function that stops it and waits for it.
-func runCurrent(t *testing.T, store eventstore.Store, snapshot string) (*projections.Current, func()) {
+func runCurrent(t testing.TB, store eventstore.Store, snapshot string) (*projections.Current, func()) {
 	t.Helper()
 	c, err := projections.NewCurrent(context.Background(), store, projections.CurrentOptions{SnapshotPath: snapshot, SnapshotEvery: time.Hour})
 	if err != nil {
@@ -151,5 +151,57 @@ func TestCurrentReportsWhyItStopped(t *testing.T) {
 	}
 	if err := c.Err(); !errors.Is(err, broken) {
 		t.Fatalf("Err after the subscription broke: %v", err)
+	}
+}
+
+// TestWaitForWakesByPosition: a waiter returns once its position is applied and not before; a
+// cancelled waiter returns its context's error; a stopped projection releases the rest.
+func TestWaitForWakesByPosition(t *testing.T) {
+	store, err := embedded.Open(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	c, stop := runCurrent(t, store, "")
+	owner := domain.Owner{Type: domain.OwnerUser}
+	first := appendEvent(t, store, domain.DataObjectStream(1), domain.EventDataObjectAdded, domain.DataObjectAdded{ObjectID: 1, Owner: owner, Name: "n"})
+
+	far := make(chan error, 1)
+	go func() { far <- c.WaitFor(context.Background(), first.Position+2) }()
+	cancelled, cancel := context.WithCancel(context.Background())
+	gone := make(chan error, 1)
+	go func() { gone <- c.WaitFor(cancelled, first.Position+1000) }()
+
+	second := appendEvent(t, store, domain.DataObjectStream(1), domain.EventIncrementApplied, domain.ValueChanged{ObjectID: 1, Amount: 1})
+	if err := c.WaitFor(context.Background(), second.Position); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-far:
+		t.Fatalf("a waiter for position %d returned (%v) at position %d", first.Position+2, err, c.Position())
+	default:
+	}
+	cancel()
+	if err := <-gone; err != context.Canceled {
+		t.Fatalf("cancelled waiter: %v", err)
+	}
+	appendEvent(t, store, domain.DataObjectStream(1), domain.EventIncrementApplied, domain.ValueChanged{ObjectID: 1, Amount: 1})
+	if err := <-far; err != nil {
+		t.Fatalf("waiter for a reached position: %v", err)
+	}
+	var value int32
+	c.Read(func(s *projections.State) { o, _ := s.Object(1); value = o.IntValue })
+	if value != 2 {
+		t.Fatalf("value %d after the wait, want 2", value)
+	}
+
+	stuck := make(chan error, 1)
+	go func() { stuck <- c.WaitFor(context.Background(), c.Position()+1000) }()
+	stop()
+	if err := <-stuck; err == nil {
+		t.Fatal("a waiter for a position never reached returned nil after the projection stopped")
+	}
+	if err := c.WaitFor(context.Background(), c.Position()+1); err == nil {
+		t.Fatal("WaitFor on a stopped projection returned nil")
 	}
 }

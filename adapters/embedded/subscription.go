@@ -72,6 +72,10 @@ func (sub *subscription) Next(ctx context.Context) (eventstore.RecordedEvent, er
 	}
 }
 
+// Buffered is how many events Next will return without reading the database or waiting, so
+// that a consumer can apply them as one batch.
+func (sub *subscription) Buffered() int { return len(sub.buffer) }
+
 // Close ends the subscription; Next then fails with ErrClosed.
 func (sub *subscription) Close() error {
 	sub.closeOnce.Do(func() { close(sub.closed) })

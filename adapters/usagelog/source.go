@@ -7,11 +7,13 @@ import (
 )
 
 // source is random access to the bytes of one level of a log: the raw file, or the plaintext of
-// one layer's EncryptedObject. bytes returns a fresh slice that the caller owns; callers keep
-// off and n inside [0, size()).
+// one layer's EncryptedObject. bytes returns a fresh slice that the caller owns; readAt fills
+// dst instead, so that the nested views of a walk read through one another without allocating.
+// Callers keep the range inside [0, size()).
 type source interface {
 	size() int
 	bytes(off, n int) ([]byte, error)
+	readAt(dst []byte, off int) error
 }
 
 // plainSource is bytes already in memory.
@@ -20,10 +22,19 @@ type plainSource []byte
 func (p plainSource) size() int { return len(p) }
 
 func (p plainSource) bytes(off, n int) ([]byte, error) {
-	if off < 0 || n < 0 || off+n > len(p) {
+	if n < 0 {
 		return nil, fmt.Errorf("%w: read [%d,+%d) outside %d bytes", ErrCorrupted, off, n, len(p))
 	}
-	return append([]byte(nil), p[off:off+n]...), nil
+	b := make([]byte, n)
+	return b, p.readAt(b, off)
+}
+
+func (p plainSource) readAt(dst []byte, off int) error {
+	if off < 0 || off+len(dst) > len(p) {
+		return fmt.Errorf("%w: read [%d,+%d) outside %d bytes", ErrCorrupted, off, len(dst), len(p))
+	}
+	copy(dst, p[off:])
+	return nil
 }
 
 // opener makes the plaintext source of an EncryptedObject that lies at [off, off+n) of parent.
@@ -59,8 +70,14 @@ func openLazyCounting(w *work) opener {
 		if err != nil {
 			return nil, fmt.Errorf("aes key: %w", err)
 		}
-		v := &cbcView{parent: parent, base: off, n: n, block: block, work: w, head: run{}, tail: run{start: n, end: n}}
+		v := &cbcView{parent: parent, base: off, n: n, work: w, head: run{}, tail: run{start: n, end: n}}
 		copy(v.iv[:], iv)
+		// One decrypter per view, re-aimed with SetIV for each range: making one per range
+		// copies the expanded key each time, which profiles showed costing more than the AES.
+		v.mode = cipher.NewCBCDecrypter(block, v.iv[:])
+		if _, ok := v.mode.(ivSetter); !ok {
+			return nil, fmt.Errorf("aes: the CBC decrypter cannot be re-aimed")
+		}
 		return v, nil
 	}
 }
@@ -84,11 +101,17 @@ type cbcView struct {
 	base   int
 	n      int
 	iv     [aes.BlockSize]byte
-	block  cipher.Block
-	work   *work // nil, or where to count
-	head   run   // advances forward from 0
-	tail   run   // advances backward from n
+	mode   cipher.BlockMode // CBC decrypter, re-aimed with SetIV
+	work   *work            // nil, or where to count
+	head   run              // advances forward from 0
+	tail   run              // advances backward from n
+	// scratch holds the ciphertext of the latest decrypt and then its plaintext in place; what
+	// decrypt returns is only valid until the next call.
+	scratch []byte
 }
+
+// ivSetter is implemented by the standard library's CBC decrypters.
+type ivSetter interface{ SetIV(iv []byte) }
 
 // run is the plaintext of the block-aligned range [start, end).
 type run struct {
@@ -113,8 +136,9 @@ func (r run) extendForward(fresh []byte) run {
 	plain := append(r.plain, fresh...)
 	start := r.start
 	if len(plain) > 2*runKeep {
+		// Compact in place: only this run holds the array (reads copy out of it).
 		drop := (len(plain) - runKeep) / aes.BlockSize * aes.BlockSize
-		plain, start = append(make([]byte, 0, 3*runKeep), plain[drop:]...), start+drop
+		plain, start = plain[:copy(plain, plain[drop:])], start+drop
 	}
 	return run{start: start, end: r.end + len(fresh), plain: plain}
 }
@@ -154,11 +178,20 @@ type work struct {
 func (v *cbcView) size() int { return v.n }
 
 func (v *cbcView) bytes(off, n int) ([]byte, error) {
-	if off < 0 || n < 0 || off+n > v.n {
+	if n < 0 {
 		return nil, fmt.Errorf("%w: read [%d,+%d) outside %d bytes", ErrCorrupted, off, n, v.n)
 	}
+	b := make([]byte, n)
+	return b, v.readAt(b, off)
+}
+
+func (v *cbcView) readAt(dst []byte, off int) error {
+	n := len(dst)
+	if off < 0 || off+n > v.n {
+		return fmt.Errorf("%w: read [%d,+%d) outside %d bytes", ErrCorrupted, off, n, v.n)
+	}
 	if n == 0 {
-		return []byte{}, nil
+		return nil
 	}
 	const bs = aes.BlockSize
 	end := off + n
@@ -172,14 +205,14 @@ func (v *cbcView) bytes(off, n int) ([]byte, error) {
 	case off >= v.head.start && lo <= v.head.end: // extend the head run forward
 		fresh, err := v.decrypt(v.head.end, hi)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		v.head = v.head.extendForward(fresh)
 		r = v.head
 	case end <= v.tail.end && hi >= v.tail.start: // extend the tail run backward
 		fresh, err := v.decrypt(lo, v.tail.start)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		v.tail = v.tail.extendBackward(fresh)
 		r = v.tail
@@ -189,38 +222,41 @@ func (v *cbcView) bytes(off, n int) ([]byte, error) {
 		}
 		plain, err := v.decrypt(lo, hi)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		r = run{start: lo, end: hi, plain: plain}
 	}
-	return append([]byte(nil), r.plain[off-r.start:end-r.start]...), nil
+	copy(dst, r.plain[off-r.start:end-r.start])
+	return nil
 }
 
-// decrypt returns the plaintext of the block-aligned range [lo, hi).
+// decrypt returns the plaintext of the block-aligned range [lo, hi), in v.scratch: valid until
+// the next call.
 func (v *cbcView) decrypt(lo, hi int) ([]byte, error) {
 	const bs = aes.BlockSize
 	if lo >= hi {
 		return []byte{}, nil
 	}
-	var iv, ct []byte
-	if lo == 0 {
-		buf, err := v.parent.bytes(v.base, hi)
-		if err != nil {
-			return nil, err
-		}
-		iv, ct = v.iv[:], buf
-	} else {
-		// The ciphertext block before lo is the CBC chaining value.
-		buf, err := v.parent.bytes(v.base+lo-bs, hi-lo+bs)
-		if err != nil {
-			return nil, err
-		}
-		iv, ct = buf[:bs], buf[bs:]
+	// The ciphertext block before lo is the CBC chaining value; at 0 it is the IV.
+	need := hi - lo + bs
+	if cap(v.scratch) < need {
+		v.scratch = make([]byte, need, max(need, 2*cap(v.scratch)))
 	}
+	buf := v.scratch[:need]
+	if lo == 0 {
+		copy(buf, v.iv[:])
+		if err := v.parent.readAt(buf[bs:], v.base); err != nil {
+			return nil, err
+		}
+	} else if err := v.parent.readAt(buf, v.base+lo-bs); err != nil {
+		return nil, err
+	}
+	ct := buf[bs:]
 	if v.work != nil {
 		v.work.decryptedBytes += len(ct)
 	}
-	cipher.NewCBCDecrypter(v.block, iv).CryptBlocks(ct, ct)
+	v.mode.(ivSetter).SetIV(buf[:bs])
+	v.mode.CryptBlocks(ct, ct)
 	return ct, nil
 }
 

@@ -50,6 +50,7 @@ func newRootCommand() *cobra.Command {
 		newCorrectCommand(g),
 		newReplayCommand(g),
 		newVerifyCommand(g),
+		newBenchCommand(g),
 	)
 	return root
 }

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tallyledger/tally/adapters/usagelog"
+	"github.com/tallyledger/tally/cmd/tally/internal/loadgen"
+)
+
+// benchConfig is what tally bench is configured with, beyond the load itself.
+type benchConfig struct {
+	Target    string
+	PublicKey string
+	Format    string
+	RSAProbe  time.Duration
+	Quiet     bool
+	CPUProf   string
+	MemProf   string
+}
+
+func newBenchCommand(g *globalFlags) *cobra.Command {
+	var bc benchConfig
+	var lc loadgen.Config
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Drive a Tally server with concurrent clients and report throughput, latency and a data check",
+		Long: `bench provisions a product, keys, a token and data objects through the admin API, then drives
+the server with concurrent clients: IncrementIntValueToKey calls, UploadValuesToKey with usage
+logs written before the clock starts, or a mix. It reports requests/s, entries/s and latency
+percentiles, and checks at the end that every acknowledged change is in the final values; a
+run that lost data exits non-zero.
+
+Without --target it starts a server in this process on the embedded store, in a temporary
+directory or in --data-dir when that is given; it then fakes the uploads' history by writing
+the events an earlier upload of it would have left (see --history). With --target it drives a
+running server; uploads then need its public key (--public-key), and a history is written as
+real layers and uploaded first, which costs O(n²) AES in its length.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBench(cmd, g, bc, lc)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&bc.Target, "target", "", "base URL of a running server to drive (default: start one in-process)")
+	f.StringVar(&bc.PublicKey, "public-key", "", "the target's RSA public key (PEM or XML), for uploads")
+	f.StringVar(&bc.Format, "format", "table", "report format: table or json")
+	f.DurationVar(&bc.RSAProbe, "rsa-probe", time.Second, "measure the raw RSA-2048 decrypt rate of all cores for this long (0: skip)")
+	f.BoolVar(&bc.Quiet, "quiet", false, "no progress lines on stderr")
+	f.StringVar(&bc.CPUProf, "cpuprofile", "", "write a CPU profile of the timed phase (server and clients) to this file")
+	f.StringVar(&bc.MemProf, "memprofile", "", "write an allocation profile, taken after the timed phase, to this file")
+	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload or mix")
+	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients")
+	f.DurationVar(&lc.Duration, "duration", 0, "length of the timed phase (0: until --requests and --uploads are done)")
+	f.IntVar(&lc.Requests, "requests", 0, "number of increment calls (0: until --duration ends)")
+	f.IntVar(&lc.Objects, "objects", 0, "data objects the increment clients share (default: one per client)")
+	f.IntVar(&lc.Uploads, "uploads", 0, "usage logs to upload, each to a key of its own (default: 2 per uploading client)")
+	f.IntVar(&lc.NewEntries, "new-entries", 1000, "new entries per upload")
+	f.IntVar(&lc.History, "history", 0, "older, already applied entries in each uploaded file")
+	f.BoolVar(&lc.CompareFresh, "compare-fresh", false, "make every other upload a fresh file (no history) and report both kinds; use with --clients 1")
+	f.IntVar(&lc.ObjectsPerUpload, "objects-per-upload", 4, "data objects each upload's entries spread over")
+	f.IntVar(&lc.UploadClients, "upload-clients", 0, "clients that upload in the mix (default: one in eight)")
+	return cmd
+}
+
+func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Config) error {
+	ctx := cmd.Context()
+	if bc.Format != "table" && bc.Format != "json" {
+		return fmt.Errorf("--format %q: want table or json", bc.Format)
+	}
+	progress := func(format string, args ...any) {
+		if !bc.Quiet {
+			fmt.Fprintf(cmd.ErrOrStderr(), "bench: "+format+"\n", args...)
+		}
+	}
+	lc.Progress = progress
+	var profErr error
+	lc.AroundTimed = func() func() {
+		stop, err := startProfiles(bc.CPUProf, bc.MemProf)
+		if err != nil {
+			profErr = err
+			return func() {}
+		}
+		return func() { profErr = stop() }
+	}
+	var rsaKey *rsa.PrivateKey
+	var extra func() []loadgen.ExtraLine
+	if bc.Target != "" {
+		token, err := g.adminToken()
+		if err != nil {
+			return err
+		}
+		lc.URL, lc.AdminToken = bc.Target, token
+		if bc.PublicKey != "" {
+			b, err := os.ReadFile(bc.PublicKey)
+			if err != nil {
+				return fmt.Errorf("--public-key: %w", err)
+			}
+			if lc.PublicKey, err = usagelog.ParsePublicKey(b); err != nil {
+				return fmt.Errorf("--public-key: %w", err)
+			}
+		}
+	} else {
+		dir := g.DataDir
+		if !cmd.Flags().Changed("data-dir") {
+			tmp, err := os.MkdirTemp("", "tally-bench-")
+			if err != nil {
+				return fmt.Errorf("bench data directory: %w", err)
+			}
+			defer os.RemoveAll(tmp)
+			dir = tmp
+		}
+		srv, err := loadgen.StartEmbedded(ctx, loadgen.ServerOptions{Dir: dir})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := srv.Close(); err != nil {
+				progress("stopping the server: %v", err)
+			}
+		}()
+		progress("started a server on the embedded store in %s at %s", dir, srv.URL)
+		lc.URL, lc.AdminToken, lc.PublicKey, lc.SeedHistory = srv.URL, srv.AdminToken, srv.Keys.Public(), srv.SeedHistory
+		rsaKey = srv.Keys.Current()
+		before := srv.Embedded.Stats()
+		extra = func() []loadgen.ExtraLine {
+			after := srv.Embedded.Stats()
+			appends, batches := after.Appends-before.Appends, after.Batches-before.Batches
+			mean := 0.0
+			if batches > 0 {
+				mean = float64(appends) / float64(batches)
+			}
+			return []loadgen.ExtraLine{{Name: "group commits (whole run)", Value: fmt.Sprintf("%d appends in %d commits, %.1f per commit, largest %d", appends, batches, mean, after.MaxBatchSize)}}
+		}
+	}
+	rep, runErr := loadgen.Run(ctx, lc)
+	if runErr != nil && rep.Workload == "" {
+		return runErr
+	}
+	if bc.RSAProbe > 0 {
+		progress("measuring the raw RSA-2048 decrypt rate for %s", bc.RSAProbe)
+		rate, err := loadgen.MeasureRSA(ctx, rsaKey, bc.RSAProbe)
+		if err != nil {
+			return err
+		}
+		rep.RSA = &rate
+	}
+	if extra != nil {
+		rep.Extra = append(rep.Extra, extra()...)
+	}
+	var werr error
+	if bc.Format == "json" {
+		werr = rep.WriteJSON(cmd.OutOrStdout())
+	} else {
+		werr = rep.WriteTable(cmd.OutOrStdout())
+	}
+	return errors.Join(runErr, werr, profErr)
+}
+
+// startProfiles starts a CPU profile to cpuPath (if not empty); the returned func stops it and
+// writes the allocation profile to memPath (if not empty).
+func startProfiles(cpuPath, memPath string) (func() error, error) {
+	var cpu *os.File
+	if cpuPath != "" {
+		f, err := os.Create(cpuPath)
+		if err != nil {
+			return nil, fmt.Errorf("--cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("--cpuprofile: %w", err)
+		}
+		cpu = f
+	}
+	return func() error {
+		var errs []error
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			errs = append(errs, cpu.Close())
+		}
+		if memPath != "" {
+			f, err := os.Create(memPath)
+			if err != nil {
+				return fmt.Errorf("--memprofile: %w", err)
+			}
+			errs = append(errs, pprof.Lookup("allocs").WriteTo(f, 0), f.Close())
+		}
+		return errors.Join(errs...)
+	}, nil
+}

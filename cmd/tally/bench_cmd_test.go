@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tallyledger/tally/cmd/tally/internal/loadgen"
+)
+
+// TestBenchInProcess runs a short mix on an in-process server and reads the JSON report.
+func TestBenchInProcess(t *testing.T) {
+	out, err := run(t, "bench", "--data-dir", t.TempDir(), "--workload", "mix", "--clients", "3", "--upload-clients", "1",
+		"--requests", "40", "--uploads", "2", "--new-entries", "5", "--history", "1000", "--format", "json", "--rsa-probe", "20ms", "--quiet")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	var rep loadgen.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("report %q: %v", out, err)
+	}
+	if rep.Increment == nil || rep.Increment.OK != 40 || rep.Upload == nil || rep.Upload.OK != 2 || rep.Upload.EntriesSec <= 0 {
+		t.Errorf("report: %s", out)
+	}
+	if !rep.Check.OK || rep.Check.Objects != 2+2*4 || rep.RSA == nil || rep.RSA.OpsSec <= 0 || len(rep.Extra) != 1 {
+		t.Errorf("report: %s", out)
+	}
+}
+
+// TestBenchTarget drives a server it did not start, with a real history uploaded first.
+func TestBenchTarget(t *testing.T) {
+	srv, err := loadgen.StartEmbedded(context.Background(), loadgen.ServerOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	der, err := x509.MarshalPKIXPublicKey(srv.Keys.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "public.pem")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "bench", "--target", srv.URL, "--admin-token", srv.AdminToken, "--public-key", keyFile,
+		"--workload", "upload", "--clients", "2", "--uploads", "2", "--history", "3", "--new-entries", "4", "--rsa-probe", "0", "--quiet")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	for _, want := range []string{"UploadValuesToKey  2   0", "data check (8 objects):", "ok: every acknowledged change"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"net/url"
@@ -272,4 +273,44 @@ func checkChain(t *testing.T, f *fixture, id int64, start, end int32, n int) {
 	if value != end || changes != n {
 		t.Fatalf("events end at %d after %d changes; want %d after %d", value, changes, end, n)
 	}
+}
+
+// TestConcurrentAdds creates objects from many clients at once, on two instances: every add
+// succeeds, and no two share an id.
+func TestConcurrentAdds(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, open func(testing.TB) eventstore.Store) {
+		f := newFixtureOn(t, open)
+		envs := []*apitest.Env{f.env, f.env.AnotherInstance()}
+		owner := f.toKey(f.token)
+		const clients, each = 32, 4
+		ids := make(chan int64, clients*each)
+		var wg sync.WaitGroup
+		for c := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range each {
+					r := envs[c%2].Call("AddDataObjectToKey", with(owner, "Name", fmt.Sprintf("o-%d-%d", c, i)))
+					res := r.Result(t)
+					if r.Status != http.StatusOK || res.Result != 0 {
+						t.Errorf("add: %d %s", r.Status, r.Body)
+						return
+					}
+					ids <- res.ID
+				}
+			}()
+		}
+		wg.Wait()
+		close(ids)
+		seen := map[int64]bool{}
+		for id := range ids {
+			if seen[id] {
+				t.Fatalf("id %d handed out twice", id)
+			}
+			seen[id] = true
+		}
+		if len(seen) != clients*each {
+			t.Fatalf("%d objects created, want %d", len(seen), clients*each)
+		}
+	})
 }

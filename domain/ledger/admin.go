@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -68,7 +69,7 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, productID int64) (dom
 func (s *Service) claimID(ctx context.Context, category string, stream func(int64) string, build func(id int64) (string, any), c Caller) (int64, error) {
 	var candidate int64
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
-		s.view.Read(func(st *projections.State) { candidate = max(candidate+1, st.MaxID(category)+1) })
+		s.view.Read(func(st *projections.State) { candidate = s.ids.next(category, candidate, st.MaxID(category)) })
 		typ, data := build(candidate)
 		ev, err := newEvent(uuid.New(), typ, data, c.metadata())
 		if err != nil {
@@ -84,6 +85,27 @@ func (s *Service) claimID(ctx context.Context, category string, stream func(int6
 		return candidate, nil
 	}
 	return 0, domain.ErrConcurrentChange
+}
+
+// idClaims hands out candidate ids so that concurrent commands of one process try different
+// ones instead of racing for the same; the store's "no stream" check still decides between
+// processes. An id whose claim fails is skipped for good: ids are never reused, gaps are fine.
+type idClaims struct {
+	mu   sync.Mutex
+	last map[string]int64
+}
+
+// next returns an id above the previous candidate, the largest projected id, and every id this
+// process handed out in the category.
+func (c *idClaims) next(category string, previous, projectedMax int64) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last == nil {
+		c.last = map[string]int64{}
+	}
+	id := max(previous, projectedMax, c.last[category]) + 1
+	c.last[category] = id
+	return id
 }
 
 // newKeyString makes a Cryptolens-style key: four groups of five capital letters.

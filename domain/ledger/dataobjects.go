@@ -137,7 +137,7 @@ func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject
 					return
 				}
 			}
-			candidate = max(candidate+1, st.MaxID(domain.CategoryDataObject)+1)
+			candidate = s.ids.next(domain.CategoryDataObject, candidate, st.MaxID(domain.CategoryDataObject))
 		})
 		if err != nil {
 			return 0, err

@@ -86,6 +86,7 @@ type Service struct {
 	// one object through HTTP: ~11,000 conflicts and ~550 answers of "changed concurrently too
 	// often" without it, see adapters/httpapi TestConcurrentChanges).
 	objectLocks keyedMutex
+	ids         idClaims
 }
 
 // New returns a Service, refusing missing dependencies.

@@ -66,7 +66,8 @@ func call(t *testing.T, base, method string, params url.Values) map[string]any {
 
 // TestServeOnEachStore starts the real composition root on the embedded store and on KurrentDB
 // (the gRPC test server), provisions through the CLI, counts through the Cryptolens API and an
-// upload, restarts, and finds everything back.
+// upload, restarts, and finds everything back; then, stopped, verifies, catches a tampered
+// projection, replays and verifies again.
 func TestServeOnEachStore(t *testing.T) {
 	for _, store := range []string{"embedded", "kurrentdb"} {
 		t.Run(store, func(t *testing.T) {
@@ -140,11 +141,6 @@ func TestServeOnEachStore(t *testing.T) {
 			// Restart on the same data directory (and store): everything is back.
 			logs2 := &syncBuffer{}
 			base, stop = startServe(t, g, cfg, logs2)
-			defer func() {
-				if err := stop(); err != nil {
-					t.Errorf("serve: %v", err)
-				}
-			}()
 			list := call(t, base, "ListDataObjectsToKey", owner)
 			objs, _ := list["dataObjects"].([]any)
 			if len(objs) != 1 || objs[0].(map[string]any)["intValue"] != float64(12) {
@@ -158,10 +154,51 @@ func TestServeOnEachStore(t *testing.T) {
 			if m == nil || m[2] == "0" || m[1] != m[2] {
 				t.Fatalf("restart did not resume from the checkpoint: %q\n%s", m, logs2.String())
 			}
-			for _, secret := range []string{token} {
-				if strings.Contains(logs.String()+logs2.String(), secret) {
-					t.Fatal("a token secret appears in the logs")
-				}
+			if strings.Contains(logs.String()+logs2.String(), token) {
+				t.Fatal("a token secret appears in the logs")
+			}
+			if err := stop(); err != nil {
+				t.Fatalf("serve: %v", err)
+			}
+
+			// With the server stopped, replay and verify work on the same store and data
+			// directory, on KurrentDB as on the embedded store.
+			storeArgs := []string{"--store", store}
+			if store == "kurrentdb" {
+				storeArgs = append(storeArgs, "--kurrentdb-url", cfg.KurrentURL)
+			}
+			offline := func(args ...string) (string, error) {
+				root := newRootCommand()
+				var out bytes.Buffer
+				root.SetOut(&out)
+				root.SetErr(&out)
+				root.SetArgs(append(append([]string{"--data-dir", dataDir}, args...), storeArgs...))
+				err := root.Execute()
+				return out.String(), err
+			}
+			if out, err := offline("verify"); err != nil {
+				t.Fatalf("verify on a healthy store: %v\n%s", err, out)
+			}
+			snapshot := filepath.Join(dataDir, "projection.json")
+			b, err := os.ReadFile(snapshot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tampered := strings.Replace(string(b), `"intValue":12`, `"intValue":13`, 1)
+			if tampered == string(b) {
+				t.Fatal("the snapshot does not hold the value to tamper with")
+			}
+			if err := os.WriteFile(snapshot, []byte(tampered), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := offline("verify"); err == nil || !strings.Contains(out, "data object "+id) {
+				t.Fatalf("verify of a tampered projection: %v\n%s", err, out)
+			}
+			if out, err := offline("replay"); err != nil {
+				t.Fatalf("replay: %v\n%s", err, out)
+			}
+			if out, err := offline("verify"); err != nil {
+				t.Fatalf("verify after replay: %v\n%s", err, out)
 			}
 		})
 	}

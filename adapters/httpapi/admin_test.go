@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -314,4 +315,39 @@ func TestUnforeseenAndUnavailable(t *testing.T) {
 	// With the store gone, a change is refused as unavailable.
 	env.CloseStore()
 	refused(t, env.Call("IncrementIntValueToKey", with(owner, "Id", strconv.FormatInt(id, 10), "IntValue", "1")), 503, domain.ErrServiceUnavailable.Message)
+}
+
+// TestLargeBodiesAreReadAFewAtATime holds the one turn for large bodies with a body that is
+// still arriving: small requests go through meanwhile, a second large one waits for the turn.
+func TestLargeBodiesAreReadAFewAtATime(t *testing.T) {
+	env := apitest.StartWith(t, apitest.Options{MaxLargeBodies: 1})
+	url := env.URL + "/api/data/ListDataObjects"
+
+	slowBody, writer := io.Pipe()
+	first := make(chan apitest.Response, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, url, slowBody) // unknown length: large
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		first <- env.Send(req)
+	}()
+	if _, err := writer.Write([]byte("token=nope&")); err != nil {
+		t.Fatal(err)
+	}
+
+	second := make(chan apitest.Response, 1)
+	go func() {
+		body := "token=nope&pad=" + strings.Repeat("x", 2<<20)
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		second <- env.Send(req)
+	}()
+	refused(t, env.Call("ListDataObjects", vals("token", "nope")), 401, "Unable to authenticate.")
+	select {
+	case r := <-second:
+		t.Fatalf("a second large body was read while the first held the only turn: %d %s", r.Status, r.Body)
+	default:
+	}
+	writer.Close()
+	refused(t, <-first, 401, "Unable to authenticate.")
+	refused(t, <-second, 401, "Unable to authenticate.")
 }

@@ -65,6 +65,12 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 			s.writeError(w, r, domain.ErrServiceUnavailable)
 			return
 		}
+		release, err := s.admitBody(r)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		defer release()
 		values, err := s.readParams(w, r)
 		if err != nil {
 			s.writeError(w, r, err)

@@ -22,7 +22,16 @@ import (
 
 // DefaultMaxBodyBytes is the largest request body accepted when Config leaves it unset. A
 // usage log of 1000 new entries is far smaller; 8 MiB leaves room for long histories of layers.
+// (tally serve sets 64 MiB: a License Server never trims its log.)
 const DefaultMaxBodyBytes int64 = 8 << 20
+
+// largeBody is the size from which a request body counts as large: large bodies are read a few
+// at a time (Config.MaxLargeBodies), since they are read and parsed before the token they carry
+// can be checked.
+const largeBody = 1 << 20
+
+// DefaultMaxLargeBodies is how many large bodies are read at once when Config leaves it unset.
+const DefaultMaxLargeBodies = 4
 
 // Ledger is what the adapter needs from the ledger; *ledger.Service satisfies it.
 type Ledger interface {
@@ -64,6 +73,9 @@ type Config struct {
 	Logger   *slog.Logger
 	// MaxBodyBytes bounds request bodies (0: DefaultMaxBodyBytes).
 	MaxBodyBytes int64
+	// MaxLargeBodies bounds how many requests with a body over 1 MiB (or of unknown length) are
+	// read at once, so that memory stays bounded whoever sends them (0: DefaultMaxLargeBodies).
+	MaxLargeBodies int
 	// RateLimit is how many data-object API requests per second each access token may make
 	// (0: no limit; tally serve uses DefaultRateLimit). Requests above it are refused with 429.
 	RateLimit float64
@@ -80,6 +92,8 @@ type server struct {
 	maxBody    int64
 	metrics    *requestMetrics
 	limiter    *tokenLimiter // nil: no rate limit
+	// largeBodies holds one token per large body being read and handled.
+	largeBodies chan struct{}
 }
 
 // New returns the HTTP handler of the whole service.
@@ -98,6 +112,10 @@ func New(cfg Config) (http.Handler, error) {
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
 	}
+	if cfg.MaxLargeBodies <= 0 {
+		cfg.MaxLargeBodies = DefaultMaxLargeBodies
+	}
+	s.largeBodies = make(chan struct{}, cfg.MaxLargeBodies)
 	if cfg.Registry != nil {
 		m, err := newRequestMetrics(cfg.Registry)
 		if err != nil {

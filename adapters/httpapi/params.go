@@ -44,6 +44,20 @@ func (s *server) readParams(w http.ResponseWriter, r *http.Request) (map[string]
 	return out, nil
 }
 
+// admitBody waits for a turn to read a large body (or one of unknown length); small ones go
+// through at once. The returned function ends the turn.
+func (s *server) admitBody(r *http.Request) (func(), error) {
+	if r.ContentLength >= 0 && r.ContentLength <= largeBody {
+		return func() {}, nil
+	}
+	select {
+	case s.largeBodies <- struct{}{}:
+		return func() { <-s.largeBodies }, nil
+	case <-r.Context().Done():
+		return nil, domain.ErrServiceUnavailable
+	}
+}
+
 // bearer returns the credential of an Authorization: Bearer header, or "".
 func bearer(r *http.Request) string {
 	scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " ")

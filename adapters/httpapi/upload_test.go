@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -698,5 +699,28 @@ func (f *fixture) otherKey() url.Values {
 func forEachBackend(t *testing.T, test func(t *testing.T, open func(testing.TB) eventstore.Store)) {
 	for _, b := range apitest.Backends() {
 		t.Run(b.Name, func(t *testing.T) { test(t, b.Open) })
+	}
+}
+
+// TestUploadDataWithUnescapedPlus sends a log in a GET query string with its '+' left
+// unescaped, as some clients do: the server reads the spaces back as '+'.
+func TestUploadDataWithUnescapedPlus(t *testing.T) {
+	u := newUploadEnv(t, nil)
+	a := u.add(t, u.toKey(u.token), "AddDataObjectToKey", "a", 0)
+	l := u.log(t).add(a, 2)
+	for !strings.Contains(l.base64(), "+") {
+		l.add(a, 2)
+	}
+	raw := fmt.Sprintf("%s/api/data/uploadvaluestokey/?token=%s&productId=%d&key=%s&data=%s",
+		u.env.URL, u.token, u.product.ID, u.key.Key, l.base64())
+	req, err := http.NewRequest(http.MethodGet, raw, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if applied, _ := uploadBody(t, u.env.Send(req)); applied != len(l.entries) {
+		t.Fatalf("applied %d, want %d", applied, len(l.entries))
+	}
+	if v := u.value(t, a); v != int32(2*len(l.entries)) {
+		t.Fatalf("value %d, want %d", v, 2*len(l.entries))
 	}
 }

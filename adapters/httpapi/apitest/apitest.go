@@ -43,6 +43,8 @@ type Options struct {
 	Decoder ledger.LogDecoder
 	// MaxBodyBytes bounds request bodies (0: the handler's default).
 	MaxBodyBytes int64
+	// MaxLargeBodies bounds the large bodies read at once (0: the handler's default).
+	MaxLargeBodies int
 	// Ready is the readiness check handed to the handler (nil: always ready).
 	Ready func() error
 	// Logger receives the service's logs (nil: the test's output, warnings and above).
@@ -139,7 +141,8 @@ func (e *Env) start() {
 		Ledger: svc, AdminToken: AdminToken, Ready: e.opts.Ready,
 		Metrics:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Registry: reg, Logger: e.opts.Logger, MaxBodyBytes: e.opts.MaxBodyBytes,
-		RateLimit: e.opts.RateLimit, RateBurst: e.opts.RateBurst,
+		MaxLargeBodies: e.opts.MaxLargeBodies,
+		RateLimit:      e.opts.RateLimit, RateBurst: e.opts.RateBurst,
 	})
 	if err != nil {
 		t.Fatalf("http handler: %v", err)

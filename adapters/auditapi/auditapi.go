@@ -6,6 +6,7 @@ package auditapi
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/csv"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -94,6 +96,20 @@ func New(cfg Config) (http.Handler, error) {
 	return r, nil
 }
 
+// saneRequestID accepts a client's request id only when it is short and plain, since it is
+// recorded in the event's metadata.
+func saneRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._:-", c)) {
+			return false
+		}
+	}
+	return true
+}
+
 // principal is who is calling: the admin, or a token.
 type principal struct {
 	admin bool
@@ -106,9 +122,13 @@ func (a *api) may(p principal, objectID int64) bool {
 }
 
 func (a *api) authenticate(r *http.Request) (principal, error) {
-	bearer, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	bearer = strings.TrimSpace(bearer)
-	if bearer != "" && len(a.admin) > 0 && subtle.ConstantTimeCompare([]byte(bearer), a.admin) == 1 {
+	var bearer string
+	if scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		bearer = strings.TrimSpace(cred)
+	}
+	// Hashing both sides first makes the comparison's time independent of the lengths too.
+	got, want := sha256.Sum256([]byte(bearer)), sha256.Sum256(a.admin)
+	if bearer != "" && len(a.admin) > 0 && subtle.ConstantTimeCompare(got[:], want[:]) == 1 {
 		return principal{admin: true}, nil
 	}
 	secret := r.URL.Query().Get("token")
@@ -158,6 +178,14 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		a.fail(w, err)
 		return
+	}
+	if p, _ := a.authenticate(r); !p.admin {
+		// Who made each change and from where (other customers' addresses among them) is for
+		// the vendor's eyes only.
+		for i := range h.Entries {
+			e := &h.Entries[i]
+			e.TokenID, e.Admin, e.RequestID, e.ClientAddr = nil, false, "", ""
+		}
 	}
 	writeJSON(w, http.StatusOK, h)
 }
@@ -218,10 +246,14 @@ func (a *api) correct(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	requestID := r.Header.Get("X-Request-Id")
-	if requestID == "" {
+	if !saneRequestID(requestID) {
 		requestID = uuid.NewString()
 	}
-	c := ledger.Caller{Admin: true, RequestID: requestID, ClientAddr: r.RemoteAddr}
+	clientAddr, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		clientAddr = r.RemoteAddr
+	}
+	c := ledger.Caller{Admin: true, RequestID: requestID, ClientAddr: clientAddr}
 	if err := a.ledger.Correct(r.Context(), c, id, req.Amount, req.Reason); err != nil {
 		a.fail(w, err)
 		return
@@ -247,7 +279,9 @@ func (a *api) usage(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	if !p.admin && !p.token.Allows(domain.MethodListDataObjects) {
+	// A report replays the whole store, so it is not for tokens that ship inside customers'
+	// applications (a negative key lock): only the admin and the vendor's own tokens.
+	if !p.admin && (!p.token.Allows(domain.MethodListDataObjects) || p.token.KeyLock < 0) {
 		a.fail(w, domain.ErrAccessDenied)
 		return
 	}
@@ -373,10 +407,12 @@ func parseBound(s string, loc *time.Location, inclusive bool) (time.Time, error)
 	return t.In(loc), nil
 }
 
-// UsageCSVHeader is the header row of a usage report in CSV.
-var UsageCSVHeader = []string{
-	"period", "start", "end", "product_id", "key_id", "key", "owner_type", "owner_id", "object_id", "object_name",
-	"opening", "increments", "decrements", "corrections", "net", "entries", "sets", "adjustments", "closing",
+// UsageCSVHeader returns the header row of a usage report in CSV.
+func UsageCSVHeader() []string {
+	return []string{
+		"period", "start", "end", "product_id", "key_id", "key", "owner_type", "owner_id", "object_id", "object_name",
+		"opening", "increments", "decrements", "corrections", "net", "entries", "sets", "adjustments", "closing",
+	}
 }
 
 // UsageCSVRecord renders one row of a usage report as CSV fields, in UsageCSVHeader's order.
@@ -393,7 +429,7 @@ func UsageCSVRecord(r projections.UsageRow) []string {
 // WriteUsageCSV writes a usage report as CSV with a header row.
 func WriteUsageCSV(w io.Writer, rep *projections.UsageReport) error {
 	cw := csv.NewWriter(w)
-	if err := cw.Write(UsageCSVHeader); err != nil {
+	if err := cw.Write(UsageCSVHeader()); err != nil {
 		return err
 	}
 	for _, r := range rep.Rows {

@@ -176,7 +176,7 @@ func TestUsageIsFilteredToWhatTheTokenMayList(t *testing.T) {
 	// CSV has a header and one record per row.
 	status, body = f.do(t, http.MethodGet, q+"&format=csv", adminToken, "")
 	recs, err := csv.NewReader(strings.NewReader(string(body))).ReadAll()
-	if status != http.StatusOK || err != nil || len(recs) != len(all.Rows)+1 || strings.Join(recs[0], ",") != strings.Join(auditapi.UsageCSVHeader, ",") {
+	if status != http.StatusOK || err != nil || len(recs) != len(all.Rows)+1 || strings.Join(recs[0], ",") != strings.Join(auditapi.UsageCSVHeader(), ",") {
 		t.Errorf("csv: status %d, %d records, err %v", status, len(recs), err)
 	}
 	for _, bad := range []string{"?from=2025-01-01", "?from=2025-02-01&to=2025-01-01", "?from=2025-01-01&to=2025-02-01&tz=Mars/Olympus", "?from=2025-01-01&to=2025-02-01&by=week", "?from=x&to=2025-02-01", "?from=2025-01-01&to=2025-02-01&format=xml"} {
@@ -232,4 +232,40 @@ func mustLoc(t *testing.T, name string) *time.Location {
 		t.Fatal(err)
 	}
 	return loc
+}
+
+// TestTokensSeeChangesButNotWhoMadeThem: the history a token reads leaves out the callers'
+// token ids, request ids and addresses, which the admin sees; a token that ships inside
+// customers' applications (negative key lock) may not run usage reports at all.
+func TestTokensSeeChangesButNotWhoMadeThem(t *testing.T) {
+	f := newFixture(t)
+	obj := f.w.Objects[0]
+	lister := f.token(t, ledger.TokenSpec{Methods: []domain.Method{domain.MethodListDataObjects}})
+	path := "/v1/dataobjects/" + strconv.FormatInt(obj.ID, 10) + "/history"
+	read := func(bearer string) projections.ObjectHistory {
+		t.Helper()
+		status, body := f.do(t, http.MethodGet, path, bearer, "")
+		var h projections.ObjectHistory
+		if status != http.StatusOK || json.Unmarshal(body, &h) != nil || len(h.Entries) == 0 {
+			t.Fatalf("history: %d %s", status, body)
+		}
+		return h
+	}
+	adminSaw, tokenSaw := read(adminToken), read(lister)
+	seen := false
+	for _, e := range adminSaw.Entries {
+		seen = seen || e.ClientAddr != "" || e.RequestID != ""
+	}
+	if !seen {
+		t.Fatal("the admin's history shows no caller at all")
+	}
+	for _, e := range tokenSaw.Entries {
+		if e.ClientAddr != "" || e.RequestID != "" || e.TokenID != nil || e.Admin {
+			t.Fatalf("a token's history shows who made a change: %+v", e)
+		}
+	}
+	inApp := f.token(t, ledger.TokenSpec{Methods: []domain.Method{domain.MethodListDataObjects}, KeyLock: -1})
+	if status, body := f.do(t, http.MethodGet, "/v1/usage?from=2025-01-01&to=2025-12-31", inApp, ""); status != http.StatusForbidden {
+		t.Fatalf("usage for a key-locked token: %d %s", status, body)
+	}
 }

@@ -724,3 +724,33 @@ func TestUploadDataWithUnescapedPlus(t *testing.T) {
 		t.Fatalf("value %d, want %d", v, 2*len(l.entries))
 	}
 }
+
+// TestUploadWithAnUnrepresentableTimestamp: a layer whose timestamp no event can record (a
+// year past 9999) still counts, with the anomaly, and later versions of the file still apply.
+func TestUploadWithAnUnrepresentableTimestamp(t *testing.T) {
+	u := newUploadEnv(t, nil)
+	a := u.add(t, u.toKey(u.token), "AddDataObjectToKey", "a", 0)
+	l := u.log(t).add(a, 1)
+	l.ts = 1 << 50
+	l.add(a, 2)
+	l.ts = 1767225600
+	if applied, _ := uploadBody(t, u.upload(l.base64())); applied != 2 {
+		t.Fatalf("applied %d, want 2", applied)
+	}
+	l.add(a, 4)
+	if applied, _ := uploadBody(t, u.upload(l.base64())); applied != 1 {
+		t.Fatalf("the next version applied %d, want 1", applied)
+	}
+	if v := u.value(t, a); v != 7 {
+		t.Fatalf("value %d, want 7", v)
+	}
+	evs, err := u.env.Store.ReadStream(context.Background(), domain.DataObjectStream(a), eventstore.Forwards, 2, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e domain.ValueChanged
+	mustUnmarshal(t, evs[0].Data, &e)
+	if e.Upload == nil || !strings.Contains(e.Upload.Anomaly, "outside the years") {
+		t.Fatalf("the far-future entry records no anomaly: %+v", e.Upload)
+	}
+}

@@ -22,6 +22,12 @@ var errUploadInProgress = errors.New("another upload of this owner is in progres
 // MaxNewEntries is the most new entries one upload may apply.
 const MaxNewEntries = 1000
 
+// The range of log timestamps an event can record: RFC 3339 in JSON has four-digit years.
+const (
+	minLogTimestamp = -62167219200 // 0000-01-01T00:00:00Z
+	maxLogTimestamp = 253402300799 // 9999-12-31T23:59:59Z
+)
+
 // futureTolerance is how far ahead of the server's clock a log timestamp may be before its
 // event records the anomaly (clocks of offline machines drift).
 const futureTolerance = 10 * time.Minute
@@ -189,6 +195,12 @@ func (s *Service) planUpload(st *projections.State, c Caller, owner domain.Owner
 		logTime := time.Unix(e.Timestamp, 0).UTC()
 		src := &domain.UploadSource{Layer: hex.EncodeToString(e.Layer[:]), LogTimestamp: logTime}
 		switch {
+		case e.Timestamp < minLogTimestamp || e.Timestamp > maxLogTimestamp:
+			// An untrusted timestamp no event could record (JSON times have four-digit years):
+			// the entry still counts, at the nearest representable time, with the anomaly.
+			src.LogTimestamp = time.Unix(min(max(e.Timestamp, minLogTimestamp), maxLogTimestamp), 0).UTC()
+			logTime = src.LogTimestamp
+			src.Anomaly = fmt.Sprintf("timestamp %d is outside the years 0000-9999", e.Timestamp)
 		case prevTS != 0 && e.Timestamp < prevTS:
 			src.Anomaly = fmt.Sprintf("timestamp %d is earlier than the previous layer's %d", e.Timestamp, prevTS)
 		case logTime.After(now.Add(futureTolerance)):
@@ -232,16 +244,12 @@ func (s *Service) planUpload(st *projections.State, c Caller, owner domain.Owner
 func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResult, error) {
 	meta := c.metadata()
 	uploadStream := domain.UploadStream(p.owner)
+	// Every event is encoded before anything is appended: a failure that would recur on every
+	// retry must not leave a prepared upload behind.
 	prep, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, []byte("prepared")), domain.EventUploadPrepared, p.prepared, meta)
 	if err != nil {
 		return UploadResult{}, err
 	}
-	res, err := s.appendAndWait(ctx, uploadStream, p.expected, prep)
-	if err != nil {
-		return UploadResult{}, err
-	}
-	prepRevision := res.NextExpectedRevision
-
 	byObject := map[int64][]eventstore.EventData{}
 	for i, e := range p.entries {
 		typ := domain.EventIncrementApplied
@@ -250,16 +258,25 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		}
 		ev, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, e.Layer[:]), typ, p.changes[i], meta)
 		if err != nil {
-			return UploadResult{}, s.abandon(ctx, p, prepRevision, err)
+			return UploadResult{}, err
 		}
 		byObject[e.ObjectID] = append(byObject[e.ObjectID], ev)
 	}
+	res, err := s.appendAndWait(ctx, uploadStream, p.expected, prep)
+	if err != nil {
+		return UploadResult{}, err
+	}
+	prepRevision := res.NextExpectedRevision
+
 	for _, step := range p.prepared.Changes {
 		_, err := s.store.Append(ctx, domain.DataObjectStream(step.ObjectID), eventstore.Exact(step.FromRevision), byObject[step.ObjectID]...)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 			// A direct call changed the object after the plan: decide again on fresh state.
 			s.conflicts.Add(1)
-			if derr := s.decide(context.WithoutCancel(ctx), p.owner, p.prepared.UploadID, prepRevision, false, "an object changed during the upload"); derr != nil {
+			abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			derr := s.decide(abortCtx, p.owner, p.prepared.UploadID, prepRevision, false, "an object changed during the upload", meta)
+			cancel()
+			if derr != nil {
 				s.logger.Warn("could not abort an upload; recovery will", "upload", p.prepared.UploadID, "err", derr)
 			}
 			if cerr := s.catchUp(ctx, domain.DataObjectStream(step.ObjectID)); cerr != nil {
@@ -271,12 +288,14 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 			return UploadResult{}, s.abandon(ctx, p, prepRevision, unavailable(fmt.Errorf("append upload events: %w", err)))
 		}
 	}
-	commit, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, []byte("committed")), domain.EventUploadCommitted,
-		domain.UploadCommitted{UploadID: p.prepared.UploadID, At: s.clock().UTC()}, meta)
-	if err != nil {
-		return UploadResult{}, s.abandon(ctx, p, prepRevision, err)
+	err = s.decide(ctx, p.owner, p.prepared.UploadID, prepRevision, true, "", meta)
+	if err != nil && !errors.Is(err, eventstore.ErrWrongExpectedVersion) && ctx.Err() == nil {
+		// The commit is idempotent (same event id, same expected revision): try once more
+		// rather than leave the owner's objects waiting a lease for recovery.
+		retryCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err = s.decide(retryCtx, p.owner, p.prepared.UploadID, prepRevision, true, "", meta)
+		cancel()
 	}
-	_, err = s.appendAndWait(ctx, uploadStream, eventstore.Exact(prepRevision), commit)
 	if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 		// Recovery decided this upload first. If it committed it, the entries count.
 		if s.layerApplied(p.owner, p.entries[len(p.entries)-1].Layer) {
@@ -299,22 +318,24 @@ func (s *Service) layerApplied(owner domain.Owner, layer [32]byte) bool {
 // abandon aborts a prepared upload after a failure and returns the failure. If the abort
 // cannot be written either, recovery will decide the upload later.
 func (s *Service) abandon(ctx context.Context, p *plan, prepRevision uint64, cause error) error {
-	if err := s.decide(context.WithoutCancel(ctx), p.owner, p.prepared.UploadID, prepRevision, false, cause.Error()); err != nil {
+	abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.decide(abortCtx, p.owner, p.prepared.UploadID, prepRevision, false, cause.Error(), domain.Metadata{}); err != nil {
 		s.logger.Warn("could not abort an upload; recovery will", "upload", p.prepared.UploadID, "err", err)
 	}
 	return cause
 }
 
 // decide appends the commit or the abort of a prepared upload.
-func (s *Service) decide(ctx context.Context, owner domain.Owner, uploadID uuid.UUID, prepRevision uint64, commit bool, reason string) error {
+func (s *Service) decide(ctx context.Context, owner domain.Owner, uploadID uuid.UUID, prepRevision uint64, commit bool, reason string, meta domain.Metadata) error {
 	var ev eventstore.EventData
 	var err error
 	if commit {
 		ev, err = newEvent(uuid.NewSHA1(uploadID, []byte("committed")), domain.EventUploadCommitted,
-			domain.UploadCommitted{UploadID: uploadID, At: s.clock().UTC()}, domain.Metadata{})
+			domain.UploadCommitted{UploadID: uploadID, At: s.clock().UTC()}, meta)
 	} else {
 		ev, err = newEvent(uuid.NewSHA1(uploadID, []byte("aborted")), domain.EventUploadAborted,
-			domain.UploadAborted{UploadID: uploadID, Reason: reason, At: s.clock().UTC()}, domain.Metadata{})
+			domain.UploadAborted{UploadID: uploadID, Reason: reason, At: s.clock().UTC()}, meta)
 	}
 	if err != nil {
 		return err
@@ -372,7 +393,7 @@ func (s *Service) RecoverUploads(ctx context.Context, force bool) (int, error) {
 	decided := 0
 	for _, u := range todo {
 		reason := "recovery: the upload was interrupted before all its events were written"
-		err := s.decide(ctx, u.prepared.Owner, u.prepared.UploadID, u.revision, u.allPresent, reason)
+		err := s.decide(ctx, u.prepared.Owner, u.prepared.UploadID, u.revision, u.allPresent, reason, domain.Metadata{})
 		switch {
 		case errors.Is(err, eventstore.ErrWrongExpectedVersion):
 			// Its own instance, or another recovery, decided it first.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 
 	"github.com/tallyledger/tally/domain"
@@ -112,7 +113,13 @@ func (s *server) refusal(r *http.Request, err error) (int, string) {
 	case domain.KindTooLarge:
 		return http.StatusRequestEntityTooLarge, de.Message
 	case domain.KindUnavailable:
-		s.logger.Error("request failed: service unavailable", "request_id", infoOf(r).requestID, "method", infoOf(r).method, "err", err)
+		// The bare refusal is the not-ready answer of every request during catch-up: debug
+		// level, or the log floods; a wrapped one carries a store failure worth an error.
+		level := slog.LevelError
+		if err == error(domain.ErrServiceUnavailable) {
+			level = slog.LevelDebug
+		}
+		s.logger.Log(r.Context(), level, "request failed: service unavailable", "request_id", infoOf(r).requestID, "method", infoOf(r).method, "err", err)
 		return http.StatusServiceUnavailable, de.Message
 	}
 	s.logger.Error("request failed with an unknown refusal kind", "request_id", infoOf(r).requestID, "err", err)

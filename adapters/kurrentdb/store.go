@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -133,9 +134,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	s.conn = &conn{client: client}
 	if err := s.ping(ctx); err != nil {
 		_ = client.Close()
-		return nil, fmt.Errorf("kurrentdb: connect to %s: %w", cfg.URL, err)
+		return nil, fmt.Errorf("kurrentdb: connect to %s: %w", redactURL(cfg.URL), err)
 	}
 	return s, nil
+}
+
+// redactURL hides the password of a connection string, for messages and logs.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "the configured KurrentDB"
+	}
+	return u.Redacted()
 }
 
 // newClient builds a client from the parsed configuration; each client gets its own copy.

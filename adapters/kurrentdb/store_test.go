@@ -327,12 +327,16 @@ func TestWrongExpectedVersionAndOversizedAppend(t *testing.T) {
 
 func TestOpenFailsWhenServerIsUnreachable(t *testing.T) {
 	server := kurrenttest.Start(t)
-	url := server.URL() + "&maxDiscoverAttempts=2&discoveryInterval=10"
+	// With credentials in the URL: the error must not repeat the password.
+	url := strings.Replace(server.URL(), "esdb://", "esdb://admin:s3cret-pw@", 1) + "&maxDiscoverAttempts=2&discoveryInterval=10"
 	server.Close()
 	store, err := kurrentdb.Open(t.Context(), kurrentdb.Config{URL: url, Logger: slog.New(slog.DiscardHandler)})
 	if err == nil {
 		_ = store.Close()
 		t.Fatal("open of a closed server succeeded")
+	}
+	if strings.Contains(err.Error(), "s3cret-pw") {
+		t.Fatalf("the error shows the password: %v", err)
 	}
 	if _, err := kurrentdb.Open(t.Context(), kurrentdb.Config{URL: "http://localhost:2113"}); err == nil {
 		t.Fatal("open with an http URL succeeded")

@@ -17,6 +17,7 @@ import (
 // benchConfig is what tally bench is configured with, beyond the load itself.
 type benchConfig struct {
 	Target    string
+	BenchDir  string // the in-process server\'s data directory ("": a temporary one)
 	PublicKey string
 	Format    string
 	RSAProbe  time.Duration
@@ -38,7 +39,7 @@ percentiles, and checks at the end that every acknowledged change is in the fina
 run that lost data exits non-zero.
 
 Without --target it starts a server in this process on the embedded store, in a temporary
-directory or in --data-dir when that is given; it then fakes the uploads' history by writing
+directory or in --bench-dir when that is given; it then fakes the uploads' history by writing
 the events an earlier upload of it would have left (see --history). With --target it drives a
 running server; uploads then need its public key (--public-key), and a history is written as
 real layers and uploaded first, which costs O(n²) AES in its length.`,
@@ -50,6 +51,7 @@ real layers and uploaded first, which costs O(n²) AES in its length.`,
 	f := cmd.Flags()
 	f.StringVar(&bc.Target, "target", "", "base URL of a running server to drive (default: start one in-process)")
 	f.StringVar(&bc.PublicKey, "public-key", "", "the target's RSA public key (PEM or XML), for uploads")
+	f.StringVar(&bc.BenchDir, "bench-dir", "", "data directory of the in-process server (default: a temporary one; never the server's --data-dir, which the benchmark would fill with test data)")
 	f.StringVar(&bc.Format, "format", "table", "report format: table or json")
 	f.DurationVar(&bc.RSAProbe, "rsa-probe", time.Second, "measure the raw RSA-2048 decrypt rate of all cores for this long (0: skip)")
 	f.BoolVar(&bc.Quiet, "quiet", false, "no progress lines on stderr")
@@ -107,8 +109,8 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 			}
 		}
 	} else {
-		dir := g.DataDir
-		if !cmd.Flags().Changed("data-dir") {
+		dir := bc.BenchDir
+		if dir == "" {
 			tmp, err := os.MkdirTemp("", "tally-bench-")
 			if err != nil {
 				return fmt.Errorf("bench data directory: %w", err)

@@ -15,7 +15,7 @@ import (
 
 // TestBenchInProcess runs a short mix on an in-process server and reads the JSON report.
 func TestBenchInProcess(t *testing.T) {
-	out, err := run(t, "bench", "--data-dir", t.TempDir(), "--workload", "mix", "--clients", "3", "--upload-clients", "1",
+	out, err := run(t, "bench", "--bench-dir", t.TempDir(), "--workload", "mix", "--clients", "3", "--upload-clients", "1",
 		"--requests", "40", "--uploads", "2", "--new-entries", "5", "--history", "1000", "--format", "json", "--rsa-probe", "20ms", "--quiet")
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)

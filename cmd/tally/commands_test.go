@@ -156,3 +156,42 @@ func TestExportAppendInspect(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvironmentFillsOnlyGlobalStoreAndServeFlags: TALLY_DATA_DIR reaches any command, while
+// a variable named after another command's own flag (TALLY_FORMAT) changes nothing; a flag
+// given on the command line wins over its variable.
+func TestEnvironmentFillsOnlyGlobalStoreAndServeFlags(t *testing.T) {
+	dataDir := t.TempDir()
+	key, err := usagelog.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := usagelog.SavePrivateKeyFile(filepath.Join(dataDir, usagelog.CurrentKeyFile), key); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TALLY_DATA_DIR", dataDir)
+	t.Setenv("TALLY_FORMAT", "csv") // rsa export's --format takes xml or pem: it must not see this
+	out, err := run(t, "rsa", "export")
+	if err != nil || !strings.HasPrefix(out, "<RSAKeyValue>") {
+		t.Fatalf("rsa export with TALLY_DATA_DIR: %v\n%s", err, out)
+	}
+	if _, err := run(t, "--data-dir", t.TempDir(), "rsa", "export"); err == nil {
+		t.Fatal("the command line's --data-dir did not win over TALLY_DATA_DIR")
+	}
+	// A server on a shared key (serve --rsa-key, TALLY_RSA_KEY) exports that key.
+	shared := filepath.Join(t.TempDir(), "shared.pem")
+	other, err := usagelog.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := usagelog.SavePrivateKeyFile(shared, other); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TALLY_RSA_KEY", shared)
+	if got, err := run(t, "rsa", "export"); err != nil || got != usagelog.PublicKeyXML(&other.PublicKey)+"\n" {
+		t.Fatalf("rsa export with TALLY_RSA_KEY: %v\n%s", err, got)
+	}
+	if readsEnv(newServeCommand(&globalFlags{}), "log-format") != true || readsEnv(newLogCommand(), "file") {
+		t.Fatal("readsEnv: serve's flags read the environment, other commands' own flags do not")
+	}
+}

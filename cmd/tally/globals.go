@@ -39,5 +39,10 @@ func (g *globalFlags) adminToken() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read admin token: %w", err)
 	}
-	return strings.TrimSpace(string(b)), nil
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		// An empty credential would switch the admin API off without a word.
+		return "", fmt.Errorf("%s is empty", adminTokenFile(g.DataDir))
+	}
+	return tok, nil
 }

@@ -55,24 +55,38 @@ func newRootCommand() *cobra.Command {
 	return root
 }
 
-// applyEnv fills every flag the command line did not set from its TALLY_* environment
-// variable (--data-dir from TALLY_DATA_DIR, and so on), so that flags win over the environment
-// and the environment over defaults.
+// applyEnv fills flags the command line did not set from their TALLY_* environment variables
+// (--data-dir from TALLY_DATA_DIR, and so on), so that flags win over the environment and the
+// environment over defaults. Only the global flags, the store's and every flag of serve read
+// the environment: a TALLY_FORMAT or TALLY_NAME would mean something else to every command.
 func applyEnv(cmd *cobra.Command) error {
 	var firstErr error
 	set := func(f *pflag.Flag) {
-		if f.Changed || firstErr != nil {
+		if f.Changed || firstErr != nil || !readsEnv(cmd, f.Name) {
 			return
 		}
-		name := "TALLY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		name := envName(f.Name)
 		if v, ok := os.LookupEnv(name); ok {
 			if err := f.Value.Set(v); err != nil {
 				firstErr = fmt.Errorf("%s: %w", name, err)
 			}
-			f.Changed = true
 		}
 	}
 	cmd.Flags().VisitAll(set)
 	cmd.InheritedFlags().VisitAll(set)
 	return firstErr
+}
+
+// envName is the environment variable of a flag: --kurrentdb-url reads TALLY_KURRENTDB_URL.
+func envName(flag string) string {
+	return "TALLY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// readsEnv says whether a flag of cmd reads its environment variable.
+func readsEnv(cmd *cobra.Command, flag string) bool {
+	switch flag {
+	case "server", "data-dir", "admin-token", "store", "kurrentdb-url", "rsa-key":
+		return true
+	}
+	return cmd.Name() == "serve"
 }

@@ -19,6 +19,7 @@ func newRSACommand(g *globalFlags) *cobra.Command {
 		Short: "The server's RSA key for usage logs",
 	}
 	var format string
+	var rsaKeys []string
 	export := &cobra.Command{
 		Use:   "export",
 		Short: "Print the public part of the current key (for the License Server configuration)",
@@ -27,7 +28,11 @@ func newRSACommand(g *globalFlags) *cobra.Command {
 			"here: the server creates it on first start.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// A server started with --rsa-key uses that key, not the data directory's.
 			path := filepath.Join(g.DataDir, usagelog.CurrentKeyFile)
+			if len(rsaKeys) > 0 {
+				path = rsaKeys[0]
+			}
 			key, err := usagelog.LoadPrivateKeyFile(path)
 			if errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("no key at %s: start the server once to create it, or check --data-dir", path)
@@ -50,6 +55,7 @@ func newRSACommand(g *globalFlags) *cobra.Command {
 		},
 	}
 	export.Flags().StringVar(&format, "format", "xml", "xml (.NET RSAKeyValue) or pem")
+	export.Flags().StringSliceVar(&rsaKeys, "rsa-key", nil, "the server's private key file(s), as given to tally serve --rsa-key (TALLY_RSA_KEY); the first is exported")
 	cmd.AddCommand(export)
 	return cmd
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -96,6 +97,9 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 // serve runs the server until ctx ends, then shuts down in order: stop accepting and finish
 // in-flight requests, stop the projection (which persists its checkpoint), close the store.
 func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveConfig) error {
+	if cfg.UploadLease < time.Second {
+		return fmt.Errorf("--upload-lease %v: at least 1s", cfg.UploadLease)
+	}
 	if err := os.MkdirAll(g.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
@@ -184,30 +188,44 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := newHTTPServer(routeByPrefix("/v1/", audit, handler), defaultServerTimeouts(), logger)
+	srv := newHTTPServer(routeByPrefix("/v1/", whenReady(readyCheck, audit), handler), defaultServerTimeouts(), logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	logger.Info("listening", "addr", ln.Addr().String(), "store", cfg.Store, "data_dir", g.DataDir)
 
+	// Background work ends before the projection stops and the store closes (the deferred
+	// calls above run after this one).
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	var background sync.WaitGroup
+	defer func() {
+		stopBackground()
+		background.Wait()
+	}()
+	background.Add(1)
 	go func() {
+		defer background.Done()
 		// Ready once the projection holds every event stored before start, and interrupted
 		// uploads are decided.
-		if err := catchUpToHead(ctx, store, proj); err != nil {
+		if err := catchUpToHead(bgCtx, store, proj); err != nil {
 			ready.fail(err)
 			return
 		}
 		force := cfg.Store == "embedded" // the store's file lock proves no other instance runs
-		if n, err := svc.RecoverUploads(ctx, force); err != nil {
+		n, err := svc.RecoverUploads(bgCtx, force)
+		if err != nil {
 			logger.Error("recover uploads", "err", err)
-		} else if n > 0 {
+			ready.fail(fmt.Errorf("recover interrupted uploads: %w", err))
+			return
+		}
+		if n > 0 {
 			logger.Info("recovered interrupted uploads", "count", n)
 		}
 		ready.set()
+		logger.Info("ready", "position", proj.Position(), "checkpoint", proj.LoadedAt(), "took", time.Since(started).String())
 		if cfg.onReady != nil {
 			cfg.onReady(ln.Addr().String())
 		}
-		logger.Info("ready", "position", proj.Position(), "checkpoint", proj.LoadedAt(), "took", time.Since(started).String())
-		svc.RunRecovery(ctx)
+		svc.RunRecovery(bgCtx)
 	}()
 
 	var runErr error
@@ -346,6 +364,20 @@ func loadOrCreateAdminToken(g *globalFlags) (string, error) {
 		return "", fmt.Errorf("write admin token: %w", werr)
 	}
 	return strings.TrimSpace(tok), nil
+}
+
+// whenReady answers 503 until ready is nil, then passes requests on: the audit API reads the
+// projection too (tokens, objects), which is not to be trusted while it catches up.
+func whenReady(ready func() error, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := ready(); err != nil {
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"error":"not ready: catching up with the event store"}` + "\n"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // routeByPrefix sends requests whose path starts with prefix to one handler and the rest to

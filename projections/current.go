@@ -36,6 +36,7 @@ type Current struct {
 	waitStop bool                // the projection stopped: waiters no longer queue
 
 	saveMu    sync.Mutex // one snapshot write at a time
+	lastSave  time.Time  // when drain last persisted the state; only drain uses it
 	savedAt   eventstore.Position
 	loadedAt  eventstore.Position
 	applyErrs int
@@ -95,28 +96,10 @@ func NewCurrent(ctx context.Context, store eventstore.Store, opts CurrentOptions
 func (c *Current) LoadedAt() eventstore.Position { return c.loadedAt }
 
 // Run follows the store until ctx ends, resubscribing from its last position when a
-// subscription drops. It persists the state every SnapshotEvery and once more on the way out.
+// subscription drops. While events flow it persists the state at most every SnapshotEvery,
+// between batches, and once more on the way out.
 func (c *Current) Run(ctx context.Context) error {
-	saveCtx, stopSaving := context.WithCancel(context.WithoutCancel(ctx))
-	saverDone := make(chan struct{})
-	go func() {
-		defer close(saverDone)
-		t := time.NewTicker(c.every)
-		defer t.Stop()
-		for {
-			select {
-			case <-saveCtx.Done():
-				return
-			case <-t.C:
-				if err := c.Save(); err != nil {
-					c.logger.Error("persist projection", "err", err)
-				}
-			}
-		}
-	}()
 	err := c.follow(ctx)
-	stopSaving()
-	<-saverDone
 	if serr := c.Save(); serr != nil {
 		c.logger.Error("persist projection", "err", serr)
 	}
@@ -207,7 +190,22 @@ func (c *Current) drain(ctx context.Context, sub eventstore.Subscription) error 
 		if err != nil {
 			return err
 		}
+		if time.Since(c.lastSave) >= c.every {
+			c.lastSave = time.Now()
+			if serr := c.saveFromDrain(); serr != nil {
+				c.logger.Error("persist projection", "err", serr)
+			}
+		}
 	}
+}
+
+// saveFromDrain persists the state from the goroutine that applies events. That goroutine is
+// the state's only writer, so it can encode the state without the lock, and readers never wait
+// for a snapshot however large the state grows.
+func (c *Current) saveFromDrain() error {
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
+	return c.saveLocked(c.state)
 }
 
 // wakeUpTo publishes pos to WaitFor and wakes the waiters it satisfies.
@@ -354,28 +352,29 @@ func (h *positionWaiters) Pop() any {
 }
 
 // Save persists the state and its checkpoint if it moved since the last save. The file is
-// replaced atomically, so a crash leaves the old checkpoint or the new one.
+// replaced atomically, so a crash leaves the old checkpoint or the new one. Run saves on its
+// own; Save is for callers that hold the projection stopped or want a checkpoint now.
 func (c *Current) Save() error {
-	if c.snapshotPath == "" {
-		return nil
-	}
 	c.saveMu.Lock()
 	defer c.saveMu.Unlock()
 	c.mu.RLock()
-	pos := c.state.Position
-	if pos == c.savedAt {
-		c.mu.RUnlock()
+	defer c.mu.RUnlock()
+	return c.saveLocked(c.state)
+}
+
+// saveLocked writes st, which no one changes meanwhile; the caller holds saveMu.
+func (c *Current) saveLocked(st *State) error {
+	if c.snapshotPath == "" || st.Position == c.savedAt {
 		return nil
 	}
-	b, err := MarshalState(c.state)
-	c.mu.RUnlock()
+	b, err := MarshalState(st)
 	if err != nil {
 		return fmt.Errorf("encode projection: %w", err)
 	}
 	if err := writeFileAtomic(c.snapshotPath, b); err != nil {
 		return err
 	}
-	c.savedAt = pos
+	c.savedAt = st.Position
 	return nil
 }
 

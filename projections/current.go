@@ -121,8 +121,13 @@ func (c *Current) checkCheckpoint(ctx context.Context) error {
 }
 
 func (c *Current) follow(ctx context.Context) error {
+	// A subscription that drops again at once (a failing disk, a node going away) is retried
+	// with a growing pause, so that resubscribing does not spin; progress resets the pause.
+	const firstPause, maxPause = 10 * time.Millisecond, 2 * time.Second
+	pause := firstPause
 	for {
-		sub, err := c.store.SubscribeAll(ctx, c.Position())
+		from := c.Position()
+		sub, err := c.store.SubscribeAll(ctx, from)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -136,6 +141,18 @@ func (c *Current) follow(ctx context.Context) error {
 			return ctx.Err()
 		case errors.Is(err, eventstore.ErrSubscriptionDropped):
 			c.logger.Warn("subscription dropped; resubscribing", "from", c.Position(), "err", err)
+			if c.Position() > from {
+				pause = firstPause
+				continue
+			}
+			t := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+			pause = min(2*pause, maxPause)
 			continue
 		default:
 			return err

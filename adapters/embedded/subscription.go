@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -54,8 +55,14 @@ func (sub *subscription) Next(ctx context.Context) (eventstore.RecordedEvent, er
 		head, wake := sub.store.committedHead()
 		if head > sub.position {
 			events, err := sub.store.ReadAll(ctx, sub.position, sub.store.opts.pageSize)
-			if err != nil {
+			switch {
+			case err == nil:
+			case errors.Is(err, eventstore.ErrClosed) || ctx.Err() != nil:
 				return eventstore.RecordedEvent{}, fmt.Errorf("subscription: %w", err)
+			default:
+				// A failed read (a busy or briefly failing disk) ends this subscription only;
+				// the subscriber resubscribes from its position, as after a KurrentDB drop.
+				return eventstore.RecordedEvent{}, fmt.Errorf("subscription: %w: %w", eventstore.ErrSubscriptionDropped, err)
 			}
 			if len(events) > 0 {
 				sub.buffer = events

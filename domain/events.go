@@ -39,9 +39,16 @@ const (
 // others and must filter.
 var StreamCategories = []string{CategoryProduct, CategoryKey, CategoryToken, CategoryDataObject, CategoryUpload}
 
-func ProductStream(id int64) string    { return CategoryProduct + "-" + strconv.FormatInt(id, 10) }
-func KeyStream(id int64) string        { return CategoryKey + "-" + strconv.FormatInt(id, 10) }
-func TokenStream(id uuid.UUID) string  { return CategoryToken + "-" + id.String() }
+// ProductStream is the stream of a product.
+func ProductStream(id int64) string { return CategoryProduct + "-" + strconv.FormatInt(id, 10) }
+
+// KeyStream is the stream of a license key.
+func KeyStream(id int64) string { return CategoryKey + "-" + strconv.FormatInt(id, 10) }
+
+// TokenStream is the stream of an access token.
+func TokenStream(id uuid.UUID) string { return CategoryToken + "-" + id.String() }
+
+// DataObjectStream is the stream of a data object.
 func DataObjectStream(id int64) string { return CategoryDataObject + "-" + strconv.FormatInt(id, 10) }
 
 // UploadStream is the per-owner stream whose UploadPrepared / UploadCommitted / UploadAborted

@@ -158,12 +158,6 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 	default:
 		return nil
 	}
-	// Product, key and token streams keep their revision here; data objects and uploads keep
-	// theirs in their own records.
-	switch domain.StreamCategory(ev.Stream) {
-	case domain.CategoryProduct, domain.CategoryKey, domain.CategoryToken:
-		s.Revisions[ev.Stream] = ev.Revision
-	}
 	return nil
 }
 

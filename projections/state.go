@@ -65,10 +65,9 @@ type State struct {
 	Keys        map[int64]domain.LicenseKey         `json:"keys"`
 	Tokens      map[uuid.UUID]domain.Token          `json:"tokens"`
 	Objects     map[int64]*Object                   `json:"objects"`
-	Uploads     map[string]*Upload                  `json:"uploads"`   // by Owner.String()
-	Aborted     map[uuid.UUID]bool                  `json:"aborted"`   // aborted uploads, to ignore their late events
-	MaxIDs      map[string]int64                    `json:"maxIds"`    // by stream category
-	Revisions   map[string]uint64                   `json:"revisions"` // product, key and token streams
+	Uploads     map[string]*Upload                  `json:"uploads"` // by Owner.String()
+	Aborted     map[uuid.UUID]bool                  `json:"aborted"` // aborted uploads, to ignore their late events
+	MaxIDs      map[string]int64                    `json:"maxIds"`  // by stream category
 	keyByString map[string]int64                    // normalized key string -> key id
 	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
 	owned       map[domain.Owner]map[int64]struct{} // live objects per owner
@@ -84,14 +83,13 @@ type EventRef struct {
 // NewState returns an empty state, as before the first event.
 func NewState() *State {
 	s := &State{
-		Products:  map[int64]domain.Product{},
-		Keys:      map[int64]domain.LicenseKey{},
-		Tokens:    map[uuid.UUID]domain.Token{},
-		Objects:   map[int64]*Object{},
-		Uploads:   map[string]*Upload{},
-		Aborted:   map[uuid.UUID]bool{},
-		MaxIDs:    map[string]int64{},
-		Revisions: map[string]uint64{},
+		Products: map[int64]domain.Product{},
+		Keys:     map[int64]domain.LicenseKey{},
+		Tokens:   map[uuid.UUID]domain.Token{},
+		Objects:  map[int64]*Object{},
+		Uploads:  map[string]*Upload{},
+		Aborted:  map[uuid.UUID]bool{},
+		MaxIDs:   map[string]int64{},
 	}
 	s.reindex()
 	return s
@@ -232,12 +230,6 @@ func (s *State) Layer(o domain.Owner, layer [32]byte) (LayerInfo, bool) {
 
 // MaxID returns the largest id seen in a stream category.
 func (s *State) MaxID(category string) int64 { return s.MaxIDs[category] }
-
-// StreamRevision returns the last revision of a product, key or token stream.
-func (s *State) StreamRevision(stream string) (uint64, bool) {
-	r, ok := s.Revisions[stream]
-	return r, ok
-}
 
 // PendingUploads returns the uploads prepared and not yet decided, by owner.
 func (s *State) PendingUploads() []domain.UploadPrepared {

@@ -23,7 +23,7 @@ type Position uint64
 // Start is the position before every event.
 const Start Position = 0
 
-// End, as a stream revision, asks a backwards read to begin at the stream's last event.
+// End is the stream revision that asks a backwards read to begin at the stream's last event.
 const End uint64 = math.MaxUint64
 
 // EventData is an event to be appended.
@@ -78,9 +78,13 @@ func Exact(revision uint64) ExpectedRevision {
 	return ExpectedRevision{kind: expectExact, revision: revision}
 }
 
-// IsAny, IsNoStream, IsStreamExists and IsExact tell backends which condition this is.
-func (e ExpectedRevision) IsAny() bool          { return e.kind == expectAny }
-func (e ExpectedRevision) IsNoStream() bool     { return e.kind == expectNoStream }
+// IsAny reports whether the condition accepts any stream state.
+func (e ExpectedRevision) IsAny() bool { return e.kind == expectAny }
+
+// IsNoStream reports whether the condition wants a stream with no events.
+func (e ExpectedRevision) IsNoStream() bool { return e.kind == expectNoStream }
+
+// IsStreamExists reports whether the condition wants a stream with events.
 func (e ExpectedRevision) IsStreamExists() bool { return e.kind == expectStreamExists }
 
 // IsExact reports whether the condition is an exact revision, and which.
@@ -126,6 +130,7 @@ type AppendResult struct {
 // Direction of a stream read.
 type Direction uint8
 
+// The directions of a stream read.
 const (
 	Forwards Direction = iota
 	Backwards

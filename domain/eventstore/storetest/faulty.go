@@ -55,11 +55,16 @@ type Faulty struct {
 	subErr    error // subscriptions fail with it, if not nil
 	drops     int
 	failed    int
-	pending   sync.WaitGroup // delayed appends still running
+	pending   int        // delayed appends still running
+	settled   *sync.Cond // signalled (with mu) when pending drops to 0
 }
 
 // NewFaulty wraps s; it injects nothing until told to.
-func NewFaulty(s eventstore.Store) *Faulty { return &Faulty{Store: s} }
+func NewFaulty(s eventstore.Store) *Faulty {
+	f := &Faulty{Store: s}
+	f.settled = sync.NewCond(&f.mu)
+	return f
+}
 
 // FailAppends makes every later append for which rule returns an error fail with that error,
 // writing nothing. A nil rule lets every append through again.
@@ -121,9 +126,17 @@ func (f *Faulty) Append(ctx context.Context, stream string, expected eventstore.
 		err error
 	}
 	done := make(chan reply, 1)
-	f.pending.Add(1)
+	f.mu.Lock()
+	f.pending++
+	f.mu.Unlock()
 	go func() {
-		defer f.pending.Done()
+		defer func() {
+			f.mu.Lock()
+			if f.pending--; f.pending == 0 {
+				f.settled.Broadcast()
+			}
+			f.mu.Unlock()
+		}()
 		t := time.NewTimer(delay)
 		<-t.C
 		res, err := f.Store.Append(context.WithoutCancel(ctx), stream, expected, events...)
@@ -138,7 +151,13 @@ func (f *Faulty) Append(ctx context.Context, stream string, expected eventstore.
 }
 
 // Settle waits until every delayed append has reached the store.
-func (f *Faulty) Settle() { f.pending.Wait() }
+func (f *Faulty) Settle() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for f.pending > 0 {
+		f.settled.Wait()
+	}
+}
 
 // Close waits for the delayed appends, then closes the store.
 func (f *Faulty) Close() error {

@@ -2,7 +2,9 @@
 // upload of usage logs, and the vendor's administration of products, keys and tokens. Each
 // command checks the projected current state, appends events with the projected stream
 // revision as the expected revision, retries a bounded number of times when another writer got
-// there first, and returns once its own events are in the projection it reads from.
+// there first, and returns once its own events are in the projection it reads from (or, if the
+// projection stopped first, once they are durable: they count, and a "try again" would count
+// them twice).
 package ledger
 
 import (

@@ -311,6 +311,16 @@ func (s *Store) publish(head eventstore.Position) {
 	s.headMu.Unlock()
 }
 
+// Head returns the position of the last committed event (Start for an empty store); it
+// implements eventstore.HeadReader without reading the database.
+func (s *Store) Head(ctx context.Context) (eventstore.Position, error) {
+	if err := ctx.Err(); err != nil {
+		return eventstore.Start, err
+	}
+	head, _ := s.committedHead()
+	return head, nil
+}
+
 // Stats are cumulative counters of the write path since Open.
 type Stats struct {
 	Appends      uint64 // appends acknowledged (idempotent repeats included)

@@ -1,7 +1,10 @@
 package embedded_test
 
 import (
+	"context"
 	"testing"
+
+	"github.com/google/uuid"
 
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/domain/eventstore"
@@ -32,4 +35,33 @@ func TestContractWithoutGroupCommitSmallPages(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) eventstore.Store {
 		return openStore(t, t.TempDir(), embedded.WithMaxBatch(1), embedded.WithSubscriptionPage(2), embedded.WithReadConnections(1))
 	})
+}
+
+// TestHeadIsTheLastCommittedPosition, also right after reopening, when no commit has woken the
+// store yet: readiness and read-your-writes depend on it.
+func TestHeadIsTheLastCommittedPosition(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := embedded.Open(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head, err := eventstore.Head(ctx, s, eventstore.Start); err != nil || head != eventstore.Start {
+		t.Fatalf("empty store head %d, %v", head, err)
+	}
+	res, err := s.Append(ctx, "head-1", eventstore.NoStream(), eventstore.EventData{ID: uuid.New(), Type: "T", Data: []byte(`{}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = embedded.Open(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if head, err := s.Head(ctx); err != nil || head != res.Position {
+		t.Fatalf("head after reopening %d, %v; want %d", head, err, res.Position)
+	}
 }

@@ -287,16 +287,9 @@ func newHTTPServer(handler http.Handler, to serverTimeouts, logger *slog.Logger)
 
 // catchUpToHead waits until the projection holds the last event the store had when called.
 func catchUpToHead(ctx context.Context, store eventstore.Store, proj *projections.Current) error {
-	head := proj.Position()
-	for {
-		evs, err := store.ReadAll(ctx, head, 4096)
-		if err != nil {
-			return fmt.Errorf("find the store's head: %w", err)
-		}
-		if len(evs) == 0 {
-			break
-		}
-		head = evs[len(evs)-1].Position
+	head, err := eventstore.Head(ctx, store, proj.Position())
+	if err != nil {
+		return err
 	}
 	return proj.WaitFor(ctx, head)
 }

@@ -204,3 +204,29 @@ type Subscription interface {
 	// Close ends the subscription.
 	Close() error
 }
+
+// HeadReader is implemented by stores that know their last committed position without reading
+// events.
+type HeadReader interface {
+	Head(ctx context.Context) (Position, error)
+}
+
+// Head returns the position of the last event of the store (Start for an empty store). known
+// is a position the caller knows the store holds, where a store without HeadReader starts
+// reading forward.
+func Head(ctx context.Context, s Store, known Position) (Position, error) {
+	if h, ok := s.(HeadReader); ok {
+		return h.Head(ctx)
+	}
+	head := known
+	for {
+		evs, err := s.ReadAll(ctx, head, 256)
+		if err != nil {
+			return head, fmt.Errorf("find the store's head: %w", err)
+		}
+		if len(evs) == 0 {
+			return head, nil
+		}
+		head = evs[len(evs)-1].Position
+	}
+}

@@ -197,16 +197,9 @@ func (s *Service) appendAndWait(ctx context.Context, stream string, expected eve
 // after syncView is at least as new as every change acknowledged before the call, so reads and
 // refusals stay linearizable across instances sharing a store.
 func (s *Service) syncView(ctx context.Context) error {
-	head := s.view.Position()
-	for {
-		evs, err := s.store.ReadAll(ctx, head, 256)
-		if err != nil {
-			return unavailable(fmt.Errorf("find the store's head: %w", err))
-		}
-		if len(evs) == 0 {
-			break
-		}
-		head = evs[len(evs)-1].Position
+	head, err := eventstore.Head(ctx, s.store, s.view.Position())
+	if err != nil {
+		return unavailable(err)
 	}
 	if err := s.view.WaitFor(ctx, head); err != nil {
 		return unavailable(fmt.Errorf("wait for projection: %w", err))

@@ -208,18 +208,27 @@ func toInt64(t testing.TB, v any) int64 {
 }
 
 // decodeBoth decodes with the fast path and with the straightforward decoder and fails unless
-// they agree, on entries and on error kind.
+// they agree, on entries and on error kind. It also runs the fast path with tiny read-aheads
+// (none, and a few blocks), so that even short logs extend the chain's buffers at almost every
+// read, as long uploads do with the default read-ahead.
 func decodeBoth(t testing.TB, ring *KeyRing, raw []byte, order Order, known func(LayerID) bool, maxLayers int) ([]Entry, error) {
 	t.Helper()
-	fast := &Decoder{Keys: ring, MaxNewLayers: maxLayers}
 	full := &Decoder{Keys: ring, MaxNewLayers: maxLayers, open: openFull}
-	got, err := fast.DecodeRaw(context.Background(), raw, order, known)
 	want, wantErr := full.DecodeRaw(context.Background(), raw, order, known)
-	if errorKind(err) != errorKind(wantErr) {
-		t.Fatalf("fast path error %v, straightforward error %v", err, wantErr)
-	}
-	if !entriesEqual(got, want) {
-		t.Fatalf("fast path and straightforward decoder differ:\nfast %v\nfull %v", got, want)
+	var got []Entry
+	var err error
+	for _, fast := range []*Decoder{
+		{Keys: ring, MaxNewLayers: maxLayers},
+		{Keys: ring, MaxNewLayers: maxLayers, open: openLazyTuned(nil, 0, 0)},
+		{Keys: ring, MaxNewLayers: maxLayers, open: openLazyTuned(nil, 48, 32)},
+	} {
+		got, err = fast.DecodeRaw(context.Background(), raw, order, known)
+		if errorKind(err) != errorKind(wantErr) {
+			t.Fatalf("fast path error %v, straightforward error %v", err, wantErr)
+		}
+		if !entriesEqual(got, want) {
+			t.Fatalf("fast path and straightforward decoder differ:\nfast %v\nfull %v", got, want)
+		}
 	}
 	return got, err
 }

@@ -37,7 +37,7 @@ type Store interface {
 // Ledger is what the audit API needs of the ledger's use cases.
 type Ledger interface {
 	// Authenticate finds the live token with this secret.
-	Authenticate(secret string) (domain.Token, error)
+	Authenticate(ctx context.Context, secret string) (domain.Token, error)
 	// CanList reports whether a token may see a data object.
 	CanList(tok domain.Token, objectID int64) bool
 	// Correct appends a compensating change to a data object.
@@ -135,7 +135,7 @@ func (a *api) authenticate(r *http.Request) (principal, error) {
 	if secret == "" {
 		secret = bearer
 	}
-	tok, err := a.ledger.Authenticate(secret)
+	tok, err := a.ledger.Authenticate(r.Context(), secret)
 	if err != nil {
 		return principal{}, domain.ErrUnauthenticated
 	}

@@ -323,7 +323,7 @@ func TestRequestIDAndCaller(t *testing.T) {
 	if err := json.Unmarshal(evs[0].Metadata, &meta); err != nil {
 		t.Fatal(err)
 	}
-	tok, _ := f.env.Ledger.Authenticate(f.token)
+	tok, _ := f.env.Ledger.Authenticate(context.Background(), f.token)
 	if meta.RequestID != "req-42.a:b" || meta.ClientAddr != "127.0.0.1" || meta.TokenID != tok.ID || meta.Admin {
 		t.Fatalf("metadata %+v", meta)
 	}

@@ -80,7 +80,7 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 		if secret == "" {
 			secret = bearer(r)
 		}
-		tok, err := s.ledger.Authenticate(secret)
+		tok, err := s.ledger.Authenticate(r.Context(), secret)
 		if err != nil {
 			s.writeError(w, r, err)
 			return

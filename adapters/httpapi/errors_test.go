@@ -33,7 +33,7 @@ func testErrorRows(t *testing.T, open func(testing.TB) eventstore.Store) {
 	lockedToKey := env.Token(ledger.TokenSpec{Methods: domain.AllMethods, KeyLock: f.key.ID})
 	feature1 := env.Token(ledger.TokenSpec{Methods: domain.AllMethods, FeatureLock: 1})
 	revoked := env.Token(ledger.TokenSpec{Methods: domain.AllMethods})
-	revTok, err := env.Ledger.Authenticate(revoked)
+	revTok, err := env.Ledger.Authenticate(context.Background(), revoked)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ const DefaultMaxLargeBodies = 4
 
 // Ledger is what the adapter needs from the ledger; *ledger.Service satisfies it.
 type Ledger interface {
-	Authenticate(secret string) (domain.Token, error)
+	Authenticate(ctx context.Context, secret string) (domain.Token, error)
 	CheckScope(c ledger.Caller, sc ledger.Scope) error
 
 	AddDataObject(ctx context.Context, c ledger.Caller, cmd ledger.AddDataObject) (int64, error)

@@ -683,7 +683,7 @@ func mustUnmarshal(t *testing.T, b []byte, v any) {
 
 func revokedID(t *testing.T, env *apitest.Env, secret string) uuid.UUID {
 	t.Helper()
-	tok, err := env.Ledger.Authenticate(secret)
+	tok, err := env.Ledger.Authenticate(context.Background(), secret)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,7 +61,7 @@ func TestAdminCommands(t *testing.T) {
 	if err != nil || secret == "" || strings.Contains(secret, "\n") {
 		t.Fatalf("token create: %q, %v", out, err)
 	}
-	tok, err := env.Ledger.Authenticate(secret)
+	tok, err := env.Ledger.Authenticate(context.Background(), secret)
 	if err != nil || tok.Name != "app" || tok.ProductLock != 1 || tok.KeyLock != -1 || tok.FeatureLock != 1 || len(tok.Methods) != 2 {
 		t.Fatalf("created token %+v, %v", tok, err)
 	}
@@ -69,7 +69,7 @@ func TestAdminCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if all, err := env.Ledger.Authenticate(strings.TrimSpace(allOut)); err != nil || len(all.Methods) != 7 {
+	if all, err := env.Ledger.Authenticate(context.Background(), strings.TrimSpace(allOut)); err != nil || len(all.Methods) != 7 {
 		t.Fatalf("token with all permissions: %+v, %v", all, err)
 	}
 
@@ -81,7 +81,7 @@ func TestAdminCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, tok.ID.String()) {
 		t.Fatalf("token revoke: %q, %v", out, err)
 	}
-	if _, err := env.Ledger.Authenticate(secret); err == nil {
+	if _, err := env.Ledger.Authenticate(context.Background(), secret); err == nil {
 		t.Fatal("a revoked token still authenticates")
 	}
 

@@ -116,6 +116,7 @@ func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject
 		return 0, domain.ErrAccessDenied
 	}
 	var candidate int64
+	synced := false
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
 		var owner domain.Owner
 		var err error
@@ -139,6 +140,16 @@ func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject
 			}
 			candidate = s.ids.next(domain.CategoryDataObject, candidate, st.MaxID(domain.CategoryDataObject))
 		})
+		if err != nil && !synced {
+			// Refuse only on a projection that holds what the store holds: the key may have
+			// been created through another instance a moment ago.
+			synced = true
+			if serr := s.syncView(ctx); serr != nil {
+				return 0, serr
+			}
+			attempt--
+			continue
+		}
 		if err != nil {
 			return 0, err
 		}

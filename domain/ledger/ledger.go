@@ -136,14 +136,25 @@ func (c Caller) metadata() domain.Metadata {
 	return domain.Metadata{TokenID: c.Token.ID, Admin: c.Admin, RequestID: c.RequestID, ClientAddr: c.ClientAddr}
 }
 
-// Authenticate finds the live token with this secret.
-func (s *Service) Authenticate(secret string) (domain.Token, error) {
+// Authenticate finds the live token with this secret. A token this instance does not know
+// yet may have been created through another instance a moment ago: before refusing, it waits
+// until its projection holds everything the store holds, and looks again.
+func (s *Service) Authenticate(ctx context.Context, secret string) (domain.Token, error) {
 	if secret == "" {
 		return domain.Token{}, domain.ErrUnauthenticated
 	}
-	var tok domain.Token
-	var ok bool
-	s.view.Read(func(st *projections.State) { tok, ok = st.TokenBySecretHash(domain.HashSecret(secret)) })
+	hash := domain.HashSecret(secret)
+	lookup := func() (tok domain.Token, ok bool) {
+		s.view.Read(func(st *projections.State) { tok, ok = st.TokenBySecretHash(hash) })
+		return tok, ok
+	}
+	tok, ok := lookup()
+	if !ok {
+		if err := s.syncView(ctx); err != nil {
+			return domain.Token{}, err
+		}
+		tok, ok = lookup()
+	}
 	// The map lookup is by hash, so it leaks nothing about the secret; the comparison below
 	// keeps the check itself constant-time.
 	if !ok || tok.Revoked || !tok.SecretMatches(secret) {

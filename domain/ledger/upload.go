@@ -75,6 +75,13 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 	var err error
 	s.view.Read(func(st *projections.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
 	if err != nil {
+		// Refuse only on a projection that holds what the store holds (the key may be new).
+		if serr := s.syncView(ctx); serr != nil {
+			return UploadResult{}, serr
+		}
+		s.view.Read(func(st *projections.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
+	}
+	if err != nil {
 		return UploadResult{}, err
 	}
 	if cmd.Data == "" {
@@ -104,6 +111,7 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 	if len(entries) > MaxNewEntries {
 		return UploadResult{}, domain.ErrTooManyEntries
 	}
+	synced := false
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
 		if err := s.awaitUploadDecision(ctx, owner); err != nil {
 			return UploadResult{}, err
@@ -112,6 +120,15 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 		s.view.Read(func(st *projections.State) { p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop) })
 		if errors.Is(err, errUploadInProgress) {
 			continue // another upload of this owner was prepared since we waited
+		}
+		if err != nil && !synced {
+			// An entry may name an object created through another instance a moment ago.
+			synced = true
+			if serr := s.syncView(ctx); serr != nil {
+				return UploadResult{}, serr
+			}
+			attempt--
+			continue
 		}
 		if err != nil {
 			return UploadResult{}, err

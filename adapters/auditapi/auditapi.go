@@ -23,6 +23,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
 
+	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/projections"
@@ -450,25 +451,7 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	msg := "internal error"
 	if de, ok := domain.AsError(err); ok {
-		msg = de.Message
-		switch de.Kind {
-		case domain.KindInvalid:
-			status = http.StatusBadRequest
-		case domain.KindUnauthenticated:
-			status = http.StatusUnauthorized
-		case domain.KindForbidden:
-			status = http.StatusForbidden
-		case domain.KindNotFound:
-			status = http.StatusNotFound
-		case domain.KindRefused:
-			status = http.StatusUnprocessableEntity
-		case domain.KindConflict:
-			status = http.StatusConflict
-		case domain.KindTooLarge:
-			status = http.StatusRequestEntityTooLarge
-		case domain.KindUnavailable:
-			status = http.StatusServiceUnavailable
-		}
+		msg, status = de.Message, httpapi.StatusOf(de.Kind)
 	}
 	switch {
 	case errors.Is(err, ledger.ErrInvalid):

@@ -97,22 +97,9 @@ func (s *server) refusal(r *http.Request, err error) (int, string) {
 	if de == domain.ErrRateLimited {
 		return http.StatusTooManyRequests, de.Message
 	}
-	switch de.Kind {
-	case domain.KindInvalid:
-		return http.StatusBadRequest, de.Message
-	case domain.KindUnauthenticated:
-		return http.StatusUnauthorized, de.Message
-	case domain.KindForbidden:
-		return http.StatusForbidden, de.Message
-	case domain.KindNotFound:
-		return http.StatusNotFound, de.Message
-	case domain.KindRefused:
-		return http.StatusUnprocessableEntity, de.Message
-	case domain.KindConflict:
-		return http.StatusConflict, de.Message
-	case domain.KindTooLarge:
-		return http.StatusRequestEntityTooLarge, de.Message
-	case domain.KindUnavailable:
+	status := StatusOf(de.Kind)
+	switch {
+	case de.Kind == domain.KindUnavailable:
 		// The bare refusal is the not-ready answer of every request during catch-up: debug
 		// level, or the log floods; a wrapped one carries a store failure worth an error.
 		level := slog.LevelError
@@ -120,8 +107,32 @@ func (s *server) refusal(r *http.Request, err error) (int, string) {
 			level = slog.LevelDebug
 		}
 		s.logger.Log(r.Context(), level, "request failed: service unavailable", "request_id", infoOf(r).requestID, "method", infoOf(r).method, "err", err)
-		return http.StatusServiceUnavailable, de.Message
+	case status == http.StatusInternalServerError:
+		s.logger.Error("request failed with an unknown refusal kind", "request_id", infoOf(r).requestID, "err", err)
+		return status, internalErrorMessage
 	}
-	s.logger.Error("request failed with an unknown refusal kind", "request_id", infoOf(r).requestID, "err", err)
-	return http.StatusInternalServerError, internalErrorMessage
+	return status, de.Message
+}
+
+// StatusOf is the HTTP status of a refusal of the given kind, the same on every Tally API.
+func StatusOf(kind domain.ErrorKind) int {
+	switch kind {
+	case domain.KindInvalid:
+		return http.StatusBadRequest
+	case domain.KindUnauthenticated:
+		return http.StatusUnauthorized
+	case domain.KindForbidden:
+		return http.StatusForbidden
+	case domain.KindNotFound:
+		return http.StatusNotFound
+	case domain.KindRefused:
+		return http.StatusUnprocessableEntity
+	case domain.KindConflict:
+		return http.StatusConflict
+	case domain.KindTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case domain.KindUnavailable:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }

@@ -314,3 +314,28 @@ func TestConcurrentAdds(t *testing.T) {
 		}
 	})
 }
+
+// TestConcurrentAddsWithTheSameNameCheckingForDuplicates: of many adds of one name at once,
+// each checking for duplicates, exactly one succeeds on one instance.
+func TestConcurrentAddsWithTheSameNameCheckingForDuplicates(t *testing.T) {
+	f := newFixture(t)
+	owner := f.toKey(f.token)
+	const clients = 16
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := f.env.Call("AddDataObjectToKey", with(owner, "Name", "seats", "CheckForDuplicates", "True"))
+			mu.Lock()
+			defer mu.Unlock()
+			outcomes[r.Result(t).Msg()]++
+		}()
+	}
+	wg.Wait()
+	if outcomes[""] != 1 || outcomes["A data object with this name already exists."] != clients-1 {
+		t.Fatalf("outcomes %v: want one add and %d duplicate refusals", outcomes, clients-1)
+	}
+}

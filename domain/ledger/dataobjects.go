@@ -115,6 +115,18 @@ func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject
 	if !c.Token.Allows(domain.MethodAddDataObject) {
 		return 0, domain.ErrAccessDenied
 	}
+	if cmd.CheckForDuplicates {
+		var owner domain.Owner
+		var err error
+		s.view.Read(func(st *projections.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
+		if err == nil {
+			unlock, err := s.ownerLocks.lock(ctx, int64(owner.Type)+4*owner.ID)
+			if err != nil {
+				return 0, err
+			}
+			defer unlock()
+		}
+	}
 	var candidate int64
 	synced := false
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {

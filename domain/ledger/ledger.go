@@ -88,6 +88,10 @@ type Service struct {
 	// one object through HTTP: ~11,000 conflicts and ~550 answers of "changed concurrently too
 	// often" without it, see adapters/httpapi TestConcurrentChanges).
 	objectLocks keyedMutex
+	// ownerLocks serialise this process's adds that check for a duplicate name, per owner, so
+	// that two of them cannot both find the name free (between instances the check stays
+	// optimistic: docs/api.md).
+	ownerLocks keyedMutex
 	ids         idClaims
 }
 

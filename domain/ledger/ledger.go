@@ -92,7 +92,7 @@ type Service struct {
 	// that two of them cannot both find the name free (between instances the check stays
 	// optimistic: docs/api.md).
 	ownerLocks keyedMutex
-	ids         idClaims
+	ids        idClaims
 }
 
 // New returns a Service, refusing missing dependencies.

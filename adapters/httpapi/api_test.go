@@ -392,3 +392,21 @@ func testListDataObjects(t *testing.T, open func(testing.TB) eventstore.Store) {
 		})
 	}
 }
+
+// TestMalformedQueryIsRefusedInTheAPIsOrder: a query string Go cannot fully parse (a stray
+// '%', a ';') is refused as incorrect input, but only after the token is checked.
+func TestMalformedQueryIsRefusedInTheAPIsOrder(t *testing.T) {
+	f := newFixture(t)
+	get := func(rawQuery string) apitest.Response {
+		req, err := http.NewRequest(http.MethodGet, f.env.URL+"/api/data/ListDataObjectsToKey?"+rawQuery, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.env.Send(req)
+	}
+	owner := fmt.Sprintf("ProductId=%d&Key=%s", f.product.ID, f.key.Key)
+	refused(t, get("token=wrong&"+owner+"&x=%zz"), 401, "Unable to authenticate.")
+	refused(t, get("token="+f.token+"&"+owner+"&x=%zz"), 400, "The input parameters were incorrect.")
+	refused(t, get("token="+f.token+"&"+owner+"&a=1;b=2"), 400, "The input parameters were incorrect.")
+	ok(t, get("token="+f.token+"&"+owner))
+}

@@ -71,7 +71,7 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 			return
 		}
 		defer release()
-		values, err := s.readParams(w, r)
+		values, malformed, err := s.readParams(w, r)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -93,6 +93,9 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 		p := &parser{values: values}
 		sc := parseScope(p, m.keySpecific)
 		call := m.parse(p)
+		if malformed {
+			p.fail(domain.ErrInvalidInput)
+		}
 		if p.scopeErr != nil || p.err != nil {
 			s.writeError(w, r, s.firstRefusal(tok, c, m, sc, p))
 			return

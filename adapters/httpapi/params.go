@@ -16,14 +16,16 @@ import (
 // since Cryptolens clients spell them in any case (productId, ProductId). A value in the body
 // wins over the query; among spellings of one name in the same place, the first in byte order
 // wins, so the choice does not depend on map order. The body is read through a size limit.
-func (s *server) readParams(w http.ResponseWriter, r *http.Request) (map[string]string, error) {
+// A malformed query or body (a stray '%', a ';') is not refused here: malformed reports it, and
+// the handler refuses it in the API's order of checks, after the token and the owner.
+func (s *server) readParams(w http.ResponseWriter, r *http.Request) (values map[string]string, malformed bool, err error) {
 	r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
 	if err := r.ParseForm(); err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return nil, domain.ErrRequestTooLarge
+			return nil, false, domain.ErrRequestTooLarge
 		}
-		return nil, domain.ErrInvalidInput
+		malformed = true // r.Form holds what could be read
 	}
 	out := make(map[string]string, len(r.Form))
 	add := func(vs url.Values) {
@@ -41,7 +43,7 @@ func (s *server) readParams(w http.ResponseWriter, r *http.Request) (map[string]
 	}
 	add(r.PostForm)
 	add(r.URL.Query())
-	return out, nil
+	return out, malformed, nil
 }
 
 // admitBody waits for a turn to read a large body (or one of unknown length); small ones go

@@ -31,9 +31,11 @@ func (s *Service) CreateProduct(ctx context.Context, c Caller, name string) (dom
 	if name == "" || utf8.RuneCountInString(name) > domain.MaxNameLength {
 		return domain.Product{}, fmt.Errorf("%w: a product name has 1 to %d characters", ErrInvalid, domain.MaxNameLength)
 	}
-	id, err := s.claimID(ctx, domain.CategoryProduct, domain.ProductStream, func(id int64) (string, any) {
-		return domain.EventProductCreated, domain.ProductCreated{ProductID: id, Name: name, At: s.clock().UTC()}
-	}, c)
+	id, err := s.claimID(ctx, c, domain.CategoryProduct, domain.ProductStream, func(*projections.State) (func(int64) (string, any), error) {
+		return func(id int64) (string, any) {
+			return domain.EventProductCreated, domain.ProductCreated{ProductID: id, Name: name, At: s.clock().UTC()}
+		}, nil
+	})
 	if err != nil {
 		return domain.Product{}, err
 	}
@@ -53,9 +55,11 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, productID int64) (dom
 	if err != nil {
 		return domain.LicenseKey{}, err
 	}
-	id, err := s.claimID(ctx, domain.CategoryKey, domain.KeyStream, func(id int64) (string, any) {
-		return domain.EventKeyCreated, domain.KeyCreated{KeyID: id, ProductID: productID, Key: keyString, At: s.clock().UTC()}
-	}, c)
+	id, err := s.claimID(ctx, c, domain.CategoryKey, domain.KeyStream, func(*projections.State) (func(int64) (string, any), error) {
+		return func(id int64) (string, any) {
+			return domain.EventKeyCreated, domain.KeyCreated{KeyID: id, ProductID: productID, Key: keyString, At: s.clock().UTC()}
+		}, nil
+	})
 	if err != nil {
 		return domain.LicenseKey{}, err
 	}
@@ -65,11 +69,32 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, productID int64) (dom
 }
 
 // claimID appends the first event of a new numbered stream, taking the next free id. "No
-// stream" as the expected revision makes the claim safe between instances.
-func (s *Service) claimID(ctx context.Context, category string, stream func(int64) string, build func(id int64) (string, any), c Caller) (int64, error) {
+// stream" as the expected revision makes the claim safe between instances. plan decides on the
+// projected state: it refuses, or returns how to build the event for the id claimed. A refusal
+// is given only on a projection that holds what the store holds, since what it misses (a key,
+// a product) may have been created through another instance a moment ago.
+func (s *Service) claimID(ctx context.Context, c Caller, category string, stream func(int64) string, plan func(st *projections.State) (build func(id int64) (string, any), err error)) (int64, error) {
 	var candidate int64
+	synced := false
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
-		s.view.Read(func(st *projections.State) { candidate = s.ids.next(category, candidate, st.MaxID(category)) })
+		var build func(int64) (string, any)
+		var err error
+		s.view.Read(func(st *projections.State) {
+			if build, err = plan(st); err == nil {
+				candidate = s.ids.next(category, candidate, st.MaxID(category))
+			}
+		})
+		if err != nil && !synced {
+			synced = true
+			if serr := s.syncView(ctx); serr != nil {
+				return 0, serr
+			}
+			attempt--
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
 		typ, data := build(candidate)
 		ev, err := newEvent(uuid.New(), typ, data, c.metadata())
 		if err != nil {

@@ -127,61 +127,30 @@ func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject
 			defer unlock()
 		}
 	}
-	var candidate int64
-	synced := false
-	for attempt := 0; attempt < s.maxAttempts; attempt++ {
-		var owner domain.Owner
-		var err error
-		s.view.Read(func(st *projections.State) {
-			owner, err = resolveOwner(st, c.Token, cmd.Scope)
-			if err != nil {
-				return
-			}
-			// The owner is checked before the values, as the API's order of checks says.
-			if err = domain.ValidateName(cmd.Name); err != nil {
-				return
-			}
-			if err = domain.ValidateStringValue(cmd.StringValue); err != nil {
-				return
-			}
-			if cmd.CheckForDuplicates {
-				if _, dup := st.ObjectByName(owner, cmd.Name); dup {
-					err = domain.ErrDuplicateName
-					return
-				}
-			}
-			candidate = s.ids.next(domain.CategoryDataObject, candidate, st.MaxID(domain.CategoryDataObject))
-		})
-		if err != nil && !synced {
-			// Refuse only on a projection that holds what the store holds: the key may have
-			// been created through another instance a moment ago.
-			synced = true
-			if serr := s.syncView(ctx); serr != nil {
-				return 0, serr
-			}
-			attempt--
-			continue
-		}
+	return s.claimID(ctx, c, domain.CategoryDataObject, domain.DataObjectStream, func(st *projections.State) (func(int64) (string, any), error) {
+		owner, err := resolveOwner(st, c.Token, cmd.Scope)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		ev, err := newEvent(uuid.New(), domain.EventDataObjectAdded, domain.DataObjectAdded{
-			ObjectID: candidate, Owner: owner, Name: cmd.Name, StringValue: cmd.StringValue,
-			IntValue: cmd.IntValue, At: s.clock().UTC(),
-		}, c.metadata())
-		if err != nil {
-			return 0, err
+		// The owner is checked before the values, as the API's order of checks says.
+		if err := domain.ValidateName(cmd.Name); err != nil {
+			return nil, err
 		}
-		_, err = s.appendAndWait(ctx, domain.DataObjectStream(candidate), eventstore.NoStream(), ev)
-		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
-			continue
+		if err := domain.ValidateStringValue(cmd.StringValue); err != nil {
+			return nil, err
 		}
-		if err != nil {
-			return 0, err
+		if cmd.CheckForDuplicates {
+			if _, dup := st.ObjectByName(owner, cmd.Name); dup {
+				return nil, domain.ErrDuplicateName
+			}
 		}
-		return candidate, nil
-	}
-	return 0, domain.ErrConcurrentChange
+		return func(id int64) (string, any) {
+			return domain.EventDataObjectAdded, domain.DataObjectAdded{
+				ObjectID: id, Owner: owner, Name: cmd.Name, StringValue: cmd.StringValue,
+				IntValue: cmd.IntValue, At: s.clock().UTC(),
+			}
+		}, nil
+	})
 }
 
 // ListDataObjects is the ListDataObjects(ToKey) query.

@@ -57,6 +57,16 @@ func UploadStream(o Owner) string {
 	return fmt.Sprintf("%s-%d.%d", CategoryUpload, o.Type, o.ID)
 }
 
+// ParseDataObjectStream returns the id of a data object's stream.
+func ParseDataObjectStream(stream string) (int64, bool) {
+	rest, ok := strings.CutPrefix(stream, CategoryDataObject+"-")
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(rest, 10, 64)
+	return id, err == nil
+}
+
 // ParseUploadStream returns the owner of an upload stream.
 func ParseUploadStream(stream string) (Owner, bool) {
 	var o Owner

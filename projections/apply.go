@@ -4,8 +4,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"strconv"
-	"strings"
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
@@ -169,12 +167,8 @@ func (s *State) seenID(category string, id int64) {
 
 // object returns the data object a data-object event belongs to and moves its revision.
 func (s *State) object(ev eventstore.RecordedEvent) *Object {
-	rest, ok := strings.CutPrefix(ev.Stream, domain.CategoryDataObject+"-")
+	id, ok := domain.ParseDataObjectStream(ev.Stream)
 	if !ok {
-		return nil
-	}
-	id, err := strconv.ParseInt(rest, 10, 64)
-	if err != nil {
 		return nil
 	}
 	o, ok := s.Objects[id]
@@ -208,21 +202,9 @@ func (s *State) uploadOf(ev eventstore.RecordedEvent) *Upload {
 // commit makes a prepared upload's pending changes count and remembers its layers.
 func (s *State) commit(u *Upload) {
 	p := u.Prepared
-	for _, step := range p.Changes {
-		o, ok := s.Objects[step.ObjectID]
-		if !ok {
-			continue
-		}
-		kept := o.Pending[:0]
-		for _, c := range o.Pending {
-			if c.UploadID == p.UploadID {
-				o.IntValue = int32(int64(o.IntValue) + int64(c.Dir)*c.Amount)
-				continue
-			}
-			kept = append(kept, c)
-		}
-		o.Pending = nilIfEmpty(kept)
-	}
+	s.takePending(p, func(o *Object, c PendingChange) {
+		o.IntValue = int32(int64(o.IntValue) + int64(c.Dir)*c.Amount)
+	})
 	for i, l := range p.Layers {
 		info := LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
 		if i < len(p.Timestamps) {
@@ -233,7 +215,13 @@ func (s *State) commit(u *Upload) {
 	u.Prepared = nil
 }
 
+// dropPending forgets an aborted upload's pending changes.
 func (s *State) dropPending(p *domain.UploadPrepared) {
+	s.takePending(p, func(*Object, PendingChange) {})
+}
+
+// takePending removes an upload's pending changes from its objects, handing each to use.
+func (s *State) takePending(p *domain.UploadPrepared, use func(*Object, PendingChange)) {
 	for _, step := range p.Changes {
 		o, ok := s.Objects[step.ObjectID]
 		if !ok {
@@ -241,9 +229,11 @@ func (s *State) dropPending(p *domain.UploadPrepared) {
 		}
 		kept := o.Pending[:0]
 		for _, c := range o.Pending {
-			if c.UploadID != p.UploadID {
-				kept = append(kept, c)
+			if c.UploadID == p.UploadID {
+				use(o, c)
+				continue
 			}
+			kept = append(kept, c)
 		}
 		o.Pending = nilIfEmpty(kept)
 	}

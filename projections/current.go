@@ -421,23 +421,10 @@ func writeFileAtomic(path string, b []byte) error {
 
 // Rebuild folds every event of the store into a fresh state, calling progress (if not nil)
 // after each batch with the number of events folded so far.
-func Rebuild(ctx context.Context, store eventstore.Store, progress func(events int)) (*State, error) {
+func Rebuild(ctx context.Context, store AllReader, progress func(events int)) (*State, error) {
 	st := NewState()
-	n := 0
-	for {
-		evs, err := store.ReadAll(ctx, st.Position, 4096)
-		if err != nil {
-			return nil, fmt.Errorf("replay: %w", err)
-		}
-		if len(evs) == 0 {
-			return st, nil
-		}
-		for _, ev := range evs {
-			_ = st.Apply(ev) // Apply already moved the position; an unreadable event changes nothing
-		}
-		n += len(evs)
-		if progress != nil {
-			progress(n)
-		}
+	if err := fold(ctx, store, st, progress); err != nil {
+		return nil, err
 	}
+	return st, nil
 }

@@ -244,11 +244,15 @@ func (s *State) PendingUploads() []domain.UploadPrepared {
 }
 
 // PendingEvents counts the events of an undecided upload that its objects' streams hold.
-func (s *State) PendingEvents(uploadID uuid.UUID) int {
+func (s *State) PendingEvents(p domain.UploadPrepared) int {
 	n := 0
-	for _, o := range s.Objects {
-		for _, p := range o.Pending {
-			if p.UploadID == uploadID {
+	for _, step := range p.Changes {
+		o, ok := s.Objects[step.ObjectID]
+		if !ok {
+			continue
+		}
+		for _, c := range o.Pending {
+			if c.UploadID == p.UploadID {
 				n++
 			}
 		}

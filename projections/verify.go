@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 
 	"github.com/google/uuid"
 
@@ -58,7 +56,7 @@ func verifyApply(st *State, ev eventstore.RecordedEvent, pending map[uuid.UUID][
 		problems = append(problems, fmt.Sprintf("data object %d: %s at revision %d (position %d) recorded after=%d, replay gives %d",
 			objectID, e.Type, e.Revision, e.Position, recorded, folded))
 	}
-	objectID, isObject := objectOfStream(ev.Stream)
+	objectID, isObject := domain.ParseDataObjectStream(ev.Stream)
 	var commitValues map[int64]int32
 	var committed []recordedAfter
 	var check *recordedAfter
@@ -127,27 +125,30 @@ func verifyApply(st *State, ev eventstore.RecordedEvent, pending map[uuid.UUID][
 	return problems
 }
 
-func objectOfStream(stream string) (int64, bool) {
-	rest, ok := strings.CutPrefix(stream, domain.CategoryDataObject+"-")
-	if !ok {
-		return 0, false
-	}
-	id, err := strconv.ParseInt(rest, 10, 64)
-	return id, err == nil
-}
-
 // CatchUp folds into st every event of the store after st's position.
 func CatchUp(ctx context.Context, r AllReader, st *State) error {
+	return fold(ctx, r, st, nil)
+}
+
+// fold applies every event after st's position, calling progress (if not nil) after each
+// batch with the number of events folded so far. An event Apply cannot read only moves the
+// position, as in the live projection.
+func fold(ctx context.Context, r AllReader, st *State, progress func(events int)) error {
+	n := 0
 	for {
 		evs, err := r.ReadAll(ctx, st.Position, 4096)
 		if err != nil {
-			return fmt.Errorf("catch up: %w", err)
+			return fmt.Errorf("replay: %w", err)
 		}
 		if len(evs) == 0 {
 			return nil
 		}
 		for _, ev := range evs {
-			_ = st.Apply(ev) // as in Rebuild: an unreadable event only moves the position
+			_ = st.Apply(ev)
+		}
+		n += len(evs)
+		if progress != nil {
+			progress(n)
 		}
 	}
 }

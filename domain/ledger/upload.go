@@ -404,7 +404,7 @@ func (s *Service) RecoverUploads(ctx context.Context, force bool) (int, error) {
 			for _, step := range p.Changes {
 				want += step.Events
 			}
-			todo = append(todo, undecided{prepared: p, revision: st.Upload(p.Owner).Revision, allPresent: st.PendingEvents(p.UploadID) == want})
+			todo = append(todo, undecided{prepared: p, revision: st.Upload(p.Owner).Revision, allPresent: st.PendingEvents(p) == want})
 		}
 	})
 	decided := 0

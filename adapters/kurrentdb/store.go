@@ -139,6 +139,27 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// receiveAll drains a read and closes it: the events it carried, and how many messages the
+// server sent (links to deleted events count, but carry none).
+func receiveAll(read *esdb.ReadStream) ([]eventstore.RecordedEvent, uint64, error) {
+	defer read.Close()
+	var out []eventstore.RecordedEvent
+	var received uint64
+	for {
+		event, err := read.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, received, nil
+		}
+		if err != nil {
+			return out, received, err
+		}
+		received++
+		if event.Event != nil {
+			out = append(out, recorded(event.Event))
+		}
+	}
+}
+
 // redactURL hides the password of a connection string, for messages and logs.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
@@ -386,19 +407,8 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 		if err != nil {
 			return err
 		}
-		defer read.Close()
-		for {
-			event, err := read.Recv()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if event.Event != nil {
-				out = append(out, recorded(event.Event))
-			}
-		}
+		out, _, err = receiveAll(read)
+		return err
 	})
 	var esErr *esdb.Error
 	if errors.As(err, &esErr) && esErr.Code() == esdb.ErrorCodeResourceNotFound {
@@ -449,20 +459,8 @@ func (s *Store) readAllBatch(ctx context.Context, after eventstore.Position, cou
 		if err != nil {
 			return err
 		}
-		defer read.Close()
-		for {
-			event, err := read.Recv()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			received++
-			if event.Event != nil {
-				events = append(events, recorded(event.Event))
-			}
-		}
+		events, received, err = receiveAll(read)
+		return err
 	})
 	if err != nil {
 		return 0, s.fail(ctx, c, "read $all", err)

@@ -88,11 +88,7 @@ type ObjectHistory struct {
 // History reads a data object's stream and its owner's upload stream and returns the object's
 // events with the status of the uploads they came from.
 func History(ctx context.Context, r StreamReader, objectID int64) (*ObjectHistory, error) {
-	evs, added, err := readObject(ctx, r, objectID)
-	if err != nil {
-		return nil, err
-	}
-	decisions, err := readUploadDecisions(ctx, r, added.Owner)
+	evs, added, decisions, err := readObjectAndDecisions(ctx, r, objectID)
 	if err != nil {
 		return nil, err
 	}
@@ -188,6 +184,17 @@ func readStream(ctx context.Context, r StreamReader, stream string) ([]eventstor
 		}
 		from = evs[len(evs)-1].Revision + 1
 	}
+}
+
+// readObjectAndDecisions reads a data object's stream, decodes its first event, and reads its
+// owner's upload decisions: what History and ValueAt both start from.
+func readObjectAndDecisions(ctx context.Context, r StreamReader, objectID int64) ([]eventstore.RecordedEvent, domain.DataObjectAdded, map[uuid.UUID]uploadDecision, error) {
+	evs, added, err := readObject(ctx, r, objectID)
+	if err != nil {
+		return nil, added, nil, err
+	}
+	decisions, err := readUploadDecisions(ctx, r, added.Owner)
+	return evs, added, decisions, err
 }
 
 // readObject reads a data object's stream and decodes its first event.

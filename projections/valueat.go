@@ -27,11 +27,7 @@ type ValueAsOf struct {
 // recorded (at or before at), never if the upload was aborted. This is the value the current
 // state projection held at that moment, folding the store's events with Recorded <= at.
 func ValueAt(ctx context.Context, r StreamReader, objectID int64, at time.Time) (*ValueAsOf, error) {
-	evs, added, err := readObject(ctx, r, objectID)
-	if err != nil {
-		return nil, err
-	}
-	decisions, err := readUploadDecisions(ctx, r, added.Owner)
+	evs, added, decisions, err := readObjectAndDecisions(ctx, r, objectID)
 	if err != nil {
 		return nil, err
 	}

@@ -46,7 +46,8 @@ type Current struct {
 type CurrentOptions struct {
 	// SnapshotPath is the file holding the persisted state and checkpoint; empty keeps none.
 	SnapshotPath string
-	// SnapshotEvery is how often a changed state is persisted (default 2 s).
+	// SnapshotEvery is the least time between two snapshots while events arrive (default 2 s);
+	// the state is persisted after a batch of events once that much time has passed, and on exit.
 	SnapshotEvery time.Duration
 	Logger        *slog.Logger
 }

@@ -368,7 +368,7 @@ type Stats struct {
 
 type counters struct {
 	appends, events, refused, failed, batches, maxBatch atomic.Uint64
-	tailPages, databasePages                           atomic.Uint64
+	tailPages, databasePages                            atomic.Uint64
 }
 
 // Stats returns the write-path counters; mean batch size is Appends/Batches.

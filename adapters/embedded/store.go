@@ -1,8 +1,10 @@
 // Package embedded holds Tally's durable embedded event store: the eventstore port on one SQLite
 // database (modernc.org/sqlite, pure Go) in WAL mode with synchronous=FULL. A single writer
-// goroutine folds concurrent appends into group commits; readers and catch-up subscriptions read
-// committed data only and are woken in-process after each commit. An exclusive flock on the data
-// directory keeps a second process out.
+// goroutine folds concurrent appends into group commits; readers read committed data only.
+// Catch-up subscriptions are woken in-process after each commit and take the events just
+// committed from a bounded in-memory tail that the writer fills after COMMIT, reading the
+// database only when they are behind it. An exclusive flock on the data directory keeps a second
+// process out.
 package embedded
 
 import (
@@ -43,6 +45,8 @@ type options struct {
 	queueLength int
 	readConns   int
 	pageSize    int
+	tailEvents  int
+	tailBytes   int
 }
 
 // WithMaxBatch caps how many appends one group commit takes (default 1024).
@@ -74,6 +78,17 @@ func WithSubscriptionPage(n int) Option {
 	}
 }
 
+// WithSubscriptionTail bounds the in-memory tail of recently committed events that live
+// subscriptions read instead of the database (default 8192 events and 8 MiB of payload). Zero
+// for either turns the tail off: every subscription then reads the database.
+func WithSubscriptionTail(maxEvents, maxBytes int) Option {
+	return func(o *options) {
+		if maxEvents >= 0 && maxBytes >= 0 {
+			o.tailEvents, o.tailBytes = maxEvents, maxBytes
+		}
+	}
+}
+
 // Store is the embedded event store. It is safe for concurrent use.
 type Store struct {
 	dir  string
@@ -93,11 +108,13 @@ type Store struct {
 	closeOnce  sync.Once
 	closeErr   error
 
-	// headMu guards head, the last committed position, and wake, closed and replaced after
-	// every commit that wrote events so that waiting subscribers re-read.
+	// headMu guards head, the last committed position; wake, closed and replaced after every
+	// commit that wrote events so that waiting subscribers look again; and tail, the last
+	// committed events, which changes together with head.
 	headMu sync.Mutex
 	head   eventstore.Position
 	wake   chan struct{}
+	tail   memoryTail
 
 	opts  options
 	stats counters
@@ -108,7 +125,7 @@ var _ eventstore.Store = (*Store)(nil)
 // Open opens (creating if needed) the store whose database lives in dir/events.db. It takes an
 // exclusive lock on dir; a dir already open elsewhere gives an error matching ErrLocked.
 func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
-	o := options{maxBatch: 1024, queueLength: 4096, readConns: 4, pageSize: 512}
+	o := options{maxBatch: 1024, queueLength: 4096, readConns: 4, pageSize: 512, tailEvents: 8192, tailBytes: 8 << 20}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -126,6 +143,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
 		closing:    make(chan struct{}),
 		writerDone: make(chan struct{}),
 		wake:       make(chan struct{}),
+		tail:       memoryTail{maxEvents: o.tailEvents, maxBytes: o.tailBytes},
 		opts:       o,
 	}
 	if err := s.openDatabases(ctx); err != nil {
@@ -140,6 +158,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
 		return nil, err
 	}
 	s.head = w.lastPosition
+	s.tail.reset(s.head)
 	go w.run()
 	return s, nil
 }
@@ -302,10 +321,23 @@ func (s *Store) committedHead() (eventstore.Position, <-chan struct{}) {
 	return s.head, s.wake
 }
 
-// publish makes a commit visible to waiting subscribers.
-func (s *Store) publish(head eventstore.Position) {
+// committedAfter is committedHead plus up to max of the committed events after position from
+// the in-memory tail; inTail is false when position is behind the tail, and the caller must
+// read the database for the events after it. The events are shared: see memoryTail.
+func (s *Store) committedAfter(position eventstore.Position, max int) (events []eventstore.RecordedEvent, inTail bool, head eventstore.Position, wake <-chan struct{}) {
+	s.headMu.Lock()
+	defer s.headMu.Unlock()
+	events, inTail = s.tail.eventsAfter(position, max)
+	return events, inTail, s.head, s.wake
+}
+
+// publish makes a commit visible to waiting subscribers: the head moves from after to head, and
+// events (nil if the writer did not keep them) are the committed events in between, holding
+// bytes of payload. The writer calls it only after COMMIT succeeded.
+func (s *Store) publish(after, head eventstore.Position, events []eventstore.RecordedEvent, bytes int) {
 	s.headMu.Lock()
 	s.head = head
+	s.tail.push(after, head, events, bytes)
 	close(s.wake)
 	s.wake = make(chan struct{})
 	s.headMu.Unlock()
@@ -329,10 +361,14 @@ type Stats struct {
 	Failed       uint64 // appends failed by a commit or database error
 	Batches      uint64 // group commits that wrote events
 	MaxBatchSize uint64 // most appends taken by one group commit
+
+	TailPages     uint64 // runs of events subscriptions took from the in-memory tail
+	DatabasePages uint64 // pages subscriptions read from the database (behind the tail)
 }
 
 type counters struct {
 	appends, events, refused, failed, batches, maxBatch atomic.Uint64
+	tailPages, databasePages                            atomic.Uint64
 }
 
 // Stats returns the write-path counters; mean batch size is Appends/Batches.
@@ -344,5 +380,8 @@ func (s *Store) Stats() Stats {
 		Failed:       s.stats.failed.Load(),
 		Batches:      s.stats.batches.Load(),
 		MaxBatchSize: s.stats.maxBatch.Load(),
+
+		TailPages:     s.stats.tailPages.Load(),
+		DatabasePages: s.stats.databasePages.Load(),
 	}
 }

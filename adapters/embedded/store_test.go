@@ -29,11 +29,20 @@ func TestContract(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) eventstore.Store { return openStore(t, t.TempDir()) })
 }
 
-// A batch size of one commits every append alone, and subscriptions read two events at a time:
-// the contract must hold without group commit and across many page boundaries.
+// A batch size of one commits every append alone, subscriptions read two events at a time, and
+// the in-memory tail holds three: the contract must hold without group commit, across many page
+// boundaries, and with subscribers moving between the tail and the database.
 func TestContractWithoutGroupCommitSmallPages(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) eventstore.Store {
-		return openStore(t, t.TempDir(), embedded.WithMaxBatch(1), embedded.WithSubscriptionPage(2), embedded.WithReadConnections(1))
+		return openStore(t, t.TempDir(), embedded.WithMaxBatch(1), embedded.WithSubscriptionPage(2), embedded.WithReadConnections(1), embedded.WithSubscriptionTail(3, 1<<20))
+	})
+}
+
+// Without the in-memory tail every subscription reads the database: that path keeps the
+// contract on its own.
+func TestContractWithoutTail(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) eventstore.Store {
+		return openStore(t, t.TempDir(), embedded.WithSubscriptionTail(0, 0))
 	})
 }
 

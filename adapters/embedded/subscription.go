@@ -9,16 +9,20 @@ import (
 	"github.com/tallyledger/tally/domain/eventstore"
 )
 
-// subscription is a catch-up subscription. It holds at most one page of events: it reads the
-// next page from the database whenever its buffer runs dry and the committed head is past its
-// position, and otherwise waits for the writer's next commit. Because the single writer gives
-// out positions in commit order and readers see only committed transactions, reading "after my
-// last position" never skips or repeats an event, and a slow subscriber costs the writer
-// nothing.
+// subscription is a catch-up subscription. It holds at most one page of events. Whenever its
+// buffer runs dry and the committed head is past its position, it takes the events after its
+// position from the store's in-memory tail of recent commits or, when it is behind the tail,
+// reads the next page from the database; otherwise it waits for the writer's next commit.
+// Because the single writer gives out positions in commit order, and both the tail and the
+// database hold committed events only, "the events after my last position" never skips or
+// repeats an event whichever source serves it, and a slow subscriber costs the writer nothing.
 type subscription struct {
-	store     *Store
-	position  eventstore.Position // last delivered
-	buffer    []eventstore.RecordedEvent
+	store    *Store
+	position eventstore.Position // last delivered
+	buffer   []eventstore.RecordedEvent
+	// shared is set while buffer is a slice of the tail, which other subscribers read too: it
+	// must not be written to.
+	shared    bool
 	closed    chan struct{}
 	closeOnce sync.Once
 }
@@ -47,13 +51,20 @@ func (sub *subscription) Next(ctx context.Context) (eventstore.RecordedEvent, er
 		}
 		if len(sub.buffer) > 0 {
 			ev := sub.buffer[0]
-			sub.buffer[0] = eventstore.RecordedEvent{} // let the page's payloads go
+			if !sub.shared {
+				sub.buffer[0] = eventstore.RecordedEvent{} // let the page's payloads go
+			}
 			sub.buffer = sub.buffer[1:]
 			sub.position = ev.Position
 			return ev, nil
 		}
-		head, wake := sub.store.committedHead()
-		if head > sub.position {
+		events, inTail, head, wake := sub.store.committedAfter(sub.position, sub.store.opts.pageSize)
+		if len(events) > 0 {
+			sub.buffer, sub.shared = events, true
+			sub.store.stats.tailPages.Add(1)
+			continue
+		}
+		if head > sub.position && !inTail {
 			events, err := sub.store.ReadAll(ctx, sub.position, sub.store.opts.pageSize)
 			switch {
 			case err == nil:
@@ -64,8 +75,9 @@ func (sub *subscription) Next(ctx context.Context) (eventstore.RecordedEvent, er
 				// the subscriber resubscribes from its position, as after a KurrentDB drop.
 				return eventstore.RecordedEvent{}, fmt.Errorf("subscription: %w: %w", eventstore.ErrSubscriptionDropped, err)
 			}
+			sub.store.stats.databasePages.Add(1)
 			if len(events) > 0 {
-				sub.buffer = events
+				sub.buffer, sub.shared = events, false
 				continue
 			}
 		}
@@ -79,7 +91,7 @@ func (sub *subscription) Next(ctx context.Context) (eventstore.RecordedEvent, er
 	}
 }
 
-// Buffered is how many events Next will return without reading the database or waiting, so
+// Buffered is how many events Next will return without reading or waiting, so
 // that a consumer can apply them as one batch.
 func (sub *subscription) Buffered() int { return len(sub.buffer) }
 

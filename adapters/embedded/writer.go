@@ -81,6 +81,15 @@ type writer struct {
 
 	batch   []*appendRequest
 	replies []appendReply
+
+	// kept collects the open transaction's events for the subscriptions' in-memory tail while
+	// keeping is set; arena holds copies of their payloads, so that callers may reuse their
+	// buffers once Append returns. Both are handed over by publish after COMMIT and never
+	// touched again; a batch that fails drops them.
+	keeping   bool
+	kept      []eventstore.RecordedEvent
+	keptBytes int
+	arena     []byte
 }
 
 func newWriter(ctx context.Context, s *Store) (*writer, error) {
@@ -151,9 +160,10 @@ func (w *writer) run() {
 }
 
 // commitBatch applies each append of the batch in order inside one transaction, commits, and
-// only then answers the callers and wakes subscribers. An append refused for its expected
-// revision writes nothing and does not affect the others; a database error fails the whole
-// batch (nothing of it is committed).
+// only then answers the callers and wakes subscribers, handing them the committed events for
+// the in-memory tail. An append refused for its expected revision writes nothing and does not
+// affect the others; a database error fails the whole batch (nothing of it is committed, and
+// nothing of it reaches a subscriber).
 func (w *writer) commitBatch() {
 	ctx := context.Background()
 	w.replies = w.replies[:0]
@@ -162,7 +172,9 @@ func (w *writer) commitBatch() {
 	}
 	nextPosition := w.lastPosition + 1
 	recorded := time.Now().UnixNano()
+	recordedTime := time.Unix(0, recorded).UTC() // as ReadAll decodes it
 	written, events := 0, 0
+	w.startKeeping()
 
 	err := w.exec(ctx, "BEGIN IMMEDIATE")
 	if err == nil {
@@ -174,7 +186,7 @@ func (w *writer) commitBatch() {
 			}
 			var result eventstore.AppendResult
 			var n int
-			result, n, err = w.apply(ctx, req, &nextPosition, recorded)
+			result, n, err = w.apply(ctx, req, &nextPosition, recorded, recordedTime)
 			if err != nil {
 				var refused *eventstore.WrongExpectedVersionError
 				if errors.As(err, &refused) {
@@ -210,14 +222,21 @@ func (w *writer) commitBatch() {
 		}
 		w.store.stats.failed.Add(uint64(len(w.batch)))
 	} else if written > 0 {
+		after := w.lastPosition
 		w.lastPosition = nextPosition - 1
-		w.store.publish(w.lastPosition)
+		var kept []eventstore.RecordedEvent
+		if w.keeping {
+			kept = w.kept
+		}
+		w.store.publish(after, w.lastPosition, kept, w.keptBytes)
 		w.store.stats.batches.Add(1)
 		w.store.stats.events.Add(uint64(events))
 		if size := uint64(len(w.batch)); size > w.store.stats.maxBatch.Load() {
 			w.store.stats.maxBatch.Store(size)
 		}
 	}
+	// Published or failed, the kept events are no longer the writer's.
+	w.keeping, w.kept, w.keptBytes, w.arena = false, nil, 0, nil
 	if len(w.heads) > maxCachedStreams {
 		clear(w.heads)
 	}
@@ -234,6 +253,40 @@ func (w *writer) commitBatch() {
 	}
 }
 
+// startKeeping decides whether the batch's events go to the in-memory tail, from an upper
+// bound of what it can write, and if so sizes the buffers for them once.
+func (w *writer) startKeeping() {
+	tail := &w.store.tail // maxEvents and maxBytes never change after Open
+	if !tail.enabled() {
+		return
+	}
+	events, payload, bytes := 0, 0, 0
+	for _, req := range w.batch {
+		events += len(req.events)
+		for _, ev := range req.events {
+			payload += len(ev.Data) + len(ev.Metadata)
+			bytes += len(ev.Data) + len(ev.Metadata) + len(req.stream) + len(ev.Type)
+		}
+	}
+	if !tail.fits(events, bytes) {
+		return
+	}
+	w.keeping = true
+	w.kept = make([]eventstore.RecordedEvent, 0, events)
+	w.arena = make([]byte, 0, payload)
+}
+
+// keep copies a payload into the batch's arena, as ReadAll returns it: nil when empty, since
+// the database driver scans an empty blob as nil.
+func (w *writer) keep(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	start := len(w.arena)
+	w.arena = append(w.arena, b...) // within the capacity startKeeping reserved
+	return w.arena[start:len(w.arena):len(w.arena)]
+}
+
 func (w *writer) exec(ctx context.Context, query string) error {
 	_, err := w.conn.ExecContext(ctx, query)
 	return err
@@ -242,7 +295,7 @@ func (w *writer) exec(ctx context.Context, query string) error {
 // apply checks one append's expected revision against the stream as the open transaction sees
 // it and inserts its events. It returns how many events it wrote: none for an empty or an
 // idempotent append. A refusal is a *WrongExpectedVersionError.
-func (w *writer) apply(ctx context.Context, req *appendRequest, nextPosition *eventstore.Position, recorded int64) (eventstore.AppendResult, int, error) {
+func (w *writer) apply(ctx context.Context, req *appendRequest, nextPosition *eventstore.Position, recorded int64, recordedTime time.Time) (eventstore.AppendResult, int, error) {
 	head, err := w.head(ctx, req.stream)
 	if err != nil {
 		return eventstore.AppendResult{}, 0, err
@@ -265,6 +318,13 @@ func (w *writer) apply(ctx context.Context, req *appendRequest, nextPosition *ev
 		}
 		if _, err := w.insertStmt.ExecContext(ctx, int64(position), req.stream, int64(revision), id[:], ev.Type, nonNil(ev.Data), nonNil(ev.Metadata), recorded); err != nil {
 			return eventstore.AppendResult{}, 0, fmt.Errorf("insert event %d of %q: %w", revision, req.stream, err)
+		}
+		if w.keeping {
+			w.kept = append(w.kept, eventstore.RecordedEvent{
+				ID: id, Type: ev.Type, Data: w.keep(ev.Data), Metadata: w.keep(ev.Metadata),
+				Stream: req.stream, Revision: revision, Position: position, Recorded: recordedTime,
+			})
+			w.keptBytes += len(ev.Data) + len(ev.Metadata) + len(req.stream) + len(ev.Type)
 		}
 		revision++
 		position++

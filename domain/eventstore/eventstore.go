@@ -199,7 +199,8 @@ type Store interface {
 // Subscription delivers events in global order.
 type Subscription interface {
 	// Next blocks until the next event, ctx's end, or the subscription's end (an error matching
-	// ErrSubscriptionDropped or ErrClosed).
+	// ErrSubscriptionDropped or ErrClosed). The event's Data and Metadata may be shared with
+	// other subscribers: they must not be modified.
 	Next(ctx context.Context) (RecordedEvent, error)
 	// Close ends the subscription.
 	Close() error

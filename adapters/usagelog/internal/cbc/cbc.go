@@ -33,10 +33,10 @@ const scheduleSize = 11 * BlockSize
 type Block struct {
 	key [KeySize]byte
 	// dec is the decryption key schedule for the assembly kernel, in the order it is used
-	// (the last encryption round key first, then the inverse-mixed ones, then the first); nil
-	// when the standard library does the work.
-	dec *[scheduleSize]byte
-	// std is the standard library's cipher, when there is no assembly kernel.
+	// (the last encryption round key first, then the inverse-mixed ones, then the first);
+	// unused when std is set.
+	dec [scheduleSize]byte
+	// std is the standard library's cipher when there is no assembly kernel, else nil.
 	std cipher.Block
 }
 
@@ -54,8 +54,7 @@ func newBlock(key []byte, useAsm bool) (*Block, error) {
 	b := &Block{}
 	copy(b.key[:], key)
 	if useAsm {
-		b.dec = new([scheduleSize]byte)
-		expandKeyDec(&b.key, b.dec)
+		expandKeyDec(&b.key, &b.dec)
 		return b, nil
 	}
 	std, err := aes.NewCipher(key)
@@ -74,7 +73,7 @@ func (b *Block) NewCBCDecrypter(iv []byte) *Decrypter {
 	}
 	d := &Decrypter{b: b}
 	copy(d.iv[:], iv)
-	if b.dec == nil {
+	if b.std != nil {
 		d.std = cipher.NewCBCDecrypter(b.std, iv).(ivSetterMode)
 	}
 	return d
@@ -133,7 +132,7 @@ func (d *Decrypter) CryptBlocks(dst, src []byte) {
 	if len(src) == 0 {
 		return
 	}
-	decryptBlocks(d.b.dec, &d.iv, dst[:len(src)], src)
+	decryptBlocks(&d.b.dec, &d.iv, dst[:len(src)], src)
 }
 
 // SetIV sets the chaining value, as crypto/cipher's CBC decrypter does; iv must be 16 bytes

@@ -5,12 +5,12 @@ package cbc
 // haveAsm reports false: there is no assembly kernel for this build.
 func haveAsm() bool { return false }
 
-// expandKeyDec is never called without the assembly kernel (Block.dec stays nil).
+// expandKeyDec is never called without the assembly kernel (Block.std is set).
 func expandKeyDec(*[KeySize]byte, *[scheduleSize]byte) {
 	panic("cbc: no assembly kernel in this build")
 }
 
-// decryptBlocks is never called without the assembly kernel (Block.dec stays nil).
+// decryptBlocks is never called without the assembly kernel (Block.std is set).
 func decryptBlocks(*[scheduleSize]byte, *[BlockSize]byte, []byte, []byte) {
 	panic("cbc: no assembly kernel in this build")
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/cipher"
 	"fmt"
 	"slices"
+
+	"github.com/tallyledger/tally/adapters/usagelog/internal/cbc"
 )
 
 // source is random access to the bytes of one level of a log: the raw file, or the plaintext of
@@ -73,7 +75,7 @@ func openLazyTuned(w *work, headAhead, tailAhead int) opener {
 		if off < 0 || n <= 0 || n%aes.BlockSize != 0 || off > parent.size()-n || len(iv) != aes.BlockSize {
 			return nil, fmt.Errorf("%w: EncryptedObject [%d,+%d) in %d bytes", ErrCorrupted, off, n, parent.size())
 		}
-		block, err := aes.NewCipher(key)
+		block, err := cbc.NewBlock(key)
 		if err != nil {
 			return nil, fmt.Errorf("aes key: %w", err)
 		}
@@ -152,15 +154,12 @@ type level struct {
 	parent     *level
 	start, end int // base positions of the plaintext (= of the ciphertext in the parent)
 	iv         [aes.BlockSize]byte
-	block      cipher.Block
-	head       cipher.BlockMode // CBC decrypter whose chaining value is the block before headEnd
-	tail       cipher.BlockMode // CBC decrypter, re-aimed with SetIV
-	headEnd    int              // decrypted in the head buffer over [start, headEnd)
-	tailStart  int              // decrypted in the tail buffer over [tailStart, end)
+	block      *cbc.Block     // the layer's key (the pipelined decrypter, see package cbc)
+	head       *cbc.Decrypter // CBC decrypter whose chaining value is the block before headEnd
+	tail       *cbc.Decrypter // CBC decrypter, re-aimed with SetIV
+	headEnd    int            // decrypted in the head buffer over [start, headEnd)
+	tailStart  int            // decrypted in the tail buffer over [tailStart, end)
 }
-
-// ivSetter is implemented by the standard library's CBC decrypters.
-type ivSetter interface{ SetIV(iv []byte) }
 
 // work counts what the fast path does, for tests that bound it.
 type work struct {
@@ -201,15 +200,12 @@ func (c *chain) continueFrom(lv *level, off int) bool {
 
 // push adds the layer whose ciphertext lies at [off, off+n) of the tip's plaintext and decrypts
 // it over what its parent holds in both buffers.
-func (c *chain) push(off, n int, iv []byte, block cipher.Block) (*level, error) {
+func (c *chain) push(off, n int, iv []byte, block *cbc.Block) (*level, error) {
 	parent := c.tip()
 	lv := &level{parent: parent, start: parent.start + off, end: parent.start + off + n, block: block}
 	copy(lv.iv[:], iv)
-	lv.head = cipher.NewCBCDecrypter(block, lv.iv[:])
-	lv.tail = cipher.NewCBCDecrypter(block, lv.iv[:])
-	if _, ok := lv.tail.(ivSetter); !ok {
-		return nil, fmt.Errorf("aes: the CBC decrypter cannot be re-aimed")
-	}
+	lv.head = block.NewCBCDecrypter(lv.iv[:])
+	lv.tail = block.NewCBCDecrypter(lv.iv[:])
 	if parent.headEnd < lv.start {
 		if err := c.extendHead(lv.start); err != nil {
 			return nil, err
@@ -231,7 +227,7 @@ func (c *chain) pop() {
 	}
 	if lv.headEnd > lv.start {
 		b := c.hbuf[lv.start-c.hoff : lv.headEnd-c.hoff]
-		cipher.NewCBCEncrypter(lv.block, lv.iv[:]).CryptBlocks(b, b)
+		lv.block.NewCBCEncrypter(lv.iv[:]).CryptBlocks(b, b)
 		c.work.add(len(b))
 	}
 	if lv.tailStart < lv.end {
@@ -240,7 +236,7 @@ func (c *chain) pop() {
 			iv = c.tbuf[lv.tailStart-aes.BlockSize-c.toff : lv.tailStart-c.toff]
 		}
 		b := c.tbuf[lv.tailStart-c.toff : lv.end-c.toff]
-		cipher.NewCBCEncrypter(lv.block, iv).CryptBlocks(b, b)
+		lv.block.NewCBCEncrypter(iv).CryptBlocks(b, b)
 		c.work.add(len(b))
 	}
 	c.levels = c.levels[:len(c.levels)-1]
@@ -271,9 +267,9 @@ func (c *chain) lowerTail(lv *level) {
 		return
 	}
 	if from == lv.start {
-		lv.tail.(ivSetter).SetIV(lv.iv[:])
+		lv.tail.SetIV(lv.iv[:])
 	} else {
-		lv.tail.(ivSetter).SetIV(c.tbuf[from-bs-c.toff : from-c.toff])
+		lv.tail.SetIV(c.tbuf[from-bs-c.toff : from-c.toff])
 	}
 	b := c.tbuf[from-c.toff : lv.tailStart-c.toff]
 	lv.tail.CryptBlocks(b, b)
@@ -409,7 +405,7 @@ func (c *chain) direct(lv *level, x, y int) ([]byte, error) {
 		}
 		iv, ct = b[:bs], b[bs:]
 	}
-	cipher.NewCBCDecrypter(lv.block, iv).CryptBlocks(ct, ct)
+	lv.block.NewCBCDecrypter(iv).CryptBlocks(ct, ct)
 	c.work.add(len(ct))
 	return ct[x-lo : y-lo], nil
 }

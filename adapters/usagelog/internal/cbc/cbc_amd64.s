@@ -1,0 +1,259 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// AES-128 key expansion (AESKEYGENASSIST) into the decryption schedule (AESIMC), and CBC
+// decryption eight blocks at a time (AESDEC/AESDECLAST), SSE2 + AES-NI only.
+
+// EXPAND_128 turns round key X0 into the next one, given X1 = AESKEYGENASSIST(X0, rcon)
+// and X4 with its low 32 bits zero (the standard SHUFPS sequence: X0 ^= X0<<32 ^ X0<<64 ^
+// X0<<96, then X0 ^= the broadcast word 3 of X1).
+#define EXPAND_128 \
+	PSHUFD $0xff, X1, X1 \
+	SHUFPS $0x10, X0, X4 \
+	PXOR   X4, X0 \
+	SHUFPS $0x8c, X0, X4 \
+	PXOR   X4, X0 \
+	PXOR   X1, X0
+
+// func expandKeyDec(key *[16]byte, dec *[176]byte)
+// dec[0] = enc[10], dec[i] = AESIMC(enc[10-i]) for i = 1..9, dec[10] = enc[0].
+TEXT ·expandKeyDec(SB), NOSPLIT, $0-16
+	MOVQ   key+0(FP), AX
+	MOVQ   dec+8(FP), DX
+	MOVUPS (AX), X0
+	MOVUPS X0, 160(DX)
+	PXOR   X4, X4
+
+	AESKEYGENASSIST $0x01, X0, X1
+	EXPAND_128
+	AESIMC X0, X2
+	MOVUPS X2, 144(DX)
+	AESKEYGENASSIST $0x02, X0, X1
+	EXPAND_128
+	AESIMC X0, X2
+	MOVUPS X2, 128(DX)
+	AESKEYGENASSIST $0x04, X0, X1
+	EXPAND_128
+	AESIMC X0, X2
+	MOVUPS X2, 112(DX)
+	AESKEYGENASSIST $0x08, X0, X1
+	EXPAND_128
+	AESIMC X0, X2
+	MOVUPS X2, 96(DX)
+	AESKEYGENASSIST $0x10, X0, X1
+	EXPAND_128
+	AESIMC X0, X2
+	MOVUPS X2, 80(DX)
+	AESKEYGENASSIST $0x20, X0, X1
+	EXPAND_128
+	AESIMC X0, X2
+	MOVUPS X2, 64(DX)
+	AESKEYGENASSIST $0x40, X0, X1
+	EXPAND_128
+	AESIMC X0, X2
+	MOVUPS X2, 48(DX)
+	AESKEYGENASSIST $0x80, X0, X1
+	EXPAND_128
+	AESIMC X0, X2
+	MOVUPS X2, 32(DX)
+	AESKEYGENASSIST $0x1b, X0, X1
+	EXPAND_128
+	AESIMC X0, X2
+	MOVUPS X2, 16(DX)
+	AESKEYGENASSIST $0x36, X0, X1
+	EXPAND_128
+	MOVUPS X0, (DX)
+	RET
+
+// func decryptBlocksAsm(dec *[176]byte, iv *[16]byte, dst *byte, src *byte, n int)
+//
+// Registers: X0-X7 the eight blocks in flight, X8 the chaining value (the ciphertext block
+// before the current one), X9 a scratch for round keys and ciphertext reloads, X10-X15 the
+// round keys dec[4..9] (kept for the whole call; dec[0..3] and dec[10] are reloaded from L1
+// once per eight blocks, which costs nothing beside the 80 AESDECs).
+//
+// In place (dst == src) is safe: every eight-block step reads all its ciphertext, including the
+// blocks the XOR needs and the next chaining value, before it stores any plaintext.
+TEXT ·decryptBlocksAsm(SB), NOSPLIT, $0-40
+	MOVQ   dec+0(FP), AX
+	MOVQ   iv+8(FP), BX
+	MOVQ   dst+16(FP), DI
+	MOVQ   src+24(FP), SI
+	MOVQ   n+32(FP), CX
+	MOVUPS (BX), X8
+	MOVUPS 64(AX), X10
+	MOVUPS 80(AX), X11
+	MOVUPS 96(AX), X12
+	MOVUPS 112(AX), X13
+	MOVUPS 128(AX), X14
+	MOVUPS 144(AX), X15
+	CMPQ   CX, $8
+	JB     tail
+
+loop8:
+	MOVUPS 0(SI), X0
+	MOVUPS 16(SI), X1
+	MOVUPS 32(SI), X2
+	MOVUPS 48(SI), X3
+	MOVUPS 64(SI), X4
+	MOVUPS 80(SI), X5
+	MOVUPS 96(SI), X6
+	MOVUPS 112(SI), X7
+	MOVUPS (AX), X9
+	PXOR   X9, X0
+	PXOR   X9, X1
+	PXOR   X9, X2
+	PXOR   X9, X3
+	PXOR   X9, X4
+	PXOR   X9, X5
+	PXOR   X9, X6
+	PXOR   X9, X7
+	MOVUPS 16(AX), X9
+	AESDEC X9, X0
+	AESDEC X9, X1
+	AESDEC X9, X2
+	AESDEC X9, X3
+	AESDEC X9, X4
+	AESDEC X9, X5
+	AESDEC X9, X6
+	AESDEC X9, X7
+	MOVUPS 32(AX), X9
+	AESDEC X9, X0
+	AESDEC X9, X1
+	AESDEC X9, X2
+	AESDEC X9, X3
+	AESDEC X9, X4
+	AESDEC X9, X5
+	AESDEC X9, X6
+	AESDEC X9, X7
+	MOVUPS 48(AX), X9
+	AESDEC X9, X0
+	AESDEC X9, X1
+	AESDEC X9, X2
+	AESDEC X9, X3
+	AESDEC X9, X4
+	AESDEC X9, X5
+	AESDEC X9, X6
+	AESDEC X9, X7
+	AESDEC X10, X0
+	AESDEC X10, X1
+	AESDEC X10, X2
+	AESDEC X10, X3
+	AESDEC X10, X4
+	AESDEC X10, X5
+	AESDEC X10, X6
+	AESDEC X10, X7
+	AESDEC X11, X0
+	AESDEC X11, X1
+	AESDEC X11, X2
+	AESDEC X11, X3
+	AESDEC X11, X4
+	AESDEC X11, X5
+	AESDEC X11, X6
+	AESDEC X11, X7
+	AESDEC X12, X0
+	AESDEC X12, X1
+	AESDEC X12, X2
+	AESDEC X12, X3
+	AESDEC X12, X4
+	AESDEC X12, X5
+	AESDEC X12, X6
+	AESDEC X12, X7
+	AESDEC X13, X0
+	AESDEC X13, X1
+	AESDEC X13, X2
+	AESDEC X13, X3
+	AESDEC X13, X4
+	AESDEC X13, X5
+	AESDEC X13, X6
+	AESDEC X13, X7
+	AESDEC X14, X0
+	AESDEC X14, X1
+	AESDEC X14, X2
+	AESDEC X14, X3
+	AESDEC X14, X4
+	AESDEC X14, X5
+	AESDEC X14, X6
+	AESDEC X14, X7
+	AESDEC X15, X0
+	AESDEC X15, X1
+	AESDEC X15, X2
+	AESDEC X15, X3
+	AESDEC X15, X4
+	AESDEC X15, X5
+	AESDEC X15, X6
+	AESDEC X15, X7
+	MOVUPS 160(AX), X9
+	AESDECLAST X9, X0
+	AESDECLAST X9, X1
+	AESDECLAST X9, X2
+	AESDECLAST X9, X3
+	AESDECLAST X9, X4
+	AESDECLAST X9, X5
+	AESDECLAST X9, X6
+	AESDECLAST X9, X7
+	PXOR   X8, X0
+	MOVUPS 0(SI), X9
+	PXOR   X9, X1
+	MOVUPS 16(SI), X9
+	PXOR   X9, X2
+	MOVUPS 32(SI), X9
+	PXOR   X9, X3
+	MOVUPS 48(SI), X9
+	PXOR   X9, X4
+	MOVUPS 64(SI), X9
+	PXOR   X9, X5
+	MOVUPS 80(SI), X9
+	PXOR   X9, X6
+	MOVUPS 96(SI), X9
+	PXOR   X9, X7
+	MOVUPS 112(SI), X8
+	MOVUPS X0, 0(DI)
+	MOVUPS X1, 16(DI)
+	MOVUPS X2, 32(DI)
+	MOVUPS X3, 48(DI)
+	MOVUPS X4, 64(DI)
+	MOVUPS X5, 80(DI)
+	MOVUPS X6, 96(DI)
+	MOVUPS X7, 112(DI)
+	ADDQ   $128, SI
+	ADDQ   $128, DI
+	SUBQ   $8, CX
+	CMPQ   CX, $8
+	JAE    loop8
+
+tail:
+	TESTQ  CX, CX
+	JZ     done
+
+loop1:
+	MOVUPS (SI), X0
+	MOVAPS X0, X1
+	MOVUPS (AX), X9
+	PXOR   X9, X0
+	MOVUPS 16(AX), X9
+	AESDEC X9, X0
+	MOVUPS 32(AX), X9
+	AESDEC X9, X0
+	MOVUPS 48(AX), X9
+	AESDEC X9, X0
+	AESDEC X10, X0
+	AESDEC X11, X0
+	AESDEC X12, X0
+	AESDEC X13, X0
+	AESDEC X14, X0
+	AESDEC X15, X0
+	MOVUPS 160(AX), X9
+	AESDECLAST X9, X0
+	PXOR   X8, X0
+	MOVUPS X0, (DI)
+	MOVAPS X1, X8
+	ADDQ   $16, SI
+	ADDQ   $16, DI
+	DECQ   CX
+	JNZ    loop1
+
+done:
+	MOVUPS X8, (BX)
+	RET

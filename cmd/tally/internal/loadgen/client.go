@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 )
 
 // apiClient calls the Cryptolens data-object API with prepared form bodies.
@@ -18,10 +19,7 @@ type apiClient struct {
 }
 
 func newAPIClient(base string, hc *http.Client) *apiClient {
-	for len(base) > 0 && base[len(base)-1] == '/' {
-		base = base[:len(base)-1]
-	}
-	return &apiClient{base: base, hc: hc}
+	return &apiClient{base: strings.TrimRight(base, "/"), hc: hc}
 }
 
 // apiAnswer is the body every data-object method answers with, with Tally's additions.
@@ -71,20 +69,29 @@ func (c *apiClient) do(ctx context.Context, method string, body []byte) (apiAnsw
 		return apiAnswer{}, fmt.Errorf("%s: %w", method, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
 	if err != nil {
 		return apiAnswer{}, fmt.Errorf("%s: read answer: %w", method, err)
 	}
+	return decodeAnswer(method, resp.StatusCode, b)
+}
+
+// maxAnswerBytes bounds an answer's body (a ListDataObjects of many objects is the largest).
+const maxAnswerBytes = 64 << 20
+
+// decodeAnswer decodes a method's answer; a result other than 0 or a status other than 200 is
+// a refusal.
+func decodeAnswer(method string, status int, body []byte) (apiAnswer, error) {
 	var a apiAnswer
-	if err := json.Unmarshal(b, &a); err != nil {
-		return apiAnswer{}, fmt.Errorf("%s: HTTP %d: decode answer %q: %w", method, resp.StatusCode, truncate(b, 200), err)
+	if err := json.Unmarshal(body, &a); err != nil {
+		return apiAnswer{}, fmt.Errorf("%s: HTTP %d: decode answer %q: %w", method, status, truncate(body, 200), err)
 	}
-	if a.Result != 0 || resp.StatusCode != http.StatusOK {
+	if a.Result != 0 || status != http.StatusOK {
 		msg := ""
 		if a.Message != nil {
 			msg = *a.Message
 		}
-		return a, &refusal{method: method, status: resp.StatusCode, message: msg}
+		return a, &refusal{method: method, status: status, message: msg}
 	}
 	return a, nil
 }

@@ -37,7 +37,8 @@ type Config struct {
 	// URL is the server's base URL; AdminToken its admin credential.
 	URL        string
 	AdminToken string
-	// HTTP is the client to use (nil: one sized for Clients).
+	// HTTP is the client for provisioning and the final data check (nil: one sized for
+	// Clients). The timed phase's calls go through a fasthttp client of their own (timed.go).
 	HTTP *http.Client
 
 	// Workload is WorkloadIncrement, WorkloadUpload or WorkloadMix.
@@ -156,6 +157,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	api := newAPIClient(cfg.URL, cfg.HTTP)
 	admin := httpapi.NewAdminClient(cfg.URL, cfg.AdminToken, cfg.HTTP)
+	timed, err := newTimedClient(cfg.URL, cfg.Clients)
+	if err != nil {
+		return Report{}, err
+	}
+	defer timed.close()
 
 	prepStart := time.Now()
 	fx, err := provision(ctx, cfg, admin, api)
@@ -180,8 +186,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if cfg.AroundTimed != nil {
 		stopTimed = cfg.AroundTimed()
 	}
-	res := drive(ctx, cfg, api, fx, uploads)
+	res := drive(ctx, cfg, timed, fx, uploads)
 	stopTimed()
+	timed.close()
 	rep.Elapsed = res.elapsed
 	rep.Increment = res.increment.summary("IncrementIntValueToKey", res.elapsed, 1)
 	rep.Upload = res.upload.summary("UploadValuesToKey", res.elapsed, cfg.NewEntries)
@@ -209,11 +216,24 @@ type driveResult struct {
 	incAcked, incFailed []int64
 }
 
-func drive(ctx context.Context, cfg Config, api *apiClient, fx *fixture, uploads []*preparedUpload) driveResult {
+// drive runs the timed phase: the clients call until the duration ends or the calls are done.
+// Calls in flight when the duration ends finish, so that each call's outcome is known; ending
+// ctx closes the connections under them.
+func drive(ctx context.Context, cfg Config, timed *timedClient, fx *fixture, uploads []*preparedUpload) driveResult {
 	res := driveResult{
 		increment: newRecorder(), upload: newRecorder(), uploadFresh: newRecorder(),
 		incAcked: make([]int64, len(fx.incObjects)), incFailed: make([]int64, len(fx.incObjects)),
 	}
+	aborted := make(chan struct{})
+	stopAbort := context.AfterFunc(ctx, func() {
+		timed.close()
+		close(aborted)
+	})
+	defer func() {
+		if !stopAbort() {
+			<-aborted // it ran: wait until it is done, so that no goroutine outlives drive
+		}
+	}()
 	runCtx := ctx
 	if cfg.Duration > 0 {
 		var cancel context.CancelFunc
@@ -229,6 +249,8 @@ func drive(ctx context.Context, cfg Config, api *apiClient, fx *fixture, uploads
 		go func() {
 			defer wg.Done()
 			if c < cfg.UploadClients {
+				call := timed.newCall("UploadValuesToKey")
+				defer call.release()
 				for runCtx.Err() == nil {
 					i := int(nextUpload.Add(1)) - 1
 					if i >= len(uploads) {
@@ -237,7 +259,7 @@ func drive(ctx context.Context, cfg Config, api *apiClient, fx *fixture, uploads
 					u := uploads[i]
 					t0 := time.Now()
 					// In-flight calls finish after the clock stops: only new ones are not started.
-					u.result, u.err = api.upload(ctx, u.body)
+					u.result, u.err = call.do(ctx, u.body)
 					u.done = true
 					rec := res.upload
 					if cfg.CompareFresh && u.history == 0 {
@@ -249,12 +271,14 @@ func drive(ctx context.Context, cfg Config, api *apiClient, fx *fixture, uploads
 			}
 			obj := (c - cfg.UploadClients) % len(fx.incObjects)
 			body := fx.incBodies[obj]
+			call := timed.newCall("IncrementIntValueToKey")
+			defer call.release()
 			for runCtx.Err() == nil {
 				if cfg.Requests > 0 && issued.Add(1) > int64(cfg.Requests) {
 					return
 				}
 				t0 := time.Now()
-				err := api.call(ctx, "IncrementIntValueToKey", body)
+				_, err := call.do(ctx, body)
 				res.increment.record(time.Since(t0), err)
 				if err != nil {
 					atomic.AddInt64(&res.incFailed[obj], 1)

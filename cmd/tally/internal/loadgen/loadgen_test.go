@@ -98,7 +98,12 @@ func TestCheckFindsLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := drive(context.Background(), cfg, api, fx, nil)
+	timed, err := newTimedClient(cfg.URL, cfg.Clients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer timed.close()
+	res := drive(context.Background(), cfg, timed, fx, nil)
 	check, err := checkData(context.Background(), api, fx, res, nil)
 	if err != nil || !check.OK {
 		t.Fatalf("check before the loss: %+v, %v", check, err)

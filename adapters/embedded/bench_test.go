@@ -177,3 +177,38 @@ func BenchmarkBareScan(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReadAllNearHead measures the short reads of a reader near the head: two events asked
+// for with a subscription's page of 512, and nothing after the head asked for with a page of
+// 4096 (a catch-up's last read). B/op shows whether a short read pays for a whole page.
+func BenchmarkReadAllNearHead(b *testing.B) {
+	store, err := embedded.Open(b.Context(), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	var head eventstore.AppendResult
+	for i := range 10 {
+		if head, err = store.Append(b.Context(), "near-head", eventstore.Any(), benchEvent(i), benchEvent(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name      string
+		from      eventstore.Position
+		max, want int
+	}{
+		{"events=2/max=512", head.Position - 2, 512, 2},
+		{"events=0/max=4096", head.Position, 4096, 0},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				events, err := store.ReadAll(b.Context(), tc.from, tc.max)
+				if err != nil || len(events) != tc.want {
+					b.Fatalf("read %d events (%v), want %d", len(events), err, tc.want)
+				}
+			}
+		})
+	}
+}

@@ -33,12 +33,10 @@ func BenchmarkAppendAndWait(b *testing.B) {
 	var left atomic.Int64
 	left.Store(int64(b.N))
 	var wg sync.WaitGroup
-	var failed atomic.Value
+	errs := make(chan error, writers) // each writer stops at its first error
 	b.ResetTimer()
 	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			stream := domain.DataObjectStream(int64(1000 + w))
 			for left.Add(-1) >= 0 {
 				res, err := store.Append(context.Background(), stream, eventstore.Any(), eventstore.EventData{ID: uuid.New(), Type: domain.EventIncrementApplied, Data: data})
@@ -46,15 +44,16 @@ func BenchmarkAppendAndWait(b *testing.B) {
 					err = c.WaitFor(context.Background(), res.Position)
 				}
 				if err != nil {
-					failed.CompareAndSwap(nil, err)
+					errs <- err
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	b.StopTimer()
-	if err, _ := failed.Load().(error); err != nil {
+	close(errs)
+	for err := range errs {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")

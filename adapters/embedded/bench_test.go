@@ -18,7 +18,7 @@ import (
 	"github.com/tallyledger/tally/domain/eventstore"
 )
 
-// benchEvent is a typical small ledger event: about 120 bytes of JSON data and 40 of metadata.
+// benchEvent is a typical small ledger event: about 95 bytes of JSON data and 56 of metadata.
 func benchEvent(i int) eventstore.EventData {
 	return eventstore.EventData{
 		ID:       uuid.New(),
@@ -85,7 +85,8 @@ func BenchmarkAppend(b *testing.B) {
 	}
 }
 
-// populate fills a store in dir with total benchmark events over 50,000 streams.
+// populate fills a store in dir with total benchmark events, appended 1000 at a time to 50
+// streams (read-0, read-1000, ... read-49000).
 func populate(b *testing.B, dir string, total int) {
 	b.Helper()
 	ctx := context.Background()
@@ -174,6 +175,41 @@ func BenchmarkBareScan(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(total)*float64(b.N)/time.Since(start).Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkReadAllNearHead measures the short reads of a reader near the head: two events asked
+// for with a subscription's page of 512, and nothing after the head asked for with a page of
+// 4096 (a catch-up's last read). B/op shows whether a short read pays for a whole page.
+func BenchmarkReadAllNearHead(b *testing.B) {
+	store, err := embedded.Open(b.Context(), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	var head eventstore.AppendResult
+	for i := range 10 {
+		if head, err = store.Append(b.Context(), "near-head", eventstore.Any(), benchEvent(i), benchEvent(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name      string
+		from      eventstore.Position
+		max, want int
+	}{
+		{"events=2/max=512", head.Position - 2, 512, 2},
+		{"events=0/max=4096", head.Position, 4096, 0},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				events, err := store.ReadAll(b.Context(), tc.from, tc.max)
+				if err != nil || len(events) != tc.want {
+					b.Fatalf("read %d events (%v), want %d", len(events), err, tc.want)
+				}
+			}
 		})
 	}
 }

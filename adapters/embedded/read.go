@@ -86,8 +86,18 @@ func (s *Store) ReadAll(ctx context.Context, from eventstore.Position, max int) 
 	if max <= 0 {
 		return nil, fmt.Errorf("read all: max %d is not positive", max)
 	}
-	// Global reads usually fill their page: size the result once instead of growing it.
-	events, err := s.query(ctx, s.reads.all, min(max, 4096), clampInt64(uint64(from)), max)
+	// Size the result once instead of growing it: a full page, or only as many events as follow
+	// up to the committed head (a subscriber near the head, a catch-up's last read), so that a
+	// short read does not allocate and clear a whole page. A commit after this look only makes
+	// the slice grow.
+	capacity := min(max, 4096)
+	switch head, _ := s.committedHead(); {
+	case head <= from:
+		capacity = 0
+	case head-from < eventstore.Position(capacity):
+		capacity = int(head - from)
+	}
+	events, err := s.query(ctx, s.reads.all, capacity, clampInt64(uint64(from)), max)
 	if err != nil {
 		return nil, fmt.Errorf("read all after %d: %w", from, err)
 	}

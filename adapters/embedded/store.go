@@ -33,6 +33,9 @@ const lockFile = "LOCK"
 // schemaVersion is stored in PRAGMA user_version; a database from a newer Tally is refused.
 const schemaVersion = 1
 
+// queueLength is how many appends may wait for the writer before Append blocks on the queue.
+const queueLength = 4096
+
 // ErrLocked is matched by Open when another process (or another Store in this process) holds
 // the data directory.
 var ErrLocked = errors.New("event store data directory is locked by another process")
@@ -41,12 +44,11 @@ var ErrLocked = errors.New("event store data directory is locked by another proc
 type Option func(*options)
 
 type options struct {
-	maxBatch    int
-	queueLength int
-	readConns   int
-	pageSize    int
-	tailEvents  int
-	tailBytes   int
+	maxBatch   int
+	readConns  int
+	pageSize   int
+	tailEvents int
+	tailBytes  int
 }
 
 // WithMaxBatch caps how many appends one group commit takes (default 1024).
@@ -125,7 +127,7 @@ var _ eventstore.Store = (*Store)(nil)
 // Open opens (creating if needed) the store whose database lives in dir/events.db. It takes an
 // exclusive lock on dir; a dir already open elsewhere gives an error matching ErrLocked.
 func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
-	o := options{maxBatch: 1024, queueLength: 4096, readConns: 4, pageSize: 512, tailEvents: 8192, tailBytes: 8 << 20}
+	o := options{maxBatch: 1024, readConns: 4, pageSize: 512, tailEvents: 8192, tailBytes: 8 << 20}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -139,7 +141,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
 	s := &Store{
 		dir:        dir,
 		lock:       lock,
-		queue:      make(chan *appendRequest, o.queueLength),
+		queue:      make(chan *appendRequest, queueLength),
 		closing:    make(chan struct{}),
 		writerDone: make(chan struct{}),
 		wake:       make(chan struct{}),
@@ -281,9 +283,6 @@ PRAGMA user_version = 1;`
 	}
 	return nil
 }
-
-// Dir is the data directory the store was opened on.
-func (s *Store) Dir() string { return s.dir }
 
 // Close stops taking appends, lets the writer commit those already queued (their callers get
 // their real results), ends subscriptions with ErrClosed, closes the database and releases the

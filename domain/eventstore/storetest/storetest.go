@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -153,23 +154,11 @@ func dataIDs(events []eventstore.EventData) []uuid.UUID {
 	return out
 }
 
-func equalIDs(a, b []uuid.UUID) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // checkStream asserts the stream holds exactly want, at revisions 0..n-1 with increasing positions.
 func (e *env) checkStream(stream string, want []eventstore.EventData) {
 	e.t.Helper()
 	got := e.readStream(stream, eventstore.Forwards, 0, len(want)+10)
-	if !equalIDs(ids(got), dataIDs(want)) {
+	if !slices.Equal(ids(got), dataIDs(want)) {
 		e.t.Fatalf("stream %s holds %v, want %v", stream, ids(got), dataIDs(want))
 	}
 	for i, ev := range got {
@@ -475,7 +464,7 @@ func testReadAll(t *testing.T, e *env) {
 	}
 	for _, page := range []int{1, 4, 1000} {
 		got := e.readAll(from, page, false)
-		if !equalIDs(ids(got), dataIDs(want)) {
+		if !slices.Equal(ids(got), dataIDs(want)) {
 			t.Fatalf("read all in pages of %d: %v, want %v", page, ids(got), dataIDs(want))
 		}
 		for i := 1; i < len(got); i++ {
@@ -486,7 +475,7 @@ func testReadAll(t *testing.T, e *env) {
 	}
 	// Reads are exclusive of their start: after the fifth event comes the sixth.
 	got := e.readAll(from, 100, false)
-	if rest := e.readAll(got[4].Position, 100, false); !equalIDs(ids(rest), ids(got[5:])) {
+	if rest := e.readAll(got[4].Position, 100, false); !slices.Equal(ids(rest), ids(got[5:])) {
 		t.Fatalf("read all after the fifth event: %v, want %v", ids(rest), ids(got[5:]))
 	}
 	// From Start everything is there, and no event sits at Start itself.

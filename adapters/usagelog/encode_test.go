@@ -221,13 +221,7 @@ func opaqueHistory(t testing.TB, pub interface{ Size() int }, size int) []byte {
 	rand.Read(iv)
 	rand.Read(encKey)
 	rand.Read(obj)
-	var buf bytes.Buffer
-	enc := msgpack.NewEncoder(&buf)
-	_ = enc.EncodeArrayLen(3)
-	_ = enc.EncodeBytes(iv)
-	_ = enc.EncodeBytes(encKey)
-	_ = enc.EncodeBytes(obj)
-	return buf.Bytes()
+	return opaqueLayer(iv, encKey, obj)
 }
 
 // With two keys of the same size (a rotation), every layer of the older key is first opened

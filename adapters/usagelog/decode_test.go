@@ -373,3 +373,27 @@ func reversed[T any](s []T) []T {
 	slices.Reverse(out)
 	return out
 }
+
+// The EncryptedKey bin is bounded by maxEncryptedKeyBytes (an RSA-8192 ciphertext) when the
+// outer header is read, before any key is tried: 1024 bytes pass the outer checks, 1025 (and 0)
+// do not, and a decode of such a layer performs no RSA operation.
+func TestEncryptedKeyBound(t *testing.T) {
+	ring := testRing(t, testKey(t, 1))
+	iv, obj := make([]byte, 16), make([]byte, 32)
+	for _, tc := range []struct {
+		keyLen int
+		parses bool
+	}{{0, false}, {1, true}, {maxEncryptedKeyBytes, true}, {maxEncryptedKeyBytes + 1, false}} {
+		raw := opaqueLayer(iv, make([]byte, tc.keyLen), obj)
+		if _, err := LayerIDOf(raw); (err == nil) != tc.parses {
+			t.Errorf("EncryptedKey of %d bytes: outer header error %v, want parsed %v", tc.keyLen, err, tc.parses)
+		}
+		before := ring.Decryptions()
+		if _, err := decodeBoth(t, ring, raw, NewestFirst, nil, 0); !errors.Is(err, ErrCorrupted) {
+			t.Errorf("EncryptedKey of %d bytes: %v, want ErrCorrupted", tc.keyLen, err)
+		}
+		if ops := ring.Decryptions() - before; ops != 0 {
+			t.Errorf("EncryptedKey of %d bytes: %d RSA operations, want 0 (no key of that size)", tc.keyLen, ops)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -174,7 +175,7 @@ func TestEncodingReadsBackWithTheLibrary(t *testing.T) {
 
 // Decoding k new layers reads only their headers and paddings: the AES work is O(k² × header
 // size) plus the read-ahead, the same whatever lies below once the history is longer than the
-// read-ahead, and no read falls outside the chain's head and tail buffers.
+// read-ahead, and the chain serves every read from its head and tail buffers.
 func TestFastPathWorkIsIndependentOfHistory(t *testing.T) {
 	priv := testKey(t, 1)
 	ring := testRing(t, priv)
@@ -196,8 +197,8 @@ func TestFastPathWorkIsIndependentOfHistory(t *testing.T) {
 		if err != nil || len(entries) != newLayers {
 			t.Fatalf("history %d: %d entries, %v", history, len(entries), err)
 		}
-		if w.directReads != 0 {
-			t.Errorf("history %d: %d reads outside the chain's buffers", history, w.directReads)
+		if w.refused != 0 {
+			t.Errorf("history %d: %d reads or opens the chain refused", history, w.refused)
 		}
 		decrypted = append(decrypted, w.decryptedBytes)
 	}
@@ -220,19 +221,13 @@ func opaqueHistory(t testing.TB, pub interface{ Size() int }, size int) []byte {
 	rand.Read(iv)
 	rand.Read(encKey)
 	rand.Read(obj)
-	var buf bytes.Buffer
-	enc := msgpack.NewEncoder(&buf)
-	_ = enc.EncodeArrayLen(3)
-	_ = enc.EncodeBytes(iv)
-	_ = enc.EncodeBytes(encKey)
-	_ = enc.EncodeBytes(obj)
-	return buf.Bytes()
+	return opaqueLayer(iv, encKey, obj)
 }
 
 // With two keys of the same size (a rotation), every layer of the older key is first opened
 // with the newer one and fails: the chain pops that level and pushes it again. Over a log long
 // enough to extend both of the chain's buffers several times, the result still matches the
-// straightforward decoder, with no read outside the buffers and at most one pop per layer of
+// straightforward decoder, with every read served from the buffers and at most one pop per layer of
 // the older key (none when its EncryptedKey is not below the newer key's modulus: the RSA step
 // refuses it and there is no candidate to pop).
 func TestFastPathKeyRotation(t *testing.T) {
@@ -265,7 +260,50 @@ func TestFastPathKeyRotation(t *testing.T) {
 	if w.pops == 0 || w.pops > oldLayers {
 		t.Errorf("%d levels popped, want up to one for each of the %d layers of the older key", w.pops, oldLayers)
 	}
-	if w.directReads != 0 {
-		t.Errorf("%d reads outside the chain's buffers", w.directReads)
+	if w.refused != 0 {
+		t.Errorf("%d reads or opens the chain refused", w.refused)
+	}
+}
+
+// The chain serves only the walk's reads: a read of an outer level, once a layer is pushed on
+// it, and an open from a view the chain has moved past are refused (and counted), not served.
+func TestChainRefusesReadsNoWalkMakes(t *testing.T) {
+	priv := testKey(t, 1)
+	ring := testRing(t, priv)
+	raw := buildLog(t, &priv.PublicKey, randomEntries(newTestRand(5), 3))[2]
+	w := &work{}
+	open := openLazyCounting(w)
+	var src source = plainSource(raw)
+	hdr, err := readOuter(&window{src: src}, 0, len(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var views []source // the plaintexts of the two outer layers
+	var hdrs []outerHeader
+	for depth := 1; ; depth++ {
+		_, next, err := openLayer(open, src, hdr, ring.unwrap(hdr.encryptedKey)[0])
+		if err != nil {
+			t.Fatalf("layer %d: %v", depth, err)
+		}
+		if next == nil {
+			break
+		}
+		src, hdr = next.src, next.hdr
+		views, hdrs = append(views, src), append(hdrs, hdr)
+	}
+	if len(views) != 2 || w.refused != 0 {
+		t.Fatalf("walk: %d views, %d refused", len(views), w.refused)
+	}
+	for i, v := range views {
+		if _, err := v.bytes(0, 1); err == nil || errors.Is(err, ErrCorrupted) {
+			t.Errorf("read of outer layer %d: %v, want an internal error", i+1, err)
+		}
+	}
+	h := hdrs[0]
+	if _, err := open(views[0], h.objOff, h.objLen, h.iv, ring.unwrap(h.encryptedKey)[0]); err == nil || errors.Is(err, ErrCorrupted) {
+		t.Errorf("open from a view the chain has moved past: %v, want an internal error", err)
+	}
+	if w.refused != 3 {
+		t.Errorf("%d refusals counted, want 3", w.refused)
 	}
 }

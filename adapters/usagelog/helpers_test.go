@@ -126,6 +126,12 @@ func sealWith(key, iv, encKey, inner []byte) []byte {
 	}
 	block, _ := aes.NewCipher(key)
 	cipher.NewCBCEncrypter(block, iv).CryptBlocks(obj, obj)
+	return opaqueLayer(iv, encKey, obj)
+}
+
+// opaqueLayer is the outer array [bin(iv), bin(encKey), bin(obj)] of a layer, encoded by the
+// msgpack library, whatever the three hold.
+func opaqueLayer(iv, encKey, obj []byte) []byte {
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)
 	_ = enc.EncodeArrayLen(3)

@@ -10,13 +10,11 @@ import (
 )
 
 // source is random access to the bytes of one level of a log: the raw file, or the plaintext of
-// one layer's EncryptedObject. bytes returns a fresh slice that the caller owns; readAt fills
-// dst instead, so that the nested views of a walk read through one another without allocating.
-// Callers keep the range inside [0, size()).
+// one layer's EncryptedObject. bytes returns a fresh slice that the caller owns; a range outside
+// [0, size()) is ErrCorrupted.
 type source interface {
 	size() int
 	bytes(off, n int) ([]byte, error)
-	readAt(dst []byte, off int) error
 }
 
 // plainSource is bytes already in memory.
@@ -80,12 +78,18 @@ func openLazyTuned(w *work, headAhead, tailAhead int) opener {
 			return nil, fmt.Errorf("aes key: %w", err)
 		}
 		var c *chain
-		if pv, ok := parent.(*chainView); ok && pv.c.continueFrom(pv.lv, off) {
-			c = pv.c
-		} else {
-			// The raw log, or a view the chain has moved past (not on a walk's path): a new
-			// chain reads through it.
-			c = newChain(parent, w, headAhead, tailAhead)
+		switch p := parent.(type) {
+		case plainSource: // the raw log: a new chain reads through it
+			c = newChain(p, w, headAhead, tailAhead)
+		case *chainView:
+			// A walk opens a layer from the view of the layer around it, the chain's tip, or,
+			// trying another key, from the tip's parent (continueFrom pops the failed level).
+			if !p.c.continueFrom(p.lv, off) {
+				return nil, w.refuse("a layer opened from a level the chain has moved past")
+			}
+			c = p.c
+		default:
+			return nil, fmt.Errorf("usage-log fast path: a layer opened from a %T", parent)
 		}
 		lv, err := c.push(off, n, iv, block)
 		if err != nil {
@@ -130,14 +134,16 @@ const (
 // new layers does not matter beyond the read-ahead. Memory: the head buffer holds the innermost
 // level from its start to the read-ahead (≲ headChunk + 16 × k + a header), the tail buffer
 // the suffix of the paddings (≲ tailChunk + 47 × k), and each level its AES key schedule and two
-// CBC decrypters; a whole decode of 1000 new layers allocates 3.0 MB, on a 3 MB or a 31 MB log
-// alike (BenchmarkLongHistory with -benchmem).
+// CBC decrypters; a whole decode of 1000 new layers allocates about 1.7 MB, with or without
+// a long history below them (BenchmarkDecodePerLayer and BenchmarkLongHistory with -benchmem;
+// docs/usage-log.md).
 //
-// Only the innermost level (the tip) is served from the buffers. A read of an outer level, or
-// of a stale view, is decrypted directly from the base through every level above it (correct,
-// slow, counted in work.directReads; a walk makes no such reads).
+// Only the innermost level (the tip) is read, from the buffers: a walk reads each layer's
+// headers and padding before it pushes the layer nested in it. Any other read (an outer level,
+// a view the chain has moved past) is an internal error, which no walk makes (counted in
+// work.refused, which tests check).
 type chain struct {
-	base      source
+	base      plainSource
 	levels    []*level // levels[0] is the base; each next level is nested in the one before
 	work      *work
 	headAhead int // read-ahead: headChunk outside tests
@@ -164,8 +170,16 @@ type level struct {
 // work counts what the fast path does, for tests that bound it.
 type work struct {
 	decryptedBytes int // AES-CBC blocks processed, in bytes, at every level
-	directReads    int // reads served outside the head and tail buffers
 	pops           int // levels popped because their key failed
+	refused        int // reads and opens the chain cannot serve (see chain): a walk makes none
+}
+
+// refuse counts and returns an internal error of the fast path: a read or open no walk makes.
+func (w *work) refuse(format string, args ...any) error {
+	if w != nil {
+		w.refused++
+	}
+	return fmt.Errorf("usage-log fast path: "+format, args...)
 }
 
 func (w *work) add(n int) {
@@ -174,7 +188,7 @@ func (w *work) add(n int) {
 	}
 }
 
-func newChain(base source, w *work, headAhead, tailAhead int) *chain {
+func newChain(base plainSource, w *work, headAhead, tailAhead int) *chain {
 	n := base.size()
 	return &chain{
 		base:      base,
@@ -343,71 +357,35 @@ func (c *chain) extendTail(target int) error {
 	return nil
 }
 
-// read fills dst with lv's plaintext from base position x.
+// read fills dst with lv's plaintext from base position x; lv must be the tip.
 func (c *chain) read(lv *level, dst []byte, x int) error {
+	if lv != c.tip() {
+		return c.work.refuse("read of a level other than the chain's tip")
+	}
 	y := x + len(dst)
-	if lv == c.tip() {
-		inHead := func() bool { return x >= c.hoff && y <= lv.headEnd }
-		inTail := func() bool { return x >= lv.tailStart }
-		switch {
-		case inHead():
-		case inTail():
-		case x >= c.hoff && x <= lv.headEnd: // a header, read from the head frontier on
-			if err := c.extendHead(y); err != nil {
-				return err
-			}
-		default: // a padding, read near the end
-			if err := c.extendTail(x); err != nil {
-				return err
-			}
+	inHead := func() bool { return x >= c.hoff && y <= lv.headEnd }
+	inTail := func() bool { return x >= lv.tailStart }
+	switch {
+	case inHead():
+	case inTail():
+	case x >= c.hoff && x <= lv.headEnd: // a header, read from the head frontier on
+		if err := c.extendHead(y); err != nil {
+			return err
 		}
-		switch {
-		case inHead():
-			copy(dst, c.hbuf[x-c.hoff:])
-			return nil
-		case inTail():
-			copy(dst, c.tbuf[x-c.toff:])
-			return nil
+	default: // a padding, read near the end
+		if err := c.extendTail(x); err != nil {
+			return err
 		}
 	}
-	if c.work != nil {
-		c.work.directReads++
+	switch {
+	case inHead():
+		copy(dst, c.hbuf[x-c.hoff:])
+		return nil
+	case inTail():
+		copy(dst, c.tbuf[x-c.toff:])
+		return nil
 	}
-	plain, err := c.direct(lv, x, y)
-	if err != nil {
-		return err
-	}
-	copy(dst, plain)
-	return nil
-}
-
-// direct returns lv's plaintext over base positions [x, y), decrypted from the base through
-// every level above it, without the buffers.
-func (c *chain) direct(lv *level, x, y int) ([]byte, error) {
-	if lv.parent == nil {
-		b := make([]byte, y-x)
-		return b, c.base.readAt(b, x)
-	}
-	const bs = aes.BlockSize
-	lo := lv.start + (x-lv.start)/bs*bs
-	hi := lv.start + (y-lv.start+bs-1)/bs*bs
-	var iv, ct []byte
-	if lo == lv.start {
-		b, err := c.direct(lv.parent, lo, hi)
-		if err != nil {
-			return nil, err
-		}
-		iv, ct = lv.iv[:], b
-	} else {
-		b, err := c.direct(lv.parent, lo-bs, hi)
-		if err != nil {
-			return nil, err
-		}
-		iv, ct = b[:bs], b[bs:]
-	}
-	lv.block.NewCBCDecrypter(iv).CryptBlocks(ct, ct)
-	c.work.add(len(ct))
-	return ct[x-lo : y-lo], nil
+	return c.work.refuse("read of [%d,%d) outside the chain's buffers", x, y)
 }
 
 // chainView is one level of a chain as a source.
@@ -423,17 +401,10 @@ func (v *chainView) bytes(off, n int) ([]byte, error) {
 		return nil, fmt.Errorf("%w: read [%d,+%d) outside %d bytes", ErrCorrupted, off, n, v.size())
 	}
 	b := make([]byte, n)
-	return b, v.readAt(b, off)
-}
-
-func (v *chainView) readAt(dst []byte, off int) error {
-	if off < 0 || off > v.size()-len(dst) {
-		return fmt.Errorf("%w: read [%d,+%d) outside %d bytes", ErrCorrupted, off, len(dst), v.size())
+	if n == 0 {
+		return b, nil
 	}
-	if len(dst) == 0 {
-		return nil
-	}
-	return v.c.read(v.lv, dst, v.lv.start+off)
+	return b, v.c.read(v.lv, b, v.lv.start+off)
 }
 
 // window serves reads of a source from one cached run of bytes, fetching ahead so that a

@@ -147,6 +147,13 @@ func (s *State) Key(id int64) (domain.LicenseKey, bool) {
 	return k, ok
 }
 
+// ProductOfKey returns the product a license key belongs to; it is what domain.Token's
+// CheckGeneral asks of the state.
+func (s *State) ProductOfKey(keyID int64) (int64, bool) {
+	k, ok := s.Keys[keyID]
+	return k.ProductID, ok
+}
+
 // KeyByString returns the key of a product with the given key string.
 func (s *State) KeyByString(productID int64, key string) (domain.LicenseKey, bool) {
 	id, ok := s.keyByString[domain.NormalizeKeyString(key)]

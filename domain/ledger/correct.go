@@ -78,11 +78,7 @@ func (s *Service) CanList(tok domain.Token, objectID int64) bool {
 		if !found {
 			return
 		}
-		productOf := func(keyID int64) (int64, bool) {
-			k, ok := st.Key(keyID)
-			return k.ProductID, ok
-		}
-		ok = tok.CheckGeneral(o.Owner, productOf) == nil
+		ok = tok.CheckGeneral(o.Owner, st.ProductOfKey) == nil
 	})
 	return ok
 }

@@ -60,11 +60,7 @@ func resolveOwner(st *projections.State, tok domain.Token, sc Scope) (domain.Own
 	default:
 		return domain.Owner{}, domain.ErrReferencerType
 	}
-	productOf := func(keyID int64) (int64, bool) {
-		k, ok := st.Key(keyID)
-		return k.ProductID, ok
-	}
-	if err := tok.CheckGeneral(owner, productOf); err != nil {
+	if err := tok.CheckGeneral(owner, st.ProductOfKey); err != nil {
 		return domain.Owner{}, err
 	}
 	return owner, nil
@@ -198,11 +194,7 @@ func (s *Service) ListDataObjects(ctx context.Context, c Caller, q ListDataObjec
 func visibleObjects(st *projections.State, tok domain.Token) []*projections.Object {
 	var out []*projections.Object
 	for _, o := range st.AllObjects() {
-		productOf := func(keyID int64) (int64, bool) {
-			k, ok := st.Key(keyID)
-			return k.ProductID, ok
-		}
-		if tok.CheckGeneral(o.Owner, productOf) == nil {
+		if tok.CheckGeneral(o.Owner, st.ProductOfKey) == nil {
 			out = append(out, o)
 		}
 	}

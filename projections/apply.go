@@ -100,10 +100,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 		if o == nil {
 			return nil
 		}
-		dir := domain.Increment
-		if ev.Type == domain.EventDecrementApplied {
-			dir = domain.Decrement
-		}
+		dir := domain.DirectionOf(ev.Type)
 		switch {
 		case e.Upload == nil:
 			o.IntValue = int32(int64(o.IntValue) + int64(dir)*e.Amount)

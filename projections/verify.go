@@ -71,10 +71,7 @@ func verifyApply(st *State, ev eventstore.RecordedEvent, pending map[uuid.UUID][
 		if json.Unmarshal(ev.Data, &d) != nil || !isObject {
 			break
 		}
-		delta := d.Amount
-		if ev.Type == domain.EventDecrementApplied {
-			delta = -delta
-		}
+		delta := int64(domain.DirectionOf(ev.Type)) * d.Amount
 		c := recordedAfter{objectID: objectID, delta: delta, after: d.After, ev: ev}
 		switch {
 		case d.Upload == nil:

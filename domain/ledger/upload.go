@@ -181,12 +181,8 @@ func (s *Service) planUpload(st *projections.State, c Caller, owner domain.Owner
 	prevTS := base.Timestamp
 	now := s.clock()
 	for _, e := range p.entries {
-		method := domain.MethodIncrementIntValue
-		dir := domain.Increment
-		if e.Decrement {
-			method, dir = domain.MethodDecrementIntValue, domain.Decrement
-		}
-		if !c.Token.Allows(method) {
+		dir := e.direction()
+		if !c.Token.Allows(dir.Method()) {
 			return nil, domain.ErrNotEnoughPermission
 		}
 		if err := c.Token.CheckAmount(e.Amount); err != nil {
@@ -269,11 +265,7 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 	}
 	byObject := map[int64][]eventstore.EventData{}
 	for i, e := range p.entries {
-		typ := domain.EventIncrementApplied
-		if e.Decrement {
-			typ = domain.EventDecrementApplied
-		}
-		ev, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, e.Layer[:]), typ, p.changes[i], meta)
+		ev, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, e.Layer[:]), e.direction().EventType(), p.changes[i], meta)
 		if err != nil {
 			return UploadResult{}, err
 		}

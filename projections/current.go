@@ -418,7 +418,7 @@ func writeFileAtomic(path string, b []byte) error {
 // after each batch with the number of events folded so far.
 func Rebuild(ctx context.Context, store AllReader, progress func(events int)) (*State, error) {
 	st := NewState()
-	if err := fold(ctx, store, st, progress); err != nil {
+	if err := fold(ctx, store, st, progress, st.applyOrSkip); err != nil {
 		return nil, err
 	}
 	return st, nil

@@ -157,8 +157,8 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 }
 
 func (s *State) seenID(category string, id int64) {
-	if id > s.MaxIDs[category] {
-		s.MaxIDs[category] = id
+	if id > s.maxIDs[category] {
+		s.maxIDs[category] = id
 	}
 }
 

@@ -107,6 +107,31 @@ func (d Direction) String() string {
 	return "increment"
 }
 
+// EventType is the type of the event that records a change in direction d.
+func (d Direction) EventType() string {
+	if d == Decrement {
+		return EventDecrementApplied
+	}
+	return EventIncrementApplied
+}
+
+// Method is the data-object method that changes a value in direction d.
+func (d Direction) Method() Method {
+	if d == Decrement {
+		return MethodDecrementIntValue
+	}
+	return MethodIncrementIntValue
+}
+
+// DirectionOf is the direction of an IncrementApplied or DecrementApplied event: its
+// ValueChanged.Amount is positive, the event type gives the sign.
+func DirectionOf(eventType string) Direction {
+	if eventType == EventDecrementApplied {
+		return Decrement
+	}
+	return Increment
+}
+
 // Method is a data-object method a token may be allowed to call.
 type Method string
 

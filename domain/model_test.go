@@ -113,3 +113,25 @@ func TestUploadStreamNamesRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestDirectionNamesItsEventAndMethod(t *testing.T) {
+	cases := []struct {
+		dir    Direction
+		event  string
+		method Method
+	}{
+		{Increment, EventIncrementApplied, MethodIncrementIntValue},
+		{Decrement, EventDecrementApplied, MethodDecrementIntValue},
+	}
+	for _, c := range cases {
+		if got := c.dir.EventType(); got != c.event {
+			t.Errorf("%v.EventType() = %q, want %q", c.dir, got, c.event)
+		}
+		if got := c.dir.Method(); got != c.method {
+			t.Errorf("%v.Method() = %q, want %q", c.dir, got, c.method)
+		}
+		if got := DirectionOf(c.event); got != c.dir {
+			t.Errorf("DirectionOf(%q) = %v, want %v", c.event, got, c.dir)
+		}
+	}
+}

@@ -100,10 +100,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 		if o == nil {
 			return nil
 		}
-		dir := domain.Increment
-		if ev.Type == domain.EventDecrementApplied {
-			dir = domain.Decrement
-		}
+		dir := domain.DirectionOf(ev.Type)
 		switch {
 		case e.Upload == nil:
 			o.IntValue = int32(int64(o.IntValue) + int64(dir)*e.Amount)
@@ -160,8 +157,8 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 }
 
 func (s *State) seenID(category string, id int64) {
-	if id > s.MaxIDs[category] {
-		s.MaxIDs[category] = id
+	if id > s.maxIDs[category] {
+		s.maxIDs[category] = id
 	}
 }
 

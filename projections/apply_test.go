@@ -146,6 +146,11 @@ func TestSnapshotRoundTripKeepsEverything(t *testing.T) {
 	if back.Position != 5 {
 		t.Fatalf("position = %d, want 5", back.Position)
 	}
+	for category, want := range map[string]int64{domain.CategoryProduct: 1, domain.CategoryKey: 3, domain.CategoryDataObject: 9} {
+		if got := back.MaxID(category); got != want {
+			t.Fatalf("largest %s id after reload = %d, want %d", category, got, want)
+		}
+	}
 
 	back.Objects[9].IntValue = 41
 	if d := Diff(st, back); len(d) != 1 {

@@ -309,7 +309,7 @@ func (c *Current) WaitFor(ctx context.Context, pos eventstore.Position) error {
 	}
 	if c.waitStop {
 		c.waitMu.Unlock()
-		return c.stopErr()
+		return c.Err()
 	}
 	w := &positionWaiter{pos: pos, ch: make(chan struct{})}
 	heap.Push(&c.waiters, w)
@@ -322,7 +322,7 @@ func (c *Current) WaitFor(ctx context.Context, pos eventstore.Position) error {
 		if reached {
 			return nil
 		}
-		return c.stopErr()
+		return c.Err()
 	case <-ctx.Done():
 		c.waitMu.Lock()
 		if w.index >= 0 {
@@ -331,12 +331,6 @@ func (c *Current) WaitFor(ctx context.Context, pos eventstore.Position) error {
 		c.waitMu.Unlock()
 		return ctx.Err()
 	}
-}
-
-func (c *Current) stopErr() error {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.err
 }
 
 // positionWaiter is one WaitFor call; index is its place in the heap (-1 once out of it).
@@ -424,7 +418,7 @@ func writeFileAtomic(path string, b []byte) error {
 // after each batch with the number of events folded so far.
 func Rebuild(ctx context.Context, store AllReader, progress func(events int)) (*State, error) {
 	st := NewState()
-	if err := fold(ctx, store, st, progress); err != nil {
+	if err := fold(ctx, store, st, progress, st.applyOrSkip); err != nil {
 		return nil, err
 	}
 	return st, nil

@@ -142,10 +142,7 @@ func historyEntry(ev eventstore.RecordedEvent, decisions map[uuid.UUID]uploadDec
 			return e, decodeErr(err)
 		}
 		e.At, e.Before, e.After, e.Correction = d.At, &d.Before, &d.After, d.Correction
-		e.Amount = d.Amount
-		if ev.Type == domain.EventDecrementApplied {
-			e.Amount = -d.Amount
-		}
+		e.Amount = int64(domain.DirectionOf(ev.Type)) * d.Amount
 		if d.Upload != nil {
 			id, ts := d.Upload.UploadID, d.Upload.LogTimestamp
 			e.UploadID, e.Layer, e.LogTimestamp, e.Anomaly = &id, d.Upload.Layer, &ts, d.Upload.Anomaly

@@ -67,10 +67,10 @@ type State struct {
 	Objects     map[int64]*Object                   `json:"objects"`
 	Uploads     map[string]*Upload                  `json:"uploads"` // by Owner.String()
 	Aborted     map[uuid.UUID]bool                  `json:"aborted"` // aborted uploads, to ignore their late events
-	MaxIDs      map[string]int64                    `json:"maxIds"`  // by stream category
 	keyByString map[string]int64                    // normalized key string -> key id
 	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
 	owned       map[domain.Owner]map[int64]struct{} // live objects per owner
+	maxIDs      map[string]int64                    // largest id of products, keys and objects, by stream category
 }
 
 // EventRef locates one event.
@@ -89,7 +89,6 @@ func NewState() *State {
 		Objects:  map[int64]*Object{},
 		Uploads:  map[string]*Upload{},
 		Aborted:  map[uuid.UUID]bool{},
-		MaxIDs:   map[string]int64{},
 	}
 	s.reindex()
 	return s
@@ -106,10 +105,18 @@ func (s *State) reindex() {
 		s.tokenByHash[t.SecretHash] = id
 	}
 	s.owned = map[domain.Owner]map[int64]struct{}{}
+	s.maxIDs = map[string]int64{}
 	for id, o := range s.Objects {
 		if !o.Removed {
 			s.own(o.Owner, id)
 		}
+		s.seenID(domain.CategoryDataObject, id)
+	}
+	for id := range s.Products {
+		s.seenID(domain.CategoryProduct, id)
+	}
+	for id := range s.Keys {
+		s.seenID(domain.CategoryKey, id)
 	}
 }
 
@@ -145,6 +152,13 @@ func (s *State) Product(id int64) (domain.Product, bool) {
 func (s *State) Key(id int64) (domain.LicenseKey, bool) {
 	k, ok := s.Keys[id]
 	return k, ok
+}
+
+// ProductOfKey returns the product a license key belongs to; it is what domain.Token's
+// CheckGeneral asks of the state.
+func (s *State) ProductOfKey(keyID int64) (int64, bool) {
+	k, ok := s.Keys[keyID]
+	return k.ProductID, ok
 }
 
 // KeyByString returns the key of a product with the given key string.
@@ -229,7 +243,7 @@ func (s *State) Layer(o domain.Owner, layer [32]byte) (LayerInfo, bool) {
 }
 
 // MaxID returns the largest id seen in a stream category.
-func (s *State) MaxID(category string) int64 { return s.MaxIDs[category] }
+func (s *State) MaxID(category string) int64 { return s.maxIDs[category] }
 
 // PendingUploads returns the uploads prepared and not yet decided, by owner.
 func (s *State) PendingUploads() []domain.UploadPrepared {

@@ -220,10 +220,7 @@ func (f *usageFold) apply(ev eventstore.RecordedEvent) error {
 		if err := json.Unmarshal(ev.Data, &d); err != nil {
 			return err
 		}
-		delta := d.Amount
-		if ev.Type == domain.EventDecrementApplied {
-			delta = -delta
-		}
+		delta := int64(domain.DirectionOf(ev.Type)) * d.Amount
 		if d.Upload != nil {
 			if !f.aborted[d.Upload.UploadID] {
 				f.pending[d.Upload.UploadID] = append(f.pending[d.Upload.UploadID], pendingChange{objectID: d.ObjectID, delta: delta, logTime: d.Upload.LogTimestamp})

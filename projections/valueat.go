@@ -66,12 +66,8 @@ func ValueAt(ctx context.Context, r StreamReader, objectID int64, at time.Time) 
 					continue
 				}
 			}
-			delta := d.Amount
-			if ev.Type == domain.EventDecrementApplied {
-				delta = -delta
-			}
 			// The projection wraps the same way; the ledger never lets a value leave int32.
-			v.IntValue = int32(int64(v.IntValue) + delta)
+			v.IntValue = int32(int64(v.IntValue) + int64(domain.DirectionOf(ev.Type))*d.Amount)
 		case domain.EventDataObjectRemoved:
 			v.Removed = true
 		}

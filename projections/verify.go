@@ -31,23 +31,13 @@ func RebuildVerified(ctx context.Context, r AllReader, progress func(events int)
 	st := NewState()
 	var problems []string
 	pending := map[uuid.UUID][]recordedAfter{}
-	n := 0
-	for {
-		evs, err := r.ReadAll(ctx, st.Position, 4096)
-		if err != nil {
-			return nil, nil, fmt.Errorf("replay: %w", err)
-		}
-		if len(evs) == 0 {
-			return st, problems, nil
-		}
-		for _, ev := range evs {
-			problems = append(problems, verifyApply(st, ev, pending)...)
-		}
-		n += len(evs)
-		if progress != nil {
-			progress(n)
-		}
+	err := fold(ctx, r, st, progress, func(ev eventstore.RecordedEvent) {
+		problems = append(problems, verifyApply(st, ev, pending)...)
+	})
+	if err != nil {
+		return nil, nil, err
 	}
+	return st, problems, nil
 }
 
 func verifyApply(st *State, ev eventstore.RecordedEvent, pending map[uuid.UUID][]recordedAfter) []string {
@@ -71,10 +61,7 @@ func verifyApply(st *State, ev eventstore.RecordedEvent, pending map[uuid.UUID][
 		if json.Unmarshal(ev.Data, &d) != nil || !isObject {
 			break
 		}
-		delta := d.Amount
-		if ev.Type == domain.EventDecrementApplied {
-			delta = -delta
-		}
+		delta := int64(domain.DirectionOf(ev.Type)) * d.Amount
 		c := recordedAfter{objectID: objectID, delta: delta, after: d.After, ev: ev}
 		switch {
 		case d.Upload == nil:
@@ -127,13 +114,16 @@ func verifyApply(st *State, ev eventstore.RecordedEvent, pending map[uuid.UUID][
 
 // CatchUp folds into st every event of the store after st's position.
 func CatchUp(ctx context.Context, r AllReader, st *State) error {
-	return fold(ctx, r, st, nil)
+	return fold(ctx, r, st, nil, st.applyOrSkip)
 }
 
-// fold applies every event after st's position, calling progress (if not nil) after each
-// batch with the number of events folded so far. An event Apply cannot read only moves the
-// position, as in the live projection.
-func fold(ctx context.Context, r AllReader, st *State, progress func(events int)) error {
+// applyOrSkip folds ev into s. An event Apply cannot read only moves the position, as in the
+// live projection.
+func (s *State) applyOrSkip(ev eventstore.RecordedEvent) { _ = s.Apply(ev) }
+
+// fold hands every event after st's position to apply, which must fold it into st, calling
+// progress (if not nil) after each batch with the number of events folded so far.
+func fold(ctx context.Context, r AllReader, st *State, progress func(events int), apply func(eventstore.RecordedEvent)) error {
 	n := 0
 	for {
 		evs, err := r.ReadAll(ctx, st.Position, 4096)
@@ -144,7 +134,7 @@ func fold(ctx context.Context, r AllReader, st *State, progress func(events int)
 			return nil
 		}
 		for _, ev := range evs {
-			_ = st.Apply(ev)
+			apply(ev)
 		}
 		n += len(evs)
 		if progress != nil {

@@ -29,12 +29,11 @@ func (s *Service) Correct(ctx context.Context, c Caller, objectID int64, amount 
 	if amount > math.MaxInt32 || amount < -math.MaxInt32 {
 		return domain.ErrInt32Limit
 	}
-	dir, method, typ := domain.Increment, domain.MethodIncrementIntValue, domain.EventIncrementApplied
-	magnitude := amount
+	dir, magnitude := domain.Increment, amount
 	if amount < 0 {
-		dir, method, typ = domain.Decrement, domain.MethodDecrementIntValue, domain.EventDecrementApplied
-		magnitude = -amount
+		dir, magnitude = domain.Decrement, -amount
 	}
+	method := dir.Method()
 	var owner domain.Owner
 	var live bool
 	s.view.Read(func(st *projections.State) {
@@ -57,7 +56,7 @@ func (s *Service) Correct(ctx context.Context, c Caller, objectID int64, amount 
 		if err != nil {
 			return "", nil, err
 		}
-		return typ, domain.ValueChanged{
+		return dir.EventType(), domain.ValueChanged{
 			ObjectID: o.ID, Amount: magnitude, Before: o.IntValue, After: after,
 			At: s.clock().UTC(), Correction: reason,
 		}, nil
@@ -78,11 +77,7 @@ func (s *Service) CanList(tok domain.Token, objectID int64) bool {
 		if !found {
 			return
 		}
-		productOf := func(keyID int64) (int64, bool) {
-			k, ok := st.Key(keyID)
-			return k.ProductID, ok
-		}
-		ok = tok.CheckGeneral(o.Owner, productOf) == nil
+		ok = tok.CheckGeneral(o.Owner, st.ProductOfKey) == nil
 	})
 	return ok
 }

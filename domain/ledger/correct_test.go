@@ -13,8 +13,9 @@ import (
 	"github.com/tallyledger/tally/projections"
 )
 
-// newLedger runs a ledger on a real embedded store and a followed projection.
-func newLedger(t *testing.T) (*ledger.Service, eventstore.Store) {
+// newLedger runs a ledger on a real embedded store and a followed projection; adjust, if
+// given, completes its configuration.
+func newLedger(t *testing.T, adjust ...func(*ledger.Config)) (*ledger.Service, eventstore.Store) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	store, err := embedded.Open(ctx, t.TempDir())
@@ -32,7 +33,11 @@ func newLedger(t *testing.T) (*ledger.Service, eventstore.Store) {
 		<-done
 		_ = store.Close()
 	})
-	svc, err := ledger.New(ledger.Config{Store: store, View: proj})
+	cfg := ledger.Config{Store: store, View: proj}
+	for _, a := range adjust {
+		a(&cfg)
+	}
+	svc, err := ledger.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,11 +60,7 @@ func resolveOwner(st *projections.State, tok domain.Token, sc Scope) (domain.Own
 	default:
 		return domain.Owner{}, domain.ErrReferencerType
 	}
-	productOf := func(keyID int64) (int64, bool) {
-		k, ok := st.Key(keyID)
-		return k.ProductID, ok
-	}
-	if err := tok.CheckGeneral(owner, productOf); err != nil {
+	if err := tok.CheckGeneral(owner, st.ProductOfKey); err != nil {
 		return domain.Owner{}, err
 	}
 	return owner, nil
@@ -198,11 +194,7 @@ func (s *Service) ListDataObjects(ctx context.Context, c Caller, q ListDataObjec
 func visibleObjects(st *projections.State, tok domain.Token) []*projections.Object {
 	var out []*projections.Object
 	for _, o := range st.AllObjects() {
-		productOf := func(keyID int64) (int64, bool) {
-			k, ok := st.Key(keyID)
-			return k.ProductID, ok
-		}
-		if tok.CheckGeneral(o.Owner, productOf) == nil {
+		if tok.CheckGeneral(o.Owner, st.ProductOfKey) == nil {
 			out = append(out, o)
 		}
 	}
@@ -264,15 +256,11 @@ func (s *Service) DecrementIntValue(ctx context.Context, c Caller, cmd ChangeInt
 }
 
 func (s *Service) changeIntValue(ctx context.Context, c Caller, dir domain.Direction, cmd ChangeIntValue) error {
-	method, typ := domain.MethodIncrementIntValue, domain.EventIncrementApplied
-	if dir == domain.Decrement {
-		method, typ = domain.MethodDecrementIntValue, domain.EventDecrementApplied
-	}
 	amount := cmd.Amount
 	if amount < 0 {
 		amount = -amount
 	}
-	return s.change(ctx, c, method, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+	return s.change(ctx, c, dir.Method(), cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
 		// The feature lock is checked after the permission and the owner, as the API's order of
 		// checks says.
 		if err := c.Token.CheckAmount(amount); err != nil {
@@ -282,7 +270,7 @@ func (s *Service) changeIntValue(ctx context.Context, c Caller, dir domain.Direc
 		if err != nil {
 			return "", nil, err
 		}
-		return typ, domain.ValueChanged{ObjectID: o.ID, Amount: amount, Before: o.IntValue, After: after, At: s.clock().UTC()}, nil
+		return dir.EventType(), domain.ValueChanged{ObjectID: o.ID, Amount: amount, Before: o.IntValue, After: after, At: s.clock().UTC()}, nil
 	})
 }
 

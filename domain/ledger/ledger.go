@@ -45,6 +45,14 @@ type LogEntry struct {
 	Timestamp int64 // Unix seconds
 }
 
+// direction is the way the entry changes its object's value.
+func (e LogEntry) direction() domain.Direction {
+	if e.Decrement {
+		return domain.Decrement
+	}
+	return domain.Increment
+}
+
 // LogDecoder reads usage logs. Decode returns the entries of the layers newer than the newest
 // layer for which known is true, oldest first. It fails with domain.ErrDataEmpty,
 // domain.ErrDataCorrupted or domain.ErrTooManyEntries.

@@ -97,8 +97,7 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 	// file held before it.
 	var stop *[32]byte
 	known := func(layer [32]byte) bool {
-		var ok bool
-		s.view.Read(func(st *projections.State) { _, ok = st.Layer(owner, layer) })
+		ok := s.layerApplied(owner, layer)
 		if ok {
 			stop = &layer
 		}
@@ -181,12 +180,8 @@ func (s *Service) planUpload(st *projections.State, c Caller, owner domain.Owner
 	prevTS := base.Timestamp
 	now := s.clock()
 	for _, e := range p.entries {
-		method := domain.MethodIncrementIntValue
-		dir := domain.Increment
-		if e.Decrement {
-			method, dir = domain.MethodDecrementIntValue, domain.Decrement
-		}
-		if !c.Token.Allows(method) {
+		dir := e.direction()
+		if !c.Token.Allows(dir.Method()) {
 			return nil, domain.ErrNotEnoughPermission
 		}
 		if err := c.Token.CheckAmount(e.Amount); err != nil {
@@ -269,11 +264,7 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 	}
 	byObject := map[int64][]eventstore.EventData{}
 	for i, e := range p.entries {
-		typ := domain.EventIncrementApplied
-		if e.Decrement {
-			typ = domain.EventDecrementApplied
-		}
-		ev, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, e.Layer[:]), typ, p.changes[i], meta)
+		ev, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, e.Layer[:]), e.direction().EventType(), p.changes[i], meta)
 		if err != nil {
 			return UploadResult{}, err
 		}
@@ -290,19 +281,16 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 			// A direct call changed the object after the plan: decide again on fresh state.
 			s.conflicts.Add(1)
-			abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			derr := s.decide(abortCtx, p.owner, p.prepared.UploadID, prepRevision, false, "an object changed during the upload", meta)
-			cancel()
-			if derr != nil {
-				s.logger.Warn("could not abort an upload; recovery will", "upload", p.prepared.UploadID, "err", derr)
-			}
+			s.abort(ctx, p, prepRevision, "an object changed during the upload", meta)
 			if cerr := s.catchUp(ctx, domain.DataObjectStream(step.ObjectID)); cerr != nil {
 				return UploadResult{}, cerr
 			}
 			return UploadResult{}, err
 		}
 		if err != nil {
-			return UploadResult{}, s.abandon(ctx, p, prepRevision, unavailable(fmt.Errorf("append upload events: %w", err)))
+			cause := unavailable(fmt.Errorf("append upload events: %w", err))
+			s.abort(ctx, p, prepRevision, cause.Error(), domain.Metadata{})
+			return UploadResult{}, cause
 		}
 	}
 	err = s.decide(ctx, p.owner, p.prepared.UploadID, prepRevision, true, "", meta)
@@ -326,21 +314,21 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 	return UploadResult{Applied: len(p.entries), Known: p.prepared.BaseDepth}, nil
 }
 
+// layerApplied reports whether the projection holds the layer as applied for the owner.
 func (s *Service) layerApplied(owner domain.Owner, layer [32]byte) bool {
 	var ok bool
 	s.view.Read(func(st *projections.State) { _, ok = st.Layer(owner, layer) })
 	return ok
 }
 
-// abandon aborts a prepared upload after a failure and returns the failure. If the abort
-// cannot be written either, recovery will decide the upload later.
-func (s *Service) abandon(ctx context.Context, p *plan, prepRevision uint64, cause error) error {
+// abort appends the abort of a prepared upload after a failure, even if the caller's context
+// ended. If the abort cannot be written either, recovery will decide the upload later.
+func (s *Service) abort(ctx context.Context, p *plan, prepRevision uint64, reason string, meta domain.Metadata) {
 	abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := s.decide(abortCtx, p.owner, p.prepared.UploadID, prepRevision, false, cause.Error(), domain.Metadata{}); err != nil {
+	if err := s.decide(abortCtx, p.owner, p.prepared.UploadID, prepRevision, false, reason, meta); err != nil {
 		s.logger.Warn("could not abort an upload; recovery will", "upload", p.prepared.UploadID, "err", err)
 	}
-	return cause
 }
 
 // decide appends the commit or the abort of a prepared upload.

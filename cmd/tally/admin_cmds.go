@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -16,28 +15,15 @@ import (
 	"github.com/tallyledger/tally/domain"
 )
 
-// defaultServer is where the client commands find Tally when neither --server nor
-// TALLY_SERVER says.
-const defaultServer = "http://127.0.0.1:8080"
-
-// server returns the base URL of the Tally server the client commands talk to.
-func (g *globalFlags) server() string {
-	if g.Server != "" {
-		return g.Server
-	}
-	if s := os.Getenv("TALLY_SERVER"); s != "" {
-		return s
-	}
-	return defaultServer
-}
-
-// adminClient returns a client of the admin API with the admin credential.
+// adminClient returns a client of the admin API at --server with the admin credential.
+// (--server's default and TALLY_SERVER are applied to the flag by applyEnv, as for the audit
+// commands.)
 func (g *globalFlags) adminClient() (*httpapi.AdminClient, error) {
 	token, err := g.adminToken()
 	if err != nil {
 		return nil, err
 	}
-	return httpapi.NewAdminClient(g.server(), token, &http.Client{Timeout: 30 * time.Second}), nil
+	return httpapi.NewAdminClient(g.Server, token, &http.Client{Timeout: 30 * time.Second}), nil
 }
 
 // newProductCommand is `tally product`: create and list products.

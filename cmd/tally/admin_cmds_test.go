@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 )
@@ -109,17 +112,27 @@ func TestAdminCommands(t *testing.T) {
 	}
 }
 
+// TestServerDefault: the client commands reach --server's default, else TALLY_SERVER, else the
+// --server of the command line, through the real command tree.
 func TestServerDefault(t *testing.T) {
-	t.Setenv("TALLY_SERVER", "")
-	if s := (&globalFlags{}).server(); s != defaultServer {
-		t.Fatalf("default server %q", s)
+	g := &globalFlags{}
+	g.register(pflag.NewFlagSet("tally", pflag.ContinueOnError))
+	if g.Server != "http://127.0.0.1:8080" {
+		t.Fatalf("default server %q", g.Server)
 	}
-	t.Setenv("TALLY_SERVER", "http://tally.example:9000")
-	if s := (&globalFlags{}).server(); s != "http://tally.example:9000" {
-		t.Fatalf("server from the environment %q", s)
+	asked := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked <- r.URL.Path
+		_, _ = w.Write([]byte(`{"products":[]}`))
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("TALLY_SERVER", srv.URL)
+	if _, err := run(t, "product", "list", "--admin-token", "t"); err != nil || <-asked != "/admin/v1/products" {
+		t.Fatalf("server from the environment: %v", err)
 	}
-	if s := (&globalFlags{Server: "http://flag:1"}).server(); s != "http://flag:1" {
-		t.Fatalf("server from the flag %q", s)
+	t.Setenv("TALLY_SERVER", "http://127.0.0.1:1") // nothing listens there
+	if _, err := run(t, "--server", srv.URL, "product", "list", "--admin-token", "t"); err != nil || <-asked != "/admin/v1/products" {
+		t.Fatalf("server from the flag: %v", err)
 	}
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -52,32 +51,20 @@ func (b *syncBuffer) String() string {
 func TestServeKeepsSecretsSecret(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
 	logs := &syncBuffer{}
-	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
 	cfg := serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 8 << 20, UploadLease: 30 * time.Second,
 		RateLimit: httpapi.DefaultRateLimit, RateBurst: httpapi.DefaultRateBurst}
-	ready := make(chan string, 1)
-	cfg.onReady = func(addr string) { ready <- addr }
-	go func() { done <- serve(ctx, logger, &globalFlags{DataDir: dataDir}, cfg) }()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("serve ended: %v\n%s", err, logs.String())
-	}
+	base, stopServe := startServe(t, &globalFlags{DataDir: dataDir}, cfg, logs)
 	stopped := false
 	stop := func() {
 		if !stopped {
 			stopped = true
-			cancel()
-			if err := <-done; err != nil {
+			if err := stopServe(); err != nil {
 				t.Errorf("serve: %v", err)
 			}
 		}
 	}
 	t.Cleanup(stop)
-	base := "http://" + addr
+	ctx := t.Context()
 
 	for _, name := range []string{"admin.token", usagelog.CurrentKeyFile} {
 		fi, err := os.Stat(filepath.Join(dataDir, name))
@@ -142,28 +129,18 @@ func TestServeKeepsSecretsSecret(t *testing.T) {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	with := func(kv ...string) url.Values {
-		v := url.Values{}
-		for name, vs := range owner {
-			v[name] = vs
-		}
-		for i := 0; i+1 < len(kv); i += 2 {
-			v.Set(kv[i], kv[i+1])
-		}
-		return v
-	}
 	for _, s := range []string{secret, wrongSecret} {
-		call(http.MethodPost, "/api/data/AddDataObjectToKey", with("token", s, "Name", "n"), nil)
-		call(http.MethodGet, "/api/data/IncrementIntValueToKey", with("token", s, "Name", "n", "IntValue", "1"), nil)
-		call(http.MethodGet, "/api/data/ListDataObjectsToKey", with("TOKEN", s), nil)
-		call(http.MethodPost, "/api/data/UploadValuesToKey", with("token", s, "Data", "bm90IGEgbG9n"), nil)
-		call(http.MethodPost, "/api/data/IncrementIntValueToKey", with("Name", "n", "IntValue", "x"), map[string]string{"Authorization": "Bearer " + s})
-		call(http.MethodGet, "/api/data/NoSuchMethod", with("token", s), nil)
+		call(http.MethodPost, "/api/data/AddDataObjectToKey", with(owner, "token", s, "Name", "n"), nil)
+		call(http.MethodGet, "/api/data/IncrementIntValueToKey", with(owner, "token", s, "Name", "n", "IntValue", "1"), nil)
+		call(http.MethodGet, "/api/data/ListDataObjectsToKey", with(owner, "TOKEN", s), nil)
+		call(http.MethodPost, "/api/data/UploadValuesToKey", with(owner, "token", s, "Data", "bm90IGEgbG9n"), nil)
+		call(http.MethodPost, "/api/data/IncrementIntValueToKey", with(owner, "Name", "n", "IntValue", "x"), map[string]string{"Authorization": "Bearer " + s})
+		call(http.MethodGet, "/api/data/NoSuchMethod", with(owner, "token", s), nil)
 		call(http.MethodGet, "/v1/history?token="+url.QueryEscape(s), nil, map[string]string{"Authorization": "Bearer " + s})
 		call(http.MethodGet, "/admin/v1/tokens", nil, map[string]string{"Authorization": "Bearer " + s})
 	}
 	call(http.MethodGet, "/admin/v1/tokens", nil, map[string]string{"Authorization": "Bearer " + adminToken + "x"})
-	call(http.MethodGet, "/api/data/ListDataObjectsToKey", with("token", adminToken), nil)
+	call(http.MethodGet, "/api/data/ListDataObjectsToKey", with(owner, "token", adminToken), nil)
 
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {

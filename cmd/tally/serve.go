@@ -27,6 +27,7 @@ import (
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
 	"github.com/tallyledger/tally/adapters/usagelog"
+	"github.com/tallyledger/tally/cmd/tally/internal/auditcli"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
@@ -123,7 +124,8 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 
 	started := time.Now()
 	proj, err := projections.NewCurrent(ctx, store, projections.CurrentOptions{
-		SnapshotPath: filepath.Join(g.DataDir, "projection.json"),
+		// The file tally replay writes and tally verify reads.
+		SnapshotPath: filepath.Join(g.DataDir, auditcli.SnapshotFile),
 		Logger:       logger.With("component", "projection"),
 	})
 	if err != nil {

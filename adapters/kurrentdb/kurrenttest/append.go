@@ -46,12 +46,12 @@ func (s *Server) Append(stream streamspb.Streams_AppendServer) error {
 		}
 		// Like KurrentDB, count the size while receiving and refuse as soon as it is exceeded.
 		size += len(event.data) + len(event.customMetadata) + len(event.eventType)
-		if size > s.maxAppendSize {
+		if size > DefaultMaxAppendSize {
 			stream.SetTrailer(metadata.Pairs(
 				"exception", "maximum-append-size-exceeded",
-				"maximum-append-size", strconv.Itoa(s.maxAppendSize),
+				"maximum-append-size", strconv.Itoa(DefaultMaxAppendSize),
 			))
-			return status.Errorf(codes.InvalidArgument, "Maximum Append Size of %d Exceeded.", s.maxAppendSize)
+			return status.Errorf(codes.InvalidArgument, "Maximum Append Size of %d Exceeded.", DefaultMaxAppendSize)
 		}
 		proposed = append(proposed, event)
 	}

@@ -27,7 +27,8 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// DefaultMaxAppendSize is KurrentDB's default limit on the size of one append request (1 MiB).
+// DefaultMaxAppendSize is KurrentDB's default limit on the size of one append request (1 MiB),
+// in bytes of event data, custom metadata and event type; the server refuses larger appends.
 const DefaultMaxAppendSize = 1 << 20
 
 // idempotencyCacheSize bounds the recent-event-ID cache that makes appends with expected
@@ -48,7 +49,6 @@ type Server struct {
 	streamspb.UnimplementedStreamsServer
 
 	address        string // host:port, kept across Stop and Restart
-	maxAppendSize  int
 	densePositions bool
 
 	// lifecycle guards the running gRPC server; nil while stopped.
@@ -95,12 +95,6 @@ type subscriber struct {
 // Option configures a Server.
 type Option func(*Server)
 
-// WithMaxAppendSize sets the largest append request the server accepts, in bytes of event data,
-// custom metadata and event type (KurrentDB's MaxAppendSize, 1 MiB by default).
-func WithMaxAppendSize(bytes int) Option {
-	return func(s *Server) { s.maxAppendSize = bytes }
-}
-
 // WithDensePositions makes positions consecutive (each event one after the previous) instead of
 // advancing by the event's size as KurrentDB's log positions do. Dense positions expose
 // off-by-one errors in a client's position handling that sparse ones hide.
@@ -117,12 +111,11 @@ func Start(tb testing.TB, options ...Option) *Server {
 		tb.Fatalf("kurrenttest: listen: %v", err)
 	}
 	s := &Server{
-		address:       listener.Addr().String(),
-		maxAppendSize: DefaultMaxAppendSize,
-		streams:       make(map[string][]*record),
-		appended:      make(chan struct{}),
-		recentIDs:     make(map[uuid.UUID]*record),
-		subscribers:   make(map[*subscriber]struct{}),
+		address:     listener.Addr().String(),
+		streams:     make(map[string][]*record),
+		appended:    make(chan struct{}),
+		recentIDs:   make(map[uuid.UUID]*record),
+		subscribers: make(map[*subscriber]struct{}),
 	}
 	for _, option := range options {
 		option(s)

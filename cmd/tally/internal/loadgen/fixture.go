@@ -85,20 +85,19 @@ func addObjects(ctx context.Context, api *apiClient, fx *fixture, key httpapi.Li
 	ids := make([]int64, n)
 	fx.addMu.Lock()
 	defer fx.addMu.Unlock()
-	return ids, forEach(ctx, n, 1, func(ctx context.Context, i int) error {
+	for i := range ids {
 		a, err := api.do(ctx, "AddDataObjectToKey", form("token", fx.secret, "ProductId", itoa(fx.productID), "Key", key.Key, "Name", fmt.Sprintf("bench-%d", i)))
 		if err != nil {
-			return fmt.Errorf("provision: %w", err)
+			return nil, fmt.Errorf("provision: %w", err)
 		}
 		ids[i] = a.ID
-		return nil
-	})
+	}
+	return ids, nil
 }
 
 // prepareUploads writes the usage logs, each for a key of its own with its history in place,
 // on all cores, before the clock starts.
-func prepareUploads(ctx context.Context, cfg Config, fx *fixture, api *apiClient) ([]*preparedUpload, error) {
-	admin := httpapi.NewAdminClient(cfg.URL, cfg.AdminToken, cfg.HTTP)
+func prepareUploads(ctx context.Context, cfg Config, fx *fixture, admin *httpapi.AdminClient, api *apiClient) ([]*preparedUpload, error) {
 	out := make([]*preparedUpload, cfg.Uploads)
 	var mu sync.Mutex
 	doneCount := 0

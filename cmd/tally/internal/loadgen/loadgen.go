@@ -170,7 +170,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	var uploads []*preparedUpload
 	if cfg.UploadClients > 0 {
-		if uploads, err = prepareUploads(ctx, cfg, fx, api); err != nil {
+		if uploads, err = prepareUploads(ctx, cfg, fx, admin, api); err != nil {
 			return Report{}, err
 		}
 	}

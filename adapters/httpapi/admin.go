@@ -128,7 +128,7 @@ func (s *server) adminHandler(name string, fn adminFunc) http.Handler {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
-		c := ledger.Caller{Admin: true, RequestID: ri.requestID, ClientAddr: clientAddr(r)}
+		c := ledger.Caller{Admin: true, RequestID: ri.requestID, ClientAddr: ClientAddr(r)}
 		status, body, err := fn(r, c)
 		if err != nil {
 			status, msg := s.adminRefusal(r, err)
@@ -142,14 +142,17 @@ func (s *server) adminHandler(name string, fn adminFunc) http.Handler {
 // notReady reports whether the readiness check says the service cannot take requests yet.
 func (s *server) notReady() bool { return s.ready != nil && s.ready() != nil }
 
-// isAdmin compares the presented credential with the admin token in constant time. Hashing
-// both first makes the comparison's time independent of the lengths too.
-func (s *server) isAdmin(r *http.Request) bool {
-	if s.adminToken == "" {
+// isAdmin reports whether the request presents the admin token.
+func (s *server) isAdmin(r *http.Request) bool { return SameSecret(Bearer(r), s.adminToken) }
+
+// SameSecret reports whether a presented credential is the configured secret, comparing in
+// constant time; an empty secret matches nothing, so that an unset credential disables what
+// it guards. Hashing both first makes the comparison's time independent of the lengths too.
+func SameSecret(presented, secret string) bool {
+	if secret == "" {
 		return false
 	}
-	got := sha256.Sum256([]byte(bearer(r)))
-	want := sha256.Sum256([]byte(s.adminToken))
+	got, want := sha256.Sum256([]byte(presented)), sha256.Sum256([]byte(secret))
 	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
 

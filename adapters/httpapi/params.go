@@ -61,8 +61,9 @@ func (s *server) admitBody(r *http.Request) (func(), error) {
 	}
 }
 
-// bearer returns the credential of an Authorization: Bearer header, or "".
-func bearer(r *http.Request) string {
+// Bearer returns the credential of an Authorization: Bearer header, or "". The audit API
+// reads its credentials the same way.
+func Bearer(r *http.Request) string {
 	scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return ""

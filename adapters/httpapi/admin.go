@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/gorilla/mux"
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
@@ -292,9 +293,9 @@ func (s *server) listTokens(_ *http.Request, _ ledger.Caller) (int, any, error) 
 }
 
 func (s *server) revokeToken(r *http.Request, c ledger.Caller) (int, any, error) {
-	id, err := uuid.Parse(r.PathValue("id"))
+	id, err := uuid.Parse(mux.Vars(r)["id"])
 	if err != nil {
-		return 0, nil, fmt.Errorf("%w: token id %q is not a UUID", ledger.ErrInvalid, r.PathValue("id"))
+		return 0, nil, fmt.Errorf("%w: token id %q is not a UUID", ledger.ErrInvalid, mux.Vars(r)["id"])
 	}
 	if err := s.ledger.RevokeToken(r.Context(), c, id); err != nil {
 		return 0, nil, err

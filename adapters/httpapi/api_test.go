@@ -300,11 +300,6 @@ func testTransport(t *testing.T, open func(testing.TB) eventstore.Store) {
 	t.Run("unknown method", func(t *testing.T) {
 		refused(t, f.env.Call("FrobnicateToKey", params), http.StatusNotFound, "Unknown method.")
 	})
-	t.Run("dot segments are not resolved, nor redirected", func(t *testing.T) {
-		for _, path := range []string{"/api/data/./IncrementIntValueToKey", "/api/data/x/../IncrementIntValueToKey"} {
-			refused(t, f.env.Do(http.MethodPost, path, params), http.StatusNotFound, "Unknown method.")
-		}
-	})
 }
 
 // TestRequestIDAndCaller checks that the request id is echoed and recorded on the event with

@@ -10,10 +10,10 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"path"
 	"strings"
 
 	"github.com/google/uuid"
+	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tallyledger/tally/domain"
@@ -124,53 +124,64 @@ func New(cfg Config) (http.Handler, error) {
 		s.metrics = m
 	}
 
-	// Every route is an exact path in normalised form (see observe), so the standard
-	// library's ServeMux finds it segment by segment: no regular expressions, and no copy of
-	// the request per match. Methods are told apart in the handlers (byMethod), so that a
-	// wrong method is answered in the API's own shape.
-	routes := http.NewServeMux()
-	routes.HandleFunc("/", s.notFound)
+	// The router sees normalised paths only (see normalise), so it must not clean or
+	// redirect them itself: a redirect would turn an SDK's POST into a GET without its body.
+	r := mux.NewRouter().SkipClean(true)
+	r.NotFoundHandler = http.HandlerFunc(s.notFound)
+
+	// Methods are told apart in the handlers rather than with mux's Methods matchers: in
+	// mux 1.8.1 a later route under the same prefix clears a method mismatch, so the mismatch
+	// would be answered as 404 instead of 405.
+	api := r.PathPrefix("/api/data/").Subrouter()
 	for _, m := range dataMethods() {
-		routes.Handle("/api/data/"+strings.ToLower(m.name), s.dataHandler(m))
+		api.Handle("/"+strings.ToLower(m.name), s.dataHandler(m))
 	}
 
-	routes.Handle("/admin/v1/products", s.byMethod(map[string]http.Handler{
+	admin := r.PathPrefix("/admin/v1/").Subrouter()
+	admin.Handle("/products", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.createProduct", s.createProduct),
 		http.MethodGet:  s.adminHandler("admin.listProducts", s.listProducts),
 	}))
-	routes.Handle("/admin/v1/keys", s.byMethod(map[string]http.Handler{
+	admin.Handle("/keys", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.createKey", s.createKey),
 		http.MethodGet:  s.adminHandler("admin.listKeys", s.listKeys),
 	}))
-	routes.Handle("/admin/v1/tokens", s.byMethod(map[string]http.Handler{
+	admin.Handle("/tokens", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.createToken", s.createToken),
 		http.MethodGet:  s.adminHandler("admin.listTokens", s.listTokens),
 	}))
-	routes.Handle("/admin/v1/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
+	admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
 	}))
 
-	routes.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
-	routes.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))
+	r.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
+	r.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))
 	if cfg.Metrics != nil {
-		routes.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", cfg.Metrics)}))
+		r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", cfg.Metrics)}))
 	}
 
-	return s.observe(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// ServeMux redirects a path with dot segments to its clean form; this service never
-		// redirects (a redirect would turn an SDK's POST into a GET without its body), so
-		// such a path is simply unknown.
-		if path.Clean(r.URL.Path) != r.URL.Path {
-			s.notFound(w, r)
-			return
-		}
-		routes.ServeHTTP(w, r)
-	})), nil
+	return s.normalise(s.observe(r)), nil
 }
 
-// normalisePath rewrites a path the way Cryptolens clients spell it into the one form the
-// routes know: runs of slashes collapsed, no trailing slash, lower case. So
-// /api//data/IncrementIntValueToKey/ routes as /api/data/incrementintvaluetokey.
+// normalise rewrites the path the way Cryptolens clients spell it into the one form the router
+// knows: slashes collapsed, no trailing slash, lower case. So /api//data/IncrementIntValueToKey/
+// routes as /api/data/incrementintvaluetokey.
+func (s *server) normalise(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := normalisePath(r.URL.Path)
+		if p != r.URL.Path {
+			r2 := new(http.Request)
+			*r2 = *r
+			u := *r.URL
+			u.Path, u.RawPath = p, ""
+			r2.URL = &u
+			r = r2
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// normalisePath collapses runs of slashes, drops a trailing slash and lower-cases the path.
 func normalisePath(p string) string {
 	var b strings.Builder
 	b.Grow(len(p) + 1)

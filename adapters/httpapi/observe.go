@@ -79,22 +79,14 @@ func (w *statusRecorder) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// observe gives every request an id (echoed in X-Request-ID), normalises its path (see
-// normalisePath) and records its metrics. The one copy of the request that carries the
-// request info also carries the normalised path.
+// observe gives every request an id (echoed in X-Request-ID) and records its metrics.
 func (s *server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ri := &requestInfo{requestID: RequestID(r), method: "unknown"}
 		w.Header().Set("X-Request-ID", ri.requestID)
 		rec := &statusRecorder{ResponseWriter: w}
-		r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, ri))
-		if p := normalisePath(r.URL.Path); p != r.URL.Path {
-			u := *r.URL // shared with the caller's request: changed only in a copy
-			u.Path, u.RawPath = p, ""
-			r.URL = &u
-		}
-		next.ServeHTTP(rec, r)
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, ri)))
 		if s.metrics == nil {
 			return
 		}

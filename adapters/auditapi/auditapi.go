@@ -6,21 +6,16 @@ package auditapi
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/gorilla/mux"
 
 	"github.com/tallyledger/tally/adapters/httpapi"
@@ -62,7 +57,7 @@ const MaxReasonLength = 1000
 type api struct {
 	store  Store
 	ledger Ledger
-	admin  []byte
+	admin  string
 	now    func() time.Time
 	logger *slog.Logger
 }
@@ -76,7 +71,7 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Ledger == nil {
 		return nil, errors.New("auditapi: nil ledger")
 	}
-	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: []byte(cfg.AdminToken), now: cfg.Now, logger: cfg.Logger}
+	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, now: cfg.Now, logger: cfg.Logger}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -97,20 +92,6 @@ func New(cfg Config) (http.Handler, error) {
 	return r, nil
 }
 
-// saneRequestID accepts a client's request id only when it is short and plain, since it is
-// recorded in the event's metadata.
-func saneRequestID(id string) bool {
-	if id == "" || len(id) > 128 {
-		return false
-	}
-	for _, c := range id {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._:-", c)) {
-			return false
-		}
-	}
-	return true
-}
-
 // principal is who is calling: the admin, or a token.
 type principal struct {
 	admin bool
@@ -123,13 +104,8 @@ func (a *api) may(p principal, objectID int64) bool {
 }
 
 func (a *api) authenticate(r *http.Request) (principal, error) {
-	var bearer string
-	if scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
-		bearer = strings.TrimSpace(cred)
-	}
-	// Hashing both sides first makes the comparison's time independent of the lengths too.
-	got, want := sha256.Sum256([]byte(bearer)), sha256.Sum256(a.admin)
-	if bearer != "" && len(a.admin) > 0 && subtle.ConstantTimeCompare(got[:], want[:]) == 1 {
+	bearer := httpapi.Bearer(r)
+	if httpapi.SameSecret(bearer, a.admin) {
 		return principal{admin: true}, nil
 	}
 	secret := r.URL.Query().Get("token")
@@ -151,27 +127,28 @@ func objectID(r *http.Request) (int64, error) {
 	return id, nil
 }
 
-// objectRequest authenticates and authorises a read of one object.
-func (a *api) objectRequest(w http.ResponseWriter, r *http.Request) (int64, bool) {
+// objectRequest authenticates and authorises a read of one object, and returns the object's
+// id and who asked.
+func (a *api) objectRequest(w http.ResponseWriter, r *http.Request) (int64, principal, bool) {
 	p, err := a.authenticate(r)
 	if err != nil {
 		a.fail(w, err)
-		return 0, false
+		return 0, principal{}, false
 	}
 	id, err := objectID(r)
 	if err != nil {
 		a.fail(w, err)
-		return 0, false
+		return 0, principal{}, false
 	}
 	if !a.may(p, id) {
 		a.fail(w, domain.ErrAccessDenied)
-		return 0, false
+		return 0, principal{}, false
 	}
-	return id, true
+	return id, p, true
 }
 
 func (a *api) history(w http.ResponseWriter, r *http.Request) {
-	id, ok := a.objectRequest(w, r)
+	id, p, ok := a.objectRequest(w, r)
 	if !ok {
 		return
 	}
@@ -180,7 +157,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	if p, _ := a.authenticate(r); !p.admin {
+	if !p.admin {
 		// Who made each change and from where (other customers' addresses among them) is for
 		// the vendor's eyes only.
 		for i := range h.Entries {
@@ -192,7 +169,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) value(w http.ResponseWriter, r *http.Request) {
-	id, ok := a.objectRequest(w, r)
+	id, _, ok := a.objectRequest(w, r)
 	if !ok {
 		return
 	}
@@ -246,15 +223,8 @@ func (a *api) correct(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, fmt.Errorf("%w: the reason has at most %d bytes", ledger.ErrInvalid, MaxReasonLength))
 		return
 	}
-	requestID := r.Header.Get("X-Request-Id")
-	if !saneRequestID(requestID) {
-		requestID = uuid.NewString()
-	}
-	clientAddr, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		clientAddr = r.RemoteAddr
-	}
-	c := ledger.Caller{Admin: true, RequestID: requestID, ClientAddr: clientAddr}
+	requestID := httpapi.RequestID(r)
+	c := ledger.Caller{Admin: true, RequestID: requestID, ClientAddr: httpapi.ClientAddr(r)}
 	if err := a.ledger.Correct(r.Context(), c, id, req.Amount, req.Reason); err != nil {
 		a.fail(w, err)
 		return

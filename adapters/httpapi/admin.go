@@ -121,40 +121,44 @@ func (s *server) adminHandler(name string, fn adminFunc) http.Handler {
 		ri.method = name
 		if !s.isAdmin(r) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tally-admin"`)
-			writeAdminJSON(w, r, http.StatusUnauthorized, adminError{Error: "admin credential missing or wrong"})
+			writeAdminJSON(w, http.StatusUnauthorized, adminError{Error: "admin credential missing or wrong"})
 			return
 		}
 		if s.notReady() {
-			writeAdminJSON(w, r, http.StatusServiceUnavailable, adminError{Error: "not ready: catching up with the event store"})
+			writeAdminJSON(w, http.StatusServiceUnavailable, adminError{Error: "not ready: catching up with the event store"})
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
-		c := ledger.Caller{Admin: true, RequestID: ri.requestID, ClientAddr: clientAddr(r)}
+		c := ledger.Caller{Admin: true, RequestID: ri.requestID, ClientAddr: ClientAddr(r)}
 		status, body, err := fn(r, c)
 		if err != nil {
 			status, msg := s.adminRefusal(r, err)
-			writeAdminJSON(w, r, status, adminError{Error: msg})
+			writeAdminJSON(w, status, adminError{Error: msg})
 			return
 		}
-		writeAdminJSON(w, r, status, body)
+		writeAdminJSON(w, status, body)
 	})
 }
 
 // notReady reports whether the readiness check says the service cannot take requests yet.
 func (s *server) notReady() bool { return s.ready != nil && s.ready() != nil }
 
-// isAdmin compares the presented credential with the admin token in constant time. Hashing
-// both first makes the comparison's time independent of the lengths too.
-func (s *server) isAdmin(r *http.Request) bool {
-	if s.adminToken == "" {
+// isAdmin reports whether the request presents the admin token.
+func (s *server) isAdmin(r *http.Request) bool { return SameSecret(Bearer(r), s.adminToken) }
+
+// SameSecret reports whether a presented credential is the configured secret, comparing in
+// constant time; an empty secret matches nothing, so that an unset credential disables what
+// it guards. Hashing both first makes the comparison's time independent of the lengths too.
+func SameSecret(presented, secret string) bool {
+	if secret == "" {
 		return false
 	}
-	got := sha256.Sum256([]byte(bearer(r)))
-	want := sha256.Sum256([]byte(s.adminToken))
+	got, want := sha256.Sum256([]byte(presented)), sha256.Sum256([]byte(secret))
 	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
 
-// adminRefusal maps an admin error to a status and a message.
+// adminRefusal maps an admin error to a status and a message. A refusal of the domain gets
+// the status of its kind, as on every Tally API (StatusOf).
 func (s *server) adminRefusal(r *http.Request, err error) (int, string) {
 	var tooLarge *http.MaxBytesError
 	switch {
@@ -167,22 +171,17 @@ func (s *server) adminRefusal(r *http.Request, err error) (int, string) {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable, domain.ErrServiceUnavailable.Message
 	}
-	if de, ok := domain.AsError(err); ok {
-		switch de.Kind {
-		case domain.KindConflict:
-			return http.StatusConflict, de.Message
-		case domain.KindInvalid:
-			return http.StatusBadRequest, de.Message
-		case domain.KindUnavailable:
-			s.logger.Error("admin request failed: service unavailable", "request_id", infoOf(r).requestID, "method", infoOf(r).method, "err", err)
-			return http.StatusServiceUnavailable, de.Message
-		}
+	status, msg := http.StatusInternalServerError, "internal error"
+	if de, ok := domain.AsError(err); ok && StatusOf(de.Kind) != http.StatusInternalServerError {
+		status, msg = StatusOf(de.Kind), de.Message
 	}
-	s.logger.Error("admin request failed", "request_id", infoOf(r).requestID, "method", infoOf(r).method, "err", err)
-	return http.StatusInternalServerError, "internal error"
+	if status >= http.StatusInternalServerError {
+		s.logger.Error("admin request failed", "request_id", infoOf(r).requestID, "method", infoOf(r).method, "err", err)
+	}
+	return status, msg
 }
 
-func writeAdminJSON(w http.ResponseWriter, _ *http.Request, status int, body any) {
+func writeAdminJSON(w http.ResponseWriter, status int, body any) {
 	b, err := json.Marshal(body)
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)

@@ -315,6 +315,11 @@ func TestUnforeseenAndUnavailable(t *testing.T) {
 	// With the store gone, a change is refused as unavailable.
 	env.CloseStore()
 	refused(t, env.Call("IncrementIntValueToKey", with(owner, "Id", strconv.FormatInt(id, 10), "IntValue", "1")), 503, domain.ErrServiceUnavailable.Message)
+	// The admin API answers the same refusal with the same status.
+	var ae *httpapi.AdminError
+	if _, err := env.Admin.CreateProduct(context.Background(), "Q"); !errors.As(err, &ae) || ae.Status != 503 || ae.Message != domain.ErrServiceUnavailable.Message {
+		t.Fatalf("admin call with the store gone: %v", err)
+	}
 }
 
 // TestLargeBodiesAreReadAFewAtATime holds the one turn for large bodies with a body that is

@@ -78,7 +78,7 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 		}
 		secret := values["token"]
 		if secret == "" {
-			secret = bearer(r)
+			secret = Bearer(r)
 		}
 		tok, err := s.ledger.Authenticate(r.Context(), secret)
 		if err != nil {
@@ -89,7 +89,7 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 			s.writeError(w, r, domain.ErrRateLimited)
 			return
 		}
-		c := ledger.Caller{Token: tok, RequestID: ri.requestID, ClientAddr: clientAddr(r)}
+		c := ledger.Caller{Token: tok, RequestID: ri.requestID, ClientAddr: ClientAddr(r)}
 		p := &parser{values: values}
 		sc := parseScope(p, m.keySpecific)
 		call := m.parse(p)

@@ -236,7 +236,7 @@ func (s *server) notFound(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if strings.HasPrefix(r.URL.Path, "/admin/") {
-		writeAdminJSON(w, r, http.StatusNotFound, adminError{Error: "not found"})
+		writeAdminJSON(w, http.StatusNotFound, adminError{Error: "not found"})
 		return
 	}
 	http.NotFound(w, r)
@@ -248,7 +248,7 @@ func (s *server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if strings.HasPrefix(r.URL.Path, "/admin/") {
-		writeAdminJSON(w, r, http.StatusMethodNotAllowed, adminError{Error: "method not allowed"})
+		writeAdminJSON(w, http.StatusMethodNotAllowed, adminError{Error: "method not allowed"})
 		return
 	}
 	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)

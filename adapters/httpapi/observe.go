@@ -83,7 +83,7 @@ func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter 
 func (s *server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ri := &requestInfo{requestID: requestID(r), method: "unknown"}
+		ri := &requestInfo{requestID: RequestID(r), method: "unknown"}
 		w.Header().Set("X-Request-ID", ri.requestID)
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, ri)))
@@ -104,9 +104,9 @@ func (s *server) named(name string, next http.Handler) http.Handler {
 	})
 }
 
-// requestID takes the client's X-Request-ID when it is short and plain (it ends up in logs and
-// event metadata), else makes a fresh one.
-func requestID(r *http.Request) string {
+// RequestID takes the client's X-Request-ID when it is short and plain (it ends up in logs and
+// event metadata), else makes a fresh one. The audit API names its requests the same way.
+func RequestID(r *http.Request) string {
 	id := r.Header.Get("X-Request-ID")
 	if len(id) == 0 || len(id) > 128 {
 		return uuid.NewString()
@@ -122,8 +122,8 @@ func requestID(r *http.Request) string {
 	return id
 }
 
-// clientAddr is the host part of the peer's address.
-func clientAddr(r *http.Request) string {
+// ClientAddr is the host part of the peer's address, as events record it.
+func ClientAddr(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr

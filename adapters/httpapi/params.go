@@ -4,8 +4,6 @@ import (
 	"errors"
 	"math"
 	"net/http"
-	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -27,23 +25,26 @@ func (s *server) readParams(w http.ResponseWriter, r *http.Request) (values map[
 		}
 		malformed = true // r.Form holds what could be read
 	}
-	out := make(map[string]string, len(r.Form))
-	add := func(vs url.Values) {
-		names := make([]string, 0, len(vs))
-		for name := range vs {
-			names = append(names, name)
+	// ParseForm has parsed the query too: r.Form holds each name's body values before its
+	// query values, so vs[0] is the body's value whenever the body has the name.
+	inBody := func(name string) bool { return len(r.PostForm[name]) > 0 }
+	// wins reports whether spelling a of a name is chosen over spelling b.
+	wins := func(a, b string) bool {
+		if inBody(a) != inBody(b) {
+			return inBody(a)
 		}
-		sort.Strings(names)
-		for _, name := range names {
-			lower := strings.ToLower(name)
-			if _, seen := out[lower]; !seen && len(vs[name]) > 0 {
-				out[lower] = vs[name][0]
-			}
-		}
+		return a < b
 	}
-	add(r.PostForm)
-	add(r.URL.Query())
-	return out, malformed, nil
+	values = make(map[string]string, len(r.Form))
+	spelling := make(map[string]string, len(r.Form)) // the name each value was taken under
+	for name, vs := range r.Form {
+		lower := strings.ToLower(name)
+		if prev, seen := spelling[lower]; len(vs) == 0 || seen && wins(prev, name) {
+			continue
+		}
+		spelling[lower], values[lower] = name, vs[0]
+	}
+	return values, malformed, nil
 }
 
 // admitBody waits for a turn to read a large body (or one of unknown length); small ones go
@@ -60,8 +61,9 @@ func (s *server) admitBody(r *http.Request) (func(), error) {
 	}
 }
 
-// bearer returns the credential of an Authorization: Bearer header, or "".
-func bearer(r *http.Request) string {
+// Bearer returns the credential of an Authorization: Bearer header, or "". The audit API
+// reads its credentials the same way.
+func Bearer(r *http.Request) string {
 	scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return ""

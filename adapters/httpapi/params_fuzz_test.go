@@ -1,11 +1,13 @@
 package httpapi
 
 import (
+	"maps"
 	"math"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,7 +16,7 @@ import (
 
 // FuzzReadParams feeds arbitrary query strings and form bodies to the parameter reader and the
 // typed parsers: nothing panics, every name comes out lower-cased, a name in the body wins over
-// the query, and integers and booleans are read exactly as documented.
+// the query (and of several spellings, the first in byte order), and integers and booleans are read exactly as documented.
 func FuzzReadParams(f *testing.F) {
 	f.Add("ProductId=3&Key=ABCDE", "token=t&productid=4&IntValue=-5&EnableBound=True", true)
 	f.Add("a=1&A=2&a=3", "", false)
@@ -48,6 +50,9 @@ func FuzzReadParams(f *testing.F) {
 			b, _ = url.ParseQuery(body)
 		}
 		bodyByName, queryByName := byLowerName(b), byLowerName(q)
+		if want := firstSpellings(b, q); !maps.Equal(values, want) {
+			t.Fatalf("read %q, want %q (the body before the query, spellings in byte order)", values, want)
+		}
 		for name, v := range values {
 			if name != strings.ToLower(name) {
 				t.Fatalf("name %q not lower-cased", name)
@@ -104,6 +109,22 @@ func FuzzReadParams(f *testing.F) {
 			}
 		}
 	})
+}
+
+// firstSpellings is the documented choice, made the plain way: each source in turn, the body
+// first, and within one its spellings in byte order; the first value seen of a name wins.
+func firstSpellings(sources ...url.Values) map[string]string {
+	out := map[string]string{}
+	for _, vs := range sources {
+		for _, name := range slices.Sorted(maps.Keys(vs)) {
+			if lower := strings.ToLower(name); len(vs[name]) > 0 {
+				if _, seen := out[lower]; !seen {
+					out[lower] = vs[name][0]
+				}
+			}
+		}
+	}
+	return out
 }
 
 // byLowerName groups the values of every spelling of each name under its lower-case form.

@@ -14,6 +14,7 @@ const (
 	KindConflict                             // concurrent changes kept winning; try again
 	KindTooLarge                             // the input exceeds a size limit
 	KindUnavailable                          // the store or another dependency failed
+	KindRateLimited                          // the caller sends faster than it may; slow down
 )
 
 // Error is a refusal with the exact message a Cryptolens client expects.
@@ -47,7 +48,7 @@ var (
 	ErrConcurrentChange    = &Error{KindConflict, "The data object was changed concurrently too often. Please try again."}
 	ErrRequestTooLarge     = &Error{KindTooLarge, "The request is too large."}
 	ErrServiceUnavailable  = &Error{KindUnavailable, "The service is temporarily unavailable. Please try again."}
-	ErrRateLimited         = &Error{KindConflict, "Too many requests. Please slow down."}
+	ErrRateLimited         = &Error{KindRateLimited, "Too many requests. Please slow down."}
 )
 
 // AsError returns the domain refusal inside err, if any.

@@ -94,9 +94,6 @@ func (s *server) refusal(r *http.Request, err error) (int, string) {
 		s.logger.Error("request failed", "request_id", infoOf(r).requestID, "method", infoOf(r).method, "err", err)
 		return http.StatusInternalServerError, internalErrorMessage
 	}
-	if de == domain.ErrRateLimited {
-		return http.StatusTooManyRequests, de.Message
-	}
 	status := StatusOf(de.Kind)
 	switch {
 	case de.Kind == domain.KindUnavailable:
@@ -133,6 +130,8 @@ func StatusOf(kind domain.ErrorKind) int {
 		return http.StatusRequestEntityTooLarge
 	case domain.KindUnavailable:
 		return http.StatusServiceUnavailable
+	case domain.KindRateLimited:
+		return http.StatusTooManyRequests
 	}
 	return http.StatusInternalServerError
 }

@@ -289,7 +289,7 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		}
 		if err != nil {
 			cause := unavailable(fmt.Errorf("append upload events: %w", err))
-			s.abort(ctx, p, prepRevision, cause.Error(), domain.Metadata{})
+			s.abort(ctx, p, prepRevision, cause.Error(), meta)
 			return UploadResult{}, cause
 		}
 	}

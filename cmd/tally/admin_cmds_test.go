@@ -148,3 +148,26 @@ func TestAdminTokenPrecedence(t *testing.T) {
 		t.Fatalf("token from the flag: %q, %v", tok, err)
 	}
 }
+
+func TestServeRefusesAnUnusableAdminTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(file, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadOrCreateAdminToken(&globalFlags{DataDir: dir})
+	if err == nil || !strings.Contains(err.Error(), "is empty") {
+		t.Fatalf("an empty admin token file: got %v, want an error saying it is empty", err)
+	}
+	if b, _ := os.ReadFile(file); string(b) != " \n" {
+		t.Fatalf("the admin token file was changed to %q", b)
+	}
+	fresh := t.TempDir()
+	tok, err := loadOrCreateAdminToken(&globalFlags{DataDir: fresh})
+	if err != nil || tok == "" {
+		t.Fatalf("no admin token file: got %q, %v, want a fresh token", tok, err)
+	}
+	if again, err := (&globalFlags{DataDir: fresh}).adminToken(); err != nil || again != tok {
+		t.Fatalf("the fresh token reads back as %q, %v, want %q", again, err, tok)
+	}
+}

@@ -339,14 +339,20 @@ func loadKeys(dataDir string, paths []string) (*usagelog.KeyRing, error) {
 // loadOrCreateAdminToken returns TALLY_ADMIN_TOKEN, or the token in the data directory,
 // creating it (mode 0600) on first start.
 func loadOrCreateAdminToken(g *globalFlags) (string, error) {
-	if tok, err := g.adminToken(); err == nil {
+	tok, err := g.adminToken()
+	if err == nil {
 		return tok, nil
+	}
+	if _, serr := os.Stat(adminTokenFile(g.DataDir)); !errors.Is(serr, os.ErrNotExist) {
+		// The file is there but unusable (empty, unreadable): say so rather than fail to
+		// create it over the top.
+		return "", err
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
-	tok := base64.RawURLEncoding.EncodeToString(raw)
+	tok = base64.RawURLEncoding.EncodeToString(raw)
 	f, err := os.OpenFile(adminTokenFile(g.DataDir), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return "", fmt.Errorf("create admin token: %w", err)
@@ -358,7 +364,7 @@ func loadOrCreateAdminToken(g *globalFlags) (string, error) {
 	if werr != nil {
 		return "", fmt.Errorf("write admin token: %w", werr)
 	}
-	return strings.TrimSpace(tok), nil
+	return tok, nil
 }
 
 // whenReady answers 503 until ready is nil, then passes requests on: the audit API reads the

@@ -14,6 +14,7 @@ import (
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 	"github.com/tallyledger/tally/projections/audittest"
 )
@@ -265,7 +266,7 @@ func TestValueAtEqualsTheReplayOfEventsRecordedUpToT(t *testing.T) {
 		times = append(times, r, r.Add(-time.Nanosecond), r.Add(time.Nanosecond))
 	}
 	for _, at := range times {
-		st := projections.NewState()
+		st := state.NewState()
 		for _, ev := range all {
 			if !ev.Recorded.After(at) {
 				if err := st.Apply(ev); err != nil {
@@ -366,18 +367,18 @@ func TestRebuildVerifiedChecksEveryRecordedAfter(t *testing.T) {
 	if len(problems) != 0 {
 		t.Fatalf("healthy store: %v", problems)
 	}
-	var live *projections.State
-	env.Proj.Read(func(s *projections.State) {
-		b, _ := projections.MarshalState(s)
-		live, _ = projections.UnmarshalState(b)
+	var live *state.State
+	env.Proj.Read(func(s *state.State) {
+		b, _ := state.MarshalState(s)
+		live, _ = state.UnmarshalState(b)
 	})
-	if d := projections.Diff(live, st); len(d) != 0 {
+	if d := state.Diff(live, st); len(d) != 0 {
 		t.Fatalf("rebuild differs from the live projection: %v", d)
 	}
 	// An event whose recorded After disagrees with the fold.
 	target := w.Objects[0].ID
-	var cur projections.Object
-	env.Proj.Read(func(s *projections.State) { o, _ := s.Object(target); cur = *o })
+	var cur state.Object
+	env.Proj.Read(func(s *state.State) { o, _ := s.Object(target); cur = *o })
 	body, _ := json.Marshal(domain.ValueChanged{ObjectID: target, Amount: 2, Before: cur.IntValue, After: cur.IntValue + 5, At: time.Now()})
 	if _, err := env.Store.Append(ctx, domain.DataObjectStream(target), eventstore.Exact(cur.Revision),
 		eventstore.EventData{ID: uuid.New(), Type: domain.EventIncrementApplied, Data: body}); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/domain/state"
 )
 
 // Current keeps a State up to date by following every event of the store, and persists it
@@ -24,7 +25,7 @@ type Current struct {
 	every        time.Duration
 
 	mu      sync.RWMutex
-	state   *State
+	state   *state.State
 	changed chan struct{} // closed and replaced whenever state moves (once per applied batch)
 	err     error         // the reason the projection stopped, if it did
 
@@ -60,7 +61,7 @@ func NewCurrent(ctx context.Context, store eventstore.Store, opts CurrentOptions
 	}
 	c := &Current{
 		store: store, snapshotPath: opts.SnapshotPath, logger: opts.Logger, every: opts.SnapshotEvery,
-		state: NewState(), changed: make(chan struct{}),
+		state: state.NewState(), changed: make(chan struct{}),
 	}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
@@ -75,7 +76,7 @@ func NewCurrent(ctx context.Context, store eventstore.Store, opts CurrentOptions
 		case err != nil:
 			return nil, fmt.Errorf("read projection snapshot: %w", err)
 		default:
-			st, err := UnmarshalState(b)
+			st, err := state.UnmarshalState(b)
 			if err != nil {
 				// A damaged snapshot only costs a replay: the events are the truth.
 				c.logger.Warn("projection snapshot unreadable; replaying from the start", "err", err)
@@ -116,7 +117,7 @@ func (c *Current) checkCheckpoint(ctx context.Context) error {
 	}
 	if !ok {
 		c.logger.Warn("projection snapshot does not match the store; replaying from the start", "checkpoint", c.state.Position)
-		c.state = NewState()
+		c.state = state.NewState()
 	}
 	return nil
 }
@@ -273,14 +274,14 @@ func (c *Current) Position() eventstore.Position {
 
 // Read runs fn with the state under a read lock. fn must not keep references to what it reads
 // beyond its return.
-func (c *Current) Read(fn func(*State)) {
+func (c *Current) Read(fn func(*state.State)) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	fn(c.state)
 }
 
 // WaitUntil blocks until cond holds for the state, ctx ends, or the projection stops.
-func (c *Current) WaitUntil(ctx context.Context, cond func(*State) bool) error {
+func (c *Current) WaitUntil(ctx context.Context, cond func(*state.State) bool) error {
 	for {
 		c.mu.RLock()
 		ok, ch, stopped := cond(c.state), c.changed, c.err
@@ -375,11 +376,11 @@ func (c *Current) Save() error {
 }
 
 // saveLocked writes st, which no one changes meanwhile; the caller holds saveMu.
-func (c *Current) saveLocked(st *State) error {
+func (c *Current) saveLocked(st *state.State) error {
 	if c.snapshotPath == "" || st.Position == c.savedAt {
 		return nil
 	}
-	b, err := MarshalState(st)
+	b, err := state.MarshalState(st)
 	if err != nil {
 		return fmt.Errorf("encode projection: %w", err)
 	}
@@ -416,9 +417,9 @@ func writeFileAtomic(path string, b []byte) error {
 
 // Rebuild folds every event of the store into a fresh state, calling progress (if not nil)
 // after each batch with the number of events folded so far.
-func Rebuild(ctx context.Context, store AllReader, progress func(events int)) (*State, error) {
-	st := NewState()
-	if err := fold(ctx, store, st, progress, st.applyOrSkip); err != nil {
+func Rebuild(ctx context.Context, store AllReader, progress func(events int)) (*state.State, error) {
+	st := state.NewState()
+	if err := fold(ctx, store, st, progress, st.ApplyOrSkip); err != nil {
 		return nil, err
 	}
 	return st, nil

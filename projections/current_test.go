@@ -15,6 +15,7 @@ import (
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/eventstore/storetest"
+	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -76,7 +77,7 @@ func TestCurrentResumesFromItsCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got int32
-	c2.Read(func(s *projections.State) { got = s.Objects[1].IntValue })
+	c2.Read(func(s *state.State) { got = s.Objects[1].IntValue })
 	if got != 99 {
 		t.Fatalf("value = %d, want 99", got)
 	}
@@ -84,8 +85,8 @@ func TestCurrentResumesFromItsCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c2.Read(func(s *projections.State) {
-		if d := projections.Diff(rebuilt, s); len(d) != 0 {
+	c2.Read(func(s *state.State) {
+		if d := state.Diff(rebuilt, s); len(d) != 0 {
 			t.Fatalf("resumed projection differs from a rebuild: %v", d)
 		}
 	})
@@ -103,10 +104,10 @@ func TestCurrentReplaysWhenItsCheckpointIsNotInTheStore(t *testing.T) {
 	res := appendEvent(t, store, domain.ProductStream(1), domain.EventProductCreated, domain.ProductCreated{ProductID: 1, Name: "real"})
 
 	// A snapshot from other data, ahead of this store.
-	foreign := projections.NewState()
+	foreign := state.NewState()
 	foreign.Position = 1000
 	foreign.Products[5] = domain.Product{ID: 5, Name: "foreign"}
-	b, err := projections.MarshalState(foreign)
+	b, err := state.MarshalState(foreign)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +119,7 @@ func TestCurrentReplaysWhenItsCheckpointIsNotInTheStore(t *testing.T) {
 	if err := c.WaitFor(ctx, res.Position); err != nil {
 		t.Fatal(err)
 	}
-	c.Read(func(s *projections.State) {
+	c.Read(func(s *state.State) {
 		if _, ok := s.Products[5]; ok || s.Products[1].Name != "real" || s.Position != res.Position {
 			t.Fatalf("state = %+v at %d; want only the store's product", s.Products, s.Position)
 		}
@@ -190,7 +191,7 @@ func TestWaitForWakesByPosition(t *testing.T) {
 		t.Fatalf("waiter for a reached position: %v", err)
 	}
 	var value int32
-	c.Read(func(s *projections.State) { o, _ := s.Object(1); value = o.IntValue })
+	c.Read(func(s *state.State) { o, _ := s.Object(1); value = o.IntValue })
 	if value != 2 {
 		t.Fatalf("value %d after the wait, want 2", value)
 	}

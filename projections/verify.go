@@ -11,6 +11,7 @@ import (
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/domain/state"
 )
 
 // recordedAfter is the value an event recorded as its result, to be checked when it counts.
@@ -27,8 +28,8 @@ type recordedAfter struct {
 // order, per object) when its UploadCommitted is. It returns the state and one line per event
 // whose recorded After differs. progress, if not nil, is called after each batch with the
 // number of events folded so far.
-func RebuildVerified(ctx context.Context, r AllReader, progress func(events int)) (*State, []string, error) {
-	st := NewState()
+func RebuildVerified(ctx context.Context, r AllReader, progress func(events int)) (*state.State, []string, error) {
+	st := state.NewState()
 	var problems []string
 	pending := map[uuid.UUID][]recordedAfter{}
 	err := fold(ctx, r, st, progress, func(ev eventstore.RecordedEvent) {
@@ -40,7 +41,7 @@ func RebuildVerified(ctx context.Context, r AllReader, progress func(events int)
 	return st, problems, nil
 }
 
-func verifyApply(st *State, ev eventstore.RecordedEvent, pending map[uuid.UUID][]recordedAfter) []string {
+func verifyApply(st *state.State, ev eventstore.RecordedEvent, pending map[uuid.UUID][]recordedAfter) []string {
 	var problems []string
 	mismatch := func(e eventstore.RecordedEvent, objectID int64, recorded, folded int32) {
 		problems = append(problems, fmt.Sprintf("data object %d: %s at revision %d (position %d) recorded after=%d, replay gives %d",
@@ -113,17 +114,13 @@ func verifyApply(st *State, ev eventstore.RecordedEvent, pending map[uuid.UUID][
 }
 
 // CatchUp folds into st every event of the store after st's position.
-func CatchUp(ctx context.Context, r AllReader, st *State) error {
-	return fold(ctx, r, st, nil, st.applyOrSkip)
+func CatchUp(ctx context.Context, r AllReader, st *state.State) error {
+	return fold(ctx, r, st, nil, st.ApplyOrSkip)
 }
-
-// applyOrSkip folds ev into s. An event Apply cannot read only moves the position, as in the
-// live projection.
-func (s *State) applyOrSkip(ev eventstore.RecordedEvent) { _ = s.Apply(ev) }
 
 // fold hands every event after st's position to apply, which must fold it into st, calling
 // progress (if not nil) after each batch with the number of events folded so far.
-func fold(ctx context.Context, r AllReader, st *State, progress func(events int), apply func(eventstore.RecordedEvent)) error {
+func fold(ctx context.Context, r AllReader, st *state.State, progress func(events int), apply func(eventstore.RecordedEvent)) error {
 	n := 0
 	for {
 		evs, err := r.ReadAll(ctx, st.Position, 4096)
@@ -144,17 +141,17 @@ func fold(ctx context.Context, r AllReader, st *State, progress func(events int)
 }
 
 // LoadSnapshot reads a persisted state (as Current saves it).
-func LoadSnapshot(path string) (*State, error) {
+func LoadSnapshot(path string) (*state.State, error) {
 	b, err := readFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return UnmarshalState(b)
+	return state.UnmarshalState(b)
 }
 
 // SaveSnapshot persists a state where Current looks for it, replacing the file atomically.
-func SaveSnapshot(path string, st *State) error {
-	b, err := MarshalState(st)
+func SaveSnapshot(path string, st *state.State) error {
+	b, err := state.MarshalState(st)
 	if err != nil {
 		return fmt.Errorf("encode projection: %w", err)
 	}
@@ -173,7 +170,7 @@ func readFile(path string) ([]byte, error) {
 // at the same position. A snapshot that fails this belongs to other data (or the store was
 // replaced), and only a replay is right. It asks for the event by stream and revision, a read
 // every backend answers (a KurrentDB server may refuse a global position no event has).
-func CheckpointInStore(ctx context.Context, r StreamReader, st *State) (bool, error) {
+func CheckpointInStore(ctx context.Context, r StreamReader, st *state.State) (bool, error) {
 	if st.Position == eventstore.Start {
 		return true, nil
 	}

@@ -9,7 +9,7 @@ import (
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
-	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/domain/state"
 )
 
 // accessScope is an owner as a call names it: a key in the …ToKey form, or a referencer in the
@@ -35,7 +35,7 @@ type accessToken struct {
 func fullState(t *testing.T, f *fixture) map[int64]string {
 	t.Helper()
 	out := map[int64]string{}
-	f.env.Projection.Read(func(st *projections.State) {
+	f.env.Projection.Read(func(st *state.State) {
 		for id, o := range st.Objects {
 			out[id] = fmt.Sprintf("%d|%q|%v|%d|%v", o.IntValue, o.StringValue, o.Removed, o.Revision, o.Owner)
 		}

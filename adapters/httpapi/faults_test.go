@@ -17,6 +17,7 @@ import (
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/eventstore/storetest"
+	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -55,7 +56,7 @@ func newFaultEnv(t *testing.T, opts apitest.Options, setup func(*storetest.Fault
 func (fe *faultEnv) values() map[string]int64 {
 	out := map[string]int64{}
 	owner := domain.Owner{Type: domain.OwnerKey, ID: fe.key.ID}
-	fe.env.Projection.Read(func(st *projections.State) {
+	fe.env.Projection.Read(func(st *state.State) {
 		for _, o := range st.ObjectsOf(owner) {
 			out[o.Name] = int64(o.IntValue)
 		}
@@ -65,7 +66,7 @@ func (fe *faultEnv) values() map[string]int64 {
 
 func (fe *faultEnv) pendingUploads() int {
 	var n int
-	fe.env.Projection.Read(func(st *projections.State) { n = len(st.PendingUploads()) })
+	fe.env.Projection.Read(func(st *state.State) { n = len(st.PendingUploads()) })
 	return n
 }
 
@@ -80,8 +81,8 @@ func assertConsistent(t *testing.T, env *apitest.Env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env.Projection.Read(func(st *projections.State) {
-		if d := projections.Diff(rebuilt, st); len(d) != 0 {
+	env.Projection.Read(func(st *state.State) {
+		if d := state.Diff(rebuilt, st); len(d) != 0 {
 			t.Fatalf("the live projection differs from a replay: %v", d)
 		}
 	})

@@ -24,6 +24,7 @@ import (
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/eventstore/storetest"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -119,7 +120,7 @@ func (u *uploadEnv) upload(data string, extra ...string) apitest.Response {
 // snapshot is every data object's value and stream revision.
 func snapshot(env *apitest.Env) map[int64][2]int64 {
 	out := map[int64][2]int64{}
-	env.Projection.Read(func(st *projections.State) {
+	env.Projection.Read(func(st *state.State) {
 		for id, o := range st.Objects {
 			out[id] = [2]int64{int64(o.IntValue), int64(o.Revision)}
 		}
@@ -330,7 +331,7 @@ func TestUploadRefusalsChangeNothing(t *testing.T) {
 			refused(t, u.env.Call(c.method, vals(c.params...)), c.status, c.msg)
 			assertUnchanged(t, u.env, before)
 			var pending int
-			u.env.Projection.Read(func(st *projections.State) { pending = len(st.PendingUploads()) })
+			u.env.Projection.Read(func(st *state.State) { pending = len(st.PendingUploads()) })
 			if pending != 0 {
 				t.Fatalf("%d uploads left undecided", pending)
 			}
@@ -430,7 +431,7 @@ func TestInterruptedUploadIsDecidedOnRestart(t *testing.T) {
 				}
 			}
 			var undecided int
-			u.env.Projection.Read(func(st *projections.State) { undecided = len(st.PendingUploads()) })
+			u.env.Projection.Read(func(st *state.State) { undecided = len(st.PendingUploads()) })
 			if undecided != 1 {
 				t.Fatalf("%d undecided uploads, want 1", undecided)
 			}
@@ -582,7 +583,7 @@ func runUploadRace(t *testing.T, open func(testing.TB) eventstore.Store, instanc
 	if err := u.env.Projection.WaitFor(context.Background(), lastPosition(t, u.env.Store)); err != nil {
 		t.Fatal(err)
 	}
-	u.env.Projection.Read(func(st *projections.State) {
+	u.env.Projection.Read(func(st *state.State) {
 		for _, info := range st.Upload(ownerOf).Layers {
 			depth = max(depth, info.Depth)
 		}
@@ -611,8 +612,8 @@ func runUploadRace(t *testing.T, open func(testing.TB) eventstore.Store, instanc
 		if err := e.Projection.WaitFor(context.Background(), rebuilt.Position); err != nil {
 			t.Fatal(err)
 		}
-		e.Projection.Read(func(st *projections.State) {
-			if d := projections.Diff(rebuilt, st); len(d) != 0 {
+		e.Projection.Read(func(st *state.State) {
+			if d := state.Diff(rebuilt, st); len(d) != 0 {
 				t.Fatalf("an instance's projection differs from a replay: %v", d)
 			}
 		})

@@ -16,7 +16,7 @@ import (
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
-	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/domain/state"
 )
 
 // ErrNotFound is returned by admin commands for a product, key or token that does not exist.
@@ -31,7 +31,7 @@ func (s *Service) CreateProduct(ctx context.Context, c Caller, name string) (dom
 	if name == "" || utf8.RuneCountInString(name) > domain.MaxNameLength {
 		return domain.Product{}, fmt.Errorf("%w: a product name has 1 to %d characters", ErrInvalid, domain.MaxNameLength)
 	}
-	id, err := s.claimID(ctx, c, domain.CategoryProduct, domain.ProductStream, func(*projections.State) (func(int64) (string, any), error) {
+	id, err := s.claimID(ctx, c, domain.CategoryProduct, domain.ProductStream, func(*state.State) (func(int64) (string, any), error) {
 		return func(id int64) (string, any) {
 			return domain.EventProductCreated, domain.ProductCreated{ProductID: id, Name: name, At: s.clock().UTC()}
 		}, nil
@@ -40,14 +40,14 @@ func (s *Service) CreateProduct(ctx context.Context, c Caller, name string) (dom
 		return domain.Product{}, err
 	}
 	var p domain.Product
-	s.view.Read(func(st *projections.State) { p, _ = st.Product(id) })
+	s.view.Read(func(st *state.State) { p, _ = st.Product(id) })
 	return p, nil
 }
 
 // CreateKey adds a license key with a fresh random key string to a product.
 func (s *Service) CreateKey(ctx context.Context, c Caller, productID int64) (domain.LicenseKey, error) {
 	var exists bool
-	s.view.Read(func(st *projections.State) { _, exists = st.Product(productID) })
+	s.view.Read(func(st *state.State) { _, exists = st.Product(productID) })
 	if !exists {
 		return domain.LicenseKey{}, fmt.Errorf("product %d: %w", productID, ErrNotFound)
 	}
@@ -55,7 +55,7 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, productID int64) (dom
 	if err != nil {
 		return domain.LicenseKey{}, err
 	}
-	id, err := s.claimID(ctx, c, domain.CategoryKey, domain.KeyStream, func(*projections.State) (func(int64) (string, any), error) {
+	id, err := s.claimID(ctx, c, domain.CategoryKey, domain.KeyStream, func(*state.State) (func(int64) (string, any), error) {
 		return func(id int64) (string, any) {
 			return domain.EventKeyCreated, domain.KeyCreated{KeyID: id, ProductID: productID, Key: keyString, At: s.clock().UTC()}
 		}, nil
@@ -64,7 +64,7 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, productID int64) (dom
 		return domain.LicenseKey{}, err
 	}
 	var k domain.LicenseKey
-	s.view.Read(func(st *projections.State) { k, _ = st.Key(id) })
+	s.view.Read(func(st *state.State) { k, _ = st.Key(id) })
 	return k, nil
 }
 
@@ -73,13 +73,13 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, productID int64) (dom
 // projected state: it refuses, or returns how to build the event for the id claimed. A refusal
 // is given only on a projection that holds what the store holds, since what it misses (a key,
 // a product) may have been created through another instance a moment ago.
-func (s *Service) claimID(ctx context.Context, c Caller, category string, stream func(int64) string, plan func(st *projections.State) (build func(id int64) (string, any), err error)) (int64, error) {
+func (s *Service) claimID(ctx context.Context, c Caller, category string, stream func(int64) string, plan func(st *state.State) (build func(id int64) (string, any), err error)) (int64, error) {
 	var candidate int64
 	synced := false
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
 		var build func(int64) (string, any)
 		var err error
-		s.view.Read(func(st *projections.State) {
+		s.view.Read(func(st *state.State) {
 			if build, err = plan(st); err == nil {
 				candidate = s.ids.next(category, candidate, st.MaxID(category))
 			}
@@ -171,7 +171,7 @@ func (s *Service) CreateToken(ctx context.Context, c Caller, spec TokenSpec) (do
 		return domain.Token{}, "", fmt.Errorf("%w: the feature lock is not negative", ErrInvalid)
 	}
 	var problem error
-	s.view.Read(func(st *projections.State) {
+	s.view.Read(func(st *state.State) {
 		if spec.ProductLock != 0 {
 			if _, ok := st.Product(spec.ProductLock); !ok {
 				problem = fmt.Errorf("product lock %d: %w", spec.ProductLock, ErrNotFound)
@@ -206,7 +206,7 @@ func (s *Service) CreateToken(ctx context.Context, c Caller, spec TokenSpec) (do
 		return domain.Token{}, "", err
 	}
 	var tok domain.Token
-	s.view.Read(func(st *projections.State) { tok = st.Tokens[id] })
+	s.view.Read(func(st *state.State) { tok = st.Tokens[id] })
 	return tok, secret, nil
 }
 
@@ -214,7 +214,7 @@ func (s *Service) CreateToken(ctx context.Context, c Caller, spec TokenSpec) (do
 func (s *Service) RevokeToken(ctx context.Context, c Caller, id uuid.UUID) error {
 	var tok domain.Token
 	var ok bool
-	s.view.Read(func(st *projections.State) { tok, ok = st.Tokens[id] })
+	s.view.Read(func(st *state.State) { tok, ok = st.Tokens[id] })
 	if !ok {
 		return fmt.Errorf("token %s: %w", id, ErrNotFound)
 	}
@@ -232,7 +232,7 @@ func (s *Service) RevokeToken(ctx context.Context, c Caller, id uuid.UUID) error
 // Products lists the products by id.
 func (s *Service) Products() []domain.Product {
 	var out []domain.Product
-	s.view.Read(func(st *projections.State) {
+	s.view.Read(func(st *state.State) {
 		for _, p := range st.Products {
 			out = append(out, p)
 		}
@@ -244,7 +244,7 @@ func (s *Service) Products() []domain.Product {
 // Keys lists the license keys of a product (0: of every product) by id.
 func (s *Service) Keys(productID int64) []domain.LicenseKey {
 	var out []domain.LicenseKey
-	s.view.Read(func(st *projections.State) {
+	s.view.Read(func(st *state.State) {
 		for _, k := range st.Keys {
 			if productID == 0 || k.ProductID == productID {
 				out = append(out, k)
@@ -258,7 +258,7 @@ func (s *Service) Keys(productID int64) []domain.LicenseKey {
 // Tokens lists the tokens by creation time.
 func (s *Service) Tokens() []domain.Token {
 	var out []domain.Token
-	s.view.Read(func(st *projections.State) {
+	s.view.Read(func(st *state.State) {
 		for _, t := range st.Tokens {
 			out = append(out, t)
 		}

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/tallyledger/tally/domain"
-	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/domain/state"
 )
 
 // Correct appends a compensating change to a data object: a positive amount as an
@@ -36,7 +36,7 @@ func (s *Service) Correct(ctx context.Context, c Caller, objectID int64, amount 
 	method := dir.Method()
 	var owner domain.Owner
 	var live bool
-	s.view.Read(func(st *projections.State) {
+	s.view.Read(func(st *state.State) {
 		if o, ok := st.Object(objectID); ok && !o.Removed {
 			owner, live = o.Owner, true
 		}
@@ -51,7 +51,7 @@ func (s *Service) Correct(ctx context.Context, c Caller, objectID int64, amount 
 		Token: domain.Token{Methods: []domain.Method{method}},
 		Admin: true, RequestID: c.RequestID, ClientAddr: c.ClientAddr,
 	}
-	return s.change(ctx, admin, method, Scope{Referencer: owner}, ObjectRef{ID: objectID}, func(o projections.Object) (string, any, error) {
+	return s.change(ctx, admin, method, Scope{Referencer: owner}, ObjectRef{ID: objectID}, func(o state.Object) (string, any, error) {
 		after, err := domain.ApplyChange(o.IntValue, dir, magnitude, false, 0)
 		if err != nil {
 			return "", nil, err
@@ -72,7 +72,7 @@ func (s *Service) CanList(tok domain.Token, objectID int64) bool {
 		return false
 	}
 	var ok bool
-	s.view.Read(func(st *projections.State) {
+	s.view.Read(func(st *state.State) {
 		o, found := st.Object(objectID)
 		if !found {
 			return

@@ -9,7 +9,7 @@ import (
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
-	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/domain/state"
 )
 
 // Scope is the owner a Cryptolens call addresses: a license key in the key-specific (…ToKey)
@@ -28,7 +28,7 @@ type ObjectRef struct {
 }
 
 // resolveOwner applies the token's locks to the scope and returns the owner it addresses.
-func resolveOwner(st *projections.State, tok domain.Token, sc Scope) (domain.Owner, error) {
+func resolveOwner(st *state.State, tok domain.Token, sc Scope) (domain.Owner, error) {
 	if sc.KeySpecific {
 		if err := tok.CheckKeySpecific(); err != nil {
 			return domain.Owner{}, err
@@ -71,13 +71,13 @@ func resolveOwner(st *projections.State, tok domain.Token, sc Scope) (domain.Own
 // parameters) when a later parameter is already known to be malformed.
 func (s *Service) CheckScope(c Caller, sc Scope) error {
 	var err error
-	s.view.Read(func(st *projections.State) { _, err = resolveOwner(st, c.Token, sc) })
+	s.view.Read(func(st *state.State) { _, err = resolveOwner(st, c.Token, sc) })
 	return err
 }
 
 // resolveObject finds a live object of the owner.
-func resolveObject(st *projections.State, owner domain.Owner, ref ObjectRef) (projections.Object, error) {
-	var o *projections.Object
+func resolveObject(st *state.State, owner domain.Owner, ref ObjectRef) (state.Object, error) {
+	var o *state.Object
 	var ok bool
 	switch {
 	case ref.ID != 0:
@@ -86,13 +86,13 @@ func resolveObject(st *projections.State, owner domain.Owner, ref ObjectRef) (pr
 	case ref.Name != "":
 		o, ok = st.ObjectByName(owner, ref.Name)
 	default:
-		return projections.Object{}, domain.ErrInvalidInput
+		return state.Object{}, domain.ErrInvalidInput
 	}
 	if !ok {
-		return projections.Object{}, domain.ErrDataObjectNotFound
+		return state.Object{}, domain.ErrDataObjectNotFound
 	}
 	cp := *o
-	cp.Pending = append([]projections.PendingChange(nil), o.Pending...)
+	cp.Pending = append([]state.PendingChange(nil), o.Pending...)
 	return cp, nil
 }
 
@@ -114,7 +114,7 @@ func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject
 	if cmd.CheckForDuplicates {
 		var owner domain.Owner
 		var err error
-		s.view.Read(func(st *projections.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
+		s.view.Read(func(st *state.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
 		if err == nil {
 			unlock, err := s.ownerLocks.lock(ctx, int64(owner.Type)+4*owner.ID)
 			if err != nil {
@@ -123,7 +123,7 @@ func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject
 			defer unlock()
 		}
 	}
-	return s.claimID(ctx, c, domain.CategoryDataObject, domain.DataObjectStream, func(st *projections.State) (func(int64) (string, any), error) {
+	return s.claimID(ctx, c, domain.CategoryDataObject, domain.DataObjectStream, func(st *state.State) (func(int64) (string, any), error) {
 		owner, err := resolveOwner(st, c.Token, cmd.Scope)
 		if err != nil {
 			return nil, err
@@ -169,8 +169,8 @@ func (s *Service) ListDataObjects(ctx context.Context, c Caller, q ListDataObjec
 	var out []domain.DataObject
 	var err error
 	needle := strings.ToLower(q.Contains)
-	s.view.Read(func(st *projections.State) {
-		var objs []*projections.Object
+	s.view.Read(func(st *state.State) {
+		var objs []*state.Object
 		if q.ShowAll && !q.KeySpecific {
 			objs = visibleObjects(st, c.Token)
 		} else {
@@ -191,8 +191,8 @@ func (s *Service) ListDataObjects(ctx context.Context, c Caller, q ListDataObjec
 }
 
 // visibleObjects is every live object within the token's locks.
-func visibleObjects(st *projections.State, tok domain.Token) []*projections.Object {
-	var out []*projections.Object
+func visibleObjects(st *state.State, tok domain.Token) []*state.Object {
+	var out []*state.Object
 	for _, o := range st.AllObjects() {
 		if tok.CheckGeneral(o.Owner, st.ProductOfKey) == nil {
 			out = append(out, o)
@@ -210,7 +210,7 @@ type SetIntValue struct {
 
 // SetIntValue replaces an object's int value.
 func (s *Service) SetIntValue(ctx context.Context, c Caller, cmd SetIntValue) error {
-	return s.change(ctx, c, domain.MethodSetIntValue, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+	return s.change(ctx, c, domain.MethodSetIntValue, cmd.Scope, cmd.Object, func(o state.Object) (string, any, error) {
 		return domain.EventIntValueSet, domain.IntValueSet{ObjectID: o.ID, Before: o.IntValue, After: cmd.IntValue, At: s.clock().UTC()}, nil
 	})
 }
@@ -224,7 +224,7 @@ type SetStringValue struct {
 
 // SetStringValue replaces an object's string value.
 func (s *Service) SetStringValue(ctx context.Context, c Caller, cmd SetStringValue) error {
-	return s.change(ctx, c, domain.MethodSetStringValue, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+	return s.change(ctx, c, domain.MethodSetStringValue, cmd.Scope, cmd.Object, func(o state.Object) (string, any, error) {
 		// Checked here, after the permission, the owner and the object, as the API's order of
 		// checks says.
 		if err := domain.ValidateStringValue(cmd.StringValue); err != nil {
@@ -260,7 +260,7 @@ func (s *Service) changeIntValue(ctx context.Context, c Caller, dir domain.Direc
 	if amount < 0 {
 		amount = -amount
 	}
-	return s.change(ctx, c, dir.Method(), cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+	return s.change(ctx, c, dir.Method(), cmd.Scope, cmd.Object, func(o state.Object) (string, any, error) {
 		// The feature lock is checked after the permission and the owner, as the API's order of
 		// checks says.
 		if err := c.Token.CheckAmount(amount); err != nil {
@@ -282,7 +282,7 @@ type RemoveDataObject struct {
 
 // RemoveDataObject removes an object. Its history stays; its id is never reused.
 func (s *Service) RemoveDataObject(ctx context.Context, c Caller, cmd RemoveDataObject) error {
-	return s.change(ctx, c, domain.MethodRemoveDataObject, cmd.Scope, cmd.Object, func(o projections.Object) (string, any, error) {
+	return s.change(ctx, c, domain.MethodRemoveDataObject, cmd.Scope, cmd.Object, func(o state.Object) (string, any, error) {
 		return domain.EventDataObjectRemoved, domain.DataObjectRemoved{ObjectID: o.ID, At: s.clock().UTC()}, nil
 	})
 }
@@ -292,7 +292,7 @@ func (s *Service) RemoveDataObject(ctx context.Context, c Caller, cmd RemoveData
 // While an upload touching the object is undecided, it waits for the decision. A refusal is
 // decided once more after the projection has caught up with the store, since the projection
 // may not yet hold a change another instance acknowledged.
-func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc Scope, ref ObjectRef, decide func(projections.Object) (string, any, error)) error {
+func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc Scope, ref ObjectRef, decide func(state.Object) (string, any, error)) error {
 	if !c.Token.Allows(method) {
 		return domain.ErrAccessDenied
 	}
@@ -316,9 +316,9 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 		return true, nil
 	}
 	for attempt := 0; attempt < s.maxAttempts; {
-		var obj projections.Object
+		var obj state.Object
 		var err error
-		s.view.Read(func(st *projections.State) {
+		s.view.Read(func(st *state.State) {
 			var owner domain.Owner
 			owner, err = resolveOwner(st, c.Token, sc)
 			if err == nil {

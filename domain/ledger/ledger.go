@@ -21,15 +21,15 @@ import (
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
-	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/domain/state"
 )
 
 // View is the projected state the ledger decides against.
 type View interface {
 	// Read runs fn with a consistent state; fn must not keep what it reads.
-	Read(fn func(*projections.State))
+	Read(fn func(*state.State))
 	// WaitUntil blocks until cond holds, ctx ends or the projection stops.
-	WaitUntil(ctx context.Context, cond func(*projections.State) bool) error
+	WaitUntil(ctx context.Context, cond func(*state.State) bool) error
 	// WaitFor blocks until the state reflects every event up to pos.
 	WaitFor(ctx context.Context, pos eventstore.Position) error
 	// Position is the global position of the last event the state reflects.
@@ -157,7 +157,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (domain.Token
 	}
 	hash := domain.HashSecret(secret)
 	lookup := func() (tok domain.Token, ok bool) {
-		s.view.Read(func(st *projections.State) { tok, ok = st.TokenBySecretHash(hash) })
+		s.view.Read(func(st *state.State) { tok, ok = st.TokenBySecretHash(hash) })
 		return tok, ok
 	}
 	tok, ok := lookup()

@@ -13,7 +13,7 @@ import (
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
-	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/domain/state"
 )
 
 // errUploadInProgress says the owner has an undecided upload; the caller waits for its decision.
@@ -73,13 +73,13 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 	}
 	var owner domain.Owner
 	var err error
-	s.view.Read(func(st *projections.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
+	s.view.Read(func(st *state.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
 	if err != nil {
 		// Refuse only on a projection that holds what the store holds (the key may be new).
 		if serr := s.syncView(ctx); serr != nil {
 			return UploadResult{}, serr
 		}
-		s.view.Read(func(st *projections.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
+		s.view.Read(func(st *state.State) { owner, err = resolveOwner(st, c.Token, cmd.Scope) })
 	}
 	if err != nil {
 		return UploadResult{}, err
@@ -116,7 +116,7 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 			return UploadResult{}, err
 		}
 		var p *plan
-		s.view.Read(func(st *projections.State) { p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop) })
+		s.view.Read(func(st *state.State) { p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop) })
 		if errors.Is(err, errUploadInProgress) {
 			continue // another upload of this owner was prepared since we waited
 		}
@@ -147,12 +147,12 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 // planUpload checks the entries still new against the projected values and decides what to
 // append. Entries whose layers were applied meanwhile (by a concurrent upload of an overlapping
 // version of the same file) are dropped.
-func (s *Service) planUpload(st *projections.State, c Caller, owner domain.Owner, onlyObject int64, all []LogEntry, stop *[32]byte) (*plan, error) {
+func (s *Service) planUpload(st *state.State, c Caller, owner domain.Owner, onlyObject int64, all []LogEntry, stop *[32]byte) (*plan, error) {
 	p := &plan{owner: owner}
 	// The entries are oldest first and each layer wraps the older ones, so the newest applied
 	// layer among them marks where the new part starts.
 	start := 0
-	var base projections.LayerInfo
+	var base state.LayerInfo
 	for i := len(all) - 1; i >= 0; i-- {
 		if info, ok := st.Layer(owner, all[i].Layer); ok {
 			start, base = i+1, info
@@ -317,7 +317,7 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 // layerApplied reports whether the projection holds the layer as applied for the owner.
 func (s *Service) layerApplied(owner domain.Owner, layer [32]byte) bool {
 	var ok bool
-	s.view.Read(func(st *projections.State) { _, ok = st.Layer(owner, layer) })
+	s.view.Read(func(st *state.State) { _, ok = st.Layer(owner, layer) })
 	return ok
 }
 
@@ -354,7 +354,7 @@ func (s *Service) decide(ctx context.Context, owner domain.Owner, uploadID uuid.
 func (s *Service) awaitUploadDecision(ctx context.Context, owner domain.Owner) error {
 	for {
 		waitCtx, cancel := context.WithTimeout(ctx, s.lease)
-		err := s.view.WaitUntil(waitCtx, func(st *projections.State) bool { return st.Upload(owner).Prepared == nil })
+		err := s.view.WaitUntil(waitCtx, func(st *state.State) bool { return st.Upload(owner).Prepared == nil })
 		cancel()
 		if err == nil {
 			return nil
@@ -383,7 +383,7 @@ func (s *Service) RecoverUploads(ctx context.Context, force bool) (int, error) {
 	}
 	var todo []undecided
 	now := s.clock()
-	s.view.Read(func(st *projections.State) {
+	s.view.Read(func(st *state.State) {
 		for _, p := range st.PendingUploads() {
 			if !force && now.Sub(p.At) < s.lease {
 				continue

@@ -19,6 +19,7 @@ import (
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -321,10 +322,10 @@ func (w *Workload) uploadUndecided(ctx context.Context, env *Env, rng *rand.Rand
 // writeUpload appends UploadPrepared, the objects' events and the decision (none when
 // decision is empty), each at the projected revision, and waits for the projection.
 func writeUpload(ctx context.Context, env *Env, owner domain.Owner, req string, entries []entry, decision string) error {
-	var up projections.Upload
+	var up state.Upload
 	values := map[int64]int32{}
 	revisions := map[int64]uint64{}
-	env.Proj.Read(func(st *projections.State) {
+	env.Proj.Read(func(st *state.State) {
 		up = *st.Upload(owner)
 		for _, e := range entries {
 			o, _ := st.Object(e.objectID)

@@ -28,6 +28,7 @@ import (
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -307,11 +308,11 @@ func (e *Env) Call(method string, params url.Values) Response {
 }
 
 // Object reads a data object from the projection.
-func (e *Env) Object(id int64) (projections.Object, bool) {
-	var o projections.Object
+func (e *Env) Object(id int64) (state.Object, bool) {
+	var o state.Object
 	var ok bool
-	e.Projection.Read(func(st *projections.State) {
-		var p *projections.Object
+	e.Projection.Read(func(st *state.State) {
+		var p *state.Object
 		if p, ok = st.Object(id); ok {
 			o = *p
 		}

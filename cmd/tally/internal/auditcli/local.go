@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -155,7 +156,7 @@ func NewVerifyCommand(l Local) *cobra.Command {
 
 // compareLive catches the persisted projection up with the store, as tally serve would on
 // start, and lists how it differs from the replay ("live vs replay").
-func compareLive(ctx context.Context, store eventstore.Store, live, rebuilt *projections.State) ([]string, error) {
+func compareLive(ctx context.Context, store eventstore.Store, live, rebuilt *state.State) ([]string, error) {
 	ok, err := projections.CheckpointInStore(ctx, store, live)
 	if err != nil {
 		return nil, err
@@ -167,7 +168,7 @@ func compareLive(ctx context.Context, store eventstore.Store, live, rebuilt *pro
 		return nil, err
 	}
 	var out []string
-	for _, d := range projections.Diff(live, rebuilt) {
+	for _, d := range state.Diff(live, rebuilt) {
 		out = append(out, "projection vs replay: "+d)
 	}
 	return out, nil

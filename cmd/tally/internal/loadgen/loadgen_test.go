@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/tallyledger/tally/adapters/httpapi"
-	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/domain/state"
 )
 
 func httpapiAdmin(cfg Config) *httpapi.AdminClient {
@@ -58,7 +58,7 @@ func TestMixRun(t *testing.T) {
 		t.Errorf("check: %+v", rep.Check)
 	}
 	var sum int64
-	srv.Projection.Read(func(st *projections.State) {
+	srv.Projection.Read(func(st *state.State) {
 		for _, o := range st.AllObjects() {
 			sum += int64(o.IntValue)
 		}

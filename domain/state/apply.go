@@ -1,4 +1,4 @@
-package projections
+package state
 
 import (
 	"encoding/hex"
@@ -23,6 +23,10 @@ func (s *State) Apply(ev eventstore.RecordedEvent) error {
 	}
 	return nil
 }
+
+// ApplyOrSkip folds ev into s. An event Apply cannot read only moves the position, as in the
+// live projection.
+func (s *State) ApplyOrSkip(ev eventstore.RecordedEvent) { _ = s.Apply(ev) }
 
 func (s *State) apply(ev eventstore.RecordedEvent) error {
 	switch ev.Type {

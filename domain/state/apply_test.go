@@ -1,4 +1,4 @@
-package projections
+package state
 
 import (
 	"encoding/hex"

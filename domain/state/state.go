@@ -1,9 +1,8 @@
-// Package projections holds Tally's read models: state folded from the event history, each
-// rebuildable from zero. State is the current state that commands check against (products,
-// keys, tokens, data objects with their values and stream revisions, upload progress and the
-// usage-log layers already applied); Current keeps one State up to date from a catch-up
-// subscription and persists it with its checkpoint.
-package projections
+// Package state holds the domain's decision state: the current products, keys, tokens, data
+// objects with their values and stream revisions, upload progress and the usage-log layers
+// already applied, folded from events by Apply. The ledger's commands decide against it;
+// package projections keeps one State up to date from the store and persists it.
+package state
 
 import (
 	"encoding/hex"

@@ -104,8 +104,18 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err := os.MkdirAll(g.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
+	if err := checkDataDirSecrets(g.DataDir, cfg.RSAKeys); err != nil {
+		return err
+	}
 	adminToken, err := loadOrCreateAdminToken(g)
 	if err != nil {
+		return err
+	}
+	tokenSource := adminTokenFile(g.DataDir)
+	if g.AdminToken != "" {
+		tokenSource = "--admin-token (TALLY_ADMIN_TOKEN)"
+	}
+	if err := checkAdminTokenStrength(adminToken, tokenSource); err != nil {
 		return err
 	}
 	keys, err := loadKeys(g.DataDir, cfg.RSAKeys)

@@ -8,6 +8,7 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -81,6 +82,9 @@ type Config struct {
 	RateLimit float64
 	// RateBurst is how many requests a token may make at once (0: twice RateLimit).
 	RateBurst int
+	// Backup writes a backup archive of the server's data to w for GET /admin/v1/backup (nil:
+	// 501, as on a KurrentDB store). It may return ErrBackupRunning.
+	Backup func(ctx context.Context, w io.Writer) error
 }
 
 // server holds the handler's dependencies.
@@ -94,6 +98,7 @@ type server struct {
 	limiter    *tokenLimiter // nil: no rate limit
 	// largeBodies holds one token per large body being read and handled.
 	largeBodies chan struct{}
+	backupFn    func(ctx context.Context, w io.Writer) error
 }
 
 // New returns the HTTP handler of the whole service.
@@ -104,7 +109,8 @@ func New(cfg Config) (http.Handler, error) {
 	s := &server{
 		ledger: cfg.Ledger, adminToken: cfg.AdminToken, ready: cfg.Ready,
 		logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
-		limiter: newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
+		limiter:  newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
+		backupFn: cfg.Backup,
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -153,6 +159,7 @@ func New(cfg Config) (http.Handler, error) {
 	admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
 	}))
+	admin.Handle("/backup", s.byMethod(map[string]http.Handler{http.MethodGet: http.HandlerFunc(s.backup)}))
 
 	r.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
 	r.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))

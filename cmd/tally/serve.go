@@ -173,6 +173,11 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		}, func() float64 { return float64(proj.Position()) }),
 	)
 
+	var backupFn func(ctx context.Context, w io.Writer) error
+	if es, ok := store.(*embedded.Store); ok {
+		backupFn = newBackupFunc(g.DataDir, es, cfg.RSAKeys, logger.With("component", "backup"))
+	}
+
 	ready := newReadiness()
 	readyCheck := func() error {
 		// A projection that stopped no longer moves: every write would be refused.
@@ -185,7 +190,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		Ledger: svc, AdminToken: adminToken, Ready: readyCheck,
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, Backup: backupFn,
 	})
 	if err != nil {
 		return err

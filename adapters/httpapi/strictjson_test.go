@@ -3,11 +3,13 @@ package httpapi_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
@@ -114,6 +116,8 @@ func TestDecodeStrictJSON(t *testing.T) {
 		Ptr    *Inner           `json:"ptr,omitempty"`
 		Named  string           // no tag: its Go name
 		Extra  map[string]Inner `json:"extra"`
+		Raw    json.RawMessage  `json:"raw"`
+		When   time.Time        `json:"when"`
 	}
 	cases := map[string]string{
 		`{"inner":{"amount":1,"amount":2}}`:       `field "inner.amount" is given twice`,
@@ -127,6 +131,7 @@ func TestDecodeStrictJSON(t *testing.T) {
 		`{"ID":1}`:                                `field "ID": names are case-sensitive, the field is "id"`,
 		`{"extra":{"k":{"amount":1,"Amount":2}}}`: `field "extra.k.Amount"`,
 		`{"inner":{"amount":1}`:                   "not valid JSON",
+		`{"raw":{"a":1,"a":2}}`:                   `field "raw.a" is given twice`,
 	}
 	for in, want := range cases {
 		var b body
@@ -136,11 +141,12 @@ func TestDecodeStrictJSON(t *testing.T) {
 		}
 	}
 	var b body
-	in := `{"id":7,"inner":{"amount":1},"list":[{"amount":2}],"labels":{"a":1,"A":2},"any":{"x":1,"X":2},"ptr":{"amount":3},"Named":"n","extra":{"k":{"amount":4}}}`
+	in := `{"id":7,"inner":{"amount":1},"list":[{"amount":2}],"labels":{"a":1,"A":2},"any":{"x":1,"X":2},"ptr":{"amount":3},"Named":"n","extra":{"k":{"amount":4}},"raw":{"Any":{"thing":[1]}},"when":"2026-01-02T03:04:05Z"}`
 	if err := httpapi.DecodeStrictJSON(strings.NewReader(in), &b); err != nil {
 		t.Fatalf("%s: %v", in, err)
 	}
-	if b.ID != 7 || b.Inner.Amount != 1 || b.List[0].Amount != 2 || b.Labels["A"] != 2 || b.Ptr.Amount != 3 || b.Named != "n" || b.Extra["k"].Amount != 4 {
+	if b.ID != 7 || b.Inner.Amount != 1 || b.List[0].Amount != 2 || b.Labels["A"] != 2 || b.Ptr.Amount != 3 || b.Named != "n" || b.Extra["k"].Amount != 4 ||
+		string(b.Raw) != `{"Any":{"thing":[1]}}` || b.When.Year() != 2026 {
 		t.Errorf("decoded %+v", b)
 	}
 }

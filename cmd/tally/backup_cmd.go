@@ -24,6 +24,15 @@ import (
 // backup at a time, made in-process because the server holds the store's directory lock and
 // is the one that knows a consistent position (see docs/operations.md).
 func newBackupFunc(dataDir string, store *embedded.Store, rsaKeyFiles []string, logger *slog.Logger) func(ctx context.Context, w io.Writer) error {
+	// Copies left by a backup that a crash cut short: the server holds the store's lock, so no
+	// backup of this data directory runs now.
+	if stale, err := filepath.Glob(filepath.Join(dataDir, backup.TempPattern)); err == nil {
+		for _, f := range stale {
+			if err := os.Remove(f); err != nil {
+				logger.Warn("remove a stale backup copy", "file", f, "err", err)
+			}
+		}
+	}
 	var running sync.Mutex
 	var notes []string
 	if len(rsaKeyFiles) > 0 {

@@ -351,14 +351,20 @@ func (b *blockingWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestOneBackupAtATime: while a backup is being sent, a second one is refused with
-// ErrBackupRunning (409 on the admin API) instead of making a second copy of the store.
+// TestOneBackupAtATime: a copy left by a crashed backup is removed when the server starts;
+// while a backup is being sent, a second one is refused with ErrBackupRunning (409 on the
+// admin API) instead of making a second copy of the store.
 func TestOneBackupAtATime(t *testing.T) {
 	dir := privateTempDir(t)
 	store, err := embedded.Open(t.Context(), filepath.Join(dir, "events"))
 	must(t, err)
 	defer store.Close()
+	stale := filepath.Join(dir, ".backup-left-by-a-crash.db")
+	must(t, os.WriteFile(stale, []byte("x"), 0o600))
 	fn := newBackupFunc(dir, store, nil, slog.New(slog.DiscardHandler))
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a stale copy survived the server's start: %v", err)
+	}
 	w := &blockingWriter{started: make(chan struct{}), release: make(chan struct{})}
 	first := make(chan error, 1)
 	go func() { first <- fn(t.Context(), w) }()

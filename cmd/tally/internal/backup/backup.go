@@ -33,6 +33,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -48,6 +49,9 @@ const (
 	SnapshotName = "projection.json"
 	TokenName    = "admin.token"
 )
+
+// TempPattern names the store's copy while a backup is made (in the data directory, as a glob).
+const TempPattern = ".backup-*.db"
 
 // keyName matches the RSA key files of a data directory.
 var keyName = regexp.MustCompile(`^rsa-private(-[A-Za-z0-9._-]+)?\.pem$`)
@@ -110,7 +114,7 @@ func Write(ctx context.Context, w io.Writer, src Source) (Manifest, error) {
 		contents[name] = b
 		present = append(present, name)
 	}
-	tmp := filepath.Join(src.DataDir, ".backup-"+uuid.NewString()+".db")
+	tmp := filepath.Join(src.DataDir, strings.Replace(TempPattern, "*", uuid.NewString(), 1))
 	defer os.Remove(tmp)
 	position, err := src.CopyStore(ctx, tmp)
 	if err != nil {

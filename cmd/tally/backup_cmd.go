@@ -107,6 +107,9 @@ func newBackupCommand(g *globalFlags) *cobra.Command {
 			if err := os.Link(tmp.Name(), to); err != nil {
 				return fmt.Errorf("backup: %w", err)
 			}
+			if err := backup.SyncDir(filepath.Dir(to)); err != nil {
+				return err
+			}
 			fi, err := os.Stat(to)
 			if err != nil {
 				return err

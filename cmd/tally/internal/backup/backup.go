@@ -227,7 +227,7 @@ func Restore(r io.Reader, dir string) (m Manifest, err error) {
 			_ = os.Remove(dir)
 		}
 	}()
-	return read(r, func(name string) (io.WriteCloser, error) {
+	m, err = read(r, func(name string) (io.WriteCloser, error) {
 		path := filepath.Join(dir, filepath.FromSlash(name))
 		if sub := filepath.Dir(path); sub != dir {
 			if err := os.Mkdir(sub, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -243,6 +243,29 @@ func Restore(r io.Reader, dir string) (m Manifest, err error) {
 		written = append(written, path)
 		return syncCloser{f}, nil
 	})
+	if err != nil {
+		return Manifest{}, err
+	}
+	// The files are synced as they are written; their names too.
+	for _, d := range []string{filepath.Join(dir, filepath.Dir(StoreName)), dir} {
+		if err := SyncDir(d); err != nil {
+			return Manifest{}, err
+		}
+	}
+	return m, nil
+}
+
+// SyncDir makes the names in a directory durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
 }
 
 // syncCloser makes a restored file durable before it counts as written.

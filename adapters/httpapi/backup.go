@@ -20,6 +20,10 @@ var ErrBackupRunning = errors.New("a backup is already running")
 // never a short archive that looks whole.
 func (s *server) backup(w http.ResponseWriter, r *http.Request) {
 	infoOf(r).method = "admin.backup"
+	if r.Method != http.MethodGet { // byMethod lets HEAD through as GET: it would copy the store for nothing
+		s.methodNotAllowed(w, r)
+		return
+	}
 	if !s.isAdmin(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="tally-admin"`)
 		writeAdminJSON(w, http.StatusUnauthorized, adminError{Error: "admin credential missing or wrong"})

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -271,6 +272,36 @@ func TestBackupRefusals(t *testing.T) {
 	if err := restoreBytes(writeTar(t, evil)); err == nil || !strings.Contains(err.Error(), "unexpected file") {
 		t.Errorf("an archive with a path outside: %v", err)
 	}
+	// An archive whose manifest names another position than its store holds: tally restore
+	// refuses it after unpacking and takes back what it wrote.
+	var m backup.Manifest
+	last := entries[len(entries)-1]
+	must(t, json.Unmarshal(last.body, &m))
+	m.Position++
+	wrongPosition := append([]tarEntry(nil), entries[:len(entries)-1]...)
+	mb, err := json.Marshal(m)
+	must(t, err)
+	wrongPosition = append(wrongPosition, tarEntry{name: last.name, body: mb})
+	archive := filepath.Join(t.TempDir(), "wrong.tar.gz")
+	must(t, os.WriteFile(archive, writeTar(t, wrongPosition), 0o600))
+	target := privateTempDir(t)
+	if out, err := run(t, "restore", "--from", archive, "--data-dir", target); err == nil || !strings.Contains(err.Error(), "the manifest says") {
+		t.Errorf("restore of an archive with a wrong position: %v\n%s", err, out)
+	}
+	if left, _ := os.ReadDir(target); len(left) != 0 {
+		t.Errorf("the refused restore left %d entries in %s", len(left), target)
+	}
+	// HEAD would copy the store for nothing: 405.
+	req, err := http.NewRequest(http.MethodHead, base+"/admin/v1/backup", nil)
+	must(t, err)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("HEAD /admin/v1/backup: %d", resp.StatusCode)
+	}
+
 	// A non-empty directory is refused and left as it was.
 	full := t.TempDir()
 	must(t, os.WriteFile(filepath.Join(full, "keep"), []byte("k"), 0o600))

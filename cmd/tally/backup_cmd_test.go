@@ -22,6 +22,7 @@ import (
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
+	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/cmd/tally/internal/backup"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/state"
@@ -414,5 +415,35 @@ func TestOneBackupAtATime(t *testing.T) {
 		if strings.HasPrefix(e.Name(), ".backup-") {
 			t.Errorf("left behind: %s", e.Name())
 		}
+	}
+}
+
+// TestBackupNotesExternalKeys: keys given with --rsa-key are not in the archive, and the
+// backup says so, in its manifest and on its output.
+func TestBackupNotesExternalKeys(t *testing.T) {
+	dataDir := privateTempDir(t)
+	keyDir := t.TempDir()
+	k, err := usagelog.GenerateKey()
+	must(t, err)
+	keyFile := filepath.Join(keyDir, "key.pem")
+	must(t, usagelog.SavePrivateKeyFile(keyFile, k))
+	cfg := testServeConfig()
+	cfg.RSAKeys = []string{keyFile}
+	base, stop := startServe(t, &globalFlags{DataDir: dataDir}, cfg, &syncBuffer{})
+	defer stop()
+	archive := filepath.Join(t.TempDir(), "b.tar.gz")
+	out, err := run(t, "backup", "--to", archive, "--server", base, "--data-dir", dataDir)
+	if err != nil || !strings.Contains(out, "note: the server was started with --rsa-key "+keyFile) {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	m, err := checkArchive(archive)
+	must(t, err)
+	for _, f := range m.Files {
+		if strings.HasPrefix(f.Name, "rsa-private") {
+			t.Errorf("the archive holds %s", f.Name)
+		}
+	}
+	if len(m.Notes) != 1 {
+		t.Errorf("manifest notes: %v", m.Notes)
 	}
 }

@@ -295,10 +295,15 @@ func unixNanoClamped(t time.Time) int64 {
 	return t.UnixNano()
 }
 
+// Head is the store's last position.
+func (m *Model) Head(ctx context.Context) (eventstore.Position, error) {
+	return eventstore.Head(ctx, m.store, m.Position())
+}
+
 // Wait is WaitFor on the store's head as it is now: what a caller that wants to read its own
 // writes asks for. It returns the position waited for.
 func (m *Model) Wait(ctx context.Context) (eventstore.Position, error) {
-	head, err := eventstore.Head(ctx, m.store, m.Position())
+	head, err := m.Head(ctx)
 	if err != nil {
 		return 0, err
 	}

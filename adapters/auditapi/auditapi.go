@@ -80,10 +80,10 @@ type api struct {
 	model     ReadModel
 	modelWait time.Duration
 	store     Store
-	ledger Ledger
-	admin  string
-	now    func() time.Time
-	logger *slog.Logger
+	ledger    Ledger
+	admin     string
+	now       func() time.Time
+	logger    *slog.Logger
 }
 
 // New returns the handler of the audit API. It serves absolute paths under /v1/, so it can be

@@ -23,7 +23,7 @@ import (
 
 // startServe runs serve in-process and returns its base URL once it is ready, and a function
 // that stops it as SIGTERM would and returns serve's error.
-func startServe(t *testing.T, g *globalFlags, cfg serveConfig, logs *syncBuffer) (string, func() error) {
+func startServe(t testing.TB, g *globalFlags, cfg serveConfig, logs *syncBuffer) (string, func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -101,7 +101,6 @@ type generator struct {
 	events  atomic.Int64
 	uploads atomic.Int64
 	aborted atomic.Int64
-	hot     atomic.Int64
 	token   uuid.UUID
 }
 
@@ -368,10 +367,13 @@ func (w *worker) run(ctx context.Context) error {
 		var err error
 		switch r := w.rng.IntN(100); {
 		case r < 22:
-			err = w.upload(ctx, k, k.objects, 1+w.rng.IntN(60))
+			// A key's log counts a few of its objects (features, seats).
+			first := w.rng.IntN(len(k.objects))
+			objs := k.objects[first:min(len(k.objects), first+1+w.rng.IntN(3))]
+			err = w.upload(ctx, k, objs, 1+w.rng.IntN(60))
 		case r < 97:
 			o := k.objects[w.rng.IntN(len(k.objects))]
-			err = w.direct(ctx, o, 1+w.rng.IntN(12))
+			err = w.direct(ctx, o, 1+w.rng.IntN(24))
 		case r < 99:
 			err = w.correct(ctx, k.objects[w.rng.IntN(len(k.objects))])
 		default:
@@ -527,13 +529,22 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 		return err
 	}
 	k.uploads, k.uploadRev = true, res.NextExpectedRevision
-	for _, o := range order {
-		r, err := w.append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), byObject[o.id]...)
+	// The objects' events go in at once, as the store commits concurrent appends together
+	// (the ledger appends them one object after the other; the order between objects is
+	// immaterial, each stream's own order is kept).
+	if err := parallel(ctx, len(order), len(order), func(ctx context.Context, i int) error {
+		o := order[i]
+		r, err := w.g.store.Append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), byObject[o.id]...)
 		if err != nil {
-			return err
+			return fmt.Errorf("append to %s: %w", domain.DataObjectStream(o.id), err)
 		}
 		o.revision = r.NextExpectedRevision
+		return nil
+	}); err != nil {
+		return err
 	}
+	w.done += int64(n)
+	w.g.events.Add(int64(n))
 	var dev eventstore.EventData
 	if abort {
 		dev, err = w.event(domain.EventUploadAborted, domain.UploadAborted{UploadID: id, Reason: "the client went away", At: w.now()}, w.meta)

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -117,7 +118,7 @@ const (
 // Options configure a Model.
 type Options struct {
 	Logger *slog.Logger
-	// BatchEvents bounds the events folded in one transaction while catching up (default 16384).
+	// BatchEvents bounds the events folded in one transaction while catching up (default 65536).
 	BatchEvents int
 	// BeforeCommit, if set, is called before each transaction commits, with the position it
 	// would reach; an error rolls the transaction back and stops Run with it. Tests use it to
@@ -151,7 +152,7 @@ func Open(ctx context.Context, store eventstore.Store, path string, opts Options
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.BatchEvents <= 0 {
-		opts.BatchEvents = 16384
+		opts.BatchEvents = 65536
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("read model directory: %w", err)
@@ -870,6 +871,25 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 		}
 		st.Close()
 	}
+	// In key order: neighbouring rows share B-tree pages, which a random order would touch
+	// again and again.
+	keys := make([]bucketKey, 0, len(b.buckets))
+	for k := range b.buckets {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, c := keys[i], keys[j]
+		if a.level != c.level {
+			return a.level < c.level
+		}
+		if a.axis != c.axis {
+			return a.axis < c.axis
+		}
+		if a.object != c.object {
+			return a.object < c.object
+		}
+		return a.t < c.t
+	})
 	for l := levelQuarter; l < levels; l++ {
 		st, err := tx.PrepareContext(ctx, fmt.Sprintf(`INSERT INTO %s (axis, object_id, t, inc, dec, corr, entries, sets, adj, n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (axis, object_id, t) DO UPDATE SET inc = inc + excluded.inc, dec = dec + excluded.dec, corr = corr + excluded.corr,
@@ -877,10 +897,11 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 		if err != nil {
 			return err
 		}
-		for k, s := range b.buckets {
+		for _, k := range keys {
 			if k.level != l {
 				continue
 			}
+			s := b.buckets[k]
 			if _, err := st.ExecContext(ctx, k.axis, k.object, k.t, s.inc, s.dec, s.corr, s.entries, s.sets, s.adj, s.n); err != nil {
 				st.Close()
 				return fmt.Errorf("%s: %w", levelTables[l], err)
@@ -893,6 +914,16 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 		if err != nil {
 			return err
 		}
+		sort.Slice(b.values, func(i, j int) bool {
+			a, c := b.values[i], b.values[j]
+			if a.objectID != c.objectID {
+				return a.objectID < c.objectID
+			}
+			if a.recorded != c.recorded {
+				return a.recorded < c.recorded
+			}
+			return a.position < c.position
+		})
 		for _, v := range b.values {
 			if _, err := st.ExecContext(ctx, v.objectID, v.recorded, int64(v.position), int64(v.intValue), v.stringValue, v.removed, int64(v.revision)); err != nil {
 				st.Close()

@@ -181,6 +181,10 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 			Name: "tally_projection_position",
 			Help: "Global position of the last event in the current-state projection.",
 		}, func() float64 { return float64(proj.Position()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tally_readmodel_position",
+			Help: "Global position of the last event in the usage read model (readmodels/usage.db).",
+		}, func() float64 { return float64(usageModel.Position()) }),
 	)
 
 	ready := newReadiness()

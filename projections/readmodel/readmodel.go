@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -842,8 +843,54 @@ func (f *fold) apply(b *batch, ev eventstore.RecordedEvent) error {
 	return nil
 }
 
+// rowsPerStatement is how many rows one INSERT carries: one statement per row costs most of
+// the time of a batch in the driver's per-call work.
+const rowsPerStatement = 64
+
+// execRows inserts rows of cols values each with statements of up to rowsPerStatement rows:
+// head is "INSERT INTO t (columns)", tail what follows the VALUES (an ON CONFLICT clause).
+func execRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, rows [][]any) error {
+	one := "(" + strings.Repeat("?, ", cols-1) + "?)"
+	query := func(n int) string {
+		return head + " VALUES " + strings.Repeat(one+", ", n-1) + one + " " + tail
+	}
+	var full *sql.Stmt
+	defer func() {
+		if full != nil {
+			full.Close()
+		}
+	}()
+	args := make([]any, 0, cols*rowsPerStatement)
+	for len(rows) > 0 {
+		n := min(len(rows), rowsPerStatement)
+		args = args[:0]
+		for _, r := range rows[:n] {
+			args = append(args, r...)
+		}
+		var err error
+		if n == rowsPerStatement {
+			if full == nil {
+				if full, err = tx.PrepareContext(ctx, query(n)); err != nil {
+					return err
+				}
+			}
+			_, err = full.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, query(n), args...)
+		}
+		if err != nil {
+			return err
+		}
+		rows = rows[n:]
+	}
+	return nil
+}
+
 // write puts a batch and the checkpoint in tx.
 func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
+	// A context that cannot be cancelled: the driver then skips its per-statement interrupt
+	// watcher. Cancelling mid-batch would only roll back the transaction anyway.
+	ctx = context.WithoutCancel(ctx)
 	exec := func(query string, args ...any) error {
 		_, err := tx.ExecContext(ctx, query, args...)
 		return err
@@ -891,29 +938,21 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 		return a.t < c.t
 	})
 	for l := levelQuarter; l < levels; l++ {
-		st, err := tx.PrepareContext(ctx, fmt.Sprintf(`INSERT INTO %s (axis, object_id, t, inc, dec, corr, entries, sets, adj, n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (axis, object_id, t) DO UPDATE SET inc = inc + excluded.inc, dec = dec + excluded.dec, corr = corr + excluded.corr,
-			entries = entries + excluded.entries, sets = sets + excluded.sets, adj = adj + excluded.adj, n = n + excluded.n`, levelTables[l]))
-		if err != nil {
-			return err
-		}
+		var rows [][]any
 		for _, k := range keys {
-			if k.level != l {
-				continue
-			}
-			s := b.buckets[k]
-			if _, err := st.ExecContext(ctx, k.axis, k.object, k.t, s.inc, s.dec, s.corr, s.entries, s.sets, s.adj, s.n); err != nil {
-				st.Close()
-				return fmt.Errorf("%s: %w", levelTables[l], err)
+			if k.level == l {
+				s := b.buckets[k]
+				rows = append(rows, []any{k.axis, k.object, k.t, s.inc, s.dec, s.corr, s.entries, s.sets, s.adj, s.n})
 			}
 		}
-		st.Close()
+		err := execRows(ctx, tx, `INSERT INTO `+levelTables[l]+` (axis, object_id, t, inc, dec, corr, entries, sets, adj, n)`,
+			`ON CONFLICT (axis, object_id, t) DO UPDATE SET inc = inc + excluded.inc, dec = dec + excluded.dec, corr = corr + excluded.corr,
+			entries = entries + excluded.entries, sets = sets + excluded.sets, adj = adj + excluded.adj, n = n + excluded.n`, 10, rows)
+		if err != nil {
+			return fmt.Errorf("%s: %w", levelTables[l], err)
+		}
 	}
 	if len(b.values) > 0 {
-		st, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO value_at (object_id, recorded, position, int_value, string_value, removed, revision) VALUES (?, ?, ?, ?, ?, ?, ?)`)
-		if err != nil {
-			return err
-		}
 		sort.Slice(b.values, func(i, j int) bool {
 			a, c := b.values[i], b.values[j]
 			if a.objectID != c.objectID {
@@ -924,13 +963,13 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 			}
 			return a.position < c.position
 		})
+		rows := make([][]any, 0, len(b.values))
 		for _, v := range b.values {
-			if _, err := st.ExecContext(ctx, v.objectID, v.recorded, int64(v.position), int64(v.intValue), v.stringValue, v.removed, int64(v.revision)); err != nil {
-				st.Close()
-				return fmt.Errorf("value_at: %w", err)
-			}
+			rows = append(rows, []any{v.objectID, v.recorded, int64(v.position), int64(v.intValue), v.stringValue, v.removed, int64(v.revision)})
 		}
-		st.Close()
+		if err := execRows(ctx, tx, `INSERT OR REPLACE INTO value_at (object_id, recorded, position, int_value, string_value, removed, revision)`, "", 7, rows); err != nil {
+			return fmt.Errorf("value_at: %w", err)
+		}
 	}
 	for _, id := range b.decided {
 		if err := exec(`DELETE FROM pending WHERE upload_id = ?`, id[:]); err != nil {

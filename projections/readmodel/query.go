@@ -59,10 +59,7 @@ func (m *Model) Usage(ctx context.Context, q projections.UsageQuery) (*projectio
 	if err := tx.QueryRowContext(ctx, `SELECT position FROM meta WHERE id = 1`).Scan(&rep.Position); err != nil {
 		return nil, fmt.Errorf("read model checkpoint: %w", err)
 	}
-	objs, all, err := selectObjects(ctx, tx, q.Include)
-	if err != nil {
-		return nil, err
-	}
+	objs, all := m.selectObjects(q.Include)
 	if len(objs) == 0 {
 		return rep, nil
 	}
@@ -82,6 +79,26 @@ func (m *Model) Usage(ctx context.Context, q projections.UsageQuery) (*projectio
 		}
 		sb.WriteByte(')')
 		filter = sb.String()
+	}
+	// The objects' values in this snapshot; an object the snapshot does not hold yet (added
+	// after its checkpoint) has no value and no buckets, and no rows.
+	vrows, err := tx.QueryContext(ctx, `SELECT object_id, value FROM objects WHERE 1`+filter)
+	if err != nil {
+		return nil, fmt.Errorf("read model objects: %w", err)
+	}
+	for vrows.Next() {
+		var id, value int64
+		if err := vrows.Scan(&id, &value); err != nil {
+			vrows.Close()
+			return nil, fmt.Errorf("read model objects: %w", err)
+		}
+		if o := byID[id]; o != nil {
+			o.value, o.committed = value, true
+		}
+	}
+	vrows.Close()
+	if err := vrows.Err(); err != nil {
+		return nil, fmt.Errorf("read model objects: %w", err)
 	}
 
 	// The changes before From: the object's value minus its changes from From on.
@@ -105,11 +122,25 @@ func (m *Model) Usage(ctx context.Context, q projections.UsageQuery) (*projectio
 		ranges = decompose(ranges, max(bounds[i], from), e)
 	}
 	for l := levelQuarter; l < levels; l++ {
-		for _, r := range mergeRanges(ranges, l) {
+		rs := mergeRanges(ranges, l)
+		reads := rs
+		if len(rs) > 4 {
+			// Many short runs (a day's edges in a zone off the UTC hour, day after day): one
+			// read of their whole span costs less than a query each; buckets between runs
+			// belong to coarser pieces and are skipped.
+			reads = []bucketRange{{level: l, lo: rs[0].lo, hi: rs[len(rs)-1].hi}}
+		}
+		for _, r := range reads {
 			err := scan(ctx, tx, r, axis, all, filter, func(id, t int64, s sums) {
 				o := byID[id]
 				if o == nil {
 					return
+				}
+				if len(reads) != len(rs) {
+					i := sort.Search(len(rs), func(i int) bool { return rs[i].hi > t })
+					if i == len(rs) || rs[i].lo > t {
+						return
+					}
 				}
 				start := l.start(t)
 				i := sort.Search(len(bounds), func(i int) bool { return bounds[i] > start }) - 1
@@ -132,7 +163,7 @@ func (m *Model) Usage(ctx context.Context, q projections.UsageQuery) (*projectio
 		}
 	}
 	for _, o := range objs {
-		if len(o.periods) == 0 {
+		if len(o.periods) == 0 || !o.committed {
 			continue
 		}
 		idx := make([]int, 0, len(o.periods))
@@ -163,36 +194,25 @@ func (m *Model) Usage(ctx context.Context, q projections.UsageQuery) (*projectio
 
 // reportObject is one object of a report being built.
 type reportObject struct {
-	info    projections.UsageObject
-	value   int64         // the sum of all its changes
-	after   int64         // the sum of its changes at or after From
-	periods map[int]*sums // by period index
+	info      projections.UsageObject
+	committed bool          // the snapshot holds the object
+	value     int64         // the sum of all its changes
+	after     int64         // the sum of its changes at or after From
+	periods   map[int]*sums // by period index
 }
 
-// selectObjects reads the objects the report covers, in the report's order (product, key,
+// selectObjects returns the objects the report covers, in the report's order (product, key,
 // object); all says whether that is every object.
-func selectObjects(ctx context.Context, tx *sql.Tx, include func(projections.UsageObject) bool) ([]*reportObject, bool, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT object_id, name, owner_type, owner_id, product_id, key_id, key, value FROM objects`)
-	if err != nil {
-		return nil, false, fmt.Errorf("read model objects: %w", err)
-	}
-	defer rows.Close()
-	var out []*reportObject
-	all := true
-	for rows.Next() {
-		o := &reportObject{}
-		if err := rows.Scan(&o.info.ObjectID, &o.info.Name, &o.info.Owner.Type, &o.info.Owner.ID, &o.info.ProductID, &o.info.KeyID, &o.info.Key, &o.value); err != nil {
-			return nil, false, fmt.Errorf("read model objects: %w", err)
+func (m *Model) selectObjects(include func(projections.UsageObject) bool) ([]*reportObject, bool) {
+	m.infoMu.RLock()
+	out := make([]*reportObject, 0, len(m.infos))
+	for _, info := range m.infos {
+		if include == nil || include(info) {
+			out = append(out, &reportObject{info: info})
 		}
-		if include != nil && !include(o.info) {
-			all = false
-			continue
-		}
-		out = append(out, o)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, false, fmt.Errorf("read model objects: %w", err)
-	}
+	all := len(out) == len(m.infos)
+	m.infoMu.RUnlock()
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].info, out[j].info
 		if a.ProductID != b.ProductID {
@@ -203,7 +223,7 @@ func selectObjects(ctx context.Context, tx *sql.Tx, include func(projections.Usa
 		}
 		return a.ObjectID < b.ObjectID
 	})
-	return out, all, nil
+	return out, all
 }
 
 // mergeRanges returns the ranges of level l, adjacent ones joined.

@@ -138,6 +138,13 @@ type Model struct {
 
 	fold *fold // owned by Run's goroutine (or the opener before Run)
 
+	// infos is what reports show of each object (which never changes once added), for
+	// selecting a report's objects without reading them all from the file. An object enters
+	// it before the transaction that adds it commits, so every object a reader's snapshot
+	// holds is in it.
+	infoMu sync.RWMutex
+	infos  map[int64]projections.UsageObject
+
 	mu       sync.Mutex
 	position eventstore.Position // the committed checkpoint
 	changed  chan struct{}       // closed and replaced at each commit
@@ -236,6 +243,10 @@ func (m *Model) open(ctx context.Context) (bool, error) {
 	}
 	m.fold = f
 	m.position = f.position
+	m.infos = make(map[int64]projections.UsageObject, len(f.objects))
+	for id, o := range f.objects {
+		m.infos[id] = o.info
+	}
 	return true, nil
 }
 
@@ -430,6 +441,13 @@ func (m *Model) apply(b *batch, ev eventstore.RecordedEvent) {
 // commit writes a batch and its checkpoint in one transaction. On failure the fold in memory
 // is ahead of the file, so it is reloaded from the file before Run returns the error.
 func (m *Model) commit(ctx context.Context, b *batch) error {
+	if len(b.newObjs) > 0 {
+		m.infoMu.Lock()
+		for id := range b.newObjs {
+			m.infos[id] = m.fold.objects[id].info
+		}
+		m.infoMu.Unlock()
+	}
 	err := m.write(ctx, b)
 	if err != nil {
 		f, ok, lerr := loadFold(context.WithoutCancel(ctx), m.writeDB, m.store)

@@ -36,7 +36,7 @@ const File = "readmodels/usage.db"
 
 // schemaVersion changes when the tables or what the fold puts in them change; a file of another
 // version is rebuilt from the events.
-const schemaVersion = 1
+const schemaVersion = 2
 
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (
@@ -107,8 +107,9 @@ CREATE TABLE IF NOT EXISTS %[1]s (
 `
 
 // timeIndexSchema lets the coarse levels be read by time over every object (the billing run)
-// without scanning every object's buckets.
-const timeIndexSchema = `CREATE INDEX IF NOT EXISTS %[1]s_by_time ON %[1]s (axis, t);`
+// without scanning every object's buckets; it covers every column, so such a read never goes
+// back to the table (the day and month tables are small: one row per object and day or month).
+const timeIndexSchema = `CREATE INDEX IF NOT EXISTS %[1]s_by_time ON %[1]s (axis, t, object_id, inc, dec, corr, entries, sets, adj, n);`
 
 // axis numbers in the bucket tables.
 const (

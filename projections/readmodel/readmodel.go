@@ -206,7 +206,15 @@ func dsn(path string, readOnly bool) string {
 
 // open opens the databases and loads the fold; false means the file does not fit the store.
 func (m *Model) open(ctx context.Context) (bool, error) {
-	var err error
+	// Owner-only, like the rest of the data directory; SQLite gives its -wal and -shm files
+	// the database file's mode.
+	file, err := os.OpenFile(m.path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return false, fmt.Errorf("open read model %s: %w", m.path, err)
+	}
+	if err := file.Close(); err != nil {
+		return false, fmt.Errorf("open read model %s: %w", m.path, err)
+	}
 	if m.writeDB, err = sql.Open("sqlite", dsn(m.path, false)); err != nil {
 		return false, fmt.Errorf("open read model %s: %w", m.path, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -337,6 +338,9 @@ func TestAFileThatDoesNotFitTheStoreIsRebuilt(t *testing.T) {
 	<-done
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("read model file mode: %v %v, want owner only", fi.Mode(), err)
 	}
 	// Another store, which does not hold the file's checkpoint: the file starts again.
 	other, _, w, _ := seeded(t, 4, 30, "")

@@ -88,8 +88,9 @@ func queries(t *testing.T, w *audittest.Workload) []projections.UsageQuery {
 		for _, axis := range []projections.TimeAxis{projections.AxisUsage, projections.AxisRecorded} {
 			rs := ranges
 			if axis == projections.AxisRecorded {
-				rs = append(rs, [2]time.Time{now.AddDate(0, 0, -2), now.AddDate(0, 0, 2)}, [2]time.Time{now.Add(-time.Hour), now.Add(time.Hour)},
-					[2]time.Time{now, now.Add(15 * time.Minute)})
+				// The store recorded everything within the last minutes: ranges around now.
+				rs = [][2]time.Time{{d(2025, 1, 1), d(2027, 1, 1)}, {now.AddDate(0, 0, -2), now.AddDate(0, 0, 2)}, {now.Add(-time.Hour), now.Add(time.Hour)},
+					{now, now.Add(15 * time.Minute)}, {now.Add(-15 * time.Minute), now}}
 			}
 			for _, r := range rs {
 				for _, by := range []projections.Granularity{projections.ByDay, projections.ByMonth} {
@@ -176,15 +177,20 @@ func compareAll(t *testing.T, store eventstore.Store, m *readmodel.Model, qs []p
 
 func TestUsageEqualsTheReplayInEveryZone(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "usage.db")
-	store, _, w, live := seeded(t, 13, 400, path)
+	store, _, w, live := seeded(t, 13, 300, path)
 	qs := queries(t, w)
 	rows := compareAll(t, store, live, qs)
 	if rows < 1000 {
 		t.Fatalf("only %d rows compared: the test set says little", rows)
 	}
-	// A second instance builds its own by catching up, in one transaction per 37 events.
+	// A second instance builds its own by catching up, in one transaction per 37 events
+	// (every third query of the set: the fold is the same code, only the batching differs).
 	caught, _ := start(t, store, filepath.Join(t.TempDir(), "usage.db"), readmodel.Options{BatchEvents: 37})
-	compareAll(t, store, caught, qs)
+	var some []projections.UsageQuery
+	for i := 0; i < len(qs); i += 3 {
+		some = append(some, qs[i])
+	}
+	compareAll(t, store, caught, some)
 	t.Logf("%d queries, %d rows each time", len(qs), rows)
 }
 
@@ -235,8 +241,11 @@ func TestValueAtEqualsTheFoldOfTheStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		times := []time.Time{time.Unix(0, 0), time.Now().Add(time.Hour)}
-		for _, e := range h.Entries {
-			times = append(times, e.Recorded, e.Recorded.Add(-time.Nanosecond), e.Recorded.Add(time.Nanosecond))
+		for i, e := range h.Entries {
+			times = append(times, e.Recorded)
+			if i%4 == 0 {
+				times = append(times, e.Recorded.Add(-time.Nanosecond), e.Recorded.Add(time.Nanosecond))
+			}
 		}
 		for _, at := range times {
 			want, err := projections.ValueAt(ctx, store, o.ID, at)

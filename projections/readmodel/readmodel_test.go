@@ -179,8 +179,15 @@ func TestUsageEqualsTheReplayInEveryZone(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "usage.db")
 	store, _, w, live := seeded(t, 13, 300, path)
 	qs := queries(t, w)
+	if underRace {
+		var quarter []projections.UsageQuery
+		for i := 0; i < len(qs); i += 4 {
+			quarter = append(quarter, qs[i])
+		}
+		qs = quarter
+	}
 	rows := compareAll(t, store, live, qs)
-	if rows < 1000 {
+	if least := map[bool]int{false: 5000, true: 1000}[underRace]; rows < least {
 		t.Fatalf("only %d rows compared: the test set says little", rows)
 	}
 	// A second instance builds its own by catching up, in one transaction per 37 events
@@ -242,6 +249,9 @@ func TestValueAtEqualsTheFoldOfTheStream(t *testing.T) {
 		}
 		times := []time.Time{time.Unix(0, 0), time.Now().Add(time.Hour)}
 		for i, e := range h.Entries {
+			if underRace && i%3 != 0 {
+				continue
+			}
 			times = append(times, e.Recorded)
 			if i%4 == 0 {
 				times = append(times, e.Recorded.Add(-time.Nanosecond), e.Recorded.Add(time.Nanosecond))

@@ -318,8 +318,9 @@ func (a *api) usage(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	// A report replays the whole store, so it is not for tokens that ship inside customers'
-	// applications (a negative key lock): only the admin and the vendor's own tokens.
+	// A report spans many objects and may replay the whole store (bounds off the 15-minute
+	// grid), so it is not for tokens that ship inside customers' applications (a negative key
+	// lock): only the admin and the vendor's own tokens.
 	if !p.admin && (!p.token.Allows(domain.MethodListDataObjects) || p.token.KeyLock < 0) {
 		a.fail(w, domain.ErrAccessDenied)
 		return

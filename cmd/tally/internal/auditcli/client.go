@@ -29,8 +29,8 @@ import (
 type Client struct {
 	Server     func() string
 	AdminToken func() (string, error)
-	// HTTP is the client used (default: one with a 5-minute timeout, as usage reports replay
-	// the whole store).
+	// HTTP is the client used (default: one with a 5-minute timeout, as a usage report whose
+	// bounds are off the 15-minute grid still replays the whole store).
 	HTTP *http.Client
 }
 

@@ -2,6 +2,7 @@ package readmodel_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -361,6 +362,23 @@ func TestAFileThatDoesNotFitTheStoreIsRebuilt(t *testing.T) {
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm()&0o077 != 0 {
 		t.Fatalf("read model file mode: %v %v, want owner only", fi.Mode(), err)
 	}
+	// A file of another schema version starts again too.
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE meta SET schema = schema - 1`); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+	old, err := readmodel.Open(ctx, store, path, readmodel.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.LoadedAt() != 0 {
+		t.Fatalf("a file of another schema was kept at %d", old.LoadedAt())
+	}
+	_ = old.Close()
 	// Another store, which does not hold the file's checkpoint: the file starts again.
 	other, _, w, _ := seeded(t, 4, 30, "")
 	re, _ := start(t, other, path, readmodel.Options{})

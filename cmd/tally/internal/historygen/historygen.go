@@ -50,7 +50,7 @@ type Config struct {
 	Keys, Objects int
 	// End is the end of the year of history (default: now, to the second).
 	End time.Time
-	// Workers append concurrently (default 32): the store commits their appends together.
+	// Workers append concurrently (default 96): the store commits their appends together.
 	Workers  int
 	Progress func(format string, args ...any)
 }
@@ -122,7 +122,7 @@ func Generate(ctx context.Context, cfg Config) (Result, error) {
 		cfg.End = time.Now().UTC().Truncate(time.Second)
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 32
+		cfg.Workers = 96
 	}
 	if cfg.Progress == nil {
 		cfg.Progress = func(string, ...any) {}

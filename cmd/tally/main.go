@@ -85,7 +85,7 @@ func envName(flag string) string {
 // readsEnv says whether a flag of cmd reads its environment variable.
 func readsEnv(cmd *cobra.Command, flag string) bool {
 	switch flag {
-	case "server", "data-dir", "admin-token", "store", "kurrentdb-url", "rsa-key":
+	case "server", "data-dir", "admin-token", "ca-cert", "store", "kurrentdb-url", "rsa-key":
 		return true
 	}
 	return cmd.Name() == "serve"

@@ -269,10 +269,14 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		stopBackground()
 		background.Wait()
 	}()
+	// SIGHUP is caught from here on (before ready), whether or not a listener has TLS.
+	hangup := make(chan os.Signal, 1)
+	signal.Notify(hangup, syscall.SIGHUP)
+	defer signal.Stop(hangup)
 	background.Add(2)
 	go func() {
 		defer background.Done()
-		reloadCertificatesOnHangup(bgCtx, logger, []*certificate{publicCert, adminCert}, cfg.onCertReload)
+		reloadCertificatesOnHangup(bgCtx, hangup, logger, []*certificate{publicCert, adminCert}, cfg.onCertReload)
 	}()
 	go func() {
 		defer background.Done()
@@ -405,13 +409,10 @@ func (m adminMount) matches(path string) bool {
 	return path == m.Prefix
 }
 
-// reloadCertificatesOnHangup reads the listeners' certificates again on every SIGHUP until ctx
-// ends. A reload that fails keeps the certificate in use and says why. onReload, if set, sees
-// each outcome.
-func reloadCertificatesOnHangup(ctx context.Context, logger *slog.Logger, certs []*certificate, onReload func(error)) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// reloadCertificatesOnHangup reads the listeners' certificates again on every SIGHUP (from
+// hup) until ctx ends. A reload that fails keeps the certificates in use and says why. onReload,
+// if set, sees each outcome.
+func reloadCertificatesOnHangup(ctx context.Context, hup <-chan os.Signal, logger *slog.Logger, certs []*certificate, onReload func(error)) {
 	for {
 		select {
 		case <-ctx.Done():

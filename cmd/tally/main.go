@@ -51,7 +51,12 @@ func newRootCommand() *cobra.Command {
 		newReplayCommand(g),
 		newVerifyCommand(g),
 		newBenchCommand(g),
+		newVersionCommand(),
 	)
+	// tally --version prints what tally version prints.
+	info := readBuildInfo()
+	root.Version = info.Version
+	root.SetVersionTemplate(info.String())
 	return root
 }
 

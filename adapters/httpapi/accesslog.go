@@ -90,12 +90,13 @@ func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter 
 type SignInLog struct {
 	logger  *slog.Logger
 	limiter *rate.Limiter
+	now     func() time.Time
 	dropped atomic.Int64
 }
 
 // NewSignInLog logs at most perSecond lines a second on average, burst at once.
 func NewSignInLog(logger *slog.Logger, perSecond float64, burst int) *SignInLog {
-	return &SignInLog{logger: logger, limiter: rate.NewLimiter(rate.Limit(perSecond), burst)}
+	return &SignInLog{logger: logger, limiter: rate.NewLimiter(rate.Limit(perSecond), burst), now: time.Now}
 }
 
 // Failed logs a refused sign-in: credential says which kind ("admin token", "access token"),
@@ -104,7 +105,7 @@ func (l *SignInLog) Failed(r *http.Request, requestID, credential string, presen
 	if l == nil {
 		return
 	}
-	if !l.limiter.Allow() {
+	if !l.limiter.AllowN(l.now(), 1) {
 		l.dropped.Add(1)
 		return
 	}

@@ -175,6 +175,20 @@ func TestServeOnEachStore(t *testing.T) {
 			if m == nil || m[2] == "0" || m[1] != m[2] {
 				t.Fatalf("restart did not resume from the checkpoint: %q\n%s", m, logs2.String())
 			}
+			// At debug level the uploads' planning is logged: what the decoder found new, and
+			// what was planned.
+			for _, want := range []string{
+				`msg="upload decoded" component=ledger request_id=`,
+				`new_entries=1 reached_known_layer=false`,
+				`msg="upload planned" component=ledger request_id=`,
+			} {
+				if !strings.Contains(logs.String(), want) {
+					t.Errorf("the first run's debug log lacks %q", want)
+				}
+			}
+			if !strings.Contains(logs2.String(), `new_entries=0 reached_known_layer=true`) {
+				t.Errorf("the re-upload's debug log does not say it found nothing new:\n%s", logs2.String())
+			}
 			if strings.Contains(logs.String()+logs2.String(), token) {
 				t.Fatal("a token secret appears in the logs")
 			}

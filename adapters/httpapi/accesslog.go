@@ -16,8 +16,9 @@ const maxLoggedPath = 256
 // AccessLog logs one line per request once it is answered: method, path, status, duration,
 // bytes written, request id and client address. It never logs a query string, a form value or
 // a header other than the request id, so no secret reaches the log (tokens travel in those).
-// It gives the request its id first (X-Request-ID, see RequestID), so that every handler
-// behind it, and every log line and event of the request, carries the same one.
+// It gives the request its id first (X-Request-ID, see RequestID, also set on the answer), so
+// that every handler behind it, and every log line and event of the request, carries the same
+// one.
 func AccessLog(logger *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -26,6 +27,7 @@ func AccessLog(logger *slog.Logger, next http.Handler) http.Handler {
 			r = r.Clone(r.Context())
 			r.Header.Set("X-Request-ID", id)
 		}
+		w.Header().Set("X-Request-ID", id)
 		rec := &countingWriter{ResponseWriter: w}
 		defer func() {
 			status := rec.status

@@ -12,7 +12,7 @@ import (
 )
 
 // TestAccessLogLine sends a request with a secret in its query string, its form and its
-// Authorization header through AccessLog over a real server, and reads the one JSON line it
+// Authorization header, and a forged X-Forwarded-For, through AccessLog over a real server, and reads the one JSON line it
 // logs: every field is there with the request's values, the request id is the one the handler
 // saw, and no secret or form value appears.
 func TestAccessLogLine(t *testing.T) {
@@ -35,11 +35,17 @@ func TestAccessLogLine(t *testing.T) {
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Authorization", "Bearer "+secret)
 	req.Header.Set("X-Request-ID", "req-42")
+	// A header any client can set does not change the address logged (docs/deploy.md).
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	req.Header.Set("Forwarded", "for=203.0.113.9")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	if id := resp.Header.Get("X-Request-ID"); id != "req-42" {
+		t.Errorf("the answer's X-Request-ID is %q", id)
+	}
 
 	line := buf.String()
 	if strings.Count(line, "\n") != 1 {
@@ -64,7 +70,7 @@ func TestAccessLogLine(t *testing.T) {
 	if seenID != "req-42" {
 		t.Errorf("the handler saw request id %q", seenID)
 	}
-	if strings.Contains(line, secret) || strings.Contains(line, formValue) {
+	if strings.Contains(line, secret) || strings.Contains(line, formValue) || strings.Contains(line, "203.0.113.9") {
 		t.Errorf("a secret or form value was logged: %s", line)
 	}
 

@@ -419,12 +419,14 @@ func reloadCertificatesOnHangup(ctx context.Context, hup <-chan os.Signal, logge
 			return
 		case <-hup:
 		}
-		err := reloadCertificates(certs)
+		n, err := reloadCertificates(certs)
 		switch {
 		case err != nil:
 			logger.Error("SIGHUP: certificates not reloaded; the ones in use stay", "err", err)
+		case n == 0:
+			logger.Info("SIGHUP: no listener has TLS; nothing to reload")
 		default:
-			logger.Info("SIGHUP: certificates reloaded")
+			logger.Info("SIGHUP: certificates reloaded", "listeners", n)
 		}
 		if onReload != nil {
 			onReload(err)
@@ -432,15 +434,18 @@ func reloadCertificatesOnHangup(ctx context.Context, hup <-chan os.Signal, logge
 	}
 }
 
-// reloadCertificates reloads every certificate given (nil ones are listeners without TLS).
-func reloadCertificates(certs []*certificate) error {
+// reloadCertificates reloads every certificate given (nil ones are listeners without TLS) and
+// says how many there were.
+func reloadCertificates(certs []*certificate) (int, error) {
 	var errs []error
+	n := 0
 	for _, c := range certs {
 		if c != nil {
+			n++
 			errs = append(errs, c.reload())
 		}
 	}
-	return errors.Join(errs...)
+	return n, errors.Join(errs...)
 }
 
 // serverTimeouts bound how long a client may take over each part of a request, so that slow

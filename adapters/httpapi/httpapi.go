@@ -1,8 +1,10 @@
 // Package httpapi is Tally's inbound HTTP adapter: the Cryptolens-compatible data-object API
 // under /api/data/, the vendor's admin API under /admin/v1/ (with a small client for it), and
-// the operational endpoints /healthz, /readyz and /metrics. It parses requests the way the
-// official Cryptolens SDKs send them, calls the ledger, and answers with the JSON those SDKs
-// read. It holds no rules of its own beyond the order in which refusals are reported.
+// the operational endpoints /healthz, /readyz and /metrics, split between a public and an admin
+// handler (NewHandlers) for tally serve's two listeners; and the access log and the log of
+// refused sign-ins. It parses requests the way the official Cryptolens SDKs send them, calls
+// the ledger, and answers with the JSON those SDKs read. It holds no rules of its own beyond the
+// order in which refusals are reported.
 package httpapi
 
 import (

@@ -230,3 +230,89 @@ func TestTLSFilesRefusedAtStart(t *testing.T) {
 		})
 	}
 }
+
+// TestCertificateReload reloads a certificate directly: GetCertificate hands out the new one
+// after a reload, and the old one after a reload that fails.
+func TestCertificateReload(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	writeSelfSigned(t, certFile, keyFile, "first")
+	c, err := loadCertificate(certFile, keyFile, "--tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.serverConfig()
+	if cfg.MinVersion != tls.VersionTLS12 {
+		t.Fatalf("MinVersion %x", cfg.MinVersion)
+	}
+	name := func() string {
+		t.Helper()
+		got, err := cfg.GetCertificate(&tls.ClientHelloInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(got.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return leaf.Subject.CommonName
+	}
+	if n := name(); n != "first" {
+		t.Fatalf("serves %q", n)
+	}
+	writeSelfSigned(t, certFile, keyFile, "second")
+	if err := c.reload(); err != nil {
+		t.Fatal(err)
+	}
+	if n := name(); n != "second" {
+		t.Fatalf("after a reload, serves %q", n)
+	}
+	if err := os.WriteFile(keyFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.reload(); err == nil || !strings.Contains(err.Error(), keyFile) {
+		t.Fatalf("reload from an empty key file: %v", err)
+	}
+	if n := name(); n != "second" {
+		t.Fatalf("after a failed reload, serves %q", n)
+	}
+}
+
+// TestServeFlagsReadTheirVariables: the listener, TLS and logging flags of serve read their
+// TALLY_* variables, and a flag on the command line wins.
+func TestServeFlagsReadTheirVariables(t *testing.T) {
+	env := map[string]string{
+		"TALLY_ADDR": "127.0.0.1:1", "TALLY_ADMIN_ADDR": "127.0.0.1:2",
+		"TALLY_TLS_CERT": "p.crt", "TALLY_TLS_KEY": "p.key",
+		"TALLY_ADMIN_TLS_CERT": "a.crt", "TALLY_ADMIN_TLS_KEY": "a.key",
+		"TALLY_ACCESS_LOG": "false", "TALLY_WRITE_PROBE_INTERVAL": "3s", "TALLY_CA_CERT": "ca.pem",
+	}
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	root := newRootCommand()
+	serveCmd, _, err := root.Find([]string{"serve"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := serveCmd.ParseFlags([]string{"--admin-addr", "127.0.0.1:3"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyEnv(serveCmd); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"addr": "127.0.0.1:1", "admin-addr": "127.0.0.1:3", "tls-cert": "p.crt", "tls-key": "p.key",
+		"admin-tls-cert": "a.crt", "admin-tls-key": "a.key", "access-log": "false", "write-probe-interval": "3s",
+		"ca-cert": "ca.pem",
+	}
+	for flag, v := range want {
+		f := serveCmd.Flags().Lookup(flag)
+		if f == nil {
+			f = serveCmd.InheritedFlags().Lookup(flag)
+		}
+		if f == nil || f.Value.String() != v {
+			t.Errorf("--%s: got %v, want %q", flag, f, v)
+		}
+	}
+}

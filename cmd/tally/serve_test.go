@@ -186,6 +186,10 @@ func TestServeOnEachStore(t *testing.T) {
 					t.Errorf("the first run's debug log lacks %q", want)
 				}
 			}
+			// The access log is off here (serveConfig's zero value, --access-log=false).
+			if strings.Contains(logs.String()+logs2.String(), "msg=request ") {
+				t.Error("the access log is off, yet requests were logged")
+			}
 			if !strings.Contains(logs2.String(), `new_entries=0 reached_known_layer=true`) {
 				t.Errorf("the re-upload's debug log does not say it found nothing new:\n%s", logs2.String())
 			}

@@ -71,6 +71,8 @@ type Config struct {
 	// Now gives the default time of a value query (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
+	// SignIns logs refused credentials, rate-limited (nil: not logged).
+	SignIns *httpapi.SignInLog
 }
 
 // MaxReasonLength bounds a correction's reason.
@@ -84,6 +86,7 @@ type api struct {
 	admin     string
 	now       func() time.Time
 	logger    *slog.Logger
+	signIns   *httpapi.SignInLog
 }
 
 // New returns the handler of the audit API. It serves absolute paths under /v1/, so it can be
@@ -95,7 +98,8 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Ledger == nil {
 		return nil, errors.New("auditapi: nil ledger")
 	}
-	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, now: cfg.Now, logger: cfg.Logger, model: cfg.ReadModel, modelWait: cfg.ReadModelWait}
+	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, now: cfg.Now, logger: cfg.Logger, signIns: cfg.SignIns,
+		model: cfg.ReadModel, modelWait: cfg.ReadModelWait}
 	if a.modelWait <= 0 {
 		a.modelWait = 10 * time.Second
 	}
@@ -141,6 +145,9 @@ func (a *api) authenticate(r *http.Request) (principal, error) {
 	}
 	tok, err := a.ledger.Authenticate(r.Context(), secret)
 	if err != nil {
+		if errors.Is(err, domain.ErrUnauthenticated) {
+			a.signIns.Failed(r, httpapi.RequestID(r), "admin or access token", secret != "")
+		}
 		return principal{}, domain.ErrUnauthenticated
 	}
 	return principal{token: tok}, nil

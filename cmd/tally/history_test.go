@@ -32,10 +32,10 @@ func TestServeOpensAGeneratedHistory(t *testing.T) {
 	}
 	token := strings.TrimSpace(string(b))
 	logs := &syncBuffer{}
-	base, stop := startServe(t, &globalFlags{DataDir: dir}, serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute}, logs)
+	srv, stop := startServe(t, &globalFlags{DataDir: dir}, serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute}, logs)
 	get := func(path string, out any) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		req, _ := http.NewRequest(http.MethodGet, srv.Admin+path, nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

@@ -83,11 +83,11 @@ func BenchmarkReadSideOnHistory(b *testing.B) {
 	token := strings.TrimSpace(string(tok))
 	logs := &syncBuffer{}
 	readyAt := time.Now()
-	base, stop := startServe(b, &globalFlags{DataDir: dir}, serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute}, logs)
+	srv, stop := startServe(b, &globalFlags{DataDir: dir}, serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute}, logs)
 	b.Logf("serve ready in %s", time.Since(readyAt).Round(time.Millisecond))
 	defer func() { _ = stop() }()
 	get := func(path string) time.Duration {
-		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		req, _ := http.NewRequest(http.MethodGet, srv.Admin+path, nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		t0 := time.Now()
 		resp, err := http.DefaultClient.Do(req)

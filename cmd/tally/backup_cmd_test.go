@@ -81,7 +81,7 @@ func TestBackupWhileServingThenRestoreAndVerify(t *testing.T) {
 	}()
 	cli := func(args ...string) (string, error) {
 		t.Helper()
-		return run(t, append([]string{"--server", base, "--data-dir", dataDir}, args...)...)
+		return run(t, append([]string{"--server", base.Admin, "--data-dir", dataDir}, args...)...)
 	}
 	mustCLI := func(args ...string) string { // stdout only
 		t.Helper()
@@ -89,7 +89,7 @@ func TestBackupWhileServingThenRestoreAndVerify(t *testing.T) {
 		var out, errOut bytes.Buffer
 		root.SetOut(&out)
 		root.SetErr(&errOut)
-		root.SetArgs(append([]string{"--server", base, "--data-dir", dataDir}, args...))
+		root.SetArgs(append([]string{"--server", base.Admin, "--data-dir", dataDir}, args...))
 		if err := root.Execute(); err != nil {
 			t.Fatalf("tally %v: %v\n%s", args, err, errOut.String())
 		}
@@ -102,7 +102,7 @@ func TestBackupWhileServingThenRestoreAndVerify(t *testing.T) {
 	const objects = 8
 	ids := make([]string, objects)
 	for i := range ids {
-		add := call(t, base, "AddDataObjectToKey", with(owner, "Name", fmt.Sprintf("o%d", i), "IntValue", "0"))
+		add := call(t, base.Public, "AddDataObjectToKey", with(owner, "Name", fmt.Sprintf("o%d", i), "IntValue", "0"))
 		if add["result"] != float64(0) {
 			t.Fatalf("AddDataObjectToKey: %v", add)
 		}
@@ -118,7 +118,7 @@ func TestBackupWhileServingThenRestoreAndVerify(t *testing.T) {
 			defer wg.Done()
 			for ctx.Err() == nil {
 				// Not call: it may t.Fatal, which only the test's goroutine may do.
-				r, err := http.PostForm(base+"/api/data/IncrementIntValueToKey", with(owner, "Id", ids[i], "IntValue", "1"))
+				r, err := http.PostForm(base.Public+"/api/data/IncrementIntValueToKey", with(owner, "Id", ids[i], "IntValue", "1"))
 				if err != nil {
 					t.Errorf("increment: %v", err)
 					return
@@ -135,13 +135,13 @@ func TestBackupWhileServingThenRestoreAndVerify(t *testing.T) {
 	}
 	// Some writes before the backup, and more during and after it.
 	for acked.Load() < 50 {
-		call(t, base, "ListDataObjectsToKey", owner)
+		call(t, base.Public, "ListDataObjectsToKey", owner)
 	}
 	archive := filepath.Join(t.TempDir(), "tally.tar.gz")
 	out := mustCLI("backup", "--to", archive)
 	atBackup := acked.Load()
 	for acked.Load() < atBackup+50 {
-		call(t, base, "ListDataObjectsToKey", owner)
+		call(t, base.Public, "ListDataObjectsToKey", owner)
 	}
 	stopWriting()
 	wg.Wait()
@@ -207,7 +207,7 @@ func TestBackupWhileServingThenRestoreAndVerify(t *testing.T) {
 
 	// A server on the restored directory serves the backup's values with the backup's token.
 	base2, stop2 := startServe(t, &globalFlags{DataDir: restored}, testServeConfig(), &syncBuffer{})
-	list := call(t, base2, "ListDataObjectsToKey", owner)
+	list := call(t, base2.Public, "ListDataObjectsToKey", owner)
 	objs, _ := list["dataObjects"].([]any)
 	if len(objs) != objects {
 		t.Fatalf("restored server lists %v", list)
@@ -235,13 +235,13 @@ func TestBackupRefusals(t *testing.T) {
 	base, stop := startServe(t, &globalFlags{DataDir: dataDir}, testServeConfig(), &syncBuffer{})
 	defer stop()
 	var ae *httpapi.AdminError
-	if _, err := httpapi.NewAdminClient(base, "wrong", nil).Backup(t.Context(), io.Discard); !errors.As(err, &ae) || ae.Status != 401 {
+	if _, err := httpapi.NewAdminClient(base.Admin, "wrong", nil).Backup(t.Context(), io.Discard); !errors.As(err, &ae) || ae.Status != 401 {
 		t.Errorf("backup with a wrong token: %v", err)
 	}
 	tok, err := (&globalFlags{DataDir: dataDir}).adminToken()
 	must(t, err)
 	var whole bytes.Buffer
-	if _, err := httpapi.NewAdminClient(base, tok, nil).Backup(t.Context(), &whole); err != nil {
+	if _, err := httpapi.NewAdminClient(base.Admin, tok, nil).Backup(t.Context(), &whole); err != nil {
 		t.Fatal(err)
 	}
 
@@ -293,7 +293,7 @@ func TestBackupRefusals(t *testing.T) {
 		t.Errorf("the refused restore left %d entries in %s", len(left), target)
 	}
 	// HEAD would copy the store for nothing: 405.
-	req, err := http.NewRequest(http.MethodHead, base+"/admin/v1/backup", nil)
+	req, err := http.NewRequest(http.MethodHead, base.Admin+"/admin/v1/backup", nil)
 	must(t, err)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := http.DefaultClient.Do(req)
@@ -324,7 +324,7 @@ func TestBackupCoversTheEmbeddedStoreOnly(t *testing.T) {
 	base, stop := startServe(t, &globalFlags{DataDir: dataDir}, cfg, &syncBuffer{})
 	defer stop()
 	archive := filepath.Join(t.TempDir(), "b.tar.gz")
-	_, err := run(t, "backup", "--to", archive, "--server", base, "--data-dir", dataDir)
+	_, err := run(t, "backup", "--to", archive, "--server", base.Admin, "--data-dir", dataDir)
 	if err == nil || !strings.Contains(err.Error(), "embedded store only") || !strings.Contains(err.Error(), "501") {
 		t.Fatalf("backup on KurrentDB: %v", err)
 	}
@@ -432,7 +432,7 @@ func TestBackupNotesExternalKeys(t *testing.T) {
 	base, stop := startServe(t, &globalFlags{DataDir: dataDir}, cfg, &syncBuffer{})
 	defer stop()
 	archive := filepath.Join(t.TempDir(), "b.tar.gz")
-	out, err := run(t, "backup", "--to", archive, "--server", base, "--data-dir", dataDir)
+	out, err := run(t, "backup", "--to", archive, "--server", base.Admin, "--data-dir", dataDir)
 	if err != nil || !strings.Contains(out, "note: the server was started with --rsa-key "+keyFile) {
 		t.Fatalf("backup: %v\n%s", err, out)
 	}

@@ -50,7 +50,8 @@ func TestBenchTarget(t *testing.T) {
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := run(t, "bench", "--target", srv.URL, "--admin-token", srv.AdminToken, "--public-key", keyFile,
+	// The in-process server has both listeners' routes on one: it is --server as well.
+	out, err := run(t, "bench", "--target", srv.URL, "--server", srv.URL, "--admin-token", srv.AdminToken, "--public-key", keyFile,
 		"--workload", "upload", "--clients", "2", "--uploads", "2", "--history", "3", "--new-entries", "4", "--rsa-probe", "0", "--quiet")
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)
@@ -102,7 +103,7 @@ func TestBenchTarget(t *testing.T) {
 	// Now the ledger holds data: a second run is refused and writes nothing, unless
 	// --allow-test-data is given.
 	head, _ := srv.Store.(eventstore.HeadReader).Head(t.Context())
-	args := []string{"bench", "--target", srv.URL, "--admin-token", srv.AdminToken, "--workload", "increment", "--clients", "2", "--requests", "10", "--rsa-probe", "0", "--quiet"}
+	args := []string{"bench", "--target", srv.URL, "--server", srv.URL, "--admin-token", srv.AdminToken, "--workload", "increment", "--clients", "2", "--requests", "10", "--rsa-probe", "0", "--quiet"}
 	out, err = run(t, args...)
 	if err == nil || !strings.Contains(err.Error(), "already holds data (1 products, 2 keys, 1 tokens)") || !strings.Contains(err.Error(), "--allow-test-data") {
 		t.Fatalf("bench on a ledger with data: %v\n%s", err, out)

@@ -19,7 +19,7 @@ import (
 const umaskChildEnv = "TALLY_SERVE_UMASK_CHILD"
 
 func testServeConfig() serveConfig {
-	return serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: 30 * time.Second}
+	return serveConfig{Addr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: 30 * time.Second}
 }
 
 // serveOnce runs serve on a data directory that is expected to be refused before it listens.
@@ -28,7 +28,7 @@ func serveRefusal(t *testing.T, g *globalFlags, cfg serveConfig) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	logs := &syncBuffer{}
-	cfg.onReady = func(string) { cancel() } // started after all: stop it, the caller fails
+	cfg.onReady = func(string, string) { cancel() } // started after all: stop it, the caller fails
 	return serve(ctx, slog.New(slog.NewTextHandler(logs, nil)), g, cfg)
 }
 
@@ -54,7 +54,7 @@ func TestServeDataDirIsOwnerOnlyUnderAnyUmask(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := httpapi.NewAdminClient(base, tok, nil)
+	admin := httpapi.NewAdminClient(base.Admin, tok, nil)
 	p, err := admin.CreateProduct(t.Context(), "P")
 	if err != nil {
 		t.Fatal(err)
@@ -220,7 +220,7 @@ func TestServeAcceptsAPrivateDataDirWithLinkedRSAKey(t *testing.T) {
 	cfg.RSAKeys = []string{filepath.Join(keyDir, "key.pem")}
 	g := &globalFlags{DataDir: dir}
 	base, stop := startServe(t, g, cfg, &syncBuffer{})
-	if _, err := httpapi.NewAdminClient(base, tok, nil).ListProducts(t.Context()); err != nil {
+	if _, err := httpapi.NewAdminClient(base.Admin, tok, nil).ListProducts(t.Context()); err != nil {
 		t.Errorf("admin call with the file's token: %v", err)
 	}
 	must(t, stop())

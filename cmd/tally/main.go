@@ -51,6 +51,8 @@ func newRootCommand() *cobra.Command {
 		newReplayCommand(g),
 		newVerifyCommand(g),
 		newBenchCommand(g),
+		newBackupCommand(g),
+		newRestoreCommand(g),
 		newVersionCommand(),
 	)
 	// tally --version prints what tally version prints.

@@ -38,6 +38,11 @@ type PendingChange struct {
 type LayerInfo struct {
 	Depth     int64 `json:"depth"`
 	Timestamp int64 `json:"timestamp"`
+	// Digest is the layer's digest (hex; usagelog.LayerDigest), FileDigest the SHA-256 of its
+	// whole bytes when it was the outermost layer of the log it was applied from; both empty
+	// for layers applied before identity version 2 (docs/uploads.md, "Tampering").
+	Digest     string `json:"digest,omitempty"`
+	FileDigest string `json:"fileDigest,omitempty"`
 }
 
 // Upload is the projected state of one owner's upload stream.
@@ -58,14 +63,16 @@ type State struct {
 	Position eventstore.Position `json:"position"`
 	// LastEvent locates the event at Position, so that a snapshot can be checked against the
 	// store it claims to reflect with a plain stream read.
-	LastEvent   EventRef                            `json:"lastEvent"`
-	Events      uint64                              `json:"events"`
-	Products    map[int64]domain.Product            `json:"products"`
-	Keys        map[int64]domain.LicenseKey         `json:"keys"`
-	Tokens      map[uuid.UUID]domain.Token          `json:"tokens"`
-	Objects     map[int64]*Object                   `json:"objects"`
-	Uploads     map[string]*Upload                  `json:"uploads"` // by Owner.String()
-	Aborted     map[uuid.UUID]bool                  `json:"aborted"` // aborted uploads, to ignore their late events
+	LastEvent EventRef                    `json:"lastEvent"`
+	Events    uint64                      `json:"events"`
+	Products  map[int64]domain.Product    `json:"products"`
+	Keys      map[int64]domain.LicenseKey `json:"keys"`
+	Tokens    map[uuid.UUID]domain.Token  `json:"tokens"`
+	Objects   map[int64]*Object           `json:"objects"`
+	Uploads   map[string]*Upload          `json:"uploads"` // by Owner.String()
+	Aborted   map[uuid.UUID]bool          `json:"aborted"` // aborted uploads, to ignore their late events
+	// Anomalies are the integrity anomalies by owner (Owner.String()), oldest first.
+	Anomalies   map[string][]*IntegrityAnomaly      `json:"anomalies,omitempty"`
 	keyByString map[string]int64                    // normalized key string -> key id
 	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
 	owned       map[domain.Owner]map[int64]struct{} // live objects per owner
@@ -377,6 +384,7 @@ func Diff(a, b *State) []string {
 			add("uploads of owner %s: missing vs present", key)
 		}
 	}
+	diffIntegrity(a, b, add)
 	return out
 }
 

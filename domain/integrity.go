@@ -56,6 +56,12 @@ const (
 	// DiffersLayerBytes: the layer's whole bytes (the log, when the layer is its outermost)
 	// differ from the whole bytes it had when applied.
 	DiffersLayerBytes = "layer-bytes"
+	// DiffersSuspectedReplay: the walk stopped at a layer applied before identity version 2
+	// (known by its IV and wrapped key only), and the new layer above it takes a depth at
+	// which the owner already has an applied layer: a copy of an old layer with a modified
+	// IV, which Tally cannot recognise, or a second log of the same owner. The new entries are
+	// new to Tally; the anomaly is the evidence (docs/uploads.md, "Tampering").
+	DiffersSuspectedReplay = "suspected-replay"
 )
 
 // UploadIntegrityAnomaly records that an upload presented a known layer whose bytes differ

@@ -67,29 +67,48 @@ func productOfOwner(st *state.State, o domain.Owner) int64 {
 }
 
 // compareStop compares the known layer a walk stopped at with what was recorded when it was
-// applied; it returns the anomaly to record (nil: nothing differs, or nothing was recorded to
-// compare with: a layer applied before identity version 2).
+// applied; it returns the anomaly to record (nil: nothing differs). For a layer applied before
+// identity version 2 there is no digest to compare; it flags a suspected replay instead when
+// the new layer above it takes a depth the owner already holds.
 func compareStop(st *state.State, owner domain.Owner, decoded *DecodedLog, now time.Time) *domain.UploadIntegrityAnomaly {
 	stop := decoded.Stop
 	if stop == nil {
 		return nil
 	}
 	info, byID, ok := st.KnownLayer(owner, stop.ID, stop.Legacy)
-	if !ok || !byID || info.Digest == "" {
+	if !ok {
 		return nil
 	}
-	a := domain.UploadIntegrityAnomaly{At: now.UTC()}
-	a.Owner, a.Layer, a.Depth, a.NewEntries = owner, hex.EncodeToString(stop.ID[:]), info.Depth, len(decoded.Entries)
-	a.AppliedDigest, a.SeenDigest = info.Digest, hex.EncodeToString(stop.Digest[:])
-	if a.AppliedDigest != a.SeenDigest {
-		a.Differs = append(a.Differs, domain.DiffersEntryBytes)
-	}
-	// The whole bytes of a layer are at hand only when it is the log's outermost layer, and
-	// were recorded only when it was the outermost of the log it was applied from.
-	if decoded.StopDepth == 1 && info.FileDigest != "" {
-		a.AppliedLayerDigest, a.SeenLayerDigest = info.FileDigest, hex.EncodeToString(decoded.FileDigest[:])
-		if a.AppliedLayerDigest != a.SeenLayerDigest {
-			a.Differs = append(a.Differs, domain.DiffersLayerBytes)
+	a := domain.UploadIntegrityAnomaly{Owner: owner, NewEntries: len(decoded.Entries), At: now.UTC()}
+	switch {
+	case !byID:
+		// Applied before identity version 2: no digest to compare. A new layer right above it
+		// at a depth the owner already holds may be a modified copy of an old layer.
+		if len(decoded.Entries) == 0 || !st.HasLayerAtDepth(owner, info.Depth+1) {
+			return nil
+		}
+		first := decoded.Entries[0]
+		if _, _, applied := st.KnownLayer(owner, first.Layer, first.Legacy); applied {
+			return nil // a concurrent upload of the same log applied it meanwhile
+		}
+		a.Layer, a.Depth, a.SeenDigest = hex.EncodeToString(first.Layer[:]), info.Depth+1, hex.EncodeToString(first.Digest[:])
+		a.Differs = []string{domain.DiffersSuspectedReplay}
+	case info.Digest == "":
+		// Re-identified without a digest: nothing to compare.
+		return nil
+	default:
+		a.Layer, a.Depth = hex.EncodeToString(stop.ID[:]), info.Depth
+		a.AppliedDigest, a.SeenDigest = info.Digest, hex.EncodeToString(stop.Digest[:])
+		if a.AppliedDigest != a.SeenDigest {
+			a.Differs = append(a.Differs, domain.DiffersEntryBytes)
+		}
+		// The whole bytes of a layer are at hand only when it is the log's outermost layer, and
+		// were recorded only when it was the outermost of the log it was applied from.
+		if decoded.StopDepth == 1 && info.FileDigest != "" {
+			a.AppliedLayerDigest, a.SeenLayerDigest = info.FileDigest, hex.EncodeToString(decoded.FileDigest[:])
+			if a.AppliedLayerDigest != a.SeenLayerDigest {
+				a.Differs = append(a.Differs, domain.DiffersLayerBytes)
+			}
 		}
 	}
 	if len(a.Differs) == 0 {

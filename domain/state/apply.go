@@ -216,7 +216,7 @@ func (s *State) commit(u *Upload) {
 		}
 		u.Layers[l] = info
 	}
-	rememberDigests(u, p)
+	s.rememberDigests(u, p)
 	u.Prepared = nil
 }
 

@@ -139,11 +139,38 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 	return true, nil
 }
 
+// reindexDepths derives the depths of the applied layers per owner.
+func (s *State) reindexDepths() {
+	s.depths = map[string]map[int64]struct{}{}
+	for key, u := range s.Uploads {
+		for _, info := range u.Layers {
+			s.sawDepth(key, info.Depth)
+		}
+	}
+}
+
+func (s *State) sawDepth(owner string, depth int64) {
+	m := s.depths[owner]
+	if m == nil {
+		m = map[int64]struct{}{}
+		s.depths[owner] = m
+	}
+	m[depth] = struct{}{}
+}
+
+// HasLayerAtDepth reports whether the owner applied a layer at that depth of a log (of any of
+// its logs: an owner may upload several).
+func (s *State) HasLayerAtDepth(o domain.Owner, depth int64) bool {
+	_, ok := s.depths[o.String()][depth]
+	return ok
+}
+
 // rememberDigests records the digests an upload's layers were applied with, and the identity
 // version 2 of the layer it stopped at when that was known by its legacy identity only.
-func rememberDigests(u *Upload, p *domain.UploadPrepared) {
+func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared) {
 	for i, l := range p.Layers {
 		info := u.Layers[l]
+		s.sawDepth(u.Owner.String(), info.Depth)
 		if i < len(p.Digests) {
 			info.Digest = p.Digests[i]
 		}

@@ -76,6 +76,7 @@ type State struct {
 	keyByString map[string]int64                    // normalized key string -> key id
 	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
 	owned       map[domain.Owner]map[int64]struct{} // live objects per owner
+	depths      map[string]map[int64]struct{}       // depths of the applied layers, by owner (integrity.go)
 	maxIDs      map[string]int64                    // largest id of products, keys and objects, by stream category
 }
 
@@ -112,6 +113,7 @@ func (s *State) reindex() {
 	}
 	s.owned = map[domain.Owner]map[int64]struct{}{}
 	s.maxIDs = map[string]int64{}
+	s.reindexDepths()
 	for id, o := range s.Objects {
 		if !o.Removed {
 			s.own(o.Owner, id)

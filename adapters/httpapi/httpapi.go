@@ -153,6 +153,7 @@ func New(cfg Config) (http.Handler, error) {
 	admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
 	}))
+	s.integrityRoutes(admin)
 
 	r.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
 	r.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))

@@ -70,7 +70,7 @@ func newProductCommand(g *globalFlags) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.AddCommand(create, list)
+	cmd.AddCommand(create, list, newProductSetCommand(g))
 	return cmd
 }
 

@@ -9,13 +9,17 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/google/uuid"
 
+	"github.com/tallyledger/tally/adapters/auditapi"
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/domain"
@@ -180,7 +184,8 @@ func TestTamperedLayersNeverCountTwiceAndLeaveEvidence(t *testing.T) {
 		if v := u.value(t, a); v != 81 {
 			t.Fatalf("value %d after the original, want 81 (before the identity change: 131)", v)
 		}
-		assertAnomaly(t, u.env, 1, l.data, domain.DiffersEntryBytes, domain.DiffersLayerBytes)
+		an := assertAnomaly(t, u.env, 1, l.data, domain.DiffersEntryBytes, domain.DiffersLayerBytes)
+		assertHistoryShows(t, u.env, a, 51, an)
 		// Newer versions above the layer apply their own entries once; the same difference
 		// seen again under them is the same anomaly.
 		l.add(a, 5)
@@ -361,6 +366,48 @@ func TestIntegrityPolicyRefuseUntilAcknowledged(t *testing.T) {
 		t.Fatalf("re-upload applied %d value %d", n, u.value(t, a))
 	}
 	assertVerified(t, u.env)
+}
+
+// assertHistoryShows reads an object's history through the audit API (/v1) and checks that
+// the entry of the given amount is marked with the anomaly, which the history lists.
+func assertHistoryShows(t *testing.T, env *apitest.Env, object, amount int64, an state.IntegrityAnomaly) {
+	t.Helper()
+	h, err := auditapi.New(auditapi.Config{Store: env.Store, Ledger: env.Ledger, AdminToken: env.AdminToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	req, err := http.NewRequest(http.MethodGet, srv.URL+"/v1/dataobjects/"+strconv.FormatInt(object, 10)+"/history", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+env.AdminToken)
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var hist projections.ObjectHistory
+	if err := json.NewDecoder(resp.Body).Decode(&hist); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("history: %d %v", resp.StatusCode, err)
+	}
+	marked := 0
+	for _, e := range hist.Entries {
+		if len(e.IntegrityAnomalies) > 0 {
+			marked++
+			if e.Amount != amount || !slices.Contains(e.IntegrityAnomalies, an.AnomalyID) {
+				t.Fatalf("history marks entry %+v", e)
+			}
+		}
+	}
+	if marked != 1 || len(hist.IntegrityAnomalies) != 1 {
+		t.Fatalf("history marks %d entries and lists %d anomalies; want 1 and 1", marked, len(hist.IntegrityAnomalies))
+	}
+	got := hist.IntegrityAnomalies[0]
+	if got.AnomalyID != an.AnomalyID || got.AppliedDigest != an.AppliedDigest || got.SeenDigest != an.SeenDigest {
+		t.Fatalf("history lists %+v, want %+v", got, an)
+	}
 }
 
 // layerRef is the hex identity of a log's outermost layer.

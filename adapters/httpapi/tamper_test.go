@@ -140,10 +140,22 @@ func assertVerified(t *testing.T, env *apitest.Env) {
 	if len(problems) > 0 {
 		t.Fatalf("verify: %v", problems)
 	}
-	var diff []string
-	env.Projection.Read(func(st *state.State) { diff = state.Diff(st, rebuilt) })
-	if len(diff) > 0 {
+	// tally verify compares the replay with the projection's persisted snapshot: the live
+	// state through its JSON encoding.
+	var snapshot []byte
+	env.Projection.Read(func(st *state.State) { snapshot, err = state.MarshalState(st) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := state.UnmarshalState(snapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := state.Diff(live, rebuilt); len(diff) > 0 {
 		t.Fatalf("live state and replay differ: %v", diff)
+	}
+	if len(live.AllAnomalies()) != len(anomalies(env)) {
+		t.Fatalf("the snapshot holds %d anomalies, the live state %d", len(live.AllAnomalies()), len(anomalies(env)))
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tallyledger/tally/adapters/auditapi"
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/domain"
@@ -95,6 +97,18 @@ func TestIntegrityCommands(t *testing.T) {
 	}
 	if out, err := runCommand(t, newAnomaliesCommand(g), "list", "--product", strconv.FormatInt(p.ID, 10), "--format", "json"); err != nil || strings.TrimSpace(out) != "[]" {
 		t.Fatalf("the product's own anomalies: %q, %v", out, err)
+	}
+
+	// tally history (through the audit API) notes the anomaly on the entry of its layer.
+	audit, err := auditapi.New(auditapi.Config{Store: env.Store, Ledger: env.Ledger, AdminToken: env.AdminToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auditSrv := httptest.NewServer(audit)
+	defer auditSrv.Close()
+	out, err = runCommand(t, newHistoryCommand(&globalFlags{Server: auditSrv.URL, DataDir: dataDir}), "--object", strconv.FormatInt(obj, 10))
+	if err != nil || strings.Count(out, "integrity anomaly "+a.AnomalyID.String()) != 1 {
+		t.Fatalf("history: %v\n%s", err, out)
 	}
 
 	reg := prometheus.NewRegistry()

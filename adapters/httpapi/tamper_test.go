@@ -23,6 +23,7 @@ import (
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
@@ -164,8 +165,12 @@ func assertVerified(t *testing.T, env *apitest.Env) {
 // original: no entry counts twice, and every tampering that reaches a known layer is recorded
 // as an integrity anomaly with both digests.
 func TestTamperedLayersNeverCountTwiceAndLeaveEvidence(t *testing.T) {
+	forEachBackend(t, testTamperedLayers)
+}
+
+func testTamperedLayers(t *testing.T, open func(testing.TB) eventstore.Store) {
 	setup := func(t *testing.T) (*uploadEnv, int64, *usageLog) {
-		u := newUploadEnv(t, nil)
+		u := newUploadEnv(t, open)
 		a := u.add(t, u.toKey(u.token), "AddDataObjectToKey", "a", 0)
 		l := u.log(t).add(a, 10).add(a, 20)
 		if applied, _ := uploadBody(t, u.upload(l.base64())); applied != 2 {

@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 
 	"github.com/google/uuid"
@@ -435,4 +436,56 @@ func layerRef(t *testing.T, raw []byte) string {
 		t.Fatal(err)
 	}
 	return id.String()
+}
+
+// TestConcurrentTamperedUploadsRecordOneAnomaly sends the same modified log, and a newer
+// version above the modified layer, many times at once through two instances sharing a store:
+// one anomaly is recorded, the newer version's entry counts once, and nothing else changes.
+func TestConcurrentTamperedUploadsRecordOneAnomaly(t *testing.T) {
+	u := newUploadEnv(t, nil)
+	second := u.env.AnotherInstance()
+	a := u.add(t, u.toKey(u.token), "AddDataObjectToKey", "a", 0)
+	l := u.log(t).add(a, 10).add(a, 50)
+	uploadBody(t, u.upload(l.base64()))
+	tampered := b64(flipped(l.data, 3+2, 0x01))
+	newer := slices.Clone(l.data)
+	newer, err := usagelog.Record(newer, u.keys.Public(), a, 7, l.ts+60, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The newer version's new layer wraps the untouched v2: no anomaly of its own.
+	var wg sync.WaitGroup
+	results := make(chan apitest.Response, 16)
+	for i := range 16 {
+		env := u.env
+		if i%2 == 1 {
+			env = second
+		}
+		data := tampered
+		if i%4 == 3 {
+			data = b64(newer)
+		}
+		wg.Go(func() {
+			results <- env.Call("UploadValuesToKey", with(u.toKey(u.token), "Data", data))
+		})
+	}
+	wg.Wait()
+	close(results)
+	for r := range results {
+		ok(t, r)
+	}
+	if err := second.Projection.WaitFor(context.Background(), lastPosition(t, u.env.Store)); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.env.Projection.WaitFor(context.Background(), lastPosition(t, u.env.Store)); err != nil {
+		t.Fatal(err)
+	}
+	if v := u.value(t, a); v != 67 {
+		t.Fatalf("value %d, want 67", v)
+	}
+	assertAnomaly(t, u.env, 1, l.data, domain.DiffersEntryBytes, domain.DiffersLayerBytes)
+	if n := len(second.Ledger.IntegrityAnomalies(nil)); n != 1 {
+		t.Fatalf("the second instance sees %d anomalies", n)
+	}
+	assertVerified(t, u.env)
 }

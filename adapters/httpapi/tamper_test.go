@@ -489,3 +489,56 @@ func TestConcurrentTamperedUploadsRecordOneAnomaly(t *testing.T) {
 	}
 	assertVerified(t, u.env)
 }
+
+// TestIntegrityAdminRefusals: malformed or unknown integrity requests on the admin API are
+// refused with a clear status and change nothing; the settings and list answers have the
+// documented shape.
+func TestIntegrityAdminRefusals(t *testing.T) {
+	u := newUploadEnv(t, nil)
+	env := u.env
+	pid := strconv.FormatInt(u.product.ID, 10)
+	before := lastPosition(t, env.Store)
+	for _, tc := range []struct {
+		method, path, body string
+		status             int
+	}{
+		{http.MethodPost, "/admin/v1/products/" + pid + "/settings", `{"onTamper":"ignore"}`, http.StatusBadRequest},
+		{http.MethodPost, "/admin/v1/products/" + pid + "/settings", `{"onTamper":""}`, http.StatusBadRequest},
+		{http.MethodPost, "/admin/v1/products/" + pid + "/settings", `{"onTamper":"refuse","extra":1}`, http.StatusBadRequest},
+		{http.MethodPost, "/admin/v1/products/99/settings", `{"onTamper":"refuse"}`, http.StatusNotFound},
+		{http.MethodPost, "/admin/v1/products/x/settings", `{"onTamper":"refuse"}`, http.StatusBadRequest},
+		{http.MethodGet, "/admin/v1/products/" + pid + "/settings", "", http.StatusMethodNotAllowed},
+		{http.MethodGet, "/admin/v1/anomalies?key=NOPE&productId=1", "", http.StatusBadRequest},
+		{http.MethodGet, "/admin/v1/anomalies?key=NOPE", "", http.StatusNotFound},
+		{http.MethodGet, "/admin/v1/anomalies?productId=-1", "", http.StatusBadRequest},
+		{http.MethodPost, "/admin/v1/anomalies/not-a-uuid/acknowledge", `{"reason":"x"}`, http.StatusBadRequest},
+		{http.MethodPost, "/admin/v1/anomalies/" + uuid.NewString() + "/acknowledge", `{"reason":"x"}`, http.StatusNotFound},
+		{http.MethodPost, "/admin/v1/anomalies/" + uuid.NewString() + "/acknowledge", `{"reason":""}`, http.StatusBadRequest},
+	} {
+		r := env.Send(adminRequest(t, env, tc.method, tc.path, tc.body))
+		if r.Status != tc.status {
+			t.Errorf("%s %s %s: %d %s, want %d", tc.method, tc.path, tc.body, r.Status, r.Body, tc.status)
+		}
+	}
+	if after := lastPosition(t, env.Store); after != before {
+		t.Fatalf("refused requests appended events: position %d to %d", before, after)
+	}
+	// Without the admin credential: 401.
+	req := adminRequest(t, env, http.MethodGet, "/admin/v1/anomalies", "")
+	req.Header.Set("Authorization", "Bearer wrong")
+	if r := env.Send(req); r.Status != http.StatusUnauthorized {
+		t.Fatalf("anomalies without the credential: %d", r.Status)
+	}
+	r := env.Send(adminRequest(t, env, http.MethodGet, "/admin/v1/anomalies", ""))
+	if r.Status != http.StatusOK || string(r.Body) != `{"anomalies":[]}`+"\n" && string(r.Body) != `{"anomalies":[]}` {
+		t.Fatalf("empty anomaly list: %d %q", r.Status, r.Body)
+	}
+	p, err := env.Admin.SetProductSettings(context.Background(), u.product.ID, "refuse")
+	if err != nil || p.OnTamper != "refuse" || p.ID != u.product.ID {
+		t.Fatalf("settings: %+v %v", p, err)
+	}
+	products, err := env.Admin.ListProducts(context.Background())
+	if err != nil || len(products) != 1 || products[0].OnTamper != "refuse" {
+		t.Fatalf("products: %+v %v", products, err)
+	}
+}

@@ -62,8 +62,14 @@ func TestIntegrityCommands(t *testing.T) {
 			t.Fatalf("product %v: no error", args)
 		}
 	}
+	if out, err := runCommand(t, newProductCommand(g), "list"); err != nil || !strings.Contains(out, "apply (default)") {
+		t.Fatalf("product list before set: %q, %v", out, err)
+	}
 	if out, err := runCommand(t, newProductCommand(g), "set", strconv.FormatInt(p.ID, 10), "--on-tamper", "refuse"); err != nil || !strings.Contains(out, "on tamper refuse") {
 		t.Fatalf("product set: %q, %v", out, err)
+	}
+	if out, err := runCommand(t, newProductCommand(g), "list"); err != nil || !strings.Contains(out, "refuse") || strings.Contains(out, "default") {
+		t.Fatalf("product list after set: %q, %v", out, err)
 	}
 
 	// v1 = +10, +50; uploaded with the IV of +50 modified (+51), then the original arrives.

@@ -542,3 +542,42 @@ func TestIntegrityAdminRefusals(t *testing.T) {
 		t.Fatalf("products: %+v %v", products, err)
 	}
 }
+
+// TestIntegrityPolicyOfProductOwnedObjects: uploads for a product's own objects (the general
+// form, ReferencerType 1) follow that product's policy; another product's stays the default.
+func TestIntegrityPolicyOfProductOwnedObjects(t *testing.T) {
+	u := newUploadEnv(t, nil)
+	ctx := context.Background()
+	other := u.env.Product("Product B")
+	if _, err := u.env.Admin.SetProductSettings(ctx, u.product.ID, "refuse"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		product int64
+		refuse  bool
+	}{{u.product.ID, true}, {other.ID, false}} {
+		owner := general(u.token, domain.OwnerProduct, tc.product)
+		obj := u.add(t, owner, "AddDataObject", "seats", 0)
+		l := u.log(t).add(obj, 50)
+		upload := func(data string) apitest.Response {
+			return u.env.Call("UploadValues", with(owner, "Data", data))
+		}
+		if n, _ := uploadBody(t, upload(b64(flipped(l.data, 3+2, 0x01)))); n != 1 {
+			t.Fatalf("product %d: tampered upload applied %d", tc.product, n)
+		}
+		r := upload(l.base64())
+		if tc.refuse {
+			refused(t, r, http.StatusUnprocessableEntity, domain.ErrIntegrityRefused.Message)
+		} else if n, _ := uploadBody(t, r); n != 0 {
+			t.Fatalf("product %d: original applied %d", tc.product, n)
+		}
+		if v := u.value(t, obj); v != 51 {
+			t.Fatalf("product %d: value %d, want 51", tc.product, v)
+		}
+		list := u.env.Ledger.IntegrityAnomalies(&domain.Owner{Type: domain.OwnerProduct, ID: tc.product})
+		if len(list) != 1 || (list[0].Policy == domain.IntegrityRefuse) != tc.refuse {
+			t.Fatalf("product %d: anomalies %+v", tc.product, list)
+		}
+	}
+	assertVerified(t, u.env)
+}

@@ -24,6 +24,8 @@ type Product struct {
 	ID      int64     `json:"id"`
 	Name    string    `json:"name"`
 	Created time.Time `json:"created"`
+	// OnTamper is the integrity policy the product set (absent: the default, "apply").
+	OnTamper string `json:"onTamper,omitempty"`
 }
 
 // LicenseKey is a license key as the admin API shows it.
@@ -93,7 +95,9 @@ type adminError struct {
 	Error string `json:"error"`
 }
 
-func productOut(p domain.Product) Product { return Product{ID: p.ID, Name: p.Name, Created: p.Created} }
+func productOut(p domain.Product) Product {
+	return Product{ID: p.ID, Name: p.Name, Created: p.Created, OnTamper: string(p.OnTamper)}
+}
 
 func keyOut(k domain.LicenseKey) LicenseKey {
 	return LicenseKey{ID: k.ID, ProductID: k.ProductID, Key: k.Key, Created: k.Created}

@@ -218,6 +218,7 @@ func (s *server) handler(routes routeSet) http.Handler {
 			http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
 		}))
 		admin.Handle("/backup", s.byMethod(map[string]http.Handler{http.MethodGet: http.HandlerFunc(s.backup)}))
+		s.integrityRoutes(admin)
 		if s.metricsHandler != nil {
 			r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", s.metricsHandler)}))
 		}

@@ -54,6 +54,7 @@ func newRootCommand() *cobra.Command {
 		newBackupCommand(g),
 		newRestoreCommand(g),
 		newVersionCommand(),
+		newAnomaliesCommand(g),
 	)
 	// tally --version prints what tally version prints.
 	info := readBuildInfo()

@@ -243,6 +243,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 			Help: "Global position of the last event in the usage read model (readmodels/usage.db).",
 		}, func() float64 { return float64(usageModel.Position()) }),
 	)
+	registerIntegrityMetrics(registry, svc)
 
 	var backupFn func(ctx context.Context, w io.Writer) error
 	if es, ok := store.(*embedded.Store); ok {

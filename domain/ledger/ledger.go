@@ -76,7 +76,10 @@ type Config struct {
 	// UploadLease is how long an upload may stay undecided before any instance may decide it
 	// (default 30 s).
 	UploadLease time.Duration
-	Logger      *slog.Logger
+	// RefusalRepeatInterval is how often, at most, repeats of a refused log version are
+	// recorded (default DefaultRefusalRepeatInterval; negative: every repeat).
+	RefusalRepeatInterval time.Duration
+	Logger                *slog.Logger
 }
 
 // Service runs the ledger's commands.
@@ -101,6 +104,9 @@ type Service struct {
 	// optimistic: docs/api.md).
 	ownerLocks keyedMutex
 	ids        idClaims
+	// refusals counts refused uploads and the repeats not yet recorded (refusal.go).
+	refusals       refusalBook
+	repeatInterval time.Duration
 }
 
 // New returns a Service, refusing missing dependencies.
@@ -114,6 +120,13 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{
 		store: cfg.Store, view: cfg.View, decoder: cfg.Decoder, clock: cfg.Clock,
 		instance: cfg.Instance, maxAttempts: cfg.MaxAttempts, lease: cfg.UploadLease, logger: cfg.Logger,
+		repeatInterval: cfg.RefusalRepeatInterval,
+	}
+	switch {
+	case s.repeatInterval == 0:
+		s.repeatInterval = DefaultRefusalRepeatInterval
+	case s.repeatInterval < 0:
+		s.repeatInterval = 0
 	}
 	if s.clock == nil {
 		s.clock = time.Now

@@ -54,6 +54,8 @@ type Ledger interface {
 	Products() []domain.Product
 	Keys(productID int64) []domain.LicenseKey
 	Tokens() []domain.Token
+	ListUploads(ctx context.Context, f ledger.UploadFilter) ([]ledger.UploadRecord, error)
+	ResolveRefusedUpload(ctx context.Context, c ledger.Caller, cmd ledger.ResolveUpload) (domain.UploadResolutionDecided, error)
 }
 
 var _ Ledger = (*ledger.Service)(nil)
@@ -153,6 +155,7 @@ func New(cfg Config) (http.Handler, error) {
 	admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
 	}))
+	s.uploadRoutes(admin)
 
 	r.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
 	r.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))

@@ -51,6 +51,7 @@ func newRootCommand() *cobra.Command {
 		newReplayCommand(g),
 		newVerifyCommand(g),
 		newBenchCommand(g),
+		newUploadsCommand(g),
 	)
 	return root
 }

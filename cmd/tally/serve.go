@@ -162,6 +162,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 			Help: "Global position of the last event in the current-state projection.",
 		}, func() float64 { return float64(proj.Position()) }),
 	)
+	registerRefusalMetrics(registry, svc)
 
 	ready := newReadiness()
 	readyCheck := func() error {

@@ -79,7 +79,11 @@ type Config struct {
 	// RefusalRepeatInterval is how often, at most, repeats of a refused log version are
 	// recorded (default DefaultRefusalRepeatInterval; negative: every repeat).
 	RefusalRepeatInterval time.Duration
-	Logger                *slog.Logger
+	// MaxNewEntries is the most new entries one upload (and one chunk of an operator's
+	// resolution) may apply (default and at most MaxNewEntries, the Cryptolens rule; tests set
+	// less, with a decoder limited alike, to keep chunked resolutions quick).
+	MaxNewEntries int
+	Logger        *slog.Logger
 }
 
 // Service runs the ledger's commands.
@@ -107,6 +111,7 @@ type Service struct {
 	// refusals counts refused uploads and the repeats not yet recorded (refusal.go).
 	refusals       refusalBook
 	repeatInterval time.Duration
+	maxNew         int
 }
 
 // New returns a Service, refusing missing dependencies.
@@ -120,7 +125,10 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{
 		store: cfg.Store, view: cfg.View, decoder: cfg.Decoder, clock: cfg.Clock,
 		instance: cfg.Instance, maxAttempts: cfg.MaxAttempts, lease: cfg.UploadLease, logger: cfg.Logger,
-		repeatInterval: cfg.RefusalRepeatInterval,
+		repeatInterval: cfg.RefusalRepeatInterval, maxNew: cfg.MaxNewEntries,
+	}
+	if s.maxNew <= 0 || s.maxNew > MaxNewEntries {
+		s.maxNew = MaxNewEntries
 	}
 	switch {
 	case s.repeatInterval == 0:

@@ -171,10 +171,10 @@ func (t *decodeTrace) record(err error) domain.UploadRefused {
 
 // tooManyRecord describes a log with more new entries than one upload may apply; the first
 // entry past the limit, counted from from, is the offending one.
-func tooManyRecord(entries []LogEntry, from int) domain.UploadRefused {
+func tooManyRecord(entries []LogEntry, from, limit int) domain.UploadRefused {
 	r := domain.UploadRefused{NewestLayer: hex.EncodeToString(entries[len(entries)-1].Layer[:]), NewEntries: len(entries) - from}
-	e := entries[from+MaxNewEntries]
-	r.Offending = &domain.RefusedEntry{Layer: hex.EncodeToString(e.Layer[:]), Index: MaxNewEntries, ObjectID: e.ObjectID, Decrement: e.Decrement, Amount: e.Amount}
+	e := entries[from+limit]
+	r.Offending = &domain.RefusedEntry{Layer: hex.EncodeToString(e.Layer[:]), Index: limit, ObjectID: e.ObjectID, Decrement: e.Decrement, Amount: e.Amount}
 	return r
 }
 
@@ -348,7 +348,7 @@ func indexOfLayer(entries []LogEntry, layer string) int {
 }
 
 // carryOut applies a log under an operator's decision: its entries up to the refused version's
-// newest layer (entries[k]) in all-or-nothing chunks of at most MaxNewEntries, oldest first,
+// newest layer (entries[k]) in all-or-nothing chunks of at most s.maxNew entries, oldest first,
 // leaving out the entries that break a rule if the decision says so; then the entries newer
 // than that version as an ordinary upload. Each chunk is an ordinary upload (prepare, events,
 // commit), so a chunk is all or nothing and an interrupted resolution resumes where the
@@ -368,7 +368,7 @@ func (s *Service) carryOut(ctx context.Context, c Caller, owner domain.Owner, on
 		if start > k {
 			break
 		}
-		end := min(start+MaxNewEntries, k+1)
+		end := min(start+s.maxNew, k+1)
 		r, err := s.applyEntries(ctx, c, owner, onlyObject, entries[:end], stop, opts)
 		if err != nil {
 			return UploadResult{}, s.refused(ctx, c, owner, err, entriesRecord(entries[:end], err))
@@ -384,8 +384,8 @@ func (s *Service) carryOut(ctx context.Context, c Caller, owner domain.Owner, on
 		total.Known = 0
 	}
 	if rest := len(entries) - (k + 1); rest > 0 {
-		if rest > MaxNewEntries {
-			return total, s.refused(ctx, c, owner, domain.ErrTooManyEntries, tooManyRecord(entries, k+1))
+		if rest > s.maxNew {
+			return total, s.refused(ctx, c, owner, domain.ErrTooManyEntries, tooManyRecord(entries, k+1, s.maxNew))
 		}
 		r, err := s.applyEntries(ctx, c, owner, onlyObject, entries, stop, planOptions{})
 		if err != nil {

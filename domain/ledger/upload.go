@@ -119,8 +119,8 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 			return s.carryOut(ctx, c, owner, cmd.ObjectID, entries, stop, k, resolution)
 		}
 	}
-	if len(entries) > MaxNewEntries {
-		return UploadResult{}, s.refused(ctx, c, owner, domain.ErrTooManyEntries, tooManyRecord(entries, 0))
+	if len(entries) > s.maxNew {
+		return UploadResult{}, s.refused(ctx, c, owner, domain.ErrTooManyEntries, tooManyRecord(entries, 0, s.maxNew))
 	}
 	res, err := s.applyEntries(ctx, c, owner, cmd.ObjectID, entries, stop, planOptions{})
 	if err != nil {

@@ -2,9 +2,12 @@ package httpapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/tallyledger/tally/adapters/auditapi"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 	"github.com/tallyledger/tally/adapters/usagelog"
@@ -201,6 +205,23 @@ func TestRemovedObjectWedgeIsRecordedAndResolvedBySkipping(t *testing.T) {
 	}
 	if vy := u.value(t, y); vy != 7 {
 		t.Fatalf("y = %d, want 7", vy)
+	}
+	// The audit history of the key's upload stream shows the refusals, their repeat and the
+	// decision with who made it and why.
+	h := uploadHistory(t, u)
+	var types []string
+	for _, e := range h.Entries {
+		types = append(types, e.Type)
+		if e.Type == domain.EventUploadResolutionDecided {
+			var got domain.UploadResolutionDecided
+			mustUnmarshal(t, e.Event, &got)
+			if !e.Admin || got.Reason != "x was retired" || got.DecidedBy != "alice" || got.Mode != domain.ResolveSkipEntries {
+				t.Fatalf("history shows the decision as %+v (admin %v)", got, e.Admin)
+			}
+		}
+	}
+	if want := "UploadPrepared UploadCommitted UploadRefused UploadRefused UploadResolutionDecided UploadPrepared UploadCommitted UploadPrepared UploadCommitted"; strings.Join(types, " ") != want {
+		t.Fatalf("upload history %v, want %s", types, want)
 	}
 	// A second decision on a cleared refusal is refused.
 	if _, status := u.resolve(t, httpapi.ResolveUploadRequest{RefusalID: open.ID.String(), Mode: domain.ResolveSkipEntries, Reason: "again"}); status != 404 {
@@ -519,4 +540,33 @@ func TestAChunkedResolutionInterruptedByAStoreFailureResumes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// uploadHistory reads the key's upload-stream history from the audit API, as the admin.
+func uploadHistory(t *testing.T, u *uploadEnv) projections.UploadHistory {
+	t.Helper()
+	audit, err := auditapi.New(auditapi.Config{Store: u.env.Store.(auditapi.Store), Ledger: u.env.Ledger, AdminToken: apitest.AdminToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(audit)
+	defer srv.Close()
+	req, err := http.NewRequest(http.MethodGet, srv.URL+"/v1/uploads/history?keyId="+strconv.FormatInt(u.key.ID, 10), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+apitest.AdminToken)
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("upload history: status %d", resp.StatusCode)
+	}
+	var h projections.UploadHistory
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

@@ -9,7 +9,7 @@ import (
 
 // DecodeUnbounded implements ledger.UnboundedLogDecoder: Decode without the limit on new
 // layers. Only an operator's decision on a refused log asks for it; the input-size limit still
-// bounds the work (about 40,000 layers at the default 16 MiB).
+// bounds the work, at one RSA operation per new layer.
 func (d *LedgerDecoder) DecodeUnbounded(ctx context.Context, data string, known func(layer [32]byte) bool) ([]ledger.LogEntry, error) {
 	unbounded := *d.Decoder
 	unbounded.MaxNewLayers = math.MaxInt

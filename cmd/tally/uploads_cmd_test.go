@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/domain"
@@ -57,6 +59,25 @@ func TestUploadsCommands(t *testing.T) {
 	log := base64.StdEncoding.EncodeToString(data)
 	if r := call("UploadValuesToKey", "Data", log); r.Result != 1 || r.Msg() != domain.ErrInvalidInput.Message {
 		t.Fatalf("upload: %+v", r)
+	}
+
+	// The refusal is counted by reason on the metrics registry serve builds.
+	reg := prometheus.NewRegistry()
+	registerRefusalMetrics(reg, env.Ledger)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			if f.GetName() == "tally_uploads_refused_total" {
+				counted[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if len(counted) != 6 || counted[domain.RefusalInvalidObject] != 1 || counted[domain.RefusalCorrupted] != 0 {
+		t.Fatalf("tally_uploads_refused_total by reason: %v", counted)
 	}
 
 	out, err := runCommand(t, newUploadsCommand(g), "list", "--state", "refused", "--key", k.Key, "--format", "json")

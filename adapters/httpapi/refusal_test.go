@@ -570,3 +570,46 @@ func uploadHistory(t *testing.T, u *uploadEnv) projections.UploadHistory {
 	}
 	return h
 }
+
+// TestAnyInstanceCarriesOutADecision: with two instances on one store (each backend), a
+// decision taken through one is carried out by uploads sent to both at once, each entry once.
+func TestAnyInstanceCarriesOutADecision(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, open func(testing.TB) eventstore.Store) {
+		const limit = 10
+		u := newUploadEnvWith(t, apitest.Options{Open: open, MaxNewEntries: limit})
+		other := u.env.AnotherInstance()
+		owner := u.toKey(u.token)
+		a := u.add(t, owner, "AddDataObjectToKey", "a", 0)
+		l := u.log(t)
+		for range 3*limit + 4 {
+			l.add(a, 1)
+		}
+		refused(t, u.upload(l.base64()), 413, msgTooMany)
+		if _, status := u.resolve(t, httpapi.ResolveUploadRequest{Key: u.key.Key, Mode: domain.ResolveInChunks, Reason: "backlog"}); status != 201 {
+			t.Fatalf("resolve: status %d", status)
+		}
+		var wg sync.WaitGroup
+		answers := make([]apitest.Response, 4)
+		for i := range answers {
+			env := []*apitest.Env{u.env, other}[i%2]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				answers[i] = env.Call("UploadValuesToKey", with(owner, "Data", l.base64()))
+			}()
+		}
+		wg.Wait()
+		// Two calls that plan the same chunk at the same revision write the same events (same
+		// ids, same expected revisions), which the store takes as one write: both may answer
+		// for it, so the answers' counts are not summed; the value says what counted.
+		for _, r := range answers {
+			if applied, _ := uploadBody(t, r); applied > 3*limit+4 {
+				t.Fatalf("an upload applied %d", applied)
+			}
+		}
+		if v := u.value(t, a); v != 3*limit+4 {
+			t.Fatalf("a = %d, want %d", v, 3*limit+4)
+		}
+		assertVerifyAgrees(t, u.env)
+	})
+}

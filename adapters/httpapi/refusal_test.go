@@ -231,23 +231,26 @@ func TestRemovedObjectWedgeIsRecordedAndResolvedBySkipping(t *testing.T) {
 }
 
 // TestFeatureLockAndInt32WedgesAreResolvedBySkipping: a layer above the token's feature lock,
-// and one that would pass the int32 limit, wedge a log the same way. Chunks cannot clear them
-// (refused clearly, nothing changes); skipping the entry can.
+// one that would pass the int32 limit, and a decrement the token may not make, wedge a log the
+// same way. Chunks cannot clear them (refused clearly, nothing changes); skipping the entry can.
 func TestFeatureLockAndInt32WedgesAreResolvedBySkipping(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		start   int32
-		token   func(u *uploadEnv) string
-		wedge   int64 // the offending entry's delta
-		status  int
-		msg     string
-		reason  string
-		skipped int32 // the value the wedge would have added
+		name   string
+		start  int32
+		token  func(u *uploadEnv) string
+		wedge  int64 // the offending entry's delta
+		newer  int64 // the delta of a newer version's entry
+		status int
+		msg    string
+		reason string
 	}{
 		{"feature lock", 0, func(u *uploadEnv) string {
 			return u.env.Token(ledger.TokenSpec{Methods: domain.AllMethods, FeatureLock: 5})
-		}, 6, 403, msgFeature, domain.RefusalFeatureLock, 6},
-		{"int32 overflow", math.MaxInt32 - 10, func(u *uploadEnv) string { return u.token }, 20, 422, msgInt32, domain.RefusalInt32Overflow, 20},
+		}, 6, -1, 403, msgFeature, domain.RefusalFeatureLock},
+		{"int32 overflow", math.MaxInt32 - 10, func(u *uploadEnv) string { return u.token }, 20, -1, 422, msgInt32, domain.RefusalInt32Overflow},
+		{"a decrement without its permission", 100, func(u *uploadEnv) string {
+			return u.env.Token(ledger.TokenSpec{Methods: []domain.Method{domain.MethodIncrementIntValue}})
+		}, -7, 1, 403, "Not enough permission.", domain.RefusalPermission},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := newUploadEnv(t, nil)
@@ -265,7 +268,8 @@ func TestFeatureLockAndInt32WedgesAreResolvedBySkipping(t *testing.T) {
 			refused(t, up(l.base64()), tc.status, tc.msg)
 			refused(t, up(l.base64()), tc.status, tc.msg)
 			open := u.openRefusal(t)
-			if open.Reason != tc.reason || open.Offending == nil || open.Offending.Amount != tc.wedge || open.Offending.Index != 0 {
+			if open.Reason != tc.reason || open.Offending == nil || open.Offending.Amount != max(tc.wedge, -tc.wedge) ||
+				open.Offending.Decrement != (tc.wedge < 0) || open.Offending.Index != 0 {
 				t.Fatalf("refusal record %+v offending %+v", open, open.Offending)
 			}
 			// A chunk would still overflow (or pass the lock): refused, nothing changes.
@@ -285,12 +289,12 @@ func TestFeatureLockAndInt32WedgesAreResolvedBySkipping(t *testing.T) {
 			if applied, _ := uploadBody(t, up(l.base64())); applied != 0 {
 				t.Fatalf("the same version again applied %d", applied)
 			}
-			l.add(a, -1)
+			l.add(a, tc.newer)
 			if applied, _ := uploadBody(t, up(l.base64())); applied != 1 {
 				t.Fatalf("a newer version applied %d", applied)
 			}
-			if v := u.value(t, a); v != tc.start+3 {
-				t.Fatalf("a = %d, want %d", v, tc.start+3)
+			if v := u.value(t, a); v != tc.start+4+int32(tc.newer) {
+				t.Fatalf("a = %d, want %d", v, tc.start+4+int32(tc.newer))
 			}
 			assertVerifyAgrees(t, u.env)
 		})

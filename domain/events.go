@@ -256,8 +256,8 @@ type RefusedEntry struct {
 }
 
 // UploadRefused records, on the owner's upload stream, an upload refused after authentication
-// for its content. Retries of the same log version (same newest layer, same reason) are counted
-// by UploadRefusalRepeated, not recorded again.
+// for its content. Retries of the same log version, and newer versions refused for the same
+// reason soon after, are counted by UploadRefusalRepeated, not recorded again.
 type UploadRefused struct {
 	RefusalID uuid.UUID `json:"refusalId"`
 	Reason    string    `json:"reason"`  // one of the Refusal* codes
@@ -272,12 +272,15 @@ type UploadRefused struct {
 	At         time.Time     `json:"at"`
 }
 
-// UploadRefusalRepeated counts further refusals of a recorded refused log: Repeats more since
-// the last record of it.
+// UploadRefusalRepeated counts further refusals of a recorded refused log for the same reason:
+// Repeats more since the last record of it, of the same version or of newer versions of the
+// log (which the License Server sends as it grows the file). When one of them was newer, Newest
+// describes the newest refused version seen, which the record follows from then on.
 type UploadRefusalRepeated struct {
-	RefusalID uuid.UUID `json:"refusalId"`
-	Repeats   int64     `json:"repeats"`
-	At        time.Time `json:"at"`
+	RefusalID uuid.UUID      `json:"refusalId"`
+	Repeats   int64          `json:"repeats"`
+	Newest    *UploadRefused `json:"newest,omitempty"`
+	At        time.Time      `json:"at"`
 }
 
 // Resolution modes an operator can choose for a refused log.

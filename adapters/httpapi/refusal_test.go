@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
@@ -111,7 +112,8 @@ func assertVerifyAgrees(t *testing.T, env *apitest.Env) {
 // applied, x is removed, v5 (a layer naming x, then three +1 on y) and v8 (three more) are
 // refused for ever, until an operator skips the entry naming x.
 func TestRemovedObjectWedgeIsRecordedAndResolvedBySkipping(t *testing.T) {
-	u := newUploadEnv(t, nil)
+	clock, advance := testClock()
+	u := newUploadEnvWith(t, apitest.Options{Clock: clock, RefusalRepeatInterval: time.Minute})
 	owner := u.toKey(u.token)
 	x := u.add(t, owner, "AddDataObjectToKey", "x", 0)
 	y := u.add(t, owner, "AddDataObjectToKey", "y", 0)
@@ -135,14 +137,20 @@ func TestRemovedObjectWedgeIsRecordedAndResolvedBySkipping(t *testing.T) {
 		r.Offending.Layer != layerHex(t, u.keys, l.data, 1) || r.Offending.Index != 0 || r.Offending.ObjectID != x || r.Offending.Amount != 1 {
 		t.Fatalf("refusal record %+v (offending %+v)", r, r.Offending)
 	}
+	// v8, refused soon after for the same reason, is counted on the same record, which follows
+	// it once the repeats are written (at most once per interval).
 	l.add(y, 1).add(y, 1).add(y, 1)
 	refused(t, u.upload(l.base64()), 400, msgIncorrect)
-	if n := len(u.uploadsOf(t, ledger.UploadStateRefused)); n != 2 {
-		t.Fatalf("%d refusal records after a newer version, want 2", n)
+	advance(2 * time.Minute)
+	refused(t, u.upload(l.base64()), 400, msgIncorrect)
+	recs = u.uploadsOf(t, ledger.UploadStateRefused)
+	if len(recs) != 1 {
+		t.Fatalf("%d refusal records after a newer version, want 1", len(recs))
 	}
 	open := u.openRefusal(t)
-	if open.NewEntries != 7 {
-		t.Fatalf("v8's record says %d new entries, want 7", open.NewEntries)
+	if open.ID != r.ID || open.NewEntries != 7 || open.NewestLayer != layerHex(t, u.keys, l.data, 7) || open.Repeats != 4 ||
+		open.Offending == nil || open.Offending.ObjectID != x {
+		t.Fatalf("the record after v8: %+v", open)
 	}
 
 	// Bad decisions are refused clearly and change nothing.
@@ -155,9 +163,6 @@ func TestRemovedObjectWedgeIsRecordedAndResolvedBySkipping(t *testing.T) {
 	}
 	if _, status := u.resolve(t, httpapi.ResolveUploadRequest{RefusalID: uuid.NewString(), Mode: domain.ResolveSkipEntries, Reason: "r"}); status != 404 {
 		t.Fatalf("unknown refusal: status %d, want 404", status)
-	}
-	if _, status := u.resolve(t, httpapi.ResolveUploadRequest{RefusalID: recs[0].ID.String(), Mode: domain.ResolveSkipEntries, Reason: "r"}); status != 404 {
-		t.Fatalf("a superseded refusal: status %d, want 404", status)
 	}
 	if _, status := u.resolve(t, httpapi.ResolveUploadRequest{Key: u.other.Key, Mode: domain.ResolveSkipEntries, Reason: "r"}); status != 400 {
 		t.Fatalf("a key with nothing refused: status %d, want 400", status)
@@ -220,7 +225,7 @@ func TestRemovedObjectWedgeIsRecordedAndResolvedBySkipping(t *testing.T) {
 			}
 		}
 	}
-	if want := "UploadPrepared UploadCommitted UploadRefused UploadRefused UploadResolutionDecided UploadPrepared UploadCommitted UploadPrepared UploadCommitted"; strings.Join(types, " ") != want {
+	if want := "UploadPrepared UploadCommitted UploadRefused UploadRefusalRepeated UploadResolutionDecided UploadPrepared UploadCommitted UploadPrepared UploadCommitted"; strings.Join(types, " ") != want {
 		t.Fatalf("upload history %v, want %s", types, want)
 	}
 	// A second decision on a cleared refusal is refused.
@@ -324,11 +329,13 @@ func TestTooManyEntriesWedgeIsResolvedInChunksOrBySkipping(t *testing.T) {
 				first.NewestLayer != layerHex(t, u.keys, l.data, tc.limit) {
 				t.Fatalf("refusal record %+v", first)
 			}
+			// The next version, refused a moment later for the same reason, is a repeat of the
+			// record (written at most once per interval); the decision on the recorded version
+			// is carried out by it, and its newer entry applied after.
 			l.add(a, 1)
 			refused(t, u.upload(l.base64()), 413, msgTooMany)
-			open := u.openRefusal(t)
-			if open.ID == first.ID {
-				t.Fatal("the version with one more entry was counted as a repeat of the one before")
+			if open := u.openRefusal(t); open.ID != first.ID {
+				t.Fatalf("the version with one more entry made a new record %+v", open)
 			}
 			if _, status := u.resolve(t, httpapi.ResolveUploadRequest{Key: u.key.Key, Mode: tc.mode, Reason: "backlog after an outage"}); status != 201 {
 				t.Fatalf("resolve: status %d", status)
@@ -341,14 +348,12 @@ func TestTooManyEntriesWedgeIsResolvedInChunksOrBySkipping(t *testing.T) {
 			if v := u.value(t, a); v != int32(n) {
 				t.Fatalf("a = %d, want %d", v, n)
 			}
-			var chunks []int
+			var chunks []string
 			for _, r := range u.uploadsOf(t, ledger.UploadStateCommitted) {
-				if r.Resolution != nil {
-					chunks = append(chunks, r.Entries)
-				}
+				chunks = append(chunks, fmt.Sprintf("%d resolution=%v", r.Entries, r.Resolution != nil))
 			}
-			if len(chunks) != 2 || chunks[0] != tc.limit || chunks[1] != 2 {
-				t.Fatalf("chunks %v, want [%d 2]", chunks, tc.limit)
+			if want := fmt.Sprintf("[%d resolution=true 1 resolution=true 1 resolution=false]", tc.limit); fmt.Sprint(chunks) != want {
+				t.Fatalf("uploads %v, want %s", chunks, want)
 			}
 			if applied, _ := uploadBody(t, u.upload(l.base64())); applied != 0 {
 				t.Fatalf("the same version again applied %d", applied)
@@ -409,10 +414,7 @@ func TestInChunksRefusesAVersionWithAnOffendingEntryBeforeAnyChunk(t *testing.T)
 // TestRefusalRepeatsAreCountedAtMostOncePerInterval: retries of one refused version add no
 // record; their count is written at most once per interval, and summed.
 func TestRefusalRepeatsAreCountedAtMostOncePerInterval(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	clock, advance := testClock()
 	u := newUploadEnvWith(t, apitest.Options{Clock: clock, RefusalRepeatInterval: time.Minute})
 	owner := u.toKey(u.token)
 	a := u.add(t, owner, "AddDataObjectToKey", "a", 0)
@@ -447,9 +449,25 @@ func TestRefusalRepeatsAreCountedAtMostOncePerInterval(t *testing.T) {
 	if live.Repeats != 6 {
 		t.Fatalf("projected repeats %d, want 6", live.Repeats)
 	}
+	// A newer version within the interval is a repeat too; the record follows it once written.
+	l := u.log(t).add(a, 1).add(9999, 1).add(a, 1)
+	refused(t, u.upload(l.base64()), 400, msgIncorrect)
+	advance(2 * time.Minute)
+	refused(t, u.upload(l.base64()), 400, msgIncorrect)
+	r = u.openRefusal(t)
+	if r.Repeats != 8 || r.NewEntries != 3 || r.NewestLayer != layerHex(t, u.keys, l.data, 2) {
+		t.Fatalf("the record after a newer version: %+v", r)
+	}
+	// Past the interval since the record was last written, a newer version is a new record.
+	advance(2 * time.Minute)
+	l.add(a, 1)
+	refused(t, u.upload(l.base64()), 400, msgIncorrect)
+	if recs := u.uploadsOf(t, ledger.UploadStateRefused); len(recs) != 2 || recs[1].NewEntries != 4 || !recs[1].Open || recs[0].Open {
+		t.Fatalf("refusal records %+v", recs)
+	}
 	// The counter by reason counts every refusal, written or not.
-	if got := u.env.Ledger.RefusalsByReason()[domain.RefusalInvalidObject]; got != 7 {
-		t.Fatalf("refusals by reason %d, want 7", got)
+	if got := u.env.Ledger.RefusalsByReason()[domain.RefusalInvalidObject]; got != 10 {
+		t.Fatalf("refusals by reason %d, want 10", got)
 	}
 	// An accepted upload after the refusals is not hindered by them.
 	if applied, _ := uploadBody(t, u.upload(u.log(t).add(a, 3).base64())); applied != 1 {
@@ -616,4 +634,12 @@ func TestAnyInstanceCarriesOutADecision(t *testing.T) {
 		}
 		assertVerifyAgrees(t, u.env)
 	})
+}
+
+// testClock is a clock that moves only when told.
+func testClock() (func() time.Time, func(time.Duration)) {
+	var mu sync.Mutex
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	return func() time.Time { mu.Lock(); defer mu.Unlock(); return now },
+		func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 }

@@ -46,6 +46,7 @@ type refusalBook struct {
 type unwrittenRepeats struct {
 	refusal uuid.UUID
 	count   int64
+	newest  *domain.UploadRefused // the newest version refused since the last write, if newer
 }
 
 // RefusalsByReason counts the uploads refused for their content since start, by reason code
@@ -221,10 +222,14 @@ func (s *Service) refused(ctx context.Context, c Caller, owner domain.Owner, err
 	return err
 }
 
-// recordRefusal appends UploadRefused for a new refused version, or counts a repeat of the open
-// one and appends UploadRefusalRepeated at most once per interval. Appends carry the upload
-// stream's projected revision and wait for any upload of the owner in progress, so they never
-// come between an UploadPrepared and its decision.
+// recordRefusal appends UploadRefused for a new refusal, or counts a repeat of the owner's open
+// one and appends UploadRefusalRepeated at most once per interval. A repeat is a refusal for the
+// same reason of the same version, or of any version within the interval after the record was
+// last written (the
+// License Server grows its file while it retries; each new version would otherwise be a new
+// record, and every record an append that concurrent accepted uploads of the owner must plan
+// again after). Appends carry the upload stream's projected revision and wait for any upload of
+// the owner in progress, so they never come between an UploadPrepared and its decision.
 func (s *Service) recordRefusal(ctx context.Context, c Caller, owner domain.Owner, rec domain.UploadRefused) error {
 	meta := c.metadata()
 	counted := false
@@ -246,14 +251,15 @@ func (s *Service) recordRefusal(ctx context.Context, c Caller, owner domain.Owne
 		now := s.clock().UTC()
 		var ev eventstore.EventData
 		var err error
-		if isOpen && open.NewestLayer == rec.NewestLayer && open.Reason == rec.Reason {
-			repeats := s.countRepeat(owner, open.RefusalID, !counted)
+		if isOpen && open.Reason == rec.Reason &&
+			(open.NewestLayer == rec.NewestLayer || s.countedVersion(owner, open.RefusalID, rec.NewestLayer) || now.Sub(open.LastAt) < s.repeatInterval) {
+			u := s.countRepeat(owner, open, rec, !counted)
 			counted = true
 			if now.Sub(open.LastAt) < s.repeatInterval {
 				return nil // counted in memory; written with the next record after the interval
 			}
 			ev, err = newEvent(uuid.NewSHA1(open.RefusalID, binary.BigEndian.AppendUint64(nil, up.Revision)),
-				domain.EventUploadRefusalRepeated, domain.UploadRefusalRepeated{RefusalID: open.RefusalID, Repeats: repeats, At: now}, meta)
+				domain.EventUploadRefusalRepeated, domain.UploadRefusalRepeated{RefusalID: open.RefusalID, Repeats: u.count, Newest: u.newest, At: now}, meta)
 			if err != nil {
 				return err
 			}
@@ -262,7 +268,7 @@ func (s *Service) recordRefusal(ctx context.Context, c Caller, owner domain.Owne
 				continue
 			}
 			if err == nil {
-				s.wroteRepeats(owner, open.RefusalID, repeats)
+				s.wroteRepeats(owner, open.RefusalID, u.count)
 			}
 			return err
 		}
@@ -286,23 +292,41 @@ func (s *Service) recordRefusal(ctx context.Context, c Caller, owner domain.Owne
 	return domain.ErrConcurrentChange
 }
 
-// countRepeat adds one repeat of the owner's open refusal (when add) and returns the repeats
-// not yet written.
-func (s *Service) countRepeat(owner domain.Owner, refusal uuid.UUID, add bool) int64 {
+// countRepeat adds one repeat of the owner's open refusal (when add), remembering the refused
+// version if it is newer than the newest recorded (more new entries: logs are cumulative), and
+// returns the repeats not yet written.
+func (s *Service) countRepeat(owner domain.Owner, open state.Refusal, rec domain.UploadRefused, add bool) unwrittenRepeats {
 	s.refusals.mu.Lock()
 	defer s.refusals.mu.Unlock()
 	if s.refusals.unwritten == nil {
 		s.refusals.unwritten = map[domain.Owner]unwrittenRepeats{}
 	}
 	u := s.refusals.unwritten[owner]
-	if u.refusal != refusal {
-		u = unwrittenRepeats{refusal: refusal} // a newer version replaced the one counted
+	if u.refusal != open.RefusalID {
+		u = unwrittenRepeats{refusal: open.RefusalID} // a newer record replaced the one counted
 	}
 	if add {
 		u.count++
+		newest := open.NewEntries
+		if u.newest != nil {
+			newest = u.newest.NewEntries
+		}
+		if rec.NewestLayer != open.NewestLayer && rec.NewEntries >= newest {
+			latest := rec
+			u.newest = &latest
+		}
 	}
 	s.refusals.unwritten[owner] = u
-	return u.count
+	return u
+}
+
+// countedVersion reports whether this instance counted the version as a repeat of the refusal
+// and has not written it yet.
+func (s *Service) countedVersion(owner domain.Owner, refusal uuid.UUID, newestLayer string) bool {
+	s.refusals.mu.Lock()
+	defer s.refusals.mu.Unlock()
+	u := s.refusals.unwritten[owner]
+	return u.refusal == refusal && u.newest != nil && u.newest.NewestLayer == newestLayer
 }
 
 // wroteRepeats takes n written repeats off the owner's unwritten count.
@@ -314,6 +338,7 @@ func (s *Service) wroteRepeats(owner domain.Owner, refusal uuid.UUID, n int64) {
 		return
 	}
 	u.count -= n
+	u.newest = nil
 	if u.count <= 0 {
 		delete(s.refusals.unwritten, owner)
 		return

@@ -176,6 +176,9 @@ func (s *Service) uploadRecords(ctx context.Context, owner domain.Owner) ([]Uplo
 			if i, ok := byID[e.RefusalID]; ok {
 				out[i].Repeats += e.Repeats
 				out[i].LastAt = e.At
+				if n := e.Newest; n != nil {
+					out[i].NewestLayer, out[i].NewEntries, out[i].Offending, out[i].Message = n.NewestLayer, n.NewEntries, n.Offending, n.Message
+				}
 			}
 		case domain.EventUploadResolutionDecided:
 			var e domain.UploadResolutionDecided

@@ -15,9 +15,10 @@ import (
 // many times the same version was refused again since.
 type Refusal struct {
 	domain.UploadRefused
-	// Repeats counts the refusals of the same version after the first one that events
-	// recorded (UploadRefusalRepeated); the ledger records them at most once per interval, so
-	// this is a lower bound.
+	// Repeats counts the refusals after the first one (of the same version or of newer ones,
+	// for the same reason) that events recorded (UploadRefusalRepeated); the ledger records
+	// them at most once per interval, so this is a lower bound. NewestLayer, NewEntries and
+	// Offending follow the newest version recorded.
 	Repeats int64     `json:"repeats"`
 	LastAt  time.Time `json:"lastAt"`
 }
@@ -48,6 +49,11 @@ func (s *State) applyRefusalEvent(ev eventstore.RecordedEvent) (bool, error) {
 		if u.Refusal != nil && u.Refusal.RefusalID == e.RefusalID {
 			u.Refusal.Repeats += e.Repeats
 			u.Refusal.LastAt = e.At
+			if n := e.Newest; n != nil {
+				// The record follows the newest refused version (its id and time stay).
+				u.Refusal.NewestLayer, u.Refusal.NewEntries, u.Refusal.Offending = n.NewestLayer, n.NewEntries, n.Offending
+				u.Refusal.Message = n.Message
+			}
 		}
 	case domain.EventUploadResolutionDecided:
 		var e domain.UploadResolutionDecided

@@ -20,10 +20,11 @@ func TestRefusalLifecycleFolds(t *testing.T) {
 	v5, v8 := uuid.New(), uuid.New()
 	h.add(stream, domain.EventUploadRefused, domain.UploadRefused{RefusalID: v5, Reason: domain.RefusalInvalidObject, NewestLayer: "l4"})
 	h.add(stream, domain.EventUploadRefusalRepeated, domain.UploadRefusalRepeated{RefusalID: v5, Repeats: 3})
-	h.add(stream, domain.EventUploadRefusalRepeated, domain.UploadRefusalRepeated{RefusalID: v5, Repeats: 2, At: time.Unix(100, 0).UTC()})
+	h.add(stream, domain.EventUploadRefusalRepeated, domain.UploadRefusalRepeated{RefusalID: v5, Repeats: 2, At: time.Unix(100, 0).UTC(),
+		Newest: &domain.UploadRefused{NewestLayer: "l5", NewEntries: 5, Offending: &domain.RefusedEntry{Layer: "l1", ObjectID: 9}}})
 	st := h.fold()
 	r, ok := st.OpenRefusal(owner)
-	if !ok || r.RefusalID != v5 || r.Repeats != 5 || !r.LastAt.Equal(time.Unix(100, 0)) {
+	if !ok || r.RefusalID != v5 || r.Repeats != 5 || !r.LastAt.Equal(time.Unix(100, 0)) || r.NewestLayer != "l5" || r.NewEntries != 5 || r.Offending.ObjectID != 9 {
 		t.Fatalf("open refusal %+v, %v", r, ok)
 	}
 	if st.Upload(owner).Revision != 2 {

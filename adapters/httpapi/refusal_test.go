@@ -531,7 +531,11 @@ func TestAChunkedResolutionInterruptedByAStoreFailureResumes(t *testing.T) {
 			if r.Status == 200 {
 				t.Fatalf("the upload succeeded through a dead store: %s", r.Body)
 			}
-			// As a restart would: recovery decides the interrupted chunk.
+			// As a restart would: once the projection holds everything the store holds,
+			// recovery decides the interrupted chunk.
+			if err := u.env.Projection.WaitFor(context.Background(), lastPosition(t, u.env.Store)); err != nil {
+				t.Fatal(err)
+			}
 			if _, err := u.env.Ledger.RecoverUploads(context.Background(), true); err != nil {
 				t.Fatal(err)
 			}

@@ -647,3 +647,50 @@ func testClock() (func() time.Time, func(time.Duration)) {
 	return func() time.Time { mu.Lock(); defer mu.Unlock(); return now },
 		func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 }
+
+// TestRefusedUploadsDoNotStarveAcceptedOnes: while clients retry a refused log of an owner, the
+// owner's accepted uploads (another log file, growing) all succeed, and the refusals add one
+// record to the upload stream, not one per retry.
+func TestRefusedUploadsDoNotStarveAcceptedOnes(t *testing.T) {
+	u := newUploadEnv(t, nil)
+	owner := u.toKey(u.token)
+	a := u.add(t, owner, "AddDataObjectToKey", "a", 0)
+	bad := u.log(t).add(a, 1).add(9999, 1).base64()
+	good := u.log(t)
+	var versions []string
+	for range 16 {
+		good.add(a, 1)
+		versions = append(versions, good.base64())
+	}
+	var wg sync.WaitGroup
+	refusedAnswers := make([]apitest.Response, 32)
+	for i := range refusedAnswers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			refusedAnswers[i] = u.upload(bad)
+		}()
+	}
+	accepted := make([]apitest.Response, len(versions))
+	for i, v := range versions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			accepted[i] = u.upload(v)
+		}()
+	}
+	wg.Wait()
+	for _, r := range refusedAnswers {
+		refused(t, r, 400, msgIncorrect)
+	}
+	for _, r := range accepted {
+		uploadBody(t, r)
+	}
+	if v := u.value(t, a); v != int32(len(versions)) {
+		t.Fatalf("a = %d, want %d", v, len(versions))
+	}
+	if recs := u.uploadsOf(t, ledger.UploadStateRefused); len(recs) != 1 {
+		t.Fatalf("%d refusal records for one refused log retried 32 times, want 1", len(recs))
+	}
+	assertVerifyAgrees(t, u.env)
+}

@@ -196,6 +196,11 @@ type UploadPrepared struct {
 	Changes   []PlannedStep `json:"changes"`
 	Instance  uuid.UUID     `json:"instance"` // the Tally process that prepared it
 	At        time.Time     `json:"at"`
+	// Resolution is set when the upload carries out an operator's decision on a refused log
+	// (UploadResolutionDecided); Skipped then lists the entries of Layers left out. Skipped
+	// layers become known on commit like the others, and count nothing.
+	Resolution *uuid.UUID     `json:"resolution,omitempty"`
+	Skipped    []SkippedEntry `json:"skipped,omitempty"`
 
 	// Digests are the layers' digests (hex), in the order of Layers; FileDigest is SHA-256 of
 	// the whole log uploaded, the whole bytes of its newest layer; Base names the known layer
@@ -225,4 +230,98 @@ type UploadAborted struct {
 	UploadID uuid.UUID `json:"uploadId"`
 	Reason   string    `json:"reason"`
 	At       time.Time `json:"at"`
+}
+
+// Event types of refused uploads and of an operator's resolution of them (docs/uploads.md,
+// "Refused logs").
+const (
+	EventUploadRefused           = "UploadRefused"
+	EventUploadRefusalRepeated   = "UploadRefusalRepeated"
+	EventUploadResolutionDecided = "UploadResolutionDecided"
+)
+
+// Refusal reasons recorded on UploadRefused: each names a rule the log's content broke.
+const (
+	RefusalCorrupted     = "corrupted"
+	RefusalTooManyNew    = "too-many-new-entries"
+	RefusalInvalidObject = "invalid-object" // unknown, removed, another owner's, or not the Id asked for
+	RefusalFeatureLock   = "feature-lock"
+	RefusalInt32Overflow = "int32-overflow"
+	RefusalPermission    = "permission" // the token may not change values in the entry's direction
+)
+
+// RefusedEntry is the first entry of a refused log that broke a rule. For a layer that could
+// not be decrypted, or the first layer past the limit on new entries, only Layer and Depth are
+// known.
+type RefusedEntry struct {
+	Layer string `json:"layer"` // hex layer identity
+	// Index is the entry's position among the log's new entries, oldest first (0 based), or
+	// -1 when unknown.
+	Index     int   `json:"index"`
+	ObjectID  int64 `json:"objectId,omitempty"`
+	Decrement bool  `json:"decrement,omitempty"`
+	Amount    int64 `json:"amount,omitempty"`
+}
+
+// UploadRefused records, on the owner's upload stream, an upload refused after authentication
+// for its content. Retries of the same log version, and newer versions refused for the same
+// reason soon after, are counted by UploadRefusalRepeated, not recorded again.
+type UploadRefused struct {
+	RefusalID uuid.UUID `json:"refusalId"`
+	Reason    string    `json:"reason"`  // one of the Refusal* codes
+	Message   string    `json:"message"` // the Cryptolens message the caller got
+	// NewestLayer is the hex identity of the log's outermost layer ("" if even its header is
+	// unreadable); together with Reason it names the refused log version.
+	NewestLayer string `json:"newestLayer"`
+	// NewEntries is how many layers of the log were new; for too many new entries, the count
+	// at which the decoder stopped (the limit plus one), a lower bound.
+	NewEntries int           `json:"newEntries"`
+	Offending  *RefusedEntry `json:"offending,omitempty"`
+	At         time.Time     `json:"at"`
+}
+
+// UploadRefusalRepeated counts further refusals of a recorded refused log for the same reason:
+// Repeats more since the last record of it, of the same version or of newer versions of the
+// log (which the License Server sends as it grows the file). When one of them was newer, Newest
+// describes the newest refused version seen, which the record follows from then on.
+type UploadRefusalRepeated struct {
+	RefusalID uuid.UUID      `json:"refusalId"`
+	Repeats   int64          `json:"repeats"`
+	Newest    *UploadRefused `json:"newest,omitempty"`
+	At        time.Time      `json:"at"`
+}
+
+// Resolution modes an operator can choose for a refused log.
+const (
+	// ResolveInChunks applies the log's new entries oldest first in all-or-nothing chunks of
+	// at most 1000 entries.
+	ResolveInChunks = "in-chunks"
+	// ResolveSkipEntries applies every new entry except those that break a rule, which are
+	// recorded as skipped and never counted or offered again.
+	ResolveSkipEntries = "skip-entries"
+)
+
+// UploadResolutionDecided records an operator's decision on a refused log. It is carried out
+// on the next upload of that log version or a newer one (which the License Server sends by
+// itself), by whichever instance receives it, for the entries up to NewestLayer.
+type UploadResolutionDecided struct {
+	ResolutionID uuid.UUID `json:"resolutionId"`
+	RefusalID    uuid.UUID `json:"refusalId"`
+	NewestLayer  string    `json:"newestLayer"` // of the refused version
+	Mode         string    `json:"mode"`        // ResolveInChunks or ResolveSkipEntries
+	Reason       string    `json:"reason"`      // the operator's, required
+	DecidedBy    string    `json:"decidedBy"`   // the operator's name as they gave it
+	At           time.Time `json:"at"`
+}
+
+// SkippedEntry is an entry of a resolved log that an operator's skip-entries decision left
+// out: recorded with its layer, so it is known (never offered again) and never counted.
+type SkippedEntry struct {
+	// Index is the entry's position in UploadPrepared.Layers.
+	Index     int    `json:"index"`
+	ObjectID  int64  `json:"objectId"`
+	Decrement bool   `json:"decrement,omitempty"`
+	Amount    int64  `json:"amount"`
+	Reason    string `json:"reason"`  // one of the Refusal* codes
+	Message   string `json:"message"` // the refusal it would have met
 }

@@ -114,6 +114,7 @@ func New(cfg Config) (http.Handler, error) {
 	r.HandleFunc("/v1/dataobjects/{id:-?[0-9]+}/value", a.value).Methods(http.MethodGet)
 	r.HandleFunc("/v1/dataobjects/{id:-?[0-9]+}/corrections", a.correct).Methods(http.MethodPost)
 	r.HandleFunc("/v1/usage", a.usage).Methods(http.MethodGet)
+	r.HandleFunc("/v1/uploads/history", a.uploadHistory).Methods(http.MethodGet)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not found")
 	})

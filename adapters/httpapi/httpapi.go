@@ -57,6 +57,8 @@ type Ledger interface {
 	Products() []domain.Product
 	Keys(productID int64) []domain.LicenseKey
 	Tokens() []domain.Token
+	ListUploads(ctx context.Context, f ledger.UploadFilter) ([]ledger.UploadRecord, error)
+	ResolveRefusedUpload(ctx context.Context, c ledger.Caller, cmd ledger.ResolveUpload) (domain.UploadResolutionDecided, error)
 }
 
 var _ Ledger = (*ledger.Service)(nil)
@@ -219,6 +221,7 @@ func (s *server) handler(routes routeSet) http.Handler {
 		}))
 		admin.Handle("/backup", s.byMethod(map[string]http.Handler{http.MethodGet: http.HandlerFunc(s.backup)}))
 		s.integrityRoutes(admin)
+		s.uploadRoutes(admin)
 		if s.metricsHandler != nil {
 			r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", s.metricsHandler)}))
 		}

@@ -103,7 +103,9 @@ func newUploadEnvWith(t *testing.T, opts apitest.Options) *uploadEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.Decoder = usagelog.NewLedgerDecoder(keys)
+	dec := usagelog.NewLedgerDecoder(keys)
+	dec.Decoder.MaxNewLayers = opts.MaxNewEntries // 0: the default, as the ledger's
+	opts.Decoder = dec
 	env := apitest.StartWith(t, opts)
 	p := env.Product("Product A")
 	f := &fixture{env: env, product: p, key: env.Key(p.ID), other: env.Key(p.ID), token: env.AllMethodsToken()}

@@ -53,6 +53,7 @@ func newRootCommand() *cobra.Command {
 		newBenchCommand(g),
 		newBackupCommand(g),
 		newRestoreCommand(g),
+		newUploadsCommand(g),
 		newVersionCommand(),
 		newAnomaliesCommand(g),
 	)

@@ -103,7 +103,14 @@ type Config struct {
 	// UploadLease is how long an upload may stay undecided before any instance may decide it
 	// (default 30 s).
 	UploadLease time.Duration
-	Logger      *slog.Logger
+	// RefusalRepeatInterval is how often, at most, repeats of a refused log version are
+	// recorded (default DefaultRefusalRepeatInterval; negative: every repeat).
+	RefusalRepeatInterval time.Duration
+	// MaxNewEntries is the most new entries one upload (and one chunk of an operator's
+	// resolution) may apply (default and at most MaxNewEntries, the Cryptolens rule; tests set
+	// less, with a decoder limited alike, to keep chunked resolutions quick).
+	MaxNewEntries int
+	Logger        *slog.Logger
 }
 
 // Service runs the ledger's commands.
@@ -128,6 +135,10 @@ type Service struct {
 	// optimistic: docs/api.md).
 	ownerLocks keyedMutex
 	ids        idClaims
+	// refusals counts refused uploads and the repeats not yet recorded (refusal.go).
+	refusals       refusalBook
+	repeatInterval time.Duration
+	maxNew         int
 }
 
 // New returns a Service, refusing missing dependencies.
@@ -141,6 +152,16 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{
 		store: cfg.Store, view: cfg.View, decoder: cfg.Decoder, clock: cfg.Clock,
 		instance: cfg.Instance, maxAttempts: cfg.MaxAttempts, lease: cfg.UploadLease, logger: cfg.Logger,
+		repeatInterval: cfg.RefusalRepeatInterval, maxNew: cfg.MaxNewEntries,
+	}
+	if s.maxNew <= 0 || s.maxNew > MaxNewEntries {
+		s.maxNew = MaxNewEntries
+	}
+	switch {
+	case s.repeatInterval == 0:
+		s.repeatInterval = DefaultRefusalRepeatInterval
+	case s.repeatInterval < 0:
+		s.repeatInterval = 0
 	}
 	if s.clock == nil {
 		s.clock = time.Now

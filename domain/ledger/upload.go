@@ -50,6 +50,9 @@ type UploadResult struct {
 	Applied int
 	// Known is the number of entries of the file that were already applied before.
 	Known int64
+	// Skipped is the number of new entries an operator's skip-entries decision left out
+	// (refusal.go); they are known from now on and count nothing.
+	Skipped int
 }
 
 // plan is one attempt's decision on an upload.
@@ -59,6 +62,7 @@ type plan struct {
 	prepared domain.UploadPrepared
 	changes  []domain.ValueChanged       // one per entry, with the values before and after
 	expected eventstore.ExpectedRevision // of the owner's upload stream
+	skipped  map[int]bool                // indexes of entries left out by a skip-entries decision
 }
 
 // UploadValues applies the new entries of a usage log, all or nothing, each exactly once.
@@ -95,21 +99,43 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 	}
 	// The walk stops at the first known layer (under either identity); the decoded log says
 	// which, to say how many entries the file held before it and to compare its bytes.
-	known := func(layer LayerRef) bool { return s.layerKnown(owner, layer) }
-	decoded, err := s.decoder.Decode(ctx, cmd.Data, known)
+	var trace decodeTrace // what the walk met, for the record of a refusal (refusal.go)
+	known := func(layer LayerRef) bool {
+		ok := s.layerKnown(owner, layer)
+		trace.offered(layer.ID, ok)
+		return ok
+	}
+	resolution, resolving := s.openResolution(owner)
+	decoded, err := s.decodeLog(ctx, cmd.Data, known, resolving)
 	if err != nil {
 		s.logger.Debug("upload not decoded", "request_id", c.RequestID, "owner", owner.String(), "bytes", len(cmd.Data), "err", err)
-		return UploadResult{}, err
+		return UploadResult{}, s.refused(ctx, c, owner, err, trace.record(err))
 	}
-	entries, stop := decoded.Entries, decoded.Stop
+	entries := decoded.Entries
 	s.logger.Debug("upload decoded", "request_id", c.RequestID, "owner", owner.String(), "bytes", len(cmd.Data),
-		"new_entries", len(entries), "reached_known_layer", stop != nil)
-	if len(entries) > MaxNewEntries {
-		return UploadResult{}, domain.ErrTooManyEntries
-	}
+		"new_entries", len(entries), "reached_known_layer", decoded.Stop != nil)
 	if err := s.checkIntegrity(ctx, c, owner, decoded); err != nil {
 		return UploadResult{}, err
 	}
+	if resolving {
+		if k := indexOfLayer(entries, resolution.NewestLayer); k >= 0 {
+			return s.carryOut(ctx, c, owner, cmd.ObjectID, decoded, k, resolution)
+		}
+	}
+	if len(entries) > s.maxNew {
+		return UploadResult{}, s.refused(ctx, c, owner, domain.ErrTooManyEntries, tooManyRecord(entries, 0, s.maxNew))
+	}
+	res, err := s.applyEntries(ctx, c, owner, cmd.ObjectID, decoded, entries, planOptions{})
+	if err != nil {
+		return UploadResult{}, s.refused(ctx, c, owner, err, entriesRecord(entries, err))
+	}
+	return res, nil
+}
+
+// applyEntries plans and runs the upload of the entries still new (entries is decoded's or a
+// prefix of them), deciding again on fresh state after a conflict, a bounded number of times.
+func (s *Service) applyEntries(ctx context.Context, c Caller, owner domain.Owner, onlyObject int64, decoded *DecodedLog, entries []LogEntry, opts planOptions) (UploadResult, error) {
+	var err error
 	synced := false
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
 		if err := s.awaitUploadDecision(ctx, owner); err != nil {
@@ -117,7 +143,7 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 		}
 		var p *plan
 		s.view.Read(func(st *state.State) {
-			p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop)
+			p, err = s.planUpload(st, c, owner, onlyObject, entries, decoded.Stop, opts)
 			if err == nil {
 				addDigests(st, p, decoded)
 			}
@@ -156,8 +182,8 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 // planUpload checks the entries still new against the projected values and decides what to
 // append. Entries whose layers were applied meanwhile (by a concurrent upload of an overlapping
 // version of the same file) are dropped.
-func (s *Service) planUpload(st *state.State, c Caller, owner domain.Owner, onlyObject int64, all []LogEntry, stop *LayerRef) (*plan, error) {
-	p := &plan{owner: owner}
+func (s *Service) planUpload(st *state.State, c Caller, owner domain.Owner, onlyObject int64, all []LogEntry, stop *LayerRef, opts planOptions) (*plan, error) {
+	p := &plan{owner: owner, skipped: map[int]bool{}}
 	// The entries are oldest first and each layer wraps the older ones, so the newest applied
 	// layer among them marks where the new part starts.
 	start := 0
@@ -188,28 +214,19 @@ func (s *Service) planUpload(st *state.State, c Caller, owner domain.Owner, only
 	count := map[int64]int{}
 	prevTS := base.Timestamp
 	now := s.clock()
-	for _, e := range p.entries {
-		dir := e.direction()
-		if !c.Token.Allows(dir.Method()) {
-			return nil, domain.ErrNotEnoughPermission
-		}
-		if err := c.Token.CheckAmount(e.Amount); err != nil {
-			return nil, err
-		}
-		if onlyObject != 0 && e.ObjectID != onlyObject {
-			return nil, domain.ErrInvalidInput
-		}
-		o, ok := st.Object(e.ObjectID)
-		if !ok || o.Removed || o.Owner != owner {
-			return nil, domain.ErrInvalidInput
-		}
-		value, seen := running[o.ID]
-		if !seen {
-			value, revision[o.ID] = o.IntValue, o.Revision
-		}
-		next, err := domain.ApplyChange(value, dir, e.Amount, false, 0)
+	for i, e := range p.entries {
+		o, value, next, err := checkEntry(st, c, owner, onlyObject, e, running)
 		if err != nil {
-			return nil, err
+			if !opts.skip {
+				return nil, &entryRefusal{index: i, entry: e, err: err}
+			}
+			// An operator decided to leave the entries that break a rule out (refusal.go).
+			p.skip(i, e, err)
+			prevTS = e.Timestamp
+			continue
+		}
+		if _, seen := revision[o.ID]; !seen {
+			revision[o.ID] = o.Revision
 		}
 		running[o.ID] = next
 		count[o.ID]++
@@ -248,6 +265,9 @@ func (s *Service) planUpload(st *state.State, c Caller, owner domain.Owner, only
 	p.prepared.UploadID = uuid.NewSHA1(uploadNamespace, append(seed[:], newest[:]...))
 	p.prepared.Owner = owner
 	p.prepared.Instance = s.instance
+	if opts.resolution != uuid.Nil {
+		p.prepared.Resolution = &opts.resolution
+	}
 	p.prepared.At = now.UTC()
 	for i, e := range p.entries {
 		p.prepared.Layers = append(p.prepared.Layers, p.changes[i].Upload.Layer)
@@ -273,6 +293,9 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 	}
 	byObject := map[int64][]eventstore.EventData{}
 	for i, e := range p.entries {
+		if p.skipped[i] {
+			continue
+		}
 		ev, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, e.Layer[:]), e.direction().EventType(), p.changes[i], meta)
 		if err != nil {
 			return UploadResult{}, err
@@ -313,14 +336,19 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 	if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 		// Recovery decided this upload first. If it committed it, the entries count.
 		if s.layerApplied(p.owner, p.entries[len(p.entries)-1].Layer) {
-			return UploadResult{Applied: len(p.entries), Known: p.prepared.BaseDepth}, nil
+			return p.result(), nil
 		}
 		return UploadResult{}, err
 	}
 	if err != nil {
 		return UploadResult{}, err
 	}
-	return UploadResult{Applied: len(p.entries), Known: p.prepared.BaseDepth}, nil
+	return p.result(), nil
+}
+
+// result is what a committed plan did.
+func (p *plan) result() UploadResult {
+	return UploadResult{Applied: len(p.entries) - len(p.skipped), Known: p.prepared.BaseDepth, Skipped: len(p.skipped)}
 }
 
 // layerApplied reports whether the projection holds the layer as applied for the owner.

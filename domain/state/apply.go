@@ -29,6 +29,9 @@ func (s *State) Apply(ev eventstore.RecordedEvent) error {
 func (s *State) ApplyOrSkip(ev eventstore.RecordedEvent) { _ = s.Apply(ev) }
 
 func (s *State) apply(ev eventstore.RecordedEvent) error {
+	if ok, err := s.applyRefusalEvent(ev); ok {
+		return err
+	}
 	if handled, err := s.applyIntegrity(ev); handled {
 		return err
 	}
@@ -216,6 +219,14 @@ func (s *State) commit(u *Upload) {
 		}
 		u.Layers[l] = info
 	}
+	for _, sk := range p.Skipped {
+		if sk.Index >= 0 && sk.Index < len(p.Layers) {
+			info := u.Layers[p.Layers[sk.Index]]
+			info.Skipped = sk.Reason
+			u.Layers[p.Layers[sk.Index]] = info
+		}
+	}
+	clearResolved(u)
 	s.rememberDigests(u, p)
 	u.Prepared = nil
 }

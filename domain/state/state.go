@@ -38,6 +38,9 @@ type PendingChange struct {
 type LayerInfo struct {
 	Depth     int64 `json:"depth"`
 	Timestamp int64 `json:"timestamp"`
+	// Skipped is the refusal reason of an entry an operator's skip-entries decision left out:
+	// the layer is known (never offered again) and its entry never counted.
+	Skipped string `json:"skipped,omitempty"`
 	// Digest is the layer's digest (hex; usagelog.LayerDigest), FileDigest the SHA-256 of its
 	// whole bytes when it was the outermost layer of the log it was applied from; both empty
 	// for layers applied before identity version 2 (docs/uploads.md, "Tampering").
@@ -55,6 +58,11 @@ type Upload struct {
 	Prepared *domain.UploadPrepared `json:"prepared,omitempty"`
 	// Layers maps hex layer identities to what is known of them, for committed uploads only.
 	Layers map[string]LayerInfo `json:"layers"`
+	// Refusal is the owner's newest refused log version while none of its uploads has made
+	// its newest layer known (refusal.go).
+	Refusal *Refusal `json:"refusal,omitempty"`
+	// Resolution is an operator's decision on a refused log, until its newest layer is known.
+	Resolution *domain.UploadResolutionDecided `json:"resolution,omitempty"`
 }
 
 // State is the current state folded from events. Its exported fields are what a snapshot
@@ -381,6 +389,7 @@ func Diff(a, b *State) []string {
 				add("uploads of owner %s: layer %s differs", key, l)
 			}
 		}
+		out = append(out, diffRefusals(key, u, v)...)
 	}
 	for key := range b.Uploads {
 		if _, ok := a.Uploads[key]; !ok {

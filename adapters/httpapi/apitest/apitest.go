@@ -56,6 +56,13 @@ type Options struct {
 	// UploadLease is how long an upload may stay undecided before a waiting command decides
 	// it (0: the ledger's default).
 	UploadLease time.Duration
+	// Clock is the ledger's clock (nil: time.Now).
+	Clock func() time.Time
+	// RefusalRepeatInterval is the ledger's (0: its default; negative: every repeat recorded).
+	RefusalRepeatInterval time.Duration
+	// MaxNewEntries is the ledger's limit on new entries per upload (0: 1000); give the
+	// decoder the same limit.
+	MaxNewEntries int
 }
 
 // Env is a running service.
@@ -133,7 +140,8 @@ func (e *Env) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	projDone := make(chan error, 1)
 	go func() { projDone <- proj.Run(ctx) }()
-	svc, err := ledger.New(ledger.Config{Store: e.Store, View: proj, Decoder: e.opts.Decoder, Logger: e.opts.Logger, UploadLease: e.opts.UploadLease})
+	svc, err := ledger.New(ledger.Config{Store: e.Store, View: proj, Decoder: e.opts.Decoder, Logger: e.opts.Logger, UploadLease: e.opts.UploadLease,
+		Clock: e.opts.Clock, RefusalRepeatInterval: e.opts.RefusalRepeatInterval, MaxNewEntries: e.opts.MaxNewEntries})
 	if err != nil {
 		t.Fatalf("ledger: %v", err)
 	}

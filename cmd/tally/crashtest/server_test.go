@@ -56,6 +56,9 @@ type serverStats struct {
 	committed, aborted   int
 	warnings, errorCount int
 	notes                []string // level=WARN and level=ERROR lines, the first few
+	// chunkApplied, if set, is told (without blocking) of every chunk of an operator's
+	// resolution a server logs as applied.
+	chunkApplied chan struct{}
 }
 
 var (
@@ -110,6 +113,12 @@ func (w *logWatcher) line(line string) {
 			s.committed++
 		} else {
 			s.aborted++
+		}
+	}
+	if s.chunkApplied != nil && strings.Contains(line, `msg="resolution chunk applied"`) {
+		select {
+		case s.chunkApplied <- struct{}{}:
+		default:
 		}
 	}
 	warn, fail := strings.Contains(line, "level=WARN"), strings.Contains(line, "level=ERROR")

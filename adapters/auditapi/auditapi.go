@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -21,6 +22,7 @@ import (
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/viewer"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -46,6 +48,12 @@ type Config struct {
 	Ledger Ledger
 	// AdminToken is the vendor's admin credential; empty accepts tokens only.
 	AdminToken string
+	// Viewers checks read-only viewer credentials (nil: none are accepted). A viewer reads
+	// what the admin reads and changes nothing.
+	Viewers Viewers
+	// View is the current-state projection the console's summaries read (overview, data
+	// objects, limits, uploads); nil leaves those endpoints out.
+	View View
 	// Now gives the default time of a value query (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -55,11 +63,13 @@ type Config struct {
 const MaxReasonLength = 1000
 
 type api struct {
-	store  Store
-	ledger Ledger
-	admin  string
-	now    func() time.Time
-	logger *slog.Logger
+	store   Store
+	ledger  Ledger
+	admin   string
+	viewers Viewers
+	view    View
+	now     func() time.Time
+	logger  *slog.Logger
 }
 
 // New returns the handler of the audit API. It serves absolute paths under /v1/, so it can be
@@ -71,7 +81,7 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Ledger == nil {
 		return nil, errors.New("auditapi: nil ledger")
 	}
-	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, now: cfg.Now, logger: cfg.Logger}
+	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, viewers: cfg.Viewers, view: cfg.View, now: cfg.Now, logger: cfg.Logger}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -83,6 +93,7 @@ func New(cfg Config) (http.Handler, error) {
 	r.HandleFunc("/v1/dataobjects/{id:-?[0-9]+}/value", a.value).Methods(http.MethodGet)
 	r.HandleFunc("/v1/dataobjects/{id:-?[0-9]+}/corrections", a.correct).Methods(http.MethodPost)
 	r.HandleFunc("/v1/usage", a.usage).Methods(http.MethodGet)
+	a.consoleRoutes(r)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not found")
 	})
@@ -92,21 +103,32 @@ func New(cfg Config) (http.Handler, error) {
 	return r, nil
 }
 
-// principal is who is calling: the admin, or a token.
+// principal is who is calling: the admin, a read-only viewer, or a token.
 type principal struct {
 	admin bool
-	token domain.Token
+	// viewer reads everything the admin reads and may change nothing.
+	viewer bool
+	token  domain.Token
 }
+
+// readsAll reports whether the caller sees every object and who changed it.
+func (p principal) readsAll() bool { return p.admin || p.viewer }
 
 // may reports whether the caller may read an object.
 func (a *api) may(p principal, objectID int64) bool {
-	return p.admin || a.ledger.CanList(p.token, objectID)
+	return p.readsAll() || a.ledger.CanList(p.token, objectID)
 }
 
 func (a *api) authenticate(r *http.Request) (principal, error) {
 	bearer := httpapi.Bearer(r)
 	if httpapi.SameSecret(bearer, a.admin) {
 		return principal{admin: true}, nil
+	}
+	if a.viewers != nil && strings.HasPrefix(bearer, viewer.SecretPrefix) {
+		if _, err := a.viewers.Authenticate(r.Context(), bearer); err != nil {
+			return principal{}, viewerAuthError(err)
+		}
+		return principal{viewer: true}, nil
 	}
 	secret := r.URL.Query().Get("token")
 	if secret == "" {
@@ -157,7 +179,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	if !p.admin {
+	if !p.readsAll() {
 		// Who made each change and from where (other customers' addresses among them) is for
 		// the vendor's eyes only.
 		for i := range h.Entries {
@@ -204,7 +226,7 @@ func (a *api) correct(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.admin {
-		a.fail(w, domain.ErrAccessDenied)
+		a.fail(w, refuseWrite(p))
 		return
 	}
 	id, err := objectID(r)
@@ -252,7 +274,7 @@ func (a *api) usage(w http.ResponseWriter, r *http.Request) {
 	}
 	// A report replays the whole store, so it is not for tokens that ship inside customers'
 	// applications (a negative key lock): only the admin and the vendor's own tokens.
-	if !p.admin && (!p.token.Allows(domain.MethodListDataObjects) || p.token.KeyLock < 0) {
+	if !p.readsAll() && (!p.token.Allows(domain.MethodListDataObjects) || p.token.KeyLock < 0) {
 		a.fail(w, domain.ErrAccessDenied)
 		return
 	}
@@ -292,9 +314,14 @@ func (a *api) usage(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// MaxPeriods is the most periods a usage report may span, so that a chart or a report of a
+// long range by hour stays a size a person (and a browser) can take.
+const MaxPeriods = 10000
+
 // ParseUsageQuery reads the parameters of a usage report. from and to are dates (YYYY-MM-DD,
 // in tz; to is inclusive: the report ends at the midnight after it) or RFC 3339 instants (to
-// exclusive). tz defaults to UTC, by to day, axis to usage. product is a product id; key a
+// exclusive). tz defaults to UTC, by (hour, day or month) to day, axis to usage; the range may
+// hold at most MaxPeriods periods. product is a product id; key a
 // license key's id or its key string.
 func ParseUsageQuery(from, to, tz, by, axis, product, key string) (projections.UsageQuery, error) {
 	var q projections.UsageQuery
@@ -324,8 +351,13 @@ func ParseUsageQuery(from, to, tz, by, axis, product, key string) (projections.U
 		q.By = projections.ByDay
 	case projections.ByMonth:
 		q.By = projections.ByMonth
+	case projections.ByHour:
+		q.By = projections.ByHour
 	default:
-		return q, invalid("by %q: want day or month", by)
+		return q, invalid("by %q: want hour, day or month", by)
+	}
+	if n := projections.CountPeriods(q.From, q.To, q.Location, q.By, MaxPeriods+1); n > MaxPeriods {
+		return q, invalid("the range holds more than %d periods of a %s: choose a shorter range or longer periods", MaxPeriods, q.By)
 	}
 	switch projections.TimeAxis(axis) {
 	case "", projections.AxisUsage:
@@ -423,7 +455,12 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 	if de, ok := domain.AsError(err); ok {
 		msg, status = de.Message, httpapi.StatusOf(de.Kind)
 	}
+	var ae authError
 	switch {
+	case errors.As(err, &ae):
+		status, msg = http.StatusUnauthorized, ae.msg
+	case errors.Is(err, errReadOnly):
+		status, msg = http.StatusForbidden, errReadOnly.Error()
 	case errors.Is(err, ledger.ErrInvalid):
 		status, msg = http.StatusBadRequest, err.Error()
 	case errors.Is(err, projections.ErrNoSuchObject):

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/viewer"
 )
 
 // DefaultMaxBodyBytes is the largest request body accepted when Config leaves it unset. A
@@ -81,6 +83,17 @@ type Config struct {
 	RateLimit float64
 	// RateBurst is how many requests a token may make at once (0: twice RateLimit).
 	RateBurst int
+	// Viewers keeps the read-only viewer credentials (nil: none; /admin/v1/viewers is absent).
+	// A viewer may call the admin API's reads and is refused every change with 403.
+	Viewers Viewers
+}
+
+// Viewers is what the admin API needs of the viewer credentials; *viewer.Service is one.
+type Viewers interface {
+	Create(ctx context.Context, meta domain.Metadata, name string, expires *time.Time) (viewer.Credential, string, error)
+	Revoke(ctx context.Context, meta domain.Metadata, id uuid.UUID) (viewer.Credential, error)
+	List(ctx context.Context) ([]viewer.Credential, error)
+	Authenticate(ctx context.Context, secret string) (viewer.Credential, error)
 }
 
 // server holds the handler's dependencies.
@@ -92,6 +105,7 @@ type server struct {
 	maxBody    int64
 	metrics    *requestMetrics
 	limiter    *tokenLimiter // nil: no rate limit
+	viewers    Viewers       // nil: no viewer credentials
 	// largeBodies holds one token per large body being read and handled.
 	largeBodies chan struct{}
 }
@@ -103,7 +117,7 @@ func New(cfg Config) (http.Handler, error) {
 	}
 	s := &server{
 		ledger: cfg.Ledger, adminToken: cfg.AdminToken, ready: cfg.Ready,
-		logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
+		logger: cfg.Logger, maxBody: cfg.MaxBodyBytes, viewers: cfg.Viewers,
 		limiter: newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
 	}
 	if s.logger == nil {
@@ -140,19 +154,28 @@ func New(cfg Config) (http.Handler, error) {
 	admin := r.PathPrefix("/admin/v1/").Subrouter()
 	admin.Handle("/products", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.createProduct", s.createProduct),
-		http.MethodGet:  s.adminHandler("admin.listProducts", s.listProducts),
+		http.MethodGet:  s.adminRead("admin.listProducts", s.listProducts),
 	}))
 	admin.Handle("/keys", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.createKey", s.createKey),
-		http.MethodGet:  s.adminHandler("admin.listKeys", s.listKeys),
+		http.MethodGet:  s.adminRead("admin.listKeys", s.listKeys),
 	}))
 	admin.Handle("/tokens", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.createToken", s.createToken),
-		http.MethodGet:  s.adminHandler("admin.listTokens", s.listTokens),
+		http.MethodGet:  s.adminRead("admin.listTokens", s.listTokens),
 	}))
 	admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
 	}))
+	if s.viewers != nil {
+		admin.Handle("/viewers", s.byMethod(map[string]http.Handler{
+			http.MethodPost: s.adminHandler("admin.createViewer", s.createViewer),
+			http.MethodGet:  s.adminRead("admin.listViewers", s.listViewers),
+		}))
+		admin.Handle("/viewers/{id}/revoke", s.byMethod(map[string]http.Handler{
+			http.MethodPost: s.adminHandler("admin.revokeViewer", s.revokeViewer),
+		}))
+	}
 
 	r.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
 	r.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))

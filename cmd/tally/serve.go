@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tallyledger/tally/adapters/auditapi"
+	"github.com/tallyledger/tally/adapters/console"
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
@@ -31,6 +32,7 @@ import (
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/viewer"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -171,8 +173,10 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		}
 		return ready.check()
 	}
+	// Read-only viewer credentials live on the store, so every instance on it shares them.
+	viewers := viewer.New(store, nil)
 	handler, err := httpapi.New(httpapi.Config{
-		Ledger: svc, AdminToken: adminToken, Ready: readyCheck,
+		Ledger: svc, AdminToken: adminToken, Ready: readyCheck, Viewers: viewers,
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
@@ -181,8 +185,12 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		return err
 	}
 	audit, err := auditapi.New(auditapi.Config{
-		Store: store, Ledger: svc, AdminToken: adminToken, Logger: logger.With("component", "audit"),
+		Store: store, Ledger: svc, AdminToken: adminToken, Viewers: viewers, View: proj, Logger: logger.With("component", "audit"),
 	})
+	if err != nil {
+		return err
+	}
+	consoleFiles, err := console.New()
 	if err != nil {
 		return err
 	}
@@ -190,7 +198,10 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := newHTTPServer(routeByPrefix("/v1/", whenReady(readyCheck, audit), handler), defaultServerTimeouts(), logger)
+	// The console sits beside the admin API, on the listener that carries it.
+	routes := routeByPrefix("/v1/", whenReady(readyCheck, audit), handler)
+	routes = routeByPrefix(strings.TrimSuffix(console.Prefix, "/"), consoleFiles, routes)
+	srv := newHTTPServer(routes, defaultServerTimeouts(), logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	logger.Info("listening", "addr", ln.Addr().String(), "store", cfg.Store, "data_dir", g.DataDir)

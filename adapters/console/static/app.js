@@ -57,7 +57,10 @@ $("signin-form").addEventListener("submit", async (ev) => {
   }
 });
 
-$("signout").addEventListener("click", () => showSignIn(""));
+$("signout").addEventListener("click", () => {
+  showSignIn("");
+  history.replaceState(null, "", "#/overview");
+});
 
 // ---- the frame of every view ----
 
@@ -329,7 +332,7 @@ const views = {
     const showValue = async (at) => {
       try {
         const v = await api.get(`/v1/dataobjects/${encodeURIComponent(id)}/value` + api.query({ at: at.toISOString() }));
-        valueBox.replaceChildren(h("div", { class: "stat-label" }, "Value as of " + when(at, tz) + " " + tz),
+        valueBox.replaceChildren(h("div", { class: "stat-label", title: "what the ledger had recorded by then" }, "Value as of " + when(at, tz)),
           h("div", { class: "stat-value", id: "value-at-value" }, v.exists ? num(v.intValue) : "—"), h("div", { class: "stat-note muted" }, v.exists ? "" : "the object did not exist yet"));
       } catch (e) { formError(errBox, e); }
     };

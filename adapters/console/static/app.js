@@ -349,7 +349,7 @@ const views = {
       h("div", { class: "card stat" }, h("div", { class: "stat-label" }, "Events"), h("div", { class: "stat-value" }, num(hist.entries.length))),
       valueBox);
     valueBox.replaceChildren(h("div", { class: "stat-label" }, "Value as of…"), h("div", { class: "stat-note muted" }, "click a period on the chart"));
-    body.replaceChildren(head, rangeForm, errBox, chartBox, correctionBox(id), h("h2", {}, "History"), historyTable(hist, tz),
+    body.replaceChildren(head, rangeForm, errBox, chartBox, correctionBox(id), h("h2", {}, "History ", h("span", { class: "muted small" }, "every event of the object, times in " + tz)), historyTable(hist, tz),
       h("div", { class: "actions" }, h("button", { type: "button", id: "csv", onclick: () => csvDownload(`tally-object-${id}-history.csv`,
         [["revision", "position", "type", "amount", "before", "after", "at", "recorded", "source", "upload_id", "layer", "log_timestamp", "anomaly", "upload_status", "counted", "correction", "token_id", "admin", "request_id"],
           ...hist.entries.map((e) => [e.revision, e.position, e.type, e.amount || "", e.before ?? "", e.after ?? "", e.at, e.recorded, e.uploadId ? "upload" : (e.correction ? "correction" : "direct"), e.uploadId || "", e.layer || "", e.logTimestamp || "", e.anomaly || "", e.uploadStatus || "", e.counted, e.correction || "", e.tokenId || "", !!e.admin, e.requestId || ""])]) }, "Download CSV")));
@@ -413,7 +413,7 @@ function historyTable(hist, tz) {
   const source = (e) => {
     if (e.uploadId) {
       return h("span", { class: "source upload" }, "upload layer ", h("code", { title: e.layer }, e.layer.slice(0, 12)),
-        " · log ", when(e.logTimestamp, tz), e.anomaly ? h("span", { class: "badge warn", title: e.anomaly }, "anomaly: " + e.anomaly) : "");
+        " · log ", h("span", { class: "nowrap" }, when(e.logTimestamp, tz)), e.anomaly ? h("span", { class: "badge warn", title: e.anomaly }, "anomaly: " + e.anomaly) : "");
     }
     if (e.correction) return h("span", { class: "source correction" }, "correction: ", e.correction);
     if (e.type === "DataObjectAdded" || e.type === "IntValueSet" || e.type === "StringValueSet" || e.type === "DataObjectRemoved" || e.amount) return h("span", { class: "source" }, "direct call");
@@ -425,10 +425,10 @@ function historyTable(hist, tz) {
     { label: "Event", value: (e) => e.type },
     { label: "Amount", value: (e) => e.amount ? (e.amount > 0 ? "+" : "") + num(e.amount) : "", num: true },
     { label: "Before → after", value: (e) => (e.before !== undefined ? num(e.before) + " → " : "") + (e.after !== undefined ? num(e.after) : ""), num: true },
-    { label: "Source", value: source },
+    { label: "Source", value: source, cls: () => "wrap" },
     { label: "Status", value: (e) => e.uploadStatus ? h("span", { class: "badge " + (e.uploadStatus === "committed" ? "ok" : "warn") }, e.uploadStatus) : (e.counted ? "" : "not counted") },
-    { label: "By", value: (e) => e.admin ? "admin" : (e.tokenId ? "token " + e.tokenId.slice(0, 8) : "") },
-    { label: "Request id", value: (e) => e.requestId || "" },
+    { label: "By · request", value: (e) => h("span", { class: "who", title: [e.tokenId ? "token " + e.tokenId : "", e.requestId ? "request " + e.requestId : "", e.clientAddr || ""].filter(Boolean).join("\n") },
+      e.admin ? "admin" : (e.tokenId ? "token " + e.tokenId.slice(0, 8) : ""), e.requestId ? h("span", { class: "muted" }, " · " + e.requestId.slice(0, 8)) : "") },
   ], hist.entries, { id: "history-table" });
 }
 
@@ -442,16 +442,21 @@ function seriesChart(s, { title, onPick } = {}) {
   const ys = s.points.map((p) => p.net);
   plot.dataset.points = String(xs.length);
   const width = Math.max(320, Math.min(1100, (document.getElementById("main").clientWidth || 1000) - 48));
+  // Half a period of room on each side, so that the first and last bars are whole.
+  const half = xs.length > 1 ? (xs[1] - xs[0]) / 2 : 1800;
   const opts = {
     width, height: 260,
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), s.timeZone),
-    legend: { show: true },
-    cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [Math.min(0, min), Math.max(1, max)] } },
-    axes: [{ stroke: "#5b6473", grid: { stroke: "#eef0f3" } }, { stroke: "#5b6473", grid: { stroke: "#eef0f3" }, size: 60 }],
+    legend: { show: true, live: true },
+    cursor: { drag: { x: false, y: false }, points: { show: false }, y: false },
+    scales: {
+      x: { time: true, range: (u, min, max) => [min - half, max + half] },
+      y: { range: (u, min, max) => [Math.min(0, min), Math.max(1, max) * 1.1] },
+    },
+    axes: [{ stroke: "#5b6473", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e2e5ea" } }, { stroke: "#5b6473", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e2e5ea" }, size: 56 }],
     series: [
-      { label: s.by },
-      { label: "net", stroke: "#2563eb", fill: "rgba(37,99,235,0.25)", width: 1, paths: uPlot.paths.bars({ size: [0.7, 40] }), points: { show: false } },
+      { label: s.by, value: (u, v, si, i) => (i === null || i === undefined ? "—" : s.points[i].period) },
+      { label: "net", stroke: "#2563eb", fill: "rgba(37,99,235,0.55)", width: 0, paths: uPlot.paths.bars({ size: [0.7, 48], align: 0 }), points: { show: false }, value: (u, v) => (v === null || v === undefined ? "—" : num(v)) },
     ],
   };
   const chart = new uPlot(opts, [xs, ys], plot);

@@ -357,7 +357,7 @@ func ParseUsageQuery(from, to, tz, by, axis, product, key string) (projections.U
 		return q, invalid("by %q: want hour, day or month", by)
 	}
 	if n := projections.CountPeriods(q.From, q.To, q.Location, q.By, MaxPeriods+1); n > MaxPeriods {
-		return q, invalid("the range holds more than %d periods of a %s: choose a shorter range or longer periods", MaxPeriods, q.By)
+		return q, invalid("the range holds more than %d %ss: choose a shorter range or longer periods", MaxPeriods, q.By)
 	}
 	switch projections.TimeAxis(axis) {
 	case "", projections.AxisUsage:

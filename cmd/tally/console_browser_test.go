@@ -390,7 +390,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	tooLong := "#/usage?" + url.Values{"from": {"2020-01-01"}, "to": {"2025-12-31"}, "by": {"hour"}, "tz": {zone}}.Encode()
 	b.open(tooLong, shown("form-error"))
-	if msg := b.text("#form-error"); !strings.Contains(msg, "more than 10000 periods") {
+	if msg := b.text("#form-error"); !strings.Contains(msg, "more than 10000 hours") {
 		t.Errorf("too many periods: the page says %q", msg)
 	}
 

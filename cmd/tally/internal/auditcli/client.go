@@ -268,7 +268,7 @@ when the ledger recorded it (for uploads: their commit). See docs/audit.md.`,
 	f.StringVar(&from, "from", "", "start: YYYY-MM-DD (in --tz) or RFC 3339")
 	f.StringVar(&to, "to", "", "end: YYYY-MM-DD (inclusive, in --tz) or RFC 3339 (exclusive)")
 	f.StringVar(&tz, "tz", "UTC", "time zone of dates and periods, e.g. Europe/Stockholm")
-	f.StringVar(&by, "by", "day", "period: day or month")
+	f.StringVar(&by, "by", "day", "period: hour, day or month")
 	f.StringVar(&product, "product", "", "only objects of this product id")
 	f.StringVar(&key, "key", "", "only objects of this license key (id or key string)")
 	f.StringVar(&axis, "time", "usage", "time axis: usage (when it happened) or recorded (when the ledger recorded it)")

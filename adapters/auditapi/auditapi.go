@@ -124,11 +124,18 @@ func (a *api) authenticate(r *http.Request) (principal, error) {
 	if httpapi.SameSecret(bearer, a.admin) {
 		return principal{admin: true}, nil
 	}
+	// A viewer secret starts with viewer.SecretPrefix; a Cryptolens token's secret may too, by
+	// chance, so a secret no viewer has is tried as a token before it is refused.
+	var viewerErr error
 	if a.viewers != nil && strings.HasPrefix(bearer, viewer.SecretPrefix) {
-		if _, err := a.viewers.Authenticate(r.Context(), bearer); err != nil {
+		_, err := a.viewers.Authenticate(r.Context(), bearer)
+		if err == nil {
+			return principal{viewer: true}, nil
+		}
+		if !errors.Is(err, viewer.ErrUnknown) {
 			return principal{}, viewerAuthError(err)
 		}
-		return principal{viewer: true}, nil
+		viewerErr = viewerAuthError(err)
 	}
 	secret := r.URL.Query().Get("token")
 	if secret == "" {
@@ -136,6 +143,9 @@ func (a *api) authenticate(r *http.Request) (principal, error) {
 	}
 	tok, err := a.ledger.Authenticate(r.Context(), secret)
 	if err != nil {
+		if viewerErr != nil {
+			return principal{}, viewerErr
+		}
 		return principal{}, domain.ErrUnauthenticated
 	}
 	return principal{token: tok}, nil

@@ -591,6 +591,12 @@ func (a *api) usageRequest(w http.ResponseWriter, r *http.Request) (projections.
 	return uq, true
 }
 
+// usageReport is the report GET /v1/usage answers with for the same query: the series and the
+// top keys are sums of it, so they show the same numbers.
+func (a *api) usageReport(ctx context.Context, uq projections.UsageQuery) (*projections.UsageReport, error) {
+	return projections.Usage(ctx, a.store, uq)
+}
+
 // SeriesPoint is one period of a usage series: the sums over the selected objects of the
 // report's rows in that period (zero where no row is).
 type SeriesPoint struct {
@@ -625,7 +631,7 @@ func (a *api) usageSeries(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rep, err := projections.Usage(r.Context(), a.store, uq)
+	rep, err := a.usageReport(r.Context(), uq)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -712,7 +718,7 @@ func (a *api) topKeys(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rep, err := projections.Usage(r.Context(), a.store, uq)
+	rep, err := a.usageReport(r.Context(), uq)
 	if err != nil {
 		a.fail(w, err)
 		return

@@ -388,6 +388,10 @@ func TestConsoleInABrowser(t *testing.T) {
 	if msg := b.text("#form-error"); !strings.Contains(msg, "Mars/Olympus_Mons") || !strings.Contains(msg, "time zone") {
 		t.Errorf("unknown zone: the page says %q", msg)
 	}
+	b.open("#/overview?tz=Nowhere/Land", shown("form-error"))
+	if msg := b.text("#form-error"); !strings.Contains(msg, `"Nowhere/Land" is not a time zone`) {
+		t.Errorf("overview in an unknown zone: the page says %q", msg)
+	}
 	tooLong := "#/usage?" + url.Values{"from": {"2020-01-01"}, "to": {"2025-12-31"}, "by": {"hour"}, "tz": {zone}}.Encode()
 	b.open(tooLong, shown("form-error"))
 	if msg := b.text("#form-error"); !strings.Contains(msg, "more than 10000 hours") {

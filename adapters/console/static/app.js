@@ -155,7 +155,16 @@ const views = {
   async overview() {
     const body = frame("overview", "Overview");
     const tz = params().get("tz") || browserZone;
-    const ov = await api.get("/v1/overview" + api.query({ tz }));
+    const errBox = h("p", { class: "error", role: "alert", hidden: true, id: "form-error" });
+    const form = h("form", { class: "controls", id: "overview-form" }, field("Days and months in", zoneInput(tz)), h("button", { type: "submit" }, "Show"));
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); setParams("overview", Object.fromEntries(new FormData(form).entries())); });
+    let ov;
+    try {
+      ov = await api.get("/v1/overview" + api.query({ tz }));
+    } catch (e) {
+      body.replaceChildren(form, errBox);
+      return formError(errBox, e);
+    }
     asOf(ov.position);
     const cards = [
       ["Products", ov.products],
@@ -169,6 +178,7 @@ const views = {
       ["Refused uploads", ov.uploadsRefused, ov.refusalsRecorded ? "with repeats" : "none recorded"],
     ];
     body.replaceChildren(
+      form,
       h("div", { class: "cards", id: "overview-cards" }, cards.map(([label, value, note]) =>
         h("div", { class: "card stat", dataset: { metric: label } }, h("div", { class: "stat-label" }, label), h("div", { class: "stat-value" }, num(value)), h("div", { class: "stat-note muted" }, note || "")))),
       h("div", { class: "actions" },

@@ -597,22 +597,36 @@ func (a *api) usageReport(ctx context.Context, uq projections.UsageQuery) (*proj
 	return projections.Usage(ctx, a.store, uq)
 }
 
-// SeriesPoint is one period of a usage series: the sums over the selected objects of the
-// report's rows in that period (zero where no row is).
-type SeriesPoint struct {
-	projections.Period
+// UsageSums are sums of usage rows.
+type UsageSums struct {
 	Increments  int64 `json:"increments"`
 	Decrements  int64 `json:"decrements"`
 	Corrections int64 `json:"corrections"`
 	Net         int64 `json:"net"`
 	Entries     int   `json:"entries"`
 	Adjustments int64 `json:"adjustments"`
+}
+
+func (s *UsageSums) add(r projections.UsageRow) {
+	s.Increments += r.Increments
+	s.Decrements += r.Decrements
+	s.Corrections += r.Corrections
+	s.Net += r.Net
+	s.Entries += r.Entries
+	s.Adjustments += r.Adjustments
+}
+
+// SeriesPoint is one period of a usage series: the sums over the selected objects of the
+// report's rows in that period (zero where no row is).
+type SeriesPoint struct {
+	projections.Period
+	UsageSums
 	// Closing sums the objects' closing values at the period's end.
 	Closing int64 `json:"closing"`
 }
 
 // Series is the answer of GET /v1/usage/series: a usage report summed per period and
-// gap-filled, one point per period of the range.
+// gap-filled, one point per period of the range, with the report's rows and their totals.
 type Series struct {
 	From     time.Time               `json:"from"`
 	To       time.Time               `json:"to"`
@@ -620,10 +634,11 @@ type Series struct {
 	By       projections.Granularity `json:"by"`
 	Axis     projections.TimeAxis    `json:"time"`
 	Position eventstore.Position     `json:"position"`
-	Objects  int                     `json:"objects"`
-	Points   []SeriesPoint           `json:"points"`
-	Rows     []projections.UsageRow  `json:"rows"`
-	Totals   projections.UsageRow    `json:"totals"`
+	// Objects counts the data objects with at least one row.
+	Objects int                    `json:"objects"`
+	Points  []SeriesPoint          `json:"points"`
+	Rows    []projections.UsageRow `json:"rows"`
+	Totals  UsageSums              `json:"totals"`
 }
 
 func (a *api) usageSeries(w http.ResponseWriter, r *http.Request) {
@@ -649,19 +664,8 @@ func (a *api) usageSeries(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			continue
 		}
-		pt := &s.Points[i]
-		pt.Increments += row.Increments
-		pt.Decrements += row.Decrements
-		pt.Corrections += row.Corrections
-		pt.Net += row.Net
-		pt.Entries += row.Entries
-		pt.Adjustments += row.Adjustments
-		s.Totals.Increments += row.Increments
-		s.Totals.Decrements += row.Decrements
-		s.Totals.Corrections += row.Corrections
-		s.Totals.Net += row.Net
-		s.Totals.Entries += row.Entries
-		s.Totals.Adjustments += row.Adjustments
+		s.Points[i].add(row)
+		s.Totals.add(row)
 	}
 	// Closing per point: each object's closing of its latest row at or before the point,
 	// or its opening before its first row.

@@ -277,35 +277,13 @@ func (a *api) correct(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) usage(w http.ResponseWriter, r *http.Request) {
-	p, err := a.authenticate(r)
-	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	// A report replays the whole store, so it is not for tokens that ship inside customers'
-	// applications (a negative key lock): only the admin and the vendor's own tokens.
-	if !p.readsAll() && (!p.token.Allows(domain.MethodListDataObjects) || p.token.KeyLock < 0) {
-		a.fail(w, domain.ErrAccessDenied)
+	// usageRequest authenticates, parses the query and narrows it to what the caller may see.
+	uq, ok := a.usageRequest(w, r)
+	if !ok {
 		return
 	}
 	q := r.URL.Query()
-	uq, err := ParseUsageQuery(q.Get("from"), q.Get("to"), q.Get("tz"), q.Get("by"), q.Get("time"), q.Get("product"), q.Get("key"))
-	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	filter := uq.Include
-	// The fold asks once per change; the answer per object is remembered.
-	allowed := map[int64]bool{}
-	uq.Include = func(o projections.UsageObject) bool {
-		ok, seen := allowed[o.ObjectID]
-		if !seen {
-			ok = (filter == nil || filter(o)) && a.may(p, o.ObjectID)
-			allowed[o.ObjectID] = ok
-		}
-		return ok
-	}
-	rep, err := projections.Usage(r.Context(), a.store, uq)
+	rep, err := a.usageReport(r.Context(), uq)
 	if err != nil {
 		a.fail(w, err)
 		return

@@ -554,6 +554,8 @@ func (a *api) usageRequest(w http.ResponseWriter, r *http.Request) (projections.
 		a.fail(w, err)
 		return projections.UsageQuery{}, false
 	}
+	// A report replays the whole store, so it is not for tokens that ship inside customers'
+	// applications (a negative key lock): only the admin, viewers and the vendor's own tokens.
 	if !p.readsAll() && (!p.token.Allows(domain.MethodListDataObjects) || p.token.KeyLock < 0) {
 		a.fail(w, domain.ErrAccessDenied)
 		return projections.UsageQuery{}, false
@@ -579,6 +581,7 @@ func (a *api) usageRequest(w http.ResponseWriter, r *http.Request) (projections.
 		}
 	}
 	filter := uq.Include
+	// The fold asks once per change; the answer per object is remembered.
 	allowed := map[int64]bool{}
 	uq.Include = func(o projections.UsageObject) bool {
 		ok, seen := allowed[o.ObjectID]

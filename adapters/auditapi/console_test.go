@@ -287,9 +287,13 @@ func TestUsageSeriesEqualsTheUsageReport(t *testing.T) {
 	if code, body := f.getJSON(t, "/v1/usage/series?"+q.Encode(), adminToken, &s); code != http.StatusOK || s.Objects > 1 {
 		t.Fatalf("series of one object: %d %s", code, body)
 	}
-	for _, r := range s.Rows {
-		if r.ObjectID != obj.ID {
-			t.Errorf("series of object %d has a row of %d", obj.ID, r.ObjectID)
+	var rep projections.UsageReport
+	if code, body := f.getJSON(t, "/v1/usage?"+q.Encode(), adminToken, &rep); code != http.StatusOK || len(rep.Rows) == 0 || len(rep.Rows) != len(s.Rows) {
+		t.Fatalf("usage of one object: %d %s", code, body)
+	}
+	for i, r := range s.Rows {
+		if r.ObjectID != obj.ID || rep.Rows[i] != r {
+			t.Errorf("series of object %d: row %+v, /v1/usage's %+v", obj.ID, r, rep.Rows[i])
 		}
 	}
 }

@@ -380,6 +380,33 @@ func TestConsoleInABrowser(t *testing.T) {
 	if got := b.text("#chart-zone"); got != "Times in "+zone {
 		t.Errorf("the chart's zone: %q", got)
 	}
+	// The view's CSV is /v1/usage's, for the same query.
+	b.do("download the CSV", chromedp.Evaluate[chromedp.Void](`(() => { window.csvBlob = null; const make = URL.createObjectURL; URL.createObjectURL = (blob) => { window.csvBlob = blob; return make(blob); }; document.getElementById("csv").click(); })()`))
+	b.waitFor("the CSV", `window.csvBlob`)
+	csvText := evalJS[string](b, `window.csvBlob.text()`)
+	apiCSV := func() string {
+		req, _ := http.NewRequest(http.MethodGet, base+"/v1/usage?"+url.Values{"from": {from}, "to": {to}, "by": {"day"}, "tz": {zone}, "time": {"usage"}, "object": {seats}, "format": {"csv"}}.Encode(), nil)
+		req.Header.Set("Authorization", "Bearer "+adminTok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}()
+	if csvText != apiCSV {
+		t.Errorf("the usage view's CSV:\n%s\n/v1/usage's:\n%s", csvText, apiCSV)
+	}
+	csvRows := strings.Split(strings.TrimSpace(csvText), "\n")
+	if len(csvRows) != 6 { // the header and the five days with layers of seats
+		t.Errorf("the CSV of seats has %d lines:\n%s", len(csvRows), csvText)
+	}
+	for _, row := range csvRows[1:] {
+		if f := strings.Split(row, ","); len(f) < 9 || f[8] != seats {
+			t.Errorf("a CSV row of another object: %s", row)
+		}
+	}
 	b.screenshot("usage")
 
 	// Bad input: a zone that does not exist, a range of more than 10,000 periods.

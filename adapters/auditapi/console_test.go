@@ -19,6 +19,7 @@ import (
 	"github.com/tallyledger/tally/adapters/auditapi"
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/domain/viewer"
@@ -545,4 +546,57 @@ func TestLimits(t *testing.T) {
 	locks := map[int64][2]int64{a: {10, 1}, c: {10, 2}, d: {4, 1}, e: {4, 1}}
 	check("", []int64{e, c, a}, locks)
 	check("?near=0.75", []int64{e, c, a, d}, locks)
+}
+
+// TestUploadsListRefusals appends refused-upload records to an owner's upload stream as the
+// ledger records them (UploadRefused with its repeats counted by UploadRefusalRepeated) and
+// finds them in the upload list, with their reason and repeats, and in the overview's count.
+func TestUploadsListRefusals(t *testing.T) {
+	f := newConsoleFixture(t, true)
+	var owner domain.Owner
+	f.env.Proj.Read(func(s *state.State) {
+		for _, u := range s.Uploads {
+			owner = u.Owner
+			break
+		}
+	})
+	refusal := uuid.New()
+	appendEvent := func(typ string, body any) {
+		t.Helper()
+		data, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		md, _ := json.Marshal(domain.Metadata{RequestID: "refused-upload"})
+		if _, err := f.env.Store.Append(context.Background(), domain.UploadStream(owner), eventstore.Any(), eventstore.EventData{ID: uuid.New(), Type: typ, Data: data, Metadata: md}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendEvent("UploadRefused", map[string]any{"refusalId": refusal, "reason": "feature-lock", "message": "The increment/decrement value not allowed by security settings.", "newEntries": 3, "newestLayer": "ab", "at": time.Now()})
+	appendEvent("UploadRefusalRepeated", map[string]any{"refusalId": refusal, "repeats": 4, "at": time.Now()})
+
+	var list auditapi.UploadList
+	if code, body := f.getJSON(t, "/v1/uploads?limit=10000", adminToken, &list); code != http.StatusOK {
+		t.Fatalf("uploads: %d %s", code, body)
+	}
+	var found *auditapi.Upload
+	for i, u := range list.Uploads {
+		if u.Status == "refused" {
+			if found != nil {
+				t.Fatalf("two refused uploads: %+v and %+v", *found, u)
+			}
+			found = &list.Uploads[i]
+		}
+	}
+	if found == nil || found.ID != refusal || found.Repeats != 4 || found.Entries != 3 || found.Owner != owner ||
+		!strings.Contains(found.Reason, "feature-lock") || !strings.Contains(found.Reason, "security settings") || found.RequestID != "refused-upload" {
+		t.Fatalf("the refused upload: %+v", found)
+	}
+	if list.Uploads[0].ID != refusal {
+		t.Errorf("the newest upload is %+v, not the refusal", list.Uploads[0])
+	}
+	var ov auditapi.Overview
+	if f.getJSON(t, "/v1/overview", adminToken, &ov); !ov.RefusalsRecorded || ov.UploadsRefused != 5 {
+		t.Errorf("overview: %d refused (recorded %v), want 5", ov.UploadsRefused, ov.RefusalsRecorded)
+	}
 }

@@ -126,8 +126,9 @@ func (b *browser) text(sel string) string {
 // open goes to a console page by its hash and waits for the view to render.
 func (b *browser) open(hash, ready string) {
 	b.t.Helper()
+	before := evalJS[int](b, `window.tally.rendered`)
 	b.do("open "+hash, chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`location.hash = %q`, hash)))
-	b.waitFor("open "+hash, ready)
+	b.waitFor("open "+hash, fmt.Sprintf(`window.tally.rendered > %d && (%s)`, before, ready))
 }
 
 // screenshot saves the viewport as a PNG.
@@ -177,7 +178,10 @@ func apiGet(t *testing.T, base, secret, path string, out any) int {
 
 func apiPost(t *testing.T, base, secret, path string, in, out any) int {
 	t.Helper()
-	body, _ := json.Marshal(in)
+	var body []byte
+	if in != nil {
+		body, _ = json.Marshal(in)
+	}
 	req, err := http.NewRequest(http.MethodPost, base+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -438,7 +442,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	// The data objects, and seats' page: its history lists the upload layer of a known entry.
 	b.open("#/objects", `document.querySelector("#objects-table")`)
 	b.screenshot("objects")
-	b.open("#/object/"+seats+"?"+url.Values{"from": {from}, "to": {to}, "tz": {zone}}.Encode(), `document.querySelector("#history-table") && window.tally.chart`)
+	b.open("#/object/"+seats+"?"+url.Values{"from": {from}, "to": {to}, "tz": {zone}}.Encode(), `document.querySelector("#history-table") && document.querySelector("#object-chart #chart") && window.tally.chart`)
 	rowText := evalJS[string](b, fmt.Sprintf(`[...document.querySelectorAll("#history-table tbody tr")].map(r => r.innerText).find(t => t.includes(%q)) || ""`, knownLayer[:12]))
 	if !strings.Contains(rowText, "upload layer") || !strings.Contains(rowText, "committed") {
 		t.Errorf("history row of layer %s: %q", knownLayer, rowText)
@@ -512,6 +516,24 @@ func TestConsoleInABrowser(t *testing.T) {
 		t.Errorf("a viewer's correction: %q", refused)
 	}
 	b.screenshot("object-viewer")
+
+	// Revoked while the page is open: the next view goes back to the form and says why.
+	var viewers struct {
+		Viewers []struct {
+			ID string `json:"id"`
+		} `json:"viewers"`
+	}
+	if code := apiGet(t, base, adminTok, "/admin/v1/viewers", &viewers); code != http.StatusOK || len(viewers.Viewers) != 1 {
+		t.Fatalf("list viewers: %d %+v", code, viewers)
+	}
+	if code := apiPost(t, base, adminTok, "/admin/v1/viewers/"+viewers.Viewers[0].ID+"/revoke", nil, nil); code != http.StatusOK {
+		t.Fatalf("revoke the viewer: %d", code)
+	}
+	b.do("open uploads", chromedp.Evaluate[chromedp.Void](`location.hash = "#/uploads"`))
+	b.waitFor("revoked viewer", shown("signin-error"))
+	if msg := b.text("#signin-error"); !strings.Contains(msg, "the viewer credential was revoked") || !evalJS[bool](b, `sessionStorage.getItem("tally.credential") === null`) {
+		t.Errorf("revoked viewer: the page says %q", msg)
+	}
 
 	// No secret on the page; no request to any host but the server.
 	html := evalJS[string](b, `document.documentElement.outerHTML`)

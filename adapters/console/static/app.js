@@ -11,7 +11,8 @@ const session = { role: null, canWrite: false };
 let asOfTimer = null;
 let renderSeq = 0;
 // exposed for the browser test and for debugging from the developer tools
-window.tally = { chart: null, series: null };
+// (rendered counts the views rendered, so that a test knows a new one is on screen)
+window.tally = { chart: null, series: null, rendered: 0 };
 
 // ---- sign-in ----
 
@@ -86,6 +87,8 @@ function frame(view, title) {
   $("view-error").hidden = true;
   $("asof").textContent = "";
   clearInterval(asOfTimer);
+  window.tally.chart = null;
+  window.tally.series = null;
   const body = $("view-body");
   body.replaceChildren(h("p", { class: "muted" }, "Loading…"));
   return body;
@@ -503,6 +506,7 @@ async function route() {
   } catch (e) {
     if (seq === renderSeq) fail(e);
   }
+  window.tally.rendered++;
 }
 
 window.addEventListener("hashchange", route);

@@ -298,9 +298,10 @@ func TestConsoleInABrowser(t *testing.T) {
 	layer(6, 1)
 	upload(3, 0)
 	layer(3, 2)
+	layer(4, 1) // earlier than the layer before it: an anomaly
 	layer(1, -1)
 	layer(0, 2)
-	upload(3, 3) // seats: 3+2+1+2-1+2 = 9, near the app token's feature lock of 10
+	upload(4, 3) // seats: 3+2+1+2+1-1+2 = 10, at the app token's feature lock of 10
 
 	var hist struct {
 		Entries []struct {
@@ -329,7 +330,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	b.signIn(adminTok)
 	b.waitFor("overview", `document.querySelector("#overview-cards")`)
 	cards := evalJS[map[string]string](b, `Object.fromEntries([...document.querySelectorAll("#overview-cards .stat")].map(c => [c.dataset.metric, c.querySelector(".stat-value").innerText]))`)
-	for metric, want := range map[string]string{"Products": "2", "License keys": "2", "Data objects": "2", "Entries applied": "6", "Uploads this month": "2", "Access tokens": "2"} {
+	for metric, want := range map[string]string{"Products": "2", "License keys": "2", "Data objects": "2", "Entries applied": "7", "Uploads this month": "2", "Access tokens": "2"} {
 		if cards[metric] != want {
 			t.Errorf("overview %s: %q, want %q (cards %v)", metric, cards[metric], want, cards)
 		}
@@ -403,7 +404,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		t.Errorf("the usage view's CSV:\n%s\n/v1/usage's:\n%s", csvText, apiCSV)
 	}
 	csvRows := strings.Split(strings.TrimSpace(csvText), "\n")
-	if len(csvRows) != 6 { // the header and the five days with layers of seats
+	if len(csvRows) != 7 { // the header and the six days with layers of seats
 		t.Errorf("the CSV of seats has %d lines:\n%s", len(csvRows), csvText)
 	}
 	for _, row := range csvRows[1:] {
@@ -429,9 +430,9 @@ func TestConsoleInABrowser(t *testing.T) {
 		t.Errorf("too many periods: the page says %q", msg)
 	}
 
-	// Limits: seats (9 of a feature lock of 10) is near; the top key is key 1.
+	// Limits: seats (10 of a feature lock of 10) is over; the top key is key 1.
 	b.open("#/limits", `document.querySelector("#limits-table") && document.querySelector("#top-table")`)
-	if got := b.text("#limits-table"); !strings.Contains(got, "seats") || !strings.Contains(got, "90%") {
+	if got := b.text("#limits-table"); !strings.Contains(got, "seats") || !strings.Contains(got, "100%") || !strings.Contains(got, "over") {
 		t.Errorf("limits table: %q", got)
 	}
 	if got := evalJS[string](b, `document.querySelector("#top-table tbody tr td").innerText`); got != key1 {
@@ -447,6 +448,11 @@ func TestConsoleInABrowser(t *testing.T) {
 	if !strings.Contains(rowText, "upload layer") || !strings.Contains(rowText, "committed") {
 		t.Errorf("history row of layer %s: %q", knownLayer, rowText)
 	}
+	// The layer written out of order is flagged as an anomaly where it is listed.
+	anomalous := evalJS[string](b, `[...document.querySelectorAll("#history-table tbody tr")].map(r => r.innerText).find(t => t.includes("anomaly")) || ""`)
+	if !strings.Contains(anomalous, "upload layer") || !strings.Contains(anomalous, "+1") || !strings.Contains(anomalous, today.AddDate(0, 0, -4).Format(time.DateOnly)) {
+		t.Errorf("the anomalous layer's row: %q", anomalous)
+	}
 	// The value as of a time picked on the chart. Value as of T counts what the store had
 	// recorded by T: six days ago the object did not exist yet (it was added today); at the
 	// end of today it is the current value.
@@ -459,8 +465,8 @@ func TestConsoleInABrowser(t *testing.T) {
 	if got := pick(7); got != "—" || !strings.Contains(b.text("#value-at"), "did not exist yet") {
 		t.Errorf("value as of the end of %s: %q, want none", today.AddDate(0, 0, -6).Format(time.DateOnly), b.text("#value-at"))
 	}
-	if got := pick(13); got != "9" {
-		t.Errorf("value as of the end of today: %q, want 9", got)
+	if got := pick(13); got != "10" {
+		t.Errorf("value as of the end of today: %q, want 10", got)
 	}
 	b.screenshot("object")
 
@@ -471,8 +477,8 @@ func TestConsoleInABrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#correction-form button")),
 	)
 	b.waitFor("the correction in the history", `document.querySelector("#history-table") && document.querySelector("#history-table").innerText.includes("correction: refund, ticket 4711")`)
-	if got := b.text("#current-value"); got != "5" {
-		t.Errorf("value after the correction: %q, want 5", got)
+	if got := b.text("#current-value"); got != "6" {
+		t.Errorf("value after the correction: %q, want 6", got)
 	}
 	b.open(usageHash+"&time=usage", `window.tally.chart && document.querySelector("#usage-table")`)
 	checkChart(-4)

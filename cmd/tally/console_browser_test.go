@@ -385,6 +385,11 @@ func TestConsoleInABrowser(t *testing.T) {
 	if got := b.text("#chart-zone"); got != "Times in "+zone {
 		t.Errorf("the chart's zone: %q", got)
 	}
+	// Each number opens down to its data objects: one row for seats, its net over the range.
+	objRows := evalJS[[]string](b, `[...document.querySelectorAll("#usage-objects tbody tr")].map(r => [...r.cells].map(c => c.innerText).join("|"))`)
+	if len(objRows) != 1 || !strings.HasPrefix(objRows[0], "#"+seats+" seats|") || !strings.Contains(objRows[0], "|10|10") {
+		t.Errorf("the usage view's objects: %q", objRows)
+	}
 	// The view's CSV is /v1/usage's, for the same query.
 	b.do("download the CSV", chromedp.Evaluate[chromedp.Void](`(() => { window.csvBlob = null; const make = URL.createObjectURL; URL.createObjectURL = (blob) => { window.csvBlob = blob; return make(blob); }; document.getElementById("csv").click(); })()`))
 	b.waitFor("the CSV", `window.csvBlob`)

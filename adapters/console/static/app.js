@@ -251,7 +251,17 @@ const views = {
         { label: "Net", value: (r) => num(r.net), num: true },
         { label: "Entries", value: (r) => num(r.entries), num: true },
         { label: "Closing", value: (r) => num(r.closing), num: true },
-      ], s.points, { id: "usage-table" }));
+      ], s.points, { id: "usage-table" }),
+      h("h2", {}, "By data object"),
+      table([
+        { label: "Object", value: (o) => h("a", { href: "#/object/" + o.objectId + api.query({ from: q.from, to: q.to, tz: q.tz }) }, `#${o.objectId} ${o.name}`) },
+        { label: "Owner", value: (o) => ownerText(o.owner) + (o.key ? " · " + o.key : "") },
+        { label: "Increments", value: (o) => num(o.increments), num: true },
+        { label: "Decrements", value: (o) => num(o.decrements), num: true },
+        { label: "Corrections", value: (o) => num(o.corrections), num: true },
+        { label: "Net", value: (o) => num(o.net), num: true },
+        { label: "Closing", value: (o) => num(o.closing), num: true },
+      ], byObject(s.rows), { id: "usage-objects", empty: "No data object had usage in this range." }));
   },
 
   async limits() {
@@ -398,6 +408,22 @@ const views = {
       ], list.uploads, { id: "uploads-table", empty: "No uploads yet." }));
   },
 };
+
+// byObject sums a report's rows per data object (rows come ordered by object, then period), so
+// that each number of the chart can be opened down to its objects and their histories.
+function byObject(rows) {
+  const out = new Map();
+  for (const r of rows) {
+    const o = out.get(r.objectId) || { ...r, increments: 0, decrements: 0, corrections: 0, net: 0 };
+    o.increments += r.increments;
+    o.decrements += r.decrements;
+    o.corrections += r.corrections;
+    o.net += r.net;
+    o.closing = r.closing;
+    out.set(r.objectId, o);
+  }
+  return [...out.values()];
+}
 
 // correctionBox is the correction form (admin) or says why there is none (viewer).
 function correctionBox(id) {

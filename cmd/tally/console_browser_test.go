@@ -502,12 +502,27 @@ func TestConsoleInABrowser(t *testing.T) {
 		t.Errorf("missing object: %q", got)
 	}
 
-	// A viewer credential, created through the admin API: it sees, and cannot correct.
-	var v struct {
-		Secret string `json:"secret"`
+	// A viewer credential, created by the admin on the Access page: its secret is shown once.
+	b.open("#/access", `document.querySelector("#viewer-form")`)
+	b.do("create a viewer",
+		chromedp.Evaluate[chromedp.Void](`document.querySelector("#viewer-form").closest("details").open = true`),
+		chromedp.SetValue(chromedp.CSS(`#viewer-form input[name="name"]`), "billing"),
+		chromedp.SetValue(chromedp.CSS(`#viewer-form input[name="days"]`), "30"),
+		chromedp.Click(chromedp.CSS("#viewer-form button")),
+	)
+	b.waitFor("the new viewer's secret and listing", `document.getElementById("new-viewer-secret") && document.querySelector("#viewers-table") && document.querySelector("#viewers-table").innerText.includes("billing")`)
+	var v struct{ Secret string }
+	v.Secret = b.text("#new-viewer-secret")
+	if !strings.HasPrefix(v.Secret, "tv_") {
+		t.Fatalf("the new viewer's secret: %q", v.Secret)
 	}
-	if code := apiPost(t, base, adminTok, "/admin/v1/viewers", map[string]string{"name": "billing"}, &v); code != http.StatusCreated || v.Secret == "" {
-		t.Fatalf("create viewer: %d", code)
+	if got := b.text("#viewers-table"); !strings.Contains(got, "billing") {
+		t.Errorf("the new viewer is not listed: %q", got)
+	}
+	b.screenshot("access")
+	b.open("#/access?again", `document.querySelector("#viewers-table")`) // a new hash: the page is rendered again
+	if got := b.text("#viewers-table"); !strings.Contains(got, "billing") || !strings.Contains(got, "active") || strings.Contains(evalJS[string](b, `document.documentElement.outerHTML`), v.Secret) {
+		t.Errorf("the access page after creation: %q", got)
 	}
 	b.do("sign out", chromedp.Click(chromedp.CSS("#signout")))
 	b.signIn(v.Secret)

@@ -409,6 +409,65 @@ const views = {
   },
 };
 
+// access lists the access tokens and viewer credentials (never a secret) and lets the admin
+// create a viewer credential, whose secret is shown once, in this view only.
+views.access = async function access() {
+  const body = frame("access", "Access");
+  const [tokens, viewers, status] = await Promise.all([api.get("/admin/v1/tokens"), api.get("/admin/v1/viewers"), api.get("/v1/status")]);
+  asOf(status.position);
+  const lock = (n) => (n === 0 ? "—" : num(n));
+  const viewersTable = (list) => table([
+    { label: "Name", value: (v) => v.name },
+    { label: "Id", value: (v) => h("code", {}, v.id) },
+    { label: "Created", value: (v) => when(v.created, browserZone) },
+    { label: "Expires", value: (v) => (v.expires ? when(v.expires, browserZone) : "never") },
+    { label: "", value: (v) => (v.revoked ? h("span", { class: "badge bad" }, "revoked") : h("span", { class: "badge ok" }, "active")) },
+  ], list, { id: "viewers-table", empty: "No viewer credentials yet." });
+  const viewersBox = h("div", {}, viewersTable(viewers.viewers));
+  const parts = [h("h2", {}, "Viewer credentials ", h("span", { class: "muted small" }, "read everything, change nothing")), viewersBox];
+  if (session.canWrite) {
+    const msg = h("p", { class: "error", role: "alert", hidden: true, id: "viewer-error" });
+    const shown = h("div", { id: "new-viewer" });
+    const form = h("form", { class: "controls", id: "viewer-form" },
+      field("Name", h("input", { type: "text", name: "name", required: true, maxlength: 100, size: 24, placeholder: "billing" })),
+      field("Valid for (days, empty: until revoked)", h("input", { type: "number", name: "days", min: 1, max: 3650 })),
+      h("button", { type: "submit", class: "primary" }, "Create viewer credential"), msg);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      const req = { name: f.get("name") };
+      if (f.get("days")) req.expires = new Date(Date.now() + Number(f.get("days")) * 86400e3).toISOString();
+      try {
+        const v = await api.post("/admin/v1/viewers", req);
+        form.reset();
+        shown.replaceChildren(h("div", { class: "note secret" },
+          h("strong", {}, `Viewer credential “${v.name}” created. `), "Its secret is shown only now; copy it and hand it over safely:",
+          h("code", { id: "new-viewer-secret" }, v.secret)));
+        viewersBox.replaceChildren(viewersTable((await api.get("/admin/v1/viewers")).viewers));
+      } catch (e) {
+        formError(msg, e);
+      }
+    });
+    parts.push(h("details", { class: "card" }, h("summary", {}, "Create a viewer credential"), form), shown);
+  }
+  parts.push(
+    h("h2", {}, "Access tokens ", h("span", { class: "muted small" }, "of the data-object API; secrets are never shown")),
+    table([
+      { label: "Name", value: (t) => t.name || "" },
+      { label: "Id", value: (t) => h("code", {}, t.id.slice(0, 8)) },
+      { label: "Methods", value: (t) => t.methods.join(", "), cls: () => "wrap" },
+      { label: "Product lock", value: (t) => lock(t.productLock), num: true },
+      { label: "Key lock", value: (t) => (t.keyLock < 0 ? "…ToKey only" : lock(t.keyLock)), num: true },
+      { label: "Feature lock", value: (t) => lock(t.featureLock), num: true },
+      { label: "", value: (t) => (t.revoked ? h("span", { class: "badge bad" }, "revoked") : h("span", { class: "badge ok" }, "active")) },
+    ], tokens.tokens, { id: "tokens-table", empty: "No access tokens yet." }),
+    h("div", { class: "actions" }, h("button", { type: "button", id: "csv", onclick: () => csvDownload("tally-access.csv",
+      [["kind", "id", "name", "methods", "product_lock", "key_lock", "feature_lock", "expires", "revoked", "created"],
+        ...viewers.viewers.map((v) => ["viewer", v.id, v.name, "", "", "", "", v.expires || "", v.revoked, v.created]),
+        ...tokens.tokens.map((t) => ["token", t.id, t.name || "", t.methods.join(" "), t.productLock, t.keyLock, t.featureLock, "", t.revoked, t.created])]) }, "Download CSV")));
+  body.replaceChildren(...parts);
+};
+
 // byObject sums a report's rows per data object (rows come ordered by object, then period), so
 // that each number of the chart can be opened down to its objects and their histories.
 function byObject(rows) {

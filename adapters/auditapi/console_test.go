@@ -142,6 +142,13 @@ func TestConsoleReadsAcceptAdminAndViewer(t *testing.T) {
 		t.Errorf("whoami as the admin: %+v", who)
 	}
 
+	// A viewer reads what the admin reads.
+	for _, path := range []string{"/v1/usage?" + usage, "/v1/dataobjects", "/v1/limits", "/v1/uploads"} {
+		_, asAdmin := f.getJSON(t, path, adminToken, nil)
+		if _, asViewer := f.getJSON(t, path, live, nil); asViewer != asAdmin || !strings.HasPrefix(asAdmin, "{") {
+			t.Errorf("GET %s: the viewer's answer differs from the admin's", path)
+		}
+	}
 	// A viewer sees who made each change, as the admin does.
 	var h projections.ObjectHistory
 	f.getJSON(t, fmt.Sprintf("/v1/dataobjects/%d/history", obj), live, &h)

@@ -716,13 +716,13 @@ type TopKeys struct {
 // topKeys ranks license keys by the usage of their objects in the range: the sum of the
 // report's increments (what was used), ties by net, then key id.
 func (a *api) topKeys(w http.ResponseWriter, r *http.Request) {
+	uq, ok := a.usageRequest(w, r)
+	if !ok {
+		return
+	}
 	limit, err := intParam(r, "limit", 10, 1, 100)
 	if err != nil {
 		a.fail(w, err)
-		return
-	}
-	uq, ok := a.usageRequest(w, r)
-	if !ok {
 		return
 	}
 	rep, err := a.usageReport(r.Context(), uq)

@@ -572,6 +572,12 @@ func (a *api) usageRequest(w http.ResponseWriter, r *http.Request) (projections.
 			a.fail(w, fmt.Errorf("%w: object %q: want a data object id", ledger.ErrInvalid, s))
 			return projections.UsageQuery{}, false
 		}
+		// As for an object's history: a token that may not see the object is refused whether
+		// or not it exists, so that it learns nothing of other customers' objects.
+		if !a.may(p, objectID) {
+			a.fail(w, domain.ErrAccessDenied)
+			return projections.UsageQuery{}, false
+		}
 		if _, err := a.store.ReadStream(r.Context(), domain.DataObjectStream(objectID), eventstore.Forwards, 0, 1); err != nil {
 			if errors.Is(err, eventstore.ErrStreamNotFound) {
 				err = projections.ErrNoSuchObject

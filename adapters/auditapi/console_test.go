@@ -142,6 +142,20 @@ func TestConsoleReadsAcceptAdminAndViewer(t *testing.T) {
 		t.Errorf("whoami as the admin: %+v", who)
 	}
 
+	// A token asking for the usage of an object it may not see: 403, whether it exists or not.
+	other := int64(1) // the seeded workload's products are 1 and 2
+	if f.w.Objects[0].ProductID == 1 {
+		other = 2
+	}
+	elsewhere := f.token(t, ledger.TokenSpec{Methods: []domain.Method{domain.MethodListDataObjects}, ProductLock: other})
+	for _, id := range []int64{obj, 99999} {
+		if code, _ := f.getJSON(t, fmt.Sprintf("/v1/usage/series?%s&object=%d", usage, id), elsewhere, nil); code != http.StatusForbidden {
+			t.Errorf("a token locked to another product, series of object %d: %d", id, code)
+		}
+	}
+	if code, _ := f.getJSON(t, fmt.Sprintf("/v1/usage/series?%s&object=%d", usage, obj), lister, nil); code != http.StatusOK {
+		t.Errorf("a token that may list object %d, its series: %d", obj, code)
+	}
 	// A viewer reads what the admin reads.
 	for _, path := range []string{"/v1/usage?" + usage, "/v1/dataobjects", "/v1/limits", "/v1/uploads"} {
 		_, asAdmin := f.getJSON(t, path, adminToken, nil)

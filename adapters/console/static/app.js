@@ -398,7 +398,7 @@ const views = {
       table([
         { label: "Prepared", value: (u) => when(u.prepared, tz) },
         { label: "Status", value: (u) => h("span", { class: "badge " + ({ committed: "ok", aborted: "warn", refused: "bad" }[u.status] || "") }, u.status) },
-        { label: "Owner", value: (u) => ownerText(u.owner) },
+        { label: "Owner", value: (u) => ownerLink(u.owner) },
         { label: "Entries applied", value: (u) => u.status === "committed" ? num(u.entries) : "0", num: true },
         { label: "New entries", value: (u) => num(u.entries), num: true },
         { label: "Known", value: (u) => num(u.known), num: true },
@@ -467,6 +467,12 @@ views.access = async function access() {
         ...tokens.tokens.map((t) => ["token", t.id, t.name || "", t.methods.join(" "), t.productLock, t.keyLock, t.featureLock, "", t.revoked, t.created])]) }, "Download CSV")));
   body.replaceChildren(...parts);
 };
+
+// ownerLink shows an owner, linked to its usage when it is a product or a key.
+function ownerLink(o) {
+  const scope = { 1: "product", 2: "key" }[o.type];
+  return scope ? h("a", { href: "#/usage" + api.query({ scope, id: o.id }) }, ownerText(o)) : ownerText(o);
+}
 
 // byObject sums a report's rows per data object (rows come ordered by object, then period), so
 // that each number of the chart can be opened down to its objects and their histories.

@@ -230,11 +230,11 @@ func NewValueCommand(c Client) *cobra.Command {
 
 // NewUsageCommand is tally usage --from --to.
 func NewUsageCommand(c Client) *cobra.Command {
-	var from, to, tz, by, product, key, format, axis string
+	var from, to, tz, by, product, key, object, format, axis string
 	cmd := &cobra.Command{
 		Use:   "usage --from DATE --to DATE",
 		Short: "Report usage per key, data object and period, replayed from the events",
-		Long: `Report usage per license key, data object and day or month, computed by replaying the events.
+		Long: `Report usage per license key, data object and hour, day or month, computed by replaying the events.
 --from and --to are dates (YYYY-MM-DD in --tz; --to is inclusive) or RFC 3339 instants (--to exclusive).
 --time usage counts each change when the usage happened (log timestamps for uploads); --time recorded
 when the ledger recorded it (for uploads: their commit). See docs/audit.md.`,
@@ -249,6 +249,9 @@ when the ledger recorded it (for uploads: their commit). See docs/audit.md.`,
 			}
 			if key != "" {
 				q.Set("key", key)
+			}
+			if object != "" {
+				q.Set("object", object)
 			}
 			var rep projections.UsageReport
 			if err := c.call(cmd.Context(), http.MethodGet, "/v1/usage", q, nil, &rep); err != nil {
@@ -271,6 +274,7 @@ when the ledger recorded it (for uploads: their commit). See docs/audit.md.`,
 	f.StringVar(&by, "by", "day", "period: hour, day or month")
 	f.StringVar(&product, "product", "", "only objects of this product id")
 	f.StringVar(&key, "key", "", "only objects of this license key (id or key string)")
+	f.StringVar(&object, "object", "", "only this data object (id)")
 	f.StringVar(&axis, "time", "usage", "time axis: usage (when it happened) or recorded (when the ledger recorded it)")
 	f.StringVar(&format, "format", "table", "output: table, csv or json")
 	_ = cmd.MarkFlagRequired("from")

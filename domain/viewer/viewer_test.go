@@ -15,7 +15,6 @@ import (
 	"github.com/tallyledger/tally/domain/viewer"
 )
 
-
 // TestViewerCredentials creates, checks, lists and revokes credentials on each store (the
 // embedded one and KurrentDB's test server, filtered to Tally's streams as tally serve does),
 // with a clock the test moves: a second service on the same store (another instance) accepts

@@ -57,6 +57,8 @@ type Config struct {
 	// Now gives the default time of a value query (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
+	// SignIns logs refused credentials, rate-limited (nil: not logged).
+	SignIns *httpapi.SignInLog
 }
 
 // MaxReasonLength bounds a correction's reason.
@@ -70,6 +72,7 @@ type api struct {
 	view    View
 	now     func() time.Time
 	logger  *slog.Logger
+	signIns *httpapi.SignInLog
 }
 
 // New returns the handler of the audit API. It serves absolute paths under /v1/, so it can be
@@ -81,7 +84,10 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Ledger == nil {
 		return nil, errors.New("auditapi: nil ledger")
 	}
-	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, viewers: cfg.Viewers, view: cfg.View, now: cfg.Now, logger: cfg.Logger}
+	a := &api{
+		store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, viewers: cfg.Viewers, view: cfg.View,
+		now: cfg.Now, logger: cfg.Logger, signIns: cfg.SignIns,
+	}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -133,6 +139,9 @@ func (a *api) authenticate(r *http.Request) (principal, error) {
 			return principal{viewer: true}, nil
 		}
 		if !errors.Is(err, viewer.ErrUnknown) {
+			if errors.Is(err, viewer.ErrExpired) || errors.Is(err, viewer.ErrRevoked) {
+				a.signIns.Failed(r, httpapi.RequestID(r), "viewer credential", true)
+			}
 			return principal{}, viewerAuthError(err)
 		}
 		viewerErr = viewerAuthError(err)
@@ -143,6 +152,13 @@ func (a *api) authenticate(r *http.Request) (principal, error) {
 	}
 	tok, err := a.ledger.Authenticate(r.Context(), secret)
 	if err != nil {
+		if errors.Is(err, domain.ErrUnauthenticated) {
+			credential := "admin or access token"
+			if viewerErr != nil {
+				credential = "viewer credential"
+			}
+			a.signIns.Failed(r, httpapi.RequestID(r), credential, secret != "")
+		}
 		if viewerErr != nil {
 			return principal{}, viewerErr
 		}

@@ -152,8 +152,9 @@ func (s *server) adminEndpoint(name string, viewerMay bool, fn adminFunc) http.H
 // credential may read (viewerMay) and is refused changes with 403; anything else is refused
 // with 401 and a message that says what was wrong. It answers every refusal itself.
 func (s *server) viewerAllowed(w http.ResponseWriter, r *http.Request, viewerMay bool) bool {
-	msg := "admin credential missing or wrong"
+	msg, credential := "admin credential missing or wrong", "admin token"
 	if bearer := Bearer(r); s.viewers != nil && strings.HasPrefix(bearer, viewer.SecretPrefix) {
+		credential = "viewer credential"
 		_, err := s.viewers.Authenticate(r.Context(), bearer)
 		switch {
 		case err == nil && viewerMay:
@@ -169,6 +170,7 @@ func (s *server) viewerAllowed(w http.ResponseWriter, r *http.Request, viewerMay
 			return false
 		}
 	}
+	s.signIns.Failed(r, infoOf(r).requestID, credential, Bearer(r) != "")
 	w.Header().Set("WWW-Authenticate", `Bearer realm="tally-admin"`)
 	writeAdminJSON(w, http.StatusUnauthorized, adminError{Error: msg})
 	return false

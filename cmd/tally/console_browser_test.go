@@ -220,7 +220,10 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	g := &globalFlags{DataDir: dataDir}
 	cfg := serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute, RSAKeys: []string{keyPath}}
-	base, stop := startServe(t, g, cfg, &syncBuffer{})
+	urls, stop := startServe(t, g, cfg, &syncBuffer{})
+	// The console, the admin and audit APIs are on the admin listener; the Cryptolens API on
+	// the public one.
+	base, public := urls.Admin, urls.Public
 	defer func() {
 		if err := stop(); err != nil {
 			t.Errorf("serve: %v", err)
@@ -254,7 +257,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	owner1 := url.Values{"token": {setup}, "ProductId": {desktop}, "Key": {key1}}
 	owner2 := url.Values{"token": {setup}, "ProductId": {desktop}, "Key": {key2}}
 	add := func(owner url.Values, name, value string) string {
-		r := call(t, base, "AddDataObjectToKey", with(owner, "Name", name, "IntValue", value))
+		r := call(t, public, "AddDataObjectToKey", with(owner, "Name", name, "IntValue", value))
 		if r["result"] != float64(0) {
 			t.Fatalf("AddDataObjectToKey %s: %v", name, r)
 		}
@@ -263,7 +266,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	seats := add(owner1, "seats", "0")
 	calls := add(owner2, "api-calls", "0")
 	for _, n := range []string{"2", "3"} {
-		if r := call(t, base, "IncrementIntValueToKey", with(owner2, "Id", calls, "IntValue", n)); r["result"] != float64(0) {
+		if r := call(t, public, "IncrementIntValueToKey", with(owner2, "Id", calls, "IntValue", n)); r["result"] != float64(0) {
 			t.Fatalf("increment: %v", r)
 		}
 	}
@@ -288,7 +291,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		}
 	}
 	upload := func(wantApplied, wantKnown float64) {
-		r := call(t, base, "UploadValuesToKey", with(owner1, "Data", base64.StdEncoding.EncodeToString(logData)))
+		r := call(t, public, "UploadValuesToKey", with(owner1, "Data", base64.StdEncoding.EncodeToString(logData)))
 		if r["result"] != float64(0) || r["applied"] != wantApplied || r["known"] != wantKnown {
 			t.Fatalf("upload: %v", r)
 		}

@@ -16,7 +16,8 @@ import (
 func TestViewerCommands(t *testing.T) {
 	dataDir := t.TempDir()
 	g := &globalFlags{DataDir: dataDir}
-	base, stop := startServe(t, g, serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute}, &syncBuffer{})
+	urls, stop := startServe(t, g, serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute}, &syncBuffer{})
+	base := urls.Admin // the admin API, the audit API and the console
 	defer func() {
 		if err := stop(); err != nil {
 			t.Errorf("serve: %v", err)
@@ -75,6 +76,12 @@ func TestViewerCommands(t *testing.T) {
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "Tally console") || resp.Header.Get("Content-Security-Policy") == "" {
-		t.Errorf("/console/ on tally serve: %d", resp.StatusCode)
+		t.Errorf("/console/ on tally serve's admin listener: %d", resp.StatusCode)
+	}
+	// Not on the public listener, which customers' applications reach.
+	if resp, err := http.Get(urls.Public + "/console/"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/console/ on the public listener: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/domain/viewer"
 	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/projections/readmodel"
 )
 
 // Viewers checks read-only viewer credentials; *viewer.Service is one.
@@ -600,10 +601,28 @@ func (a *api) usageRequest(w http.ResponseWriter, r *http.Request) (projections.
 	return uq, true
 }
 
-// usageReport is the report GET /v1/usage answers with for the same query: the series and the
-// top keys are sums of it, so they show the same numbers.
-func (a *api) usageReport(ctx context.Context, uq projections.UsageQuery) (*projections.UsageReport, error) {
-	return projections.Usage(ctx, a.store, uq)
+// usageReport is the report GET /v1/usage answers with for the same query (from the read
+// model, or by replaying the store for bounds off its 15-minute grid): the series and the top
+// keys are sums of it, so they show the same numbers. It answers every failure itself.
+func (a *api) usageReport(w http.ResponseWriter, r *http.Request, uq projections.UsageQuery) (*projections.UsageReport, bool) {
+	var rep *projections.UsageReport
+	var err error
+	if a.model != nil {
+		if !a.waitModel(w, r) {
+			return nil, false
+		}
+		rep, err = a.model.Usage(r.Context(), uq)
+	}
+	if a.model == nil || errors.Is(err, readmodel.ErrNotAligned) {
+		// Bounds off the 15-minute grid (an RFC 3339 instant like 10:07) cannot be answered
+		// from the buckets: replay.
+		rep, err = projections.Usage(r.Context(), a.store, uq)
+	}
+	if err != nil {
+		a.fail(w, err)
+		return nil, false
+	}
+	return rep, true
 }
 
 // UsageSums are sums of usage rows.
@@ -628,7 +647,10 @@ func (s *UsageSums) add(r projections.UsageRow) {
 // SeriesPoint is one period of a usage series: the sums over the selected objects of the
 // report's rows in that period (zero where no row is).
 type SeriesPoint struct {
-	projections.Period
+	// Name names the period as the report's rows do; Start and End bound it, cut by the range.
+	Name  string    `json:"period"`
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
 	UsageSums
 	// Closing sums the objects' closing values at the period's end.
 	Closing int64 `json:"closing"`
@@ -655,17 +677,25 @@ func (a *api) usageSeries(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rep, err := a.usageReport(r.Context(), uq)
+	rep, ok := a.usageReport(w, r, uq)
+	if !ok {
+		return
+	}
+	s := Series{From: rep.From, To: rep.To, TimeZone: rep.TimeZone, By: rep.By, Axis: rep.Axis, Position: rep.Position, Rows: rep.Rows}
+	nq, err := projections.NormalizeUsageQuery(uq)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	s := Series{From: rep.From, To: rep.To, TimeZone: rep.TimeZone, By: rep.By, Axis: rep.Axis, Position: rep.Position, Rows: rep.Rows}
-	periods := projections.Periods(uq.From, uq.To, uq.Location, uq.By, MaxPeriods)
+	periods, err := projections.Periods(nq)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
 	s.Points = make([]SeriesPoint, len(periods))
 	index := make(map[string]int, len(periods))
 	for i, p := range periods {
-		s.Points[i].Period = p
+		s.Points[i].Name, s.Points[i].Start, s.Points[i].End = p.Name, p.Start, p.End
 		index[p.Name] = i
 	}
 	for _, row := range rep.Rows {
@@ -731,9 +761,8 @@ func (a *api) topKeys(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	rep, err := a.usageReport(r.Context(), uq)
-	if err != nil {
-		a.fail(w, err)
+	rep, ok := a.usageReport(w, r, uq)
+	if !ok {
 		return
 	}
 	byKey := map[int64]*KeyUsage{}

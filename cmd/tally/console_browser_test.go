@@ -434,7 +434,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	tooLong := "#/usage?" + url.Values{"from": {"2020-01-01"}, "to": {"2025-12-31"}, "by": {"hour"}, "tz": {zone}}.Encode()
 	b.open(tooLong, shown("form-error"))
-	if msg := b.text("#form-error"); !strings.Contains(msg, "more than 10000 hours") {
+	if msg := b.text("#form-error"); !strings.Contains(msg, "10000 periods at most") {
 		t.Errorf("too many periods: the page says %q", msg)
 	}
 

@@ -10,6 +10,7 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -91,6 +92,9 @@ type Config struct {
 	RateBurst int
 	// SignIns logs refused credentials, rate-limited (nil: not logged).
 	SignIns *SignInLog
+	// Backup writes a backup archive of the server's data to w for GET /admin/v1/backup (nil:
+	// 501, as on a KurrentDB store). It may return ErrBackupRunning.
+	Backup func(ctx context.Context, w io.Writer) error
 	// Viewers keeps the read-only viewer credentials (nil: none; /admin/v1/viewers is absent).
 	// A viewer may call the admin API's reads and is refused every change with 403.
 	Viewers Viewers
@@ -120,6 +124,7 @@ type server struct {
 	viewers        Viewers    // nil: no viewer credentials
 	// largeBodies holds one token per large body being read and handled.
 	largeBodies chan struct{}
+	backupFn    func(ctx context.Context, w io.Writer) error
 }
 
 // New returns the HTTP handler of the whole service: every route of both listeners (tests and
@@ -168,6 +173,7 @@ func newServer(cfg Config) (*server, error) {
 		writes: cfg.WriteHealth, logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
 		limiter:        newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
 		metricsHandler: cfg.Metrics, signIns: cfg.SignIns, viewers: cfg.Viewers,
+		backupFn: cfg.Backup,
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -225,6 +231,8 @@ func (s *server) handler(routes routeSet) http.Handler {
 		admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
 			http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
 		}))
+		admin.Handle("/backup", s.byMethod(map[string]http.Handler{http.MethodGet: http.HandlerFunc(s.backup)}))
+		s.integrityRoutes(admin)
 		if s.viewers != nil {
 			admin.Handle("/viewers", s.byMethod(map[string]http.Handler{
 				http.MethodPost: s.adminHandler("admin.createViewer", s.createViewer),

@@ -209,7 +209,7 @@ func apiPost(t *testing.T, base, secret, path string, in, out any) int {
 func TestConsoleInABrowser(t *testing.T) {
 	b := newBrowser(t)
 
-	dataDir := t.TempDir()
+	dataDir := privateTempDir(t) // serve refuses a data directory others may read
 	key, err := usagelog.GenerateKey()
 	if err != nil {
 		t.Fatal(err)

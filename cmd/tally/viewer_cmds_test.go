@@ -14,7 +14,7 @@ import (
 // without its secret, and is refused once revoked. The console's pages are served beside the
 // admin API.
 func TestViewerCommands(t *testing.T) {
-	dataDir := t.TempDir()
+	dataDir := privateTempDir(t) // serve refuses a data directory others may read
 	g := &globalFlags{DataDir: dataDir}
 	urls, stop := startServe(t, g, serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute}, &syncBuffer{})
 	base := urls.Admin // the admin API, the audit API and the console

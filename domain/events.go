@@ -33,11 +33,13 @@ const (
 	CategoryToken      = "token"
 	CategoryDataObject = "dataobject"
 	CategoryUpload     = "upload"
+	// CategoryViewer holds the console's read-only viewer credentials (package domain/viewer).
+	CategoryViewer = "viewer"
 )
 
 // StreamCategories lists every category Tally writes, for backends that share a store with
 // others and must filter.
-var StreamCategories = []string{CategoryProduct, CategoryKey, CategoryToken, CategoryDataObject, CategoryUpload}
+var StreamCategories = []string{CategoryProduct, CategoryKey, CategoryToken, CategoryDataObject, CategoryUpload, CategoryViewer}
 
 // ProductStream is the stream of a product.
 func ProductStream(id int64) string { return CategoryProduct + "-" + strconv.FormatInt(id, 10) }

@@ -40,8 +40,14 @@ type usageKey struct {
 func expectedUsage(t *testing.T, w *audittest.Workload, from, to time.Time, loc *time.Location, by projections.Granularity, include func(audittest.Object) bool) map[usageKey]projections.UsageRow {
 	t.Helper()
 	layout := "2006-01-02"
-	if by == projections.ByMonth {
+	period := func(t time.Time) string { return t.In(loc).Format(layout) }
+	switch by {
+	case projections.ByMonth:
 		layout = "2006-01"
+	case projections.ByHour:
+		// Stockholm's and UTC's offsets are whole hours: local hours start at UTC's.
+		layout = "2006-01-02T15:04Z07:00"
+		period = func(t time.Time) string { return t.Truncate(time.Hour).In(loc).Format(layout) }
 	}
 	objects := map[int64]audittest.Object{}
 	for _, o := range w.Objects {
@@ -52,7 +58,7 @@ func expectedUsage(t *testing.T, w *audittest.Workload, from, to time.Time, loc 
 		if !op.Counted || !include(objects[op.ObjectID]) || op.Time.Before(from) || !op.Time.Before(to) {
 			continue
 		}
-		k := usageKey{op.ObjectID, op.Time.In(loc).Format(layout)}
+		k := usageKey{op.ObjectID, period(op.Time)}
 		r := out[k]
 		r.ObjectID, r.Period = op.ObjectID, k.period
 		switch {
@@ -74,7 +80,7 @@ func expectedUsage(t *testing.T, w *audittest.Workload, from, to time.Time, loc 
 		out[k] = r
 	}
 	for k, r := range out {
-		start, err := time.ParseInLocation(layout, k.period, loc)
+		start, err := time.ParseInLocation(layout, k.period, loc) // an hour's name carries its offset
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +94,7 @@ func expectedUsage(t *testing.T, w *audittest.Workload, from, to time.Time, loc 
 			}
 			if op.Time.Before(start) {
 				opening += op.Delta
-			} else if op.Time.Before(to) && op.Time.In(loc).Format(layout) == k.period {
+			} else if op.Time.Before(to) && period(op.Time) == k.period {
 				inPeriod += op.Delta
 			}
 		}
@@ -120,6 +126,8 @@ func TestUsageReportEqualsAnIndependentSumOfTheWorkload(t *testing.T) {
 		{"year by day in UTC", time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.UTC, projections.ByDay, everything},
 		{"year by month in UTC", time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.UTC, projections.ByMonth, everything},
 		{"summer time, clipped months, in Stockholm", time.Date(2025, 3, 30, 0, 0, 0, 0, stockholm), time.Date(2025, 10, 27, 0, 0, 0, 0, stockholm), stockholm, projections.ByMonth, everything},
+		{"autumn change by hour in Stockholm", time.Date(2025, 10, 25, 0, 0, 0, 0, stockholm), time.Date(2025, 10, 28, 0, 0, 0, 0, stockholm), stockholm, projections.ByHour, everything},
+		{"spring change by hour in Stockholm", time.Date(2025, 3, 29, 0, 0, 0, 0, stockholm), time.Date(2025, 4, 1, 0, 0, 0, 0, stockholm), stockholm, projections.ByHour, everything},
 		{"DST days in Stockholm, one product", time.Date(2025, 3, 29, 0, 0, 0, 0, stockholm), time.Date(2025, 10, 28, 0, 0, 0, 0, stockholm), stockholm, projections.ByDay,
 			func(o audittest.Object) bool { return o.ProductID == productOne }},
 	}

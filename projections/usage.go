@@ -35,6 +35,7 @@ const (
 type Granularity string
 
 const (
+	ByHour  Granularity = "hour"
 	ByDay   Granularity = "day"
 	ByMonth Granularity = "month"
 )
@@ -279,8 +280,8 @@ func NormalizeUsageQuery(q UsageQuery) (UsageQuery, error) {
 	if q.Axis == "" {
 		q.Axis = AxisUsage
 	}
-	if q.By != ByDay && q.By != ByMonth {
-		return q, fmt.Errorf("usage periods %q: want day or month", q.By)
+	if q.By != ByHour && q.By != ByDay && q.By != ByMonth {
+		return q, fmt.Errorf("usage periods %q: want hour, day or month", q.By)
 	}
 	if q.Axis != AxisUsage && q.Axis != AxisRecorded {
 		return q, fmt.Errorf("usage time axis %q: want usage or recorded", q.Axis)
@@ -415,28 +416,40 @@ func (f *usageFold) rows() []UsageRow {
 	return out
 }
 
-// periodStart is the start of the day or month holding t, in loc: local midnight, which
-// time.Date resolves across daylight-saving changes.
+// periodStart is the start of the hour, day or month holding t, in loc: local midnight, which
+// time.Date resolves across daylight-saving changes. An hour is an hour of absolute time (the
+// zone's offsets are whole hours or half hours from UTC; a half-hour zone's hours start at :30
+// UTC, so they are truncated in local time).
 func periodStart(t time.Time, loc *time.Location, by Granularity) time.Time {
 	l := t.In(loc)
-	if by == ByMonth {
+	switch by {
+	case ByMonth:
 		return time.Date(l.Year(), l.Month(), 1, 0, 0, 0, 0, loc)
+	case ByHour:
+		return l.Add(-time.Duration(l.Minute())*time.Minute - time.Duration(l.Second())*time.Second - time.Duration(l.Nanosecond()))
 	}
 	return time.Date(l.Year(), l.Month(), l.Day(), 0, 0, 0, 0, loc)
 }
 
-// periodEnd is the start of the next period: a calendar day (23 or 25 hours across a
+// periodEnd is the start of the next period: an hour, a calendar day (23 or 25 hours across a
 // daylight-saving change) or month later.
 func periodEnd(start time.Time, by Granularity) time.Time {
-	if by == ByMonth {
+	switch by {
+	case ByMonth:
 		return start.AddDate(0, 1, 0)
+	case ByHour:
+		return start.Add(time.Hour)
 	}
 	return start.AddDate(0, 0, 1)
 }
 
 func periodName(start time.Time, by Granularity) string {
-	if by == ByMonth {
+	switch by {
+	case ByMonth:
 		return start.Format("2006-01")
+	case ByHour:
+		// The offset tells apart the two 02:00 hours of a day when clocks go back.
+		return start.Format("2006-01-02T15:04Z07:00")
 	}
 	return start.Format("2006-01-02")
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -22,8 +23,8 @@ import (
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/viewer"
 	"github.com/tallyledger/tally/projections"
-	"github.com/tallyledger/tally/projections/readmodel"
 )
 
 // Store is what the audit API reads from the event store.
@@ -68,6 +69,12 @@ type Config struct {
 	ReadModelWait time.Duration
 	// AdminToken is the vendor's admin credential; empty accepts tokens only.
 	AdminToken string
+	// Viewers checks read-only viewer credentials (nil: none are accepted). A viewer reads
+	// what the admin reads and changes nothing.
+	Viewers Viewers
+	// View is the current-state projection the console's summaries read (overview, data
+	// objects, limits, uploads); nil leaves those endpoints out.
+	View View
 	// Now gives the default time of a value query (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -84,6 +91,8 @@ type api struct {
 	store     Store
 	ledger    Ledger
 	admin     string
+	viewers   Viewers
+	view      View
 	now       func() time.Time
 	logger    *slog.Logger
 	signIns   *httpapi.SignInLog
@@ -98,8 +107,10 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Ledger == nil {
 		return nil, errors.New("auditapi: nil ledger")
 	}
-	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, now: cfg.Now, logger: cfg.Logger, signIns: cfg.SignIns,
-		model: cfg.ReadModel, modelWait: cfg.ReadModelWait}
+	a := &api{
+		store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, viewers: cfg.Viewers, view: cfg.View,
+		now: cfg.Now, logger: cfg.Logger, signIns: cfg.SignIns, model: cfg.ReadModel, modelWait: cfg.ReadModelWait,
+	}
 	if a.modelWait <= 0 {
 		a.modelWait = 10 * time.Second
 	}
@@ -115,6 +126,7 @@ func New(cfg Config) (http.Handler, error) {
 	r.HandleFunc("/v1/dataobjects/{id:-?[0-9]+}/corrections", a.correct).Methods(http.MethodPost)
 	r.HandleFunc("/v1/usage", a.usage).Methods(http.MethodGet)
 	r.HandleFunc("/v1/uploads/history", a.uploadHistory).Methods(http.MethodGet)
+	a.consoleRoutes(r)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not found")
 	})
@@ -124,21 +136,42 @@ func New(cfg Config) (http.Handler, error) {
 	return r, nil
 }
 
-// principal is who is calling: the admin, or a token.
+// principal is who is calling: the admin, a read-only viewer, or a token.
 type principal struct {
 	admin bool
-	token domain.Token
+	// viewer reads everything the admin reads and may change nothing.
+	viewer bool
+	token  domain.Token
 }
+
+// readsAll reports whether the caller sees every object and who changed it.
+func (p principal) readsAll() bool { return p.admin || p.viewer }
 
 // may reports whether the caller may read an object.
 func (a *api) may(p principal, objectID int64) bool {
-	return p.admin || a.ledger.CanList(p.token, objectID)
+	return p.readsAll() || a.ledger.CanList(p.token, objectID)
 }
 
 func (a *api) authenticate(r *http.Request) (principal, error) {
 	bearer := httpapi.Bearer(r)
 	if httpapi.SameSecret(bearer, a.admin) {
 		return principal{admin: true}, nil
+	}
+	// A viewer secret starts with viewer.SecretPrefix; a Cryptolens token's secret may too, by
+	// chance, so a secret no viewer has is tried as a token before it is refused.
+	var viewerErr error
+	if a.viewers != nil && strings.HasPrefix(bearer, viewer.SecretPrefix) {
+		_, err := a.viewers.Authenticate(r.Context(), bearer)
+		if err == nil {
+			return principal{viewer: true}, nil
+		}
+		if !errors.Is(err, viewer.ErrUnknown) {
+			if errors.Is(err, viewer.ErrExpired) || errors.Is(err, viewer.ErrRevoked) {
+				a.signIns.Failed(r, httpapi.RequestID(r), "viewer credential", true)
+			}
+			return principal{}, viewerAuthError(err)
+		}
+		viewerErr = viewerAuthError(err)
 	}
 	secret := r.URL.Query().Get("token")
 	if secret == "" {
@@ -147,7 +180,14 @@ func (a *api) authenticate(r *http.Request) (principal, error) {
 	tok, err := a.ledger.Authenticate(r.Context(), secret)
 	if err != nil {
 		if errors.Is(err, domain.ErrUnauthenticated) {
-			a.signIns.Failed(r, httpapi.RequestID(r), "admin or access token", secret != "")
+			credential := "admin or access token"
+			if viewerErr != nil {
+				credential = "viewer credential"
+			}
+			a.signIns.Failed(r, httpapi.RequestID(r), credential, secret != "")
+		}
+		if viewerErr != nil {
+			return principal{}, viewerErr
 		}
 		return principal{}, domain.ErrUnauthenticated
 	}
@@ -192,7 +232,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	if !p.admin {
+	if !p.readsAll() {
 		// Who made each change and from where (other customers' addresses among them) is for
 		// the vendor's eyes only.
 		for i := range h.Entries {
@@ -280,7 +320,7 @@ func (a *api) correct(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.admin {
-		a.fail(w, domain.ErrAccessDenied)
+		a.fail(w, refuseWrite(p))
 		return
 	}
 	id, err := objectID(r)
@@ -319,49 +359,14 @@ func (a *api) correct(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) usage(w http.ResponseWriter, r *http.Request) {
-	p, err := a.authenticate(r)
-	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	// A report spans many objects and may replay the whole store (bounds off the 15-minute
-	// grid), so it is not for tokens that ship inside customers' applications (a negative key
-	// lock): only the admin and the vendor's own tokens.
-	if !p.admin && (!p.token.Allows(domain.MethodListDataObjects) || p.token.KeyLock < 0) {
-		a.fail(w, domain.ErrAccessDenied)
+	// usageRequest authenticates, parses the query and narrows it to what the caller may see.
+	uq, ok := a.usageRequest(w, r)
+	if !ok {
 		return
 	}
 	q := r.URL.Query()
-	uq, err := ParseUsageQuery(q.Get("from"), q.Get("to"), q.Get("tz"), q.Get("by"), q.Get("time"), q.Get("product"), q.Get("key"))
-	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	filter := uq.Include
-	// The fold asks once per change; the answer per object is remembered.
-	allowed := map[int64]bool{}
-	uq.Include = func(o projections.UsageObject) bool {
-		ok, seen := allowed[o.ObjectID]
-		if !seen {
-			ok = (filter == nil || filter(o)) && a.may(p, o.ObjectID)
-			allowed[o.ObjectID] = ok
-		}
-		return ok
-	}
-	var rep *projections.UsageReport
-	if a.model != nil {
-		if !a.waitModel(w, r) {
-			return
-		}
-		rep, err = a.model.Usage(r.Context(), uq)
-	}
-	if a.model == nil || errors.Is(err, readmodel.ErrNotAligned) {
-		// Bounds off the 15-minute grid (an RFC 3339 instant like 10:07) cannot be answered
-		// from the buckets: replay.
-		rep, err = projections.Usage(r.Context(), a.store, uq)
-	}
-	if err != nil {
-		a.fail(w, err)
+	rep, ok := a.usageReport(w, r, uq)
+	if !ok {
 		return
 	}
 	switch q.Get("format") {
@@ -380,7 +385,8 @@ func (a *api) usage(w http.ResponseWriter, r *http.Request) {
 
 // ParseUsageQuery reads the parameters of a usage report. from and to are dates (YYYY-MM-DD,
 // in tz; to is inclusive: the report ends at the midnight after it) or RFC 3339 instants (to
-// exclusive). tz defaults to UTC, by to day, axis to usage. product is a product id; key a
+// exclusive). tz defaults to UTC, by (hour, day or month) to day, axis to usage; the range may
+// hold at most projections.MaxPeriods periods. product is a product id; key a
 // license key's id or its key string.
 func ParseUsageQuery(from, to, tz, by, axis, product, key string) (projections.UsageQuery, error) {
 	var q projections.UsageQuery
@@ -410,8 +416,10 @@ func ParseUsageQuery(from, to, tz, by, axis, product, key string) (projections.U
 		q.By = projections.ByDay
 	case projections.ByMonth:
 		q.By = projections.ByMonth
+	case projections.ByHour:
+		q.By = projections.ByHour
 	default:
-		return q, invalid("by %q: want day or month", by)
+		return q, invalid("by %q: want hour, day or month", by)
 	}
 	switch projections.TimeAxis(axis) {
 	case "", projections.AxisUsage:
@@ -422,7 +430,7 @@ func ParseUsageQuery(from, to, tz, by, axis, product, key string) (projections.U
 		return q, invalid("time %q: want usage or recorded", axis)
 	}
 	if _, err := projections.Periods(q); err != nil {
-		return q, invalid("%d periods at most in one report; ask for a shorter range or months", projections.MaxPeriods)
+		return q, invalid("%d periods at most in one report, and the range holds more %ss; ask for a shorter range or longer periods", projections.MaxPeriods, q.By)
 	}
 	var productID, keyID int64
 	if product != "" {
@@ -525,7 +533,12 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 	if de, ok := domain.AsError(err); ok {
 		msg, status = de.Message, httpapi.StatusOf(de.Kind)
 	}
+	var ae authError
 	switch {
+	case errors.As(err, &ae):
+		status, msg = http.StatusUnauthorized, ae.msg
+	case errors.Is(err, errReadOnly):
+		status, msg = http.StatusForbidden, errReadOnly.Error()
 	case errors.Is(err, ledger.ErrInvalid):
 		status, msg = http.StatusBadRequest, err.Error()
 	case errors.Is(err, projections.ErrNoSuchObject):

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/viewer"
 )
 
 // Product is a product as the admin API shows it.
@@ -118,15 +119,21 @@ func tokenOut(t domain.Token) Token {
 type adminFunc func(r *http.Request, c ledger.Caller) (int, any, error)
 
 // adminHandler names an admin endpoint for the metrics, checks the admin credential and runs
-// fn as the admin caller.
+// fn as the admin caller. A viewer credential is refused with 403: it may read, never change.
 func (s *server) adminHandler(name string, fn adminFunc) http.Handler {
+	return s.adminEndpoint(name, false, fn)
+}
+
+// adminRead is adminHandler for an endpoint that only reads: a viewer credential may call it.
+func (s *server) adminRead(name string, fn adminFunc) http.Handler {
+	return s.adminEndpoint(name, true, fn)
+}
+
+func (s *server) adminEndpoint(name string, viewerMay bool, fn adminFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ri := infoOf(r)
 		ri.method = name
-		if !s.isAdmin(r) {
-			s.signIns.Failed(r, ri.requestID, "admin token", Bearer(r) != "")
-			w.Header().Set("WWW-Authenticate", `Bearer realm="tally-admin"`)
-			writeAdminJSON(w, http.StatusUnauthorized, adminError{Error: "admin credential missing or wrong"})
+		if !s.isAdmin(r) && !s.viewerAllowed(w, r, viewerMay) {
 			return
 		}
 		if s.notReady() {
@@ -143,6 +150,34 @@ func (s *server) adminHandler(name string, fn adminFunc) http.Handler {
 		}
 		writeAdminJSON(w, status, body)
 	})
+}
+
+// viewerAllowed decides a request that does not carry the admin token: a live viewer
+// credential may read (viewerMay) and is refused changes with 403; anything else is refused
+// with 401 and a message that says what was wrong. It answers every refusal itself.
+func (s *server) viewerAllowed(w http.ResponseWriter, r *http.Request, viewerMay bool) bool {
+	msg, credential := "admin credential missing or wrong", "admin token"
+	if bearer := Bearer(r); s.viewers != nil && strings.HasPrefix(bearer, viewer.SecretPrefix) {
+		credential = "viewer credential"
+		_, err := s.viewers.Authenticate(r.Context(), bearer)
+		switch {
+		case err == nil && viewerMay:
+			return true
+		case err == nil:
+			writeAdminJSON(w, http.StatusForbidden, adminError{Error: "the viewer credential is read-only: this change needs the admin token"})
+			return false
+		case errors.Is(err, viewer.ErrExpired), errors.Is(err, viewer.ErrRevoked), errors.Is(err, viewer.ErrUnknown):
+			msg = err.Error()
+		default:
+			status, m := s.adminRefusal(r, err)
+			writeAdminJSON(w, status, adminError{Error: m})
+			return false
+		}
+	}
+	s.signIns.Failed(r, infoOf(r).requestID, credential, Bearer(r) != "")
+	w.Header().Set("WWW-Authenticate", `Bearer realm="tally-admin"`)
+	writeAdminJSON(w, http.StatusUnauthorized, adminError{Error: msg})
+	return false
 }
 
 // notReady reports whether the readiness check says the service cannot take requests yet.
@@ -329,4 +364,86 @@ func queryValue(r *http.Request, name string) string {
 		}
 	}
 	return ""
+}
+
+// ViewerCredential is a read-only viewer credential as the admin API shows it: never its secret.
+type ViewerCredential struct {
+	ID      uuid.UUID  `json:"id"`
+	Name    string     `json:"name"`
+	Expires *time.Time `json:"expires,omitempty"`
+	Revoked bool       `json:"revoked"`
+	Created time.Time  `json:"created"`
+}
+
+// NewViewerCredential is a viewer credential just created, with its secret: the only time the
+// secret is shown.
+type NewViewerCredential struct {
+	ViewerCredential
+	Secret string `json:"secret"`
+}
+
+// CreateViewerRequest is the body of POST /admin/v1/viewers. Expires is optional (RFC 3339).
+type CreateViewerRequest struct {
+	Name    string     `json:"name"`
+	Expires *time.Time `json:"expires,omitempty"`
+}
+
+// ViewerList is the answer of GET /admin/v1/viewers.
+type ViewerList struct {
+	Viewers []ViewerCredential `json:"viewers"`
+}
+
+func viewerOut(c viewer.Credential) ViewerCredential {
+	return ViewerCredential{ID: c.ID, Name: c.Name, Expires: c.Expires, Revoked: c.Revoked, Created: c.Created}
+}
+
+// viewerRefusal maps the viewer service's errors to the admin API's.
+func viewerRefusal(err error) error {
+	switch {
+	case errors.Is(err, viewer.ErrInvalid):
+		return fmt.Errorf("%w: %v", ledger.ErrInvalid, err)
+	case errors.Is(err, viewer.ErrNotFound):
+		return fmt.Errorf("%w: %v", ledger.ErrNotFound, err)
+	}
+	return err
+}
+
+func adminMetadata(c ledger.Caller) domain.Metadata {
+	return domain.Metadata{Admin: true, RequestID: c.RequestID, ClientAddr: c.ClientAddr}
+}
+
+func (s *server) createViewer(r *http.Request, c ledger.Caller) (int, any, error) {
+	var req CreateViewerRequest
+	if err := decodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	cred, secret, err := s.viewers.Create(r.Context(), adminMetadata(c), req.Name, req.Expires)
+	if err != nil {
+		return 0, nil, viewerRefusal(err)
+	}
+	return http.StatusCreated, NewViewerCredential{ViewerCredential: viewerOut(cred), Secret: secret}, nil
+}
+
+func (s *server) listViewers(r *http.Request, _ ledger.Caller) (int, any, error) {
+	creds, err := s.viewers.List(r.Context())
+	if err != nil {
+		return 0, nil, err
+	}
+	out := ViewerList{Viewers: []ViewerCredential{}}
+	for _, c := range creds {
+		out.Viewers = append(out.Viewers, viewerOut(c))
+	}
+	return http.StatusOK, out, nil
+}
+
+func (s *server) revokeViewer(r *http.Request, c ledger.Caller) (int, any, error) {
+	id, err := uuid.Parse(mux.Vars(r)["id"])
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: viewer id %q is not a UUID", ledger.ErrInvalid, mux.Vars(r)["id"])
+	}
+	cred, err := s.viewers.Revoke(r.Context(), adminMetadata(c), id)
+	if err != nil {
+		return 0, nil, viewerRefusal(err)
+	}
+	return http.StatusOK, viewerOut(cred), nil
 }

@@ -133,6 +133,28 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) 
 	return nil
 }
 
+// CreateViewer creates a read-only viewer credential and returns it with its secret (shown
+// only in this answer). expires may be nil.
+func (c *AdminClient) CreateViewer(ctx context.Context, req CreateViewerRequest) (NewViewerCredential, error) {
+	var v NewViewerCredential
+	err := c.do(ctx, http.MethodPost, "/admin/v1/viewers", req, &v)
+	return v, err
+}
+
+// ListViewers lists the viewer credentials, without their secrets.
+func (c *AdminClient) ListViewers(ctx context.Context) ([]ViewerCredential, error) {
+	var out ViewerList
+	err := c.do(ctx, http.MethodGet, "/admin/v1/viewers", nil, &out)
+	return out.Viewers, err
+}
+
+// RevokeViewer ends a viewer credential's use.
+func (c *AdminClient) RevokeViewer(ctx context.Context, id uuid.UUID) (ViewerCredential, error) {
+	var v ViewerCredential
+	err := c.do(ctx, http.MethodPost, "/admin/v1/viewers/"+id.String()+"/revoke", nil, &v)
+	return v, err
+}
+
 // Backup fetches a backup archive of the server's data (GET /admin/v1/backup) and copies it to
 // w as it arrives. The caller checks the archive: a connection cut mid-way ends it early.
 func (c *AdminClient) Backup(ctx context.Context, w io.Writer) (int64, error) {

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/viewer"
 )
 
 // DefaultMaxBodyBytes is the largest request body accepted when Config leaves it unset. A
@@ -95,6 +97,17 @@ type Config struct {
 	// Backup writes a backup archive of the server's data to w for GET /admin/v1/backup (nil:
 	// 501, as on a KurrentDB store). It may return ErrBackupRunning.
 	Backup func(ctx context.Context, w io.Writer) error
+	// Viewers keeps the read-only viewer credentials (nil: none; /admin/v1/viewers is absent).
+	// A viewer may call the admin API's reads and is refused every change with 403.
+	Viewers Viewers
+}
+
+// Viewers is what the admin API needs of the viewer credentials; *viewer.Service is one.
+type Viewers interface {
+	Create(ctx context.Context, meta domain.Metadata, name string, expires *time.Time) (viewer.Credential, string, error)
+	Revoke(ctx context.Context, meta domain.Metadata, id uuid.UUID) (viewer.Credential, error)
+	List(ctx context.Context) ([]viewer.Credential, error)
+	Authenticate(ctx context.Context, secret string) (viewer.Credential, error)
 }
 
 // server holds the handler's dependencies.
@@ -110,6 +123,7 @@ type server struct {
 	// metricsHandler serves /metrics on the admin routes (nil: 404).
 	metricsHandler http.Handler
 	signIns        *SignInLog // nil: failed sign-ins are not logged
+	viewers        Viewers    // nil: no viewer credentials
 	// largeBodies holds one token per large body being read and handled.
 	largeBodies chan struct{}
 	backupFn    func(ctx context.Context, w io.Writer) error
@@ -160,7 +174,7 @@ func newServer(cfg Config) (*server, error) {
 		ledger: cfg.Ledger, adminToken: cfg.AdminToken, ready: cfg.Ready,
 		writes: cfg.WriteHealth, logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
 		limiter:        newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
-		metricsHandler: cfg.Metrics, signIns: cfg.SignIns,
+		metricsHandler: cfg.Metrics, signIns: cfg.SignIns, viewers: cfg.Viewers,
 		backupFn: cfg.Backup,
 	}
 	if s.logger == nil {
@@ -206,15 +220,15 @@ func (s *server) handler(routes routeSet) http.Handler {
 		admin := r.PathPrefix("/admin/v1/").Subrouter()
 		admin.Handle("/products", s.byMethod(map[string]http.Handler{
 			http.MethodPost: s.adminHandler("admin.createProduct", s.createProduct),
-			http.MethodGet:  s.adminHandler("admin.listProducts", s.listProducts),
+			http.MethodGet:  s.adminRead("admin.listProducts", s.listProducts),
 		}))
 		admin.Handle("/keys", s.byMethod(map[string]http.Handler{
 			http.MethodPost: s.adminHandler("admin.createKey", s.createKey),
-			http.MethodGet:  s.adminHandler("admin.listKeys", s.listKeys),
+			http.MethodGet:  s.adminRead("admin.listKeys", s.listKeys),
 		}))
 		admin.Handle("/tokens", s.byMethod(map[string]http.Handler{
 			http.MethodPost: s.adminHandler("admin.createToken", s.createToken),
-			http.MethodGet:  s.adminHandler("admin.listTokens", s.listTokens),
+			http.MethodGet:  s.adminRead("admin.listTokens", s.listTokens),
 		}))
 		admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
 			http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
@@ -222,6 +236,15 @@ func (s *server) handler(routes routeSet) http.Handler {
 		admin.Handle("/backup", s.byMethod(map[string]http.Handler{http.MethodGet: http.HandlerFunc(s.backup)}))
 		s.integrityRoutes(admin)
 		s.uploadRoutes(admin)
+		if s.viewers != nil {
+			admin.Handle("/viewers", s.byMethod(map[string]http.Handler{
+				http.MethodPost: s.adminHandler("admin.createViewer", s.createViewer),
+				http.MethodGet:  s.adminRead("admin.listViewers", s.listViewers),
+			}))
+			admin.Handle("/viewers/{id}/revoke", s.byMethod(map[string]http.Handler{
+				http.MethodPost: s.adminHandler("admin.revokeViewer", s.revokeViewer),
+			}))
+		}
 		if s.metricsHandler != nil {
 			r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", s.metricsHandler)}))
 		}

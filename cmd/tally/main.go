@@ -42,6 +42,7 @@ func newRootCommand() *cobra.Command {
 		newProductCommand(g),
 		newKeyCommand(g),
 		newTokenCommand(g),
+		newViewerCommand(g),
 		newRSACommand(g),
 		newLogCommand(),
 		newHistoryCommand(g),

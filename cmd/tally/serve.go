@@ -26,6 +26,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tallyledger/tally/adapters/auditapi"
+	"github.com/tallyledger/tally/adapters/console"
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
@@ -34,6 +35,7 @@ import (
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
+	"github.com/tallyledger/tally/domain/viewer"
 	"github.com/tallyledger/tally/projections"
 	"github.com/tallyledger/tally/projections/readmodel"
 )
@@ -259,10 +261,12 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		}
 		return ready.check()
 	}
+	// Read-only viewer credentials live on the store, so every instance on it shares them.
+	viewers := viewer.New(store, nil)
 	// Failed sign-ins: a few lines a second at most, whatever a client sends.
 	signIns := httpapi.NewSignInLog(logger.With("component", "auth"), 1, 10)
 	handlers, err := httpapi.NewHandlers(httpapi.Config{
-		Ledger: svc, AdminToken: adminToken, Ready: readyCheck, WriteHealth: health.check,
+		Ledger: svc, AdminToken: adminToken, Ready: readyCheck, WriteHealth: health.check, Viewers: viewers,
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, SignIns: signIns, Backup: backupFn,
@@ -271,8 +275,13 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		return err
 	}
 	audit, err := auditapi.New(auditapi.Config{
-		Store: store, Ledger: svc, AdminToken: adminToken, ReadModel: usageModel, Logger: logger.With("component", "audit"), SignIns: signIns,
+		Store: store, Ledger: svc, AdminToken: adminToken, ReadModel: usageModel, Viewers: viewers, View: proj,
+		Logger: logger.With("component", "audit"), SignIns: signIns,
 	})
+	if err != nil {
+		return err
+	}
+	consoleFiles, err := console.New()
 	if err != nil {
 		return err
 	}
@@ -280,6 +289,8 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	// the OpenAPI document and the like here.
 	adminMounts := []adminMount{
 		{Prefix: "/v1/", Handler: whenReady(readyCheck, audit)},
+		{Prefix: console.Prefix, Handler: consoleFiles},
+		{Prefix: strings.TrimSuffix(console.Prefix, "/"), Handler: consoleFiles}, // redirects to /console/
 	}
 	listeners := []*listener{
 		{Name: "public", Addr: cfg.Addr, Handler: handlers.Public, Cert: publicCert},

@@ -29,6 +29,7 @@ import (
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/domain/state"
+	"github.com/tallyledger/tally/domain/viewer"
 	"github.com/tallyledger/tally/projections"
 )
 
@@ -76,7 +77,9 @@ type Env struct {
 	Registry   *prometheus.Registry
 	HTTP       *http.Client
 	Admin      *httpapi.AdminClient
-	opts       Options
+	// Viewers keeps the read-only viewer credentials on Store.
+	Viewers *viewer.Service
+	opts    Options
 	// storeClosed is set when a test closed the store under the service on purpose, which
 	// stops the projection with an error the cleanup then expects. Instances on one store
 	// share it.
@@ -146,8 +149,9 @@ func (e *Env) start() {
 		t.Fatalf("ledger: %v", err)
 	}
 	reg := prometheus.NewRegistry()
+	viewers := viewer.New(e.Store, nil)
 	h, err := httpapi.New(httpapi.Config{
-		Ledger: svc, AdminToken: AdminToken, Ready: e.opts.Ready,
+		Ledger: svc, AdminToken: AdminToken, Ready: e.opts.Ready, Viewers: viewers,
 		Metrics:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Registry: reg, Logger: e.opts.Logger, MaxBodyBytes: e.opts.MaxBodyBytes,
 		MaxLargeBodies: e.opts.MaxLargeBodies,
@@ -157,7 +161,7 @@ func (e *Env) start() {
 		t.Fatalf("http handler: %v", err)
 	}
 	srv := httptest.NewServer(h)
-	e.URL, e.Projection, e.Ledger, e.Registry = srv.URL, proj, svc, reg
+	e.URL, e.Projection, e.Ledger, e.Registry, e.Viewers = srv.URL, proj, svc, reg, viewers
 	e.HTTP = srv.Client()
 	e.Admin = httpapi.NewAdminClient(srv.URL, AdminToken, srv.Client())
 	t.Cleanup(func() {

@@ -253,6 +253,28 @@ func TestClientCommandsAgainstTheAuditAPI(t *testing.T) {
 	if gotIncs != incs || gotDecs != decs {
 		t.Errorf("usage of object %s: +%d -%d, want +%d -%d", id, gotIncs, gotDecs, incs, decs)
 	}
+	// --object: the same numbers, that object's rows only.
+	out, err = run(t, append([]string{"usage", "--from", "2024-12-01", "--to", "2026-01-31", "--tz", "Europe/Stockholm", "--by", "month", "--object", id, "--format", "csv"}, global...)...)
+	if err != nil {
+		t.Fatalf("usage --object: %v\n%s", err, out)
+	}
+	oneObject, err := csv.NewReader(strings.NewReader(out)).ReadAll()
+	if err != nil || len(oneObject) < 2 {
+		t.Fatalf("usage --object csv: %v, %d records", err, len(oneObject))
+	}
+	var objIncs, objDecs int64
+	for _, r := range oneObject[1:] {
+		if r[col["object_id"]] != id {
+			t.Errorf("usage --object %s: a row of object %s", id, r[col["object_id"]])
+		}
+		i, _ := strconv.ParseInt(r[col["increments"]], 10, 64)
+		d, _ := strconv.ParseInt(r[col["decrements"]], 10, 64)
+		objIncs += i
+		objDecs += d
+	}
+	if objIncs != incs || objDecs != decs {
+		t.Errorf("usage --object %s: +%d -%d, want +%d -%d", id, objIncs, objDecs, incs, decs)
+	}
 	out, err = run(t, append([]string{"usage", "--from", "2025-01-01", "--to", "2025-12-31"}, global...)...)
 	if err != nil || !strings.Contains(out, "OPENING") {
 		t.Errorf("usage table: %v\n%s", err, out)

@@ -241,11 +241,11 @@ func NewValueCommand(c Client) *cobra.Command {
 
 // NewUsageCommand is tally usage --from --to.
 func NewUsageCommand(c Client) *cobra.Command {
-	var from, to, tz, by, product, key, format, axis string
+	var from, to, tz, by, product, key, object, format, axis string
 	cmd := &cobra.Command{
 		Use:   "usage --from DATE --to DATE",
 		Short: "Report usage per key, data object and period, from the events' usage read model",
-		Long: `Report usage per license key, data object and day or month, from the server's usage read model
+		Long: `Report usage per license key, data object and hour, day or month, from the server's usage read model
 (15-minute buckets folded once from the events; bounds off the 15-minute grid are replayed).
 --from and --to are dates (YYYY-MM-DD in --tz; --to is inclusive) or RFC 3339 instants (--to exclusive).
 --time usage counts each change when the usage happened (log timestamps for uploads); --time recorded
@@ -261,6 +261,9 @@ when the ledger recorded it (for uploads: their commit). See docs/audit.md.`,
 			}
 			if key != "" {
 				q.Set("key", key)
+			}
+			if object != "" {
+				q.Set("object", object)
 			}
 			var rep projections.UsageReport
 			if err := c.call(cmd.Context(), http.MethodGet, "/v1/usage", q, nil, &rep); err != nil {
@@ -280,9 +283,10 @@ when the ledger recorded it (for uploads: their commit). See docs/audit.md.`,
 	f.StringVar(&from, "from", "", "start: YYYY-MM-DD (in --tz) or RFC 3339")
 	f.StringVar(&to, "to", "", "end: YYYY-MM-DD (inclusive, in --tz) or RFC 3339 (exclusive)")
 	f.StringVar(&tz, "tz", "UTC", "time zone of dates and periods, e.g. Europe/Stockholm")
-	f.StringVar(&by, "by", "day", "period: day or month")
+	f.StringVar(&by, "by", "day", "period: hour, day or month")
 	f.StringVar(&product, "product", "", "only objects of this product id")
 	f.StringVar(&key, "key", "", "only objects of this license key (id or key string)")
+	f.StringVar(&object, "object", "", "only this data object (id)")
 	f.StringVar(&axis, "time", "usage", "time axis: usage (when it happened) or recorded (when the ledger recorded it)")
 	f.StringVar(&format, "format", "table", "output: table, csv or json")
 	_ = cmd.MarkFlagRequired("from")

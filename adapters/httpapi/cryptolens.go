@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -65,13 +66,17 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 			s.writeError(w, r, domain.ErrServiceUnavailable)
 			return
 		}
-		release, err := s.admitBody(r)
+		release, err := s.bodies.admit(r)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
 		defer release()
 		values, malformed, err := s.readParams(w, r)
+		if errors.Is(err, errBodyTooSlow) {
+			s.writeResult(w, r, http.StatusRequestTimeout, errorResult(bodyTooSlowMessage))
+			return
+		}
 		if err != nil {
 			s.writeError(w, r, err)
 			return

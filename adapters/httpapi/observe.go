@@ -151,6 +151,8 @@ func kindLabel(status int) string {
 		return "conflict"
 	case http.StatusTooManyRequests:
 		return "rate_limited"
+	case http.StatusRequestTimeout:
+		return "too_slow"
 	case http.StatusRequestEntityTooLarge:
 		return "too_large"
 	case http.StatusServiceUnavailable:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"sync"
@@ -52,11 +53,12 @@ type bodyGate struct {
 	grace    time.Duration
 	// writeTimeout is the time given to the answer once the body is in (0: the server's).
 	writeTimeout time.Duration
+	logger       *slog.Logger
 }
 
-func newBodyGate(cfg Config, maxBody int64) *bodyGate {
+func newBodyGate(cfg Config, maxBody int64, logger *slog.Logger) *bodyGate {
 	g := &bodyGate{
-		capacity: cfg.MaxPendingBodyBytes, maxBody: maxBody,
+		capacity: cfg.MaxPendingBodyBytes, maxBody: maxBody, logger: logger,
 		minRate: cfg.MinBodyRate, grace: cfg.BodyRateGrace, writeTimeout: cfg.WriteTimeout,
 	}
 	if g.capacity <= 0 {
@@ -134,6 +136,9 @@ func (g *bodyGate) admit(r *http.Request) (func(), error) {
 		return fail(err)
 	}
 	undo = append(undo, func() { g.budget.Release(size) })
+	if r.ContentLength < 0 || r.ContentLength > largeBody {
+		g.logger.Debug("reading a large body", "request_id", infoOf(r).requestID, "client", ClientAddr(r), "announced", r.ContentLength, "reserved", size)
+	}
 	return release, nil
 }
 

@@ -127,7 +127,7 @@ func New(cfg Config) (http.Handler, error) {
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
 	}
-	s.bodies = newBodyGate(cfg, s.maxBody)
+	s.bodies = newBodyGate(cfg, s.maxBody, s.logger)
 	if cfg.Registry != nil {
 		m, err := newRequestMetrics(cfg.Registry)
 		if err != nil {

@@ -24,6 +24,8 @@ type benchConfig struct {
 	Quiet     bool
 	CPUProf   string
 	MemProf   string
+	// DecodeWorkers and BusyDecodeWorkers size the in-process server's decode pool.
+	DecodeWorkers, BusyDecodeWorkers int
 }
 
 func newBenchCommand(g *globalFlags) *cobra.Command {
@@ -57,6 +59,8 @@ real layers and uploaded first, which costs O(n²) AES in its length.`,
 	f.BoolVar(&bc.Quiet, "quiet", false, "no progress lines on stderr")
 	f.StringVar(&bc.CPUProf, "cpuprofile", "", "write a CPU profile of the timed phase (server and clients) to this file")
 	f.StringVar(&bc.MemProf, "memprofile", "", "write an allocation profile, taken after the timed phase, to this file")
+	f.IntVar(&bc.DecodeWorkers, "decode-workers", 0, "in-process server: usage logs decoded at once (0: one per processor)")
+	f.IntVar(&bc.BusyDecodeWorkers, "decode-workers-busy", 0, "in-process server: usage logs decoded at once while increments run (0: half the processors)")
 	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload or mix")
 	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients")
 	f.DurationVar(&lc.Duration, "duration", 0, "length of the timed phase (0: until --requests and --uploads are done)")
@@ -118,7 +122,7 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 			defer os.RemoveAll(tmp)
 			dir = tmp
 		}
-		srv, err := loadgen.StartEmbedded(ctx, loadgen.ServerOptions{Dir: dir})
+		srv, err := loadgen.StartEmbedded(ctx, loadgen.ServerOptions{Dir: dir, DecodeWorkers: bc.DecodeWorkers, BusyDecodeWorkers: bc.BusyDecodeWorkers})
 		if err != nil {
 			return err
 		}

@@ -46,6 +46,12 @@ type serveConfig struct {
 	UploadLease  time.Duration
 	RateLimit    float64
 	RateBurst    int
+	// Hostile clients and uploads against direct calls (docs/reliability.md, docs/performance.md).
+	MinBodyRate         float64
+	BodyRateGrace       time.Duration
+	MaxPendingBodyBytes int64
+	DecodeWorkers       int
+	BusyDecodeWorkers   int
 	// onReady, if set, is called with the listening address once the server is ready (tests
 	// use it instead of polling).
 	onReady func(addr string)
@@ -76,6 +82,11 @@ func newServeCommand(g *globalFlags) *cobra.Command {
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 64<<20, "largest request body, and so usage log, accepted (TALLY_MAX_BODY_BYTES)")
 	f.Float64Var(&cfg.RateLimit, "rate-limit", httpapi.DefaultRateLimit, "data-object API requests per second per access token; 0 turns the limit off (TALLY_RATE_LIMIT)")
 	f.IntVar(&cfg.RateBurst, "rate-burst", httpapi.DefaultRateBurst, "requests a token may send at once; 0: twice --rate-limit (TALLY_RATE_BURST)")
+	f.Float64Var(&cfg.MinBodyRate, "min-body-rate", httpapi.DefaultMinBodyRate, "bytes/s a request body must average after --body-rate-grace, or the connection is cut; negative turns it off (TALLY_MIN_BODY_RATE)")
+	f.DurationVar(&cfg.BodyRateGrace, "body-rate-grace", httpapi.DefaultBodyRateGrace, "how long a request body may take before --min-body-rate applies (TALLY_BODY_RATE_GRACE)")
+	f.Int64Var(&cfg.MaxPendingBodyBytes, "max-pending-body-bytes", httpapi.DefaultMaxPendingBodyBytes, "memory reserved at most for request bodies over 64 KiB being read and handled (TALLY_MAX_PENDING_BODY_BYTES)")
+	f.IntVar(&cfg.DecodeWorkers, "decode-workers", 0, "usage logs decoded at once; 0: one per processor (TALLY_DECODE_WORKERS)")
+	f.IntVar(&cfg.BusyDecodeWorkers, "decode-workers-busy", 0, "usage logs decoded at once while direct data-object calls run; 0: half the processors, at least 1 (TALLY_DECODE_WORKERS_BUSY)")
 	f.DurationVar(&cfg.UploadLease, "upload-lease", 30*time.Second, "how long an interrupted upload may stay undecided before recovery decides it (TALLY_UPLOAD_LEASE)")
 	return cmd
 }
@@ -100,6 +111,9 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveConfig) error {
 	if cfg.UploadLease < time.Second {
 		return fmt.Errorf("--upload-lease %v: at least 1s", cfg.UploadLease)
+	}
+	if cfg.DecodeWorkers < 0 || cfg.BusyDecodeWorkers < 0 {
+		return errors.New("--decode-workers and --decode-workers-busy: 0 (the default) or more")
 	}
 	if err := os.MkdirAll(g.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
@@ -144,6 +158,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	svc, err := ledger.New(ledger.Config{
 		Store: store, View: proj, Decoder: &usagelog.LedgerDecoder{Decoder: &usagelog.Decoder{Keys: keys, MaxInputBytes: int(cfg.MaxBodyBytes)}},
 		Instance: uuid.New(), UploadLease: cfg.UploadLease, Logger: logger.With("component", "ledger"),
+		DecodeWorkers: cfg.DecodeWorkers, BusyDecodeWorkers: cfg.BusyDecodeWorkers,
 	})
 	if err != nil {
 		return err
@@ -176,6 +191,8 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
+		MinBodyRate: cfg.MinBodyRate, BodyRateGrace: cfg.BodyRateGrace, MaxPendingBodyBytes: cfg.MaxPendingBodyBytes,
+		WriteTimeout: defaultServerTimeouts().Write,
 	})
 	if err != nil {
 		return err

@@ -76,7 +76,12 @@ type Config struct {
 	// UploadLease is how long an upload may stay undecided before any instance may decide it
 	// (default 30 s).
 	UploadLease time.Duration
-	Logger      *slog.Logger
+	// DecodeWorkers bounds the usage logs decoded at once (default DefaultDecodeWorkers), and
+	// BusyDecodeWorkers those decoded at once while direct calls run (default
+	// DefaultBusyDecodeWorkers): uploads leave direct calls the rest of the processors.
+	DecodeWorkers     int
+	BusyDecodeWorkers int
+	Logger            *slog.Logger
 }
 
 // Service runs the ledger's commands.
@@ -90,6 +95,7 @@ type Service struct {
 	lease       time.Duration
 	logger      *slog.Logger
 	conflicts   atomic.Int64
+	decodes     *decodePool
 	// objectLocks serialise this process's commands on one data object. Optimistic
 	// concurrency still decides between instances; within one, queueing spares concurrent
 	// callers of one object the retries that otherwise run out (64 concurrent increments on
@@ -114,6 +120,7 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{
 		store: cfg.Store, view: cfg.View, decoder: cfg.Decoder, clock: cfg.Clock,
 		instance: cfg.Instance, maxAttempts: cfg.MaxAttempts, lease: cfg.UploadLease, logger: cfg.Logger,
+		decodes: newDecodePool(cfg.DecodeWorkers, cfg.BusyDecodeWorkers),
 	}
 	if s.clock == nil {
 		s.clock = time.Now

@@ -96,7 +96,13 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 	// The walk stops at the first known layer; remember which, to say how many entries the
 	// file held before it.
 	var stop *[32]byte
+	turn, err := s.decodes.start(ctx)
+	if err != nil {
+		return UploadResult{}, err
+	}
 	known := func(layer [32]byte) bool {
+		// Called once per layer before its RSA operation: where the pool applies its limit.
+		turn.layer(ctx)
 		ok := s.layerApplied(owner, layer)
 		if ok {
 			stop = &layer
@@ -104,6 +110,7 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 		return ok
 	}
 	entries, err := s.decoder.Decode(ctx, cmd.Data, known)
+	turn.end()
 	if err != nil {
 		return UploadResult{}, err
 	}

@@ -74,8 +74,12 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 		defer release()
 		values, malformed, err := s.readParams(w, r)
 		if errors.Is(err, errBodyTooSlow) {
+			s.refused(defenceBodyTooSlow)
 			s.writeResult(w, r, http.StatusRequestTimeout, errorResult(bodyTooSlowMessage))
 			return
+		}
+		if errors.Is(err, domain.ErrRequestTooLarge) {
+			s.refused(defenceBodyTooLarge)
 		}
 		if err != nil {
 			s.writeError(w, r, err)
@@ -91,6 +95,7 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 			return
 		}
 		if s.limiter != nil && !s.limiter.allow(tok.ID, time.Now()) {
+			s.refused(defenceRateLimit)
 			s.writeError(w, r, domain.ErrRateLimited)
 			return
 		}

@@ -18,7 +18,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
@@ -26,6 +25,7 @@ import (
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
+	"github.com/tallyledger/tally/adapters/prommetrics"
 	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/cmd/tally/internal/auditcli"
 	"github.com/tallyledger/tally/domain"
@@ -155,28 +155,22 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		}
 	}()
 
+	registry := prometheus.NewRegistry()
+	ledgerMetrics, err := prommetrics.NewLedger(registry)
+	if err != nil {
+		return err
+	}
+	if err := registerServeMetrics(registry, store, proj, keys, g.DataDir); err != nil {
+		return err
+	}
 	svc, err := ledger.New(ledger.Config{
 		Store: store, View: proj, Decoder: &usagelog.LedgerDecoder{Decoder: &usagelog.Decoder{Keys: keys, MaxInputBytes: int(cfg.MaxBodyBytes)}},
 		Instance: uuid.New(), UploadLease: cfg.UploadLease, Logger: logger.With("component", "ledger"),
-		DecodeWorkers: cfg.DecodeWorkers, BusyDecodeWorkers: cfg.BusyDecodeWorkers,
+		DecodeWorkers: cfg.DecodeWorkers, BusyDecodeWorkers: cfg.BusyDecodeWorkers, Metrics: ledgerMetrics,
 	})
 	if err != nil {
 		return err
 	}
-
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "tally_ledger_conflicts_total",
-			Help: "Appends refused for their expected revision and retried.",
-		}, func() float64 { return float64(svc.Conflicts()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tally_projection_position",
-			Help: "Global position of the last event in the current-state projection.",
-		}, func() float64 { return float64(proj.Position()) }),
-	)
 
 	ready := newReadiness()
 	readyCheck := func() error {

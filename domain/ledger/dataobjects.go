@@ -363,6 +363,7 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 		_, err = s.appendAndWait(ctx, domain.DataObjectStream(obj.ID), eventstore.Exact(obj.Revision), ev)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 			attempt++
+			s.metrics.Retry()
 			continue
 		}
 		return err

@@ -81,7 +81,9 @@ type Config struct {
 	// DefaultBusyDecodeWorkers): uploads leave direct calls the rest of the processors.
 	DecodeWorkers     int
 	BusyDecodeWorkers int
-	Logger            *slog.Logger
+	// Metrics receives the ledger's counts (nil: none are kept).
+	Metrics Metrics
+	Logger  *slog.Logger
 }
 
 // Service runs the ledger's commands.
@@ -96,6 +98,7 @@ type Service struct {
 	logger      *slog.Logger
 	conflicts   atomic.Int64
 	decodes     *decodePool
+	metrics     Metrics
 	// objectLocks serialise this process's commands on one data object. Optimistic
 	// concurrency still decides between instances; within one, queueing spares concurrent
 	// callers of one object the retries that otherwise run out (64 concurrent increments on
@@ -120,7 +123,10 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{
 		store: cfg.Store, view: cfg.View, decoder: cfg.Decoder, clock: cfg.Clock,
 		instance: cfg.Instance, maxAttempts: cfg.MaxAttempts, lease: cfg.UploadLease, logger: cfg.Logger,
-		decodes: newDecodePool(cfg.DecodeWorkers, cfg.BusyDecodeWorkers),
+		decodes: newDecodePool(cfg.DecodeWorkers, cfg.BusyDecodeWorkers), metrics: cfg.Metrics,
+	}
+	if s.metrics == nil {
+		s.metrics = noMetrics{}
 	}
 	if s.clock == nil {
 		s.clock = time.Now
@@ -142,6 +148,12 @@ func New(cfg Config) (*Service, error) {
 
 // Conflicts counts appends refused for their expected revision and retried, since start.
 func (s *Service) Conflicts() int64 { return s.conflicts.Load() }
+
+// conflict counts an append refused for its expected revision.
+func (s *Service) conflict() {
+	s.conflicts.Add(1)
+	s.metrics.Conflict()
+}
 
 // Caller is who issues a command and from where; it is recorded on every event.
 type Caller struct {
@@ -201,7 +213,7 @@ func newEvent(id uuid.UUID, typ string, data any, meta domain.Metadata) (eventst
 func (s *Service) appendAndWait(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
 	res, err := s.store.Append(ctx, stream, expected, events...)
 	if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
-		s.conflicts.Add(1)
+		s.conflict()
 		if cerr := s.catchUp(ctx, stream); cerr != nil {
 			return res, cerr
 		}

@@ -68,6 +68,12 @@ type plan struct {
 // nothing yet), then UploadCommitted makes them count. A failure before the commit leaves
 // every value unchanged; an undecided upload is committed or aborted by recovery.
 func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) (UploadResult, error) {
+	res, err := s.uploadValues(ctx, c, cmd)
+	s.metrics.UploadFinished(outcomeOf(res, err))
+	return res, err
+}
+
+func (s *Service) uploadValues(ctx context.Context, c Caller, cmd UploadValues) (UploadResult, error) {
 	if !c.Token.AllowsAny(domain.MethodIncrementIntValue, domain.MethodDecrementIntValue) {
 		return UploadResult{}, domain.ErrAccessDenied
 	}
@@ -125,6 +131,7 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 		var p *plan
 		s.view.Read(func(st *state.State) { p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop) })
 		if errors.Is(err, errUploadInProgress) {
+			s.metrics.Retry()
 			continue // another upload of this owner was prepared since we waited
 		}
 		if err != nil && !synced {
@@ -144,6 +151,7 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 		}
 		res, err := s.runUpload(ctx, c, p)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			s.metrics.Retry()
 			continue
 		}
 		return res, err
@@ -287,8 +295,8 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		_, err := s.store.Append(ctx, domain.DataObjectStream(step.ObjectID), eventstore.Exact(step.FromRevision), byObject[step.ObjectID]...)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 			// A direct call changed the object after the plan: decide again on fresh state.
-			s.conflicts.Add(1)
-			s.abort(ctx, p, prepRevision, "an object changed during the upload", meta)
+			s.conflict()
+			s.abort(ctx, p, prepRevision, AbortConflict, "an object changed during the upload", meta)
 			if cerr := s.catchUp(ctx, domain.DataObjectStream(step.ObjectID)); cerr != nil {
 				return UploadResult{}, cerr
 			}
@@ -296,7 +304,7 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		}
 		if err != nil {
 			cause := unavailable(fmt.Errorf("append upload events: %w", err))
-			s.abort(ctx, p, prepRevision, cause.Error(), meta)
+			s.abort(ctx, p, prepRevision, AbortStoreFailure, cause.Error(), meta)
 			return UploadResult{}, cause
 		}
 	}
@@ -330,12 +338,15 @@ func (s *Service) layerApplied(owner domain.Owner, layer [32]byte) bool {
 
 // abort appends the abort of a prepared upload after a failure, even if the caller's context
 // ended. If the abort cannot be written either, recovery will decide the upload later.
-func (s *Service) abort(ctx context.Context, p *plan, prepRevision uint64, reason string, meta domain.Metadata) {
+// why is the reason's kind for the metrics (AbortConflict, AbortStoreFailure).
+func (s *Service) abort(ctx context.Context, p *plan, prepRevision uint64, why, reason string, meta domain.Metadata) {
 	abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := s.decide(abortCtx, p.owner, p.prepared.UploadID, prepRevision, false, reason, meta); err != nil {
 		s.logger.Warn("could not abort an upload; recovery will", "upload", p.prepared.UploadID, "err", err)
+		return
 	}
+	s.metrics.UploadAborted(why)
 }
 
 // decide appends the commit or the abort of a prepared upload.
@@ -413,6 +424,9 @@ func (s *Service) RecoverUploads(ctx context.Context, force bool) (int, error) {
 			return decided, err
 		default:
 			decided++
+			if !u.allPresent {
+				s.metrics.UploadAborted(AbortRecovery)
+			}
 			s.logger.Info("recovered an interrupted upload", "upload", u.prepared.UploadID, "owner", u.prepared.Owner.String(), "committed", u.allPresent)
 		}
 	}

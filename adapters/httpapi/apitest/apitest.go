@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,11 +21,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
 	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
+	"github.com/tallyledger/tally/adapters/prommetrics"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
@@ -133,11 +137,15 @@ func (e *Env) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	projDone := make(chan error, 1)
 	go func() { projDone <- proj.Run(ctx) }()
-	svc, err := ledger.New(ledger.Config{Store: e.Store, View: proj, Decoder: e.opts.Decoder, Logger: e.opts.Logger, UploadLease: e.opts.UploadLease})
+	reg := prometheus.NewRegistry()
+	ledgerMetrics, err := prommetrics.NewLedger(reg)
+	if err != nil {
+		t.Fatalf("ledger metrics: %v", err)
+	}
+	svc, err := ledger.New(ledger.Config{Store: e.Store, View: proj, Decoder: e.opts.Decoder, Logger: e.opts.Logger, UploadLease: e.opts.UploadLease, Metrics: ledgerMetrics})
 	if err != nil {
 		t.Fatalf("ledger: %v", err)
 	}
-	reg := prometheus.NewRegistry()
 	h, err := httpapi.New(httpapi.Config{
 		Ledger: svc, AdminToken: AdminToken, Ready: e.opts.Ready,
 		Metrics:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
@@ -346,4 +354,52 @@ func OpenKurrentTest(t testing.TB) eventstore.Store {
 		t.Fatalf("open KurrentDB store: %v", err)
 	}
 	return s
+}
+
+// Metrics scrapes url (a /metrics endpoint) and returns every sample by its name and labels,
+// written as name{a="x",b="y"} with the labels in the order Prometheus sorts them (name alone
+// when it has none).
+func Metrics(t testing.TB, client *http.Client, url string) map[string]float64 {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: status %d", url, resp.StatusCode)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	out := map[string]float64{}
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			key := name
+			if len(m.GetLabel()) > 0 {
+				var parts []string
+				for _, l := range m.GetLabel() {
+					parts = append(parts, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+				}
+				key += "{" + strings.Join(parts, ",") + "}"
+			}
+			switch {
+			case m.GetCounter() != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.GetUntyped() != nil:
+				out[key] = m.GetUntyped().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+// Metrics scrapes the service's /metrics.
+func (e *Env) Metrics() map[string]float64 {
+	e.t.Helper()
+	return Metrics(e.t, e.HTTP, e.URL+"/metrics")
 }

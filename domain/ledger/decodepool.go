@@ -26,6 +26,8 @@ type decodePool struct {
 	direct     atomic.Int64
 	lastDirect atomic.Int64
 	now        func() time.Time
+	// onWait, if set, is called when a decoder starts waiting for a busy token (tests).
+	onWait func()
 }
 
 // DefaultDecodeWorkers is the default number of logs decoded at once: one per processor.
@@ -90,6 +92,9 @@ func (d *decoding) layer(ctx context.Context) {
 	}
 	if d.holdsCPU {
 		return
+	}
+	if d.pool.onWait != nil {
+		d.pool.onWait()
 	}
 	select {
 	case d.pool.busyWorkers <- struct{}{}:

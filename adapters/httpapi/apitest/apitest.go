@@ -50,6 +50,11 @@ type Options struct {
 	MaxBodyBytes int64
 	// MaxLargeBodies bounds the large bodies read at once (0: the handler's default).
 	MaxLargeBodies int
+	// MaxPendingBodyBytes, MinBodyRate and BodyRateGrace are the handler's body defences
+	// (0: its defaults).
+	MaxPendingBodyBytes int64
+	MinBodyRate         float64
+	BodyRateGrace       time.Duration
 	// Ready is the readiness check handed to the handler (nil: always ready).
 	Ready func() error
 	// Logger receives the service's logs (nil: the test's output, warnings and above).
@@ -150,8 +155,9 @@ func (e *Env) start() {
 		Ledger: svc, AdminToken: AdminToken, Ready: e.opts.Ready,
 		Metrics:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Registry: reg, Logger: e.opts.Logger, MaxBodyBytes: e.opts.MaxBodyBytes,
-		MaxLargeBodies: e.opts.MaxLargeBodies,
-		RateLimit:      e.opts.RateLimit, RateBurst: e.opts.RateBurst,
+		MaxLargeBodies: e.opts.MaxLargeBodies, MaxPendingBodyBytes: e.opts.MaxPendingBodyBytes,
+		MinBodyRate: e.opts.MinBodyRate, BodyRateGrace: e.opts.BodyRateGrace,
+		RateLimit: e.opts.RateLimit, RateBurst: e.opts.RateBurst,
 	})
 	if err != nil {
 		t.Fatalf("http handler: %v", err)

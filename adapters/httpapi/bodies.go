@@ -70,6 +70,7 @@ func newBodyGate(cfg Config, maxBody int64, logger *slog.Logger) *bodyGate {
 		n = DefaultMaxLargeBodies
 	}
 	g.slots = make(chan struct{}, n)
+	g.addrs.per = max(1, cfg.LargeBodiesPerAddress)
 	if g.minRate == 0 {
 		g.minRate = DefaultMinBodyRate
 	}
@@ -112,8 +113,8 @@ func (g *bodyGate) admit(r *http.Request) (func(), error) {
 		return nil, err
 	}
 	if r.ContentLength < 0 || r.ContentLength > largeBody {
-		// One large body per client address at a time: one client cannot take every slot,
-		// nor the whole budget, by opening many connections.
+		// One large body per client address at a time (LargeBodiesPerAddress): one client
+		// cannot take every slot, nor the whole budget, by opening many connections.
 		done, err := g.addrs.lock(ctx, ClientAddr(r))
 		if err != nil {
 			return fail(err)
@@ -197,9 +198,10 @@ func (b *rateBody) finish() {
 	}
 }
 
-// addrTurns gives each client address one turn at a time; an entry exists while someone holds
-// or awaits its turn.
+// addrTurns gives each client address per turns at a time; an entry exists while someone holds
+// or awaits a turn.
 type addrTurns struct {
+	per   int
 	mu    sync.Mutex
 	turns map[string]*addrTurn
 }
@@ -217,7 +219,7 @@ func (a *addrTurns) lock(ctx context.Context, addr string) (func(), error) {
 	}
 	t := a.turns[addr]
 	if t == nil {
-		t = &addrTurn{held: make(chan struct{}, 1)}
+		t = &addrTurn{held: make(chan struct{}, max(1, a.per))}
 		a.turns[addr] = t
 	}
 	t.refs++

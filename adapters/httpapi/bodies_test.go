@@ -193,3 +193,30 @@ func TestBodyRate(t *testing.T) {
 		t.Fatalf("a body at 320 KiB/s: %q after %d bytes", status, sent)
 	}
 }
+
+// TestLargeBodiesPerAddressCanBeRaised: with two turns per address (a server behind a reverse
+// proxy), a second large body from the address holding one is read at once.
+func TestLargeBodiesPerAddressCanBeRaised(t *testing.T) {
+	notices := largeBodyNotices{ch: make(chan string, 8)}
+	env := apitest.StartWith(t, apitest.Options{MinBodyRate: -1, LargeBodiesPerAddress: 2, Logger: slog.New(notices)})
+	url := env.URL + "/api/data/ListDataObjects"
+	const size = 2 << 20
+	held, writer := io.Pipe()
+	first := make(chan string, 1)
+	go func() { first <- postBody(clientFrom("127.0.0.2"), url, held, size) }()
+	if _, err := writer.Write([]byte("token=nope&")); err != nil {
+		t.Fatal(err)
+	}
+	<-notices.ch
+	pad := "token=nope&pad=" + strings.Repeat("x", size-len("token=nope&pad="))
+	if a := postBody(clientFrom("127.0.0.2"), url, strings.NewReader(pad), size); a != unauthenticated {
+		t.Fatalf("a second large body from the same address: %s", a)
+	}
+	if _, err := writer.Write([]byte(strings.Repeat("y", size-len("token=nope&")))); err != nil {
+		t.Fatal(err)
+	}
+	writer.Close()
+	if a := <-first; a != unauthenticated {
+		t.Fatalf("first: %s", a)
+	}
+}

@@ -77,8 +77,11 @@ type Config struct {
 	// MaxBodyBytes bounds request bodies (0: DefaultMaxBodyBytes).
 	MaxBodyBytes int64
 	// MaxLargeBodies bounds how many requests with a body over 1 MiB (or of unknown length) are
-	// read at once (0: DefaultMaxLargeBodies). Each client address reads one such body at a time.
+	// read at once (0: DefaultMaxLargeBodies).
 	MaxLargeBodies int
+	// LargeBodiesPerAddress is how many of them one client address may send at once (0: 1).
+	// Behind a reverse proxy every client has the proxy's address: raise it there.
+	LargeBodiesPerAddress int
 	// MaxPendingBodyBytes bounds the memory reserved by bodies over 64 KiB being read and
 	// handled, whoever sends them (0: DefaultMaxPendingBodyBytes). A body reserves its announced
 	// length (one of unknown length, MaxBodyBytes), at most this, before it is read.

@@ -50,6 +50,7 @@ type serveConfig struct {
 	MinBodyRate         float64
 	BodyRateGrace       time.Duration
 	MaxPendingBodyBytes int64
+	LargeBodiesPerAddr  int
 	DecodeWorkers       int
 	BusyDecodeWorkers   int
 	// onReady, if set, is called with the listening address once the server is ready (tests
@@ -85,6 +86,7 @@ func newServeCommand(g *globalFlags) *cobra.Command {
 	f.Float64Var(&cfg.MinBodyRate, "min-body-rate", httpapi.DefaultMinBodyRate, "bytes/s a request body must average after --body-rate-grace, or the connection is cut; negative turns it off (TALLY_MIN_BODY_RATE)")
 	f.DurationVar(&cfg.BodyRateGrace, "body-rate-grace", httpapi.DefaultBodyRateGrace, "how long a request body may take before --min-body-rate applies (TALLY_BODY_RATE_GRACE)")
 	f.Int64Var(&cfg.MaxPendingBodyBytes, "max-pending-body-bytes", httpapi.DefaultMaxPendingBodyBytes, "memory reserved at most for request bodies over 64 KiB being read and handled (TALLY_MAX_PENDING_BODY_BYTES)")
+	f.IntVar(&cfg.LargeBodiesPerAddr, "large-bodies-per-address", 1, "request bodies over 1 MiB one client address may send at once; behind a reverse proxy every client has its address (TALLY_LARGE_BODIES_PER_ADDRESS)")
 	f.IntVar(&cfg.DecodeWorkers, "decode-workers", 0, "usage logs decoded at once; 0: one per processor (TALLY_DECODE_WORKERS)")
 	f.IntVar(&cfg.BusyDecodeWorkers, "decode-workers-busy", 0, "usage logs decoded at once while direct data-object calls run; 0: half the processors, at least 1 (TALLY_DECODE_WORKERS_BUSY)")
 	f.DurationVar(&cfg.UploadLease, "upload-lease", 30*time.Second, "how long an interrupted upload may stay undecided before recovery decides it (TALLY_UPLOAD_LEASE)")
@@ -186,7 +188,8 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
 		MinBodyRate: cfg.MinBodyRate, BodyRateGrace: cfg.BodyRateGrace, MaxPendingBodyBytes: cfg.MaxPendingBodyBytes,
-		WriteTimeout: defaultServerTimeouts().Write,
+		LargeBodiesPerAddress: cfg.LargeBodiesPerAddr,
+		WriteTimeout:          defaultServerTimeouts().Write,
 	})
 	if err != nil {
 		return err

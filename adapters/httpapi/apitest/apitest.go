@@ -52,9 +52,10 @@ type Options struct {
 	MaxLargeBodies int
 	// MaxPendingBodyBytes, MinBodyRate and BodyRateGrace are the handler's body defences
 	// (0: its defaults).
-	MaxPendingBodyBytes int64
-	MinBodyRate         float64
-	BodyRateGrace       time.Duration
+	MaxPendingBodyBytes   int64
+	MinBodyRate           float64
+	BodyRateGrace         time.Duration
+	LargeBodiesPerAddress int
 	// Ready is the readiness check handed to the handler (nil: always ready).
 	Ready func() error
 	// Logger receives the service's logs (nil: the test's output, warnings and above).
@@ -157,7 +158,8 @@ func (e *Env) start() {
 		Registry: reg, Logger: e.opts.Logger, MaxBodyBytes: e.opts.MaxBodyBytes,
 		MaxLargeBodies: e.opts.MaxLargeBodies, MaxPendingBodyBytes: e.opts.MaxPendingBodyBytes,
 		MinBodyRate: e.opts.MinBodyRate, BodyRateGrace: e.opts.BodyRateGrace,
-		RateLimit: e.opts.RateLimit, RateBurst: e.opts.RateBurst,
+		LargeBodiesPerAddress: e.opts.LargeBodiesPerAddress,
+		RateLimit:             e.opts.RateLimit, RateBurst: e.opts.RateBurst,
 	})
 	if err != nil {
 		t.Fatalf("http handler: %v", err)

@@ -151,9 +151,13 @@ type rateBody struct {
 	rc    *http.ResponseController
 	gate  *bodyGate
 	start time.Time
+	set   time.Time // the read deadline last set
 	n     int64
 	done  bool
 }
+
+// deadlineStep is how far the rate deadline must move before the connection's is moved.
+const deadlineStep = 10 * time.Millisecond
 
 // wrap returns the request's body held to the gate's rate (a nil gate: no rate).
 func (g *bodyGate) wrap(w http.ResponseWriter, r *http.Request) *rateBody {
@@ -167,9 +171,13 @@ func (b *rateBody) Read(p []byte) (int, error) {
 	var deadline time.Time
 	if b.gate != nil && b.gate.minRate > 0 {
 		deadline = b.start.Add(b.gate.grace + time.Duration(float64(b.n)/b.gate.minRate*float64(time.Second)))
+		// Moved only when it moves noticeably: a small body's reads then cost one deadline.
 		// Not every ResponseWriter supports deadlines (a test's recorder does not); the
 		// check after the read still holds the client to the rate then.
-		_ = b.rc.SetReadDeadline(deadline)
+		if b.set.IsZero() || deadline.Sub(b.set) > deadlineStep {
+			_ = b.rc.SetReadDeadline(deadline)
+			b.set = deadline
+		}
 	}
 	n, err := b.body.Read(p)
 	b.n += int64(n)
@@ -184,16 +192,18 @@ func (b *rateBody) Read(p []byte) (int, error) {
 func (b *rateBody) Close() error { return b.body.Close() }
 
 // finish clears the rate deadline once the body is read: a deadline passing while the request
-// is handled would make the server cancel the request's context. The answer gets the gate's
-// write timeout from now, since a slow body may have used up the server's.
+// is handled would make the server cancel the request's context. After a body that took longer
+// than the grace period, the answer gets the gate's write timeout from now, since the body may
+// have used up the server's.
 func (b *rateBody) finish() {
 	if b.gate == nil {
 		return
 	}
-	if b.gate.minRate > 0 {
+	if !b.set.IsZero() {
 		_ = b.rc.SetReadDeadline(time.Time{})
 	}
-	if b.gate.writeTimeout > 0 {
+	// A body read within the grace period left the server's write deadline nearly whole.
+	if b.gate.writeTimeout > 0 && time.Since(b.start) > b.gate.grace {
 		_ = b.rc.SetWriteDeadline(time.Now().Add(b.gate.writeTimeout))
 	}
 }

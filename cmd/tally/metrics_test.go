@@ -2,10 +2,12 @@ package main
 
 import (
 	"encoding/base64"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,5 +95,15 @@ func TestServeExportsStoreAndUploadMetrics(t *testing.T) {
 	}
 	if size := after["tally_store_size_bytes"]; size < float64(fi.Size()) || size == 0 {
 		t.Errorf("tally_store_size_bytes %v, the database file alone is %d bytes", size, fi.Size())
+	}
+}
+
+// TestServeRefusesABodyBudgetBelowTheBodyLimit: a body reserves at most the budget, so a
+// budget smaller than the largest body would not bound memory; serve says so at start.
+func TestServeRefusesABodyBudgetBelowTheBodyLimit(t *testing.T) {
+	cfg := serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 64 << 20, MaxPendingBodyBytes: 32 << 20, UploadLease: 30 * time.Second}
+	err := serve(t.Context(), slog.New(slog.DiscardHandler), &globalFlags{DataDir: t.TempDir()}, cfg)
+	if err == nil || !strings.Contains(err.Error(), "--max-pending-body-bytes 33554432: at least --max-body-bytes (67108864)") {
+		t.Fatalf("serve with a 32 MiB budget and 64 MiB bodies: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -113,6 +114,10 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveConfig) error {
 	if cfg.UploadLease < time.Second {
 		return fmt.Errorf("--upload-lease %v: at least 1s", cfg.UploadLease)
+	}
+	if pending := cmp.Or(max(cfg.MaxPendingBodyBytes, 0), httpapi.DefaultMaxPendingBodyBytes); pending < cfg.MaxBodyBytes {
+		// A body reserves at most the budget: one larger than it would be held beyond it.
+		return fmt.Errorf("--max-pending-body-bytes %d: at least --max-body-bytes (%d)", pending, cfg.MaxBodyBytes)
 	}
 	if cfg.DecodeWorkers < 0 || cfg.BusyDecodeWorkers < 0 {
 		return errors.New("--decode-workers and --decode-workers-busy: 0 (the default) or more")

@@ -95,7 +95,7 @@ func readsBody(r *http.Request) bool {
 // admit waits until the body may be read and returns the function that ends its turn, to call
 // once the request is handled: the body's memory counts until then.
 func (g *bodyGate) admit(r *http.Request) (func(), error) {
-	if !readsBody(r) || r.ContentLength >= 0 && r.ContentLength <= unreservedBody {
+	if r.ContentLength >= 0 && r.ContentLength <= unreservedBody || !readsBody(r) {
 		return func() {}, nil
 	}
 	ctx := r.Context()

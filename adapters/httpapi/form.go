@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"mime"
@@ -29,10 +30,31 @@ func isForm(r *http.Request) bool {
 }
 
 // readForm parses a URL-encoded body as url.ParseQuery parses it (the same values, and an error
-// whenever ParseQuery gives one) while reading it, without holding the raw body: the memory it
-// takes is about the size of the values, once. declared is the body's announced length (-1:
-// unknown). A read error is returned as it is, with the values read before it.
+// whenever ParseQuery gives one). declared is the body's announced length (-1: unknown). A body
+// of up to smallComponent bytes is read whole and handed to ParseQuery, as net/http does; a
+// longer one is parsed while it is read (streamForm). A read error is returned as it is, with no
+// values, as net/http's ParseForm does.
 func readForm(body io.Reader, declared int64) (url.Values, error) {
+	if declared < 0 || declared > smallComponent {
+		return streamForm(body, declared)
+	}
+	buf := make([]byte, declared+1) // the +1 reads the end of the body
+	n, err := io.ReadFull(body, buf)
+	switch {
+	case err == nil:
+		// More than announced: net/http stops a body at its Content-Length, but keep the
+		// general case right.
+		return streamForm(io.MultiReader(bytes.NewReader(buf), body), -1)
+	case err != io.ErrUnexpectedEOF && err != io.EOF:
+		return url.Values{}, err
+	}
+	return url.ParseQuery(string(buf[:n]))
+}
+
+// streamForm parses a URL-encoded body while reading it, without holding the raw body: the
+// memory it takes is about the size of the values, once. A read error is returned as it is,
+// with no values.
+func streamForm(body io.Reader, declared int64) (url.Values, error) {
 	f := formParser{values: url.Values{}, remaining: declared}
 	size := int64(32 << 10)
 	if declared >= 0 && declared < size {
@@ -49,7 +71,7 @@ func readForm(body io.Reader, declared int64) (url.Values, error) {
 			break
 		}
 		if err != nil {
-			return f.values, err
+			return url.Values{}, err
 		}
 	}
 	f.endPair()

@@ -26,8 +26,11 @@ const (
 	// DefaultBodyRateGrace is how long a body may take before the rate applies: time for a
 	// connection's first round trips.
 	DefaultBodyRateGrace = time.Second
-	// DefaultMaxPendingBodyBytes bounds the memory reserved for bodies being read and handled.
-	DefaultMaxPendingBodyBytes int64 = 128 << 20
+	// DefaultMaxPendingBodyBytes bounds the memory reserved for bodies being read and handled:
+	// one body of tally serve's largest (64 MiB) and 32 MiB of others. With 128 MiB, two
+	// largest bodies at once and the garbage collector's slack took the process to 280 MB
+	// (TestBigBadBodiesStayWithinMemory); with 96 MiB, 152 MB.
+	DefaultMaxPendingBodyBytes int64 = 96 << 20
 	// unreservedBody is the size up to which a body is read without a reservation: its memory
 	// is of the order of the connection's own buffers.
 	unreservedBody = 64 << 10

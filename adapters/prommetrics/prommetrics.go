@@ -51,7 +51,7 @@ func NewLedger(reg prometheus.Registerer) (*Ledger, error) {
 		}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_ledger_retries_total",
-			Help: "Attempts of a command that lost to a concurrent writer or upload and were decided again.",
+			Help: "Attempts of a command that lost to a concurrent writer or upload (decided again, or given up after the last).",
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.uploads, m.aborted, m.applied, m.known, m.conflicts, m.retries} {

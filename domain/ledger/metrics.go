@@ -18,7 +18,9 @@ type Metrics interface {
 	UploadAborted(reason string)
 	// Conflict is called when an append is refused for its expected revision.
 	Conflict()
-	// Retry is called when a command is decided again after a conflict.
+	// Retry is called when an attempt of a command loses to a concurrent writer or upload:
+	// the command then decides again (or, after its last attempt, gives up with
+	// ErrConcurrentChange).
 	Retry()
 }
 

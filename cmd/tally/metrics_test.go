@@ -24,7 +24,8 @@ import (
 func TestServeExportsStoreAndUploadMetrics(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
 	cfg := serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 8 << 20, UploadLease: 30 * time.Second}
-	base, stop := startServe(t, &globalFlags{DataDir: dataDir}, cfg, &syncBuffer{})
+	srv, stop := startServe(t, &globalFlags{DataDir: dataDir}, cfg, &syncBuffer{})
+	base, adminBase := srv.Public, srv.Admin
 	t.Cleanup(func() {
 		if err := stop(); err != nil {
 			t.Errorf("serve: %v", err)
@@ -35,7 +36,7 @@ func TestServeExportsStoreAndUploadMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := httpapi.NewAdminClient(base, adminToken, nil)
+	admin := httpapi.NewAdminClient(adminBase, adminToken, nil)
 	p, err := admin.CreateProduct(ctx, "P")
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +61,7 @@ func TestServeExportsStoreAndUploadMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := apitest.Metrics(t, http.DefaultClient, base+"/metrics")
+	before := apitest.Metrics(t, http.DefaultClient, adminBase+"/metrics")
 	var data []byte
 	for i := range 7 {
 		if data, err = usagelog.Record(data, &key.PublicKey, id, 1, 1767225600+int64(i)*60, false); err != nil {
@@ -70,7 +71,7 @@ func TestServeExportsStoreAndUploadMetrics(t *testing.T) {
 	if res := call(t, base, "UploadValuesToKey", with(owner, "Data", base64.StdEncoding.EncodeToString(data))); res["result"] != 0.0 || res["applied"] != 7.0 {
 		t.Fatalf("upload: %v", res)
 	}
-	after := apitest.Metrics(t, http.DefaultClient, base+"/metrics")
+	after := apitest.Metrics(t, http.DefaultClient, adminBase+"/metrics")
 
 	for key, want := range map[string]float64{
 		"tally_rsa_operations_total":                         7,

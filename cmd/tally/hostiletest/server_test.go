@@ -51,7 +51,7 @@ func buildTally(t *testing.T) string {
 	return bin
 }
 
-var listeningLine = regexp.MustCompile(`msg=listening addr=(\S+)`)
+var listeningLine = regexp.MustCompile(`msg=listening listener=(public|admin) addr=(\S+)`)
 
 // serverLog receives the server's stderr: it keeps it for the failure report and lets the test
 // wait for lines.
@@ -120,8 +120,9 @@ func (l *serverLog) String() string {
 // server is one run of `tally serve`.
 type server struct {
 	cmd     *exec.Cmd
-	base    string // http://host:port
-	addr    string
+	base    string // http://host:port of the public listener
+	addr    string // its host:port
+	admin   string // http://host:port of the admin listener
 	dataDir string
 	log     *serverLog
 	exited  chan struct{}
@@ -131,7 +132,7 @@ type server struct {
 func startServe(t *testing.T, bin string, extra ...string) *server {
 	t.Helper()
 	dataDir := filepath.Join(t.TempDir(), "data")
-	args := append([]string{"serve", "--data-dir", dataDir, "--addr", "127.0.0.1:0", "--log-level", "debug"}, extra...)
+	args := append([]string{"serve", "--data-dir", dataDir, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-level", "debug"}, extra...)
 	cmd := exec.Command(bin, args...)
 	s := &server{cmd: cmd, dataDir: dataDir, log: newServerLog(), exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.log, s.log
@@ -149,7 +150,13 @@ func startServe(t *testing.T, bin string, extra ...string) *server {
 			t.Logf("server log:\n%s", lastLines(s.log.String(), 40))
 		}
 	})
-	s.addr = s.log.await(t, listeningLine, 1, s.exited)[0][1]
+	for _, m := range s.log.await(t, listeningLine, 2, s.exited) {
+		if m[1] == "public" {
+			s.addr = m[2]
+		} else {
+			s.admin = "http://" + m[2]
+		}
+	}
 	s.base = "http://" + s.addr
 	s.log.await(t, regexp.MustCompile(`msg=ready `), 1, s.exited)
 	return s
@@ -197,7 +204,7 @@ func provision(t *testing.T, s *server) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := httpapi.NewAdminClient(s.base, strings.TrimSpace(string(b)), nil)
+	admin := httpapi.NewAdminClient(s.admin, strings.TrimSpace(string(b)), nil)
 	p, err := admin.CreateProduct(ctx, "P")
 	if err != nil {
 		t.Fatal(err)

@@ -2,15 +2,18 @@ package main
 
 import (
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tallyledger/tally/adapters/usagelog"
+	"github.com/tallyledger/tally/cmd/tally/internal/historygen"
 	"github.com/tallyledger/tally/cmd/tally/internal/loadgen"
 )
 
@@ -26,7 +29,12 @@ type benchConfig struct {
 	MemProf   string
 	// DecodeWorkers and BusyDecodeWorkers size the in-process server's decode pool.
 	DecodeWorkers, BusyDecodeWorkers int
+	Events                           int    // --workload history: events to write
+	Seed                             uint64 // --workload history
 }
+
+// workloadHistory is tally bench --workload history: no server, a generated ledger.
+const workloadHistory = "history"
 
 func newBenchCommand(g *globalFlags) *cobra.Command {
 	var bc benchConfig
@@ -39,6 +47,12 @@ the server with concurrent clients: IncrementIntValueToKey calls, UploadValuesTo
 logs written before the clock starts, or a mix. It reports requests/s, entries/s and latency
 percentiles, and checks at the end that every acknowledged change is in the final values; a
 run that lost data exits non-zero.
+
+--workload history writes a realistic year of ledger history (uploads with backdated log
+timestamps, direct increments and decrements, corrections, sets, removals; 1,000 keys and 10,000
+data objects from a million events on; one hot object with a tenth of the events) straight into
+the embedded store of --bench-dir, through its append API, and leaves a data directory that
+tally serve --data-dir opens as is (admin token in admin.token). It reports events/s.
 
 Without --target it starts a server in this process on the embedded store, in a temporary
 directory or in --bench-dir when that is given; it then fakes the uploads' history by writing
@@ -61,7 +75,9 @@ real layers and uploaded first, which costs O(n²) AES in its length.`,
 	f.StringVar(&bc.MemProf, "memprofile", "", "write an allocation profile, taken after the timed phase, to this file")
 	f.IntVar(&bc.DecodeWorkers, "decode-workers", 0, "in-process server: usage logs decoded at once (0: one per processor)")
 	f.IntVar(&bc.BusyDecodeWorkers, "decode-workers-busy", 0, "in-process server: usage logs decoded at once while increments run (0: half the processors)")
-	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload or mix")
+	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload, mix, or history (write a year of ledger history into --bench-dir, see --events)")
+	f.IntVar(&bc.Events, "events", 1000000, "--workload history: about how many events to write")
+	f.Uint64Var(&bc.Seed, "seed", 1, "--workload history: seed of the generated history")
 	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients")
 	f.DurationVar(&lc.Duration, "duration", 0, "length of the timed phase (0: until --requests and --uploads are done)")
 	f.IntVar(&lc.Requests, "requests", 0, "number of increment calls (0: until --duration ends)")
@@ -79,6 +95,9 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 	ctx := cmd.Context()
 	if bc.Format != "table" && bc.Format != "json" {
 		return fmt.Errorf("--format %q: want table or json", bc.Format)
+	}
+	if lc.Workload == workloadHistory {
+		return runHistory(cmd, bc)
 	}
 	progress := func(format string, args ...any) {
 		if !bc.Quiet {
@@ -200,4 +219,43 @@ func startProfiles(cpuPath, memPath string) (func() error, error) {
 		}
 		return errors.Join(errs...)
 	}, nil
+}
+
+// runHistory is tally bench --workload history.
+func runHistory(cmd *cobra.Command, bc benchConfig) error {
+	if bc.BenchDir == "" {
+		return errors.New("--workload history: --bench-dir names the data directory to write (it must not hold a store yet)")
+	}
+	if bc.Target != "" {
+		return errors.New("--workload history writes a data directory; it drives no server (--target)")
+	}
+	progress := func(format string, args ...any) {
+		if !bc.Quiet {
+			fmt.Fprintf(cmd.ErrOrStderr(), "bench: "+format+"\n", args...)
+		}
+	}
+	stop, err := startProfiles(bc.CPUProf, bc.MemProf)
+	if err != nil {
+		return err
+	}
+	res, err := historygen.Generate(cmd.Context(), historygen.Config{Dir: bc.BenchDir, Events: bc.Events, Seed: bc.Seed, Progress: progress})
+	if perr := stop(); err == nil {
+		err = perr
+	}
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	if bc.Format == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			historygen.Result
+			EventsPerSecond float64 `json:"eventsPerSecond"`
+		}{res, res.EventsPerSecond()})
+	}
+	_, err = fmt.Fprintf(out, "history: %d events in %s (%.0f events/s): %d keys, %d data objects, hot object %d with %d events, %d uploads (%d aborted), %d removed\ndata directory %s (admin token in %s)\n",
+		res.Events, res.Took.Round(time.Millisecond), res.EventsPerSecond(), res.Keys, res.Objects, res.HotObject, res.HotEvents, res.Uploads, res.Aborted, res.Removed,
+		bc.BenchDir, filepath.Join(bc.BenchDir, historygen.AdminTokenFile))
+	return err
 }

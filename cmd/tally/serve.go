@@ -36,6 +36,7 @@ import (
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/projections/readmodel"
 )
 
 // serveConfig is everything tally serve is configured with.
@@ -209,6 +210,25 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		}
 	}()
 
+	// The usage and value-as-of read model, in its own file, checkpointed by the store's
+	// position: a new instance (or a lost file) builds it by catching up.
+	usageModel, err := readmodel.Open(ctx, store, filepath.Join(g.DataDir, readmodel.File), readmodel.Options{Logger: logger.With("component", "readmodel")})
+	if err != nil {
+		return err
+	}
+	modelCtx, stopModel := context.WithCancel(context.WithoutCancel(ctx))
+	modelDone := make(chan error, 1)
+	go func() { modelDone <- usageModel.Run(modelCtx) }()
+	defer func() {
+		stopModel()
+		if err := <-modelDone; err != nil && !errors.Is(err, context.Canceled) {
+			logger.Error("read model", "err", err)
+		}
+		if err := usageModel.Close(); err != nil {
+			logger.Error("close read model", "err", err)
+		}
+	}()
+
 	registry := prometheus.NewRegistry()
 	ledgerMetrics, err := prommetrics.NewLedger(registry)
 	if err != nil {
@@ -217,6 +237,10 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err := registerServeMetrics(registry, store, proj, keys, g.DataDir); err != nil {
 		return err
 	}
+	registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tally_readmodel_position",
+		Help: "Global position of the last event in the usage read model (readmodels/usage.db).",
+	}, func() float64 { return float64(usageModel.Position()) }))
 	svc, err := ledger.New(ledger.Config{
 		Store: health.writer(), View: proj, Decoder: &usagelog.LedgerDecoder{Decoder: &usagelog.Decoder{Keys: keys, MaxInputBytes: int(cfg.MaxBodyBytes)}},
 		Instance: uuid.New(), UploadLease: cfg.UploadLease, Logger: logger.With("component", "ledger"),
@@ -249,7 +273,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		return err
 	}
 	audit, err := auditapi.New(auditapi.Config{
-		Store: store, Ledger: svc, AdminToken: adminToken, Logger: logger.With("component", "audit"), SignIns: signIns,
+		Store: store, Ledger: svc, AdminToken: adminToken, ReadModel: usageModel, Logger: logger.With("component", "audit"), SignIns: signIns,
 	})
 	if err != nil {
 		return err

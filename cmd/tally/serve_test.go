@@ -30,7 +30,7 @@ type served struct {
 // startServe runs serve in-process and returns its listeners' base URLs once it is ready, and a
 // function that stops it as SIGTERM would and returns serve's error. Both listeners listen on
 // a free port of 127.0.0.1 unless cfg says otherwise.
-func startServe(t *testing.T, g *globalFlags, cfg serveConfig, logs *syncBuffer) (served, func() error) {
+func startServe(t testing.TB, g *globalFlags, cfg serveConfig, logs *syncBuffer) (served, func() error) {
 	t.Helper()
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"

@@ -288,10 +288,8 @@ func (a *api) correct(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req CorrectionRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		a.fail(w, fmt.Errorf("%w: body: %v", ledger.ErrInvalid, err))
+	if err := httpapi.DecodeStrictJSON(io.LimitReader(r.Body, 64<<10), &req); err != nil {
+		a.fail(w, err)
 		return
 	}
 	if len(req.Reason) > MaxReasonLength {

@@ -221,7 +221,8 @@ func TestCorrectionsAreAdminOnlyAndShowInTheHistory(t *testing.T) {
 	if status, _ := f.do(t, http.MethodPost, path, lister, `{"amount":1,"reason":"x"}`); status != http.StatusForbidden {
 		t.Errorf("token correction: %d, want 403", status)
 	}
-	for _, bad := range []string{`{"amount":1}`, `{"amount":0,"reason":"x"}`, `{"amount":1,"reason":"x","extra":1}`, `nope`} {
+	for _, bad := range []string{`{"amount":1}`, `{"amount":0,"reason":"x"}`, `{"amount":1,"reason":"x","extra":1}`, `nope`,
+		`{"amount":1,"amount":5,"reason":"x"}`, `{"Amount":1,"reason":"x"}`, `{"amount":1,"REASON":"x"}`} {
 		if status, body := f.do(t, http.MethodPost, path, adminToken, bad); status != http.StatusBadRequest {
 			t.Errorf("%s: %d %s, want 400", bad, status, body)
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/cmd/tally/internal/historygen"
 	"github.com/tallyledger/tally/cmd/tally/internal/loadgen"
@@ -31,6 +33,8 @@ type benchConfig struct {
 	DecodeWorkers, BusyDecodeWorkers int
 	Events                           int    // --workload history: events to write
 	Seed                             uint64 // --workload history
+	// AllowTestData lets a run with --target write into a ledger that already holds data.
+	AllowTestData bool
 }
 
 // workloadHistory is tally bench --workload history: no server, a generated ledger.
@@ -58,7 +62,10 @@ Without --target it starts a server in this process on the embedded store, in a 
 directory or in --bench-dir when that is given; it then fakes the uploads' history by writing
 the events an earlier upload of it would have left (see --history). With --target it drives a
 running server; uploads then need its public key (--public-key), and a history is written as
-real layers and uploaded first, which costs O(n²) AES in its length.`,
+real layers and uploaded first, which costs O(n²) AES in its length. A run with --target
+refuses a ledger that already holds products, keys or tokens unless --allow-test-data is
+given, and at the end removes the data objects it created and revokes its token (a ledger
+keeps every event, so their history stays; the test product and its keys stay too).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBench(cmd, g, bc, lc)
@@ -71,6 +78,7 @@ real layers and uploaded first, which costs O(n²) AES in its length.`,
 	f.StringVar(&bc.Format, "format", "table", "report format: table or json")
 	f.DurationVar(&bc.RSAProbe, "rsa-probe", time.Second, "measure the raw RSA-2048 decrypt rate of all cores for this long (0: skip)")
 	f.BoolVar(&bc.Quiet, "quiet", false, "no progress lines on stderr")
+	f.BoolVar(&bc.AllowTestData, "allow-test-data", false, "with --target: write the benchmark's product, keys, token and data objects into a ledger that already holds data")
 	f.StringVar(&bc.CPUProf, "cpuprofile", "", "write a CPU profile of the timed phase (server and clients) to this file")
 	f.StringVar(&bc.MemProf, "memprofile", "", "write an allocation profile, taken after the timed phase, to this file")
 	f.IntVar(&bc.DecodeWorkers, "decode-workers", 0, "in-process server: usage logs decoded at once (0: one per processor)")
@@ -122,7 +130,12 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 			return err
 		}
 		// --target names the public listener; the admin listener is --server's.
-		lc.URL, lc.AdminURL, lc.AdminToken = bc.Target, g.Server, token
+		lc.URL, lc.AdminURL, lc.AdminToken, lc.RemoveObjects = bc.Target, g.Server, token, true
+		if !bc.AllowTestData {
+			if err := refuseLedgerWithData(ctx, httpapi.NewAdminClient(g.Server, token, nil)); err != nil {
+				return err
+			}
+		}
 		if bc.PublicKey != "" {
 			b, err := os.ReadFile(bc.PublicKey)
 			if err != nil {
@@ -219,6 +232,31 @@ func startProfiles(cpuPath, memPath string) (func() error, error) {
 		}
 		return errors.Join(errs...)
 	}, nil
+}
+
+// refuseLedgerWithData refuses a target whose ledger already holds products, keys or tokens:
+// the benchmark writes a product, keys, a token and data objects, and a ledger never forgets,
+// so pointed at a production server by mistake it would leave test data among the vendor's.
+func refuseLedgerWithData(ctx context.Context, admin *httpapi.AdminClient) error {
+	products, err := admin.ListProducts(ctx)
+	if err != nil {
+		return fmt.Errorf("--target: %w", err)
+	}
+	keys, err := admin.ListKeys(ctx, 0)
+	if err != nil {
+		return fmt.Errorf("--target: %w", err)
+	}
+	tokens, err := admin.ListTokens(ctx)
+	if err != nil {
+		return fmt.Errorf("--target: %w", err)
+	}
+	if len(products)+len(keys)+len(tokens) > 0 {
+		return fmt.Errorf("--target: the ledger already holds data (%d products, %d keys, %d tokens); "+
+			"bench writes a test product, keys, a token and data objects, whose events a ledger keeps for good: "+
+			"run it against a server of its own, or pass --allow-test-data to write into this one anyway",
+			len(products), len(keys), len(tokens))
+	}
+	return nil
 }
 
 // runHistory is tally bench --workload history.

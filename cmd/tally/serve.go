@@ -165,8 +165,18 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err := os.MkdirAll(g.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
+	if err := checkDataDirSecrets(g.DataDir, cfg.RSAKeys); err != nil {
+		return err
+	}
 	adminToken, err := loadOrCreateAdminToken(g)
 	if err != nil {
+		return err
+	}
+	tokenSource := adminTokenFile(g.DataDir)
+	if g.AdminToken != "" {
+		tokenSource = "--admin-token (TALLY_ADMIN_TOKEN)"
+	}
+	if err := checkAdminTokenStrength(adminToken, tokenSource); err != nil {
 		return err
 	}
 	keys, err := loadKeys(g.DataDir, cfg.RSAKeys)
@@ -250,6 +260,13 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		return err
 	}
 
+	registerIntegrityMetrics(registry, svc)
+
+	var backupFn func(ctx context.Context, w io.Writer) error
+	if es, ok := store.(*embedded.Store); ok {
+		backupFn = newBackupFunc(g.DataDir, es, cfg.RSAKeys, logger.With("component", "backup"))
+	}
+
 	ready := newReadiness()
 	readyCheck := func() error {
 		// A projection that stopped no longer moves: every write would be refused.
@@ -264,7 +281,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		Ledger: svc, AdminToken: adminToken, Ready: readyCheck, WriteHealth: health.check,
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, SignIns: signIns,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, SignIns: signIns, Backup: backupFn,
 		MinBodyRate: cfg.MinBodyRate, BodyRateGrace: cfg.BodyRateGrace, MaxPendingBodyBytes: cfg.MaxPendingBodyBytes,
 		LargeBodiesPerAddress: cfg.LargeBodiesPerAddr,
 		WriteTimeout:          defaultServerTimeouts().Write,

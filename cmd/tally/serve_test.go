@@ -92,7 +92,7 @@ func call(t *testing.T, base, method string, params url.Values) map[string]any {
 func TestServeOnEachStore(t *testing.T) {
 	for _, store := range []string{"embedded", "kurrentdb"} {
 		t.Run(store, func(t *testing.T) {
-			dataDir := t.TempDir()
+			dataDir := privateTempDir(t)
 			g := &globalFlags{DataDir: dataDir}
 			cfg := serveConfig{Addr: "127.0.0.1:0", Store: store, MaxBodyBytes: 1 << 20, UploadLease: time.Minute}
 			if store == "kurrentdb" {

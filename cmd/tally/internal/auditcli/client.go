@@ -174,6 +174,9 @@ func writeHistoryTable(w io.Writer, h *projections.ObjectHistory) error {
 		if e.Anomaly != "" {
 			notes = append(notes, "anomaly: "+e.Anomaly)
 		}
+		for _, id := range e.IntegrityAnomalies {
+			notes = append(notes, "integrity anomaly "+id.String())
+		}
 		if !e.Counted {
 			notes = append(notes, "not counted")
 		}

@@ -66,13 +66,21 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 			s.writeError(w, r, domain.ErrServiceUnavailable)
 			return
 		}
-		release, err := s.admitBody(r)
+		release, err := s.bodies.admit(r)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
 		defer release()
 		values, malformed, err := s.readParams(w, r)
+		if errors.Is(err, errBodyTooSlow) {
+			s.refused(defenceBodyTooSlow)
+			s.writeResult(w, r, http.StatusRequestTimeout, errorResult(bodyTooSlowMessage))
+			return
+		}
+		if errors.Is(err, domain.ErrRequestTooLarge) {
+			s.refused(defenceBodyTooLarge)
+		}
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -90,6 +98,7 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 			return
 		}
 		if s.limiter != nil && !s.limiter.allow(tok.ID, time.Now()) {
+			s.refused(defenceRateLimit)
 			s.writeError(w, r, domain.ErrRateLimited)
 			return
 		}

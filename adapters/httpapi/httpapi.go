@@ -30,13 +30,15 @@ import (
 // (tally serve sets 64 MiB: a License Server never trims its log.)
 const DefaultMaxBodyBytes int64 = 8 << 20
 
-// largeBody is the size from which a request body counts as large: large bodies are read a few
-// at a time (Config.MaxLargeBodies), since they are read and parsed before the token they carry
-// can be checked.
+// largeBody is the size from which a request body counts as large: a client address reads one
+// large body at a time, and at most Config.MaxLargeBodies are read at once, since they are read
+// and parsed before the token they carry can be checked.
 const largeBody = 1 << 20
 
 // DefaultMaxLargeBodies is how many large bodies are read at once when Config leaves it unset.
-const DefaultMaxLargeBodies = 4
+// The byte budget (Config.MaxPendingBodyBytes) is what bounds their memory; this bounds how
+// many clients' bodies are in flight.
+const DefaultMaxLargeBodies = 64
 
 // Ledger is what the adapter needs from the ledger; *ledger.Service satisfies it.
 type Ledger interface {
@@ -85,8 +87,24 @@ type Config struct {
 	// MaxBodyBytes bounds request bodies (0: DefaultMaxBodyBytes).
 	MaxBodyBytes int64
 	// MaxLargeBodies bounds how many requests with a body over 1 MiB (or of unknown length) are
-	// read at once, so that memory stays bounded whoever sends them (0: DefaultMaxLargeBodies).
+	// read at once (0: DefaultMaxLargeBodies).
 	MaxLargeBodies int
+	// LargeBodiesPerAddress is how many of them one client address may send at once (0: 1).
+	// Behind a reverse proxy every client has the proxy's address: raise it there.
+	LargeBodiesPerAddress int
+	// MaxPendingBodyBytes bounds the memory reserved by bodies over 64 KiB being read and
+	// handled, whoever sends them (0: DefaultMaxPendingBodyBytes). A body reserves its announced
+	// length (one of unknown length, MaxBodyBytes), at most this, before it is read.
+	MaxPendingBodyBytes int64
+	// MinBodyRate is the average rate in bytes/s at which a body must arrive after
+	// BodyRateGrace, or the connection is cut (0: DefaultMinBodyRate; negative: no minimum).
+	MinBodyRate float64
+	// BodyRateGrace is how long a body may take before MinBodyRate applies (0:
+	// DefaultBodyRateGrace).
+	BodyRateGrace time.Duration
+	// WriteTimeout, when set, is the time the answer gets once a body is read, replacing the
+	// server's write deadline, which a slow (but fast enough) body may have used up.
+	WriteTimeout time.Duration
 	// RateLimit is how many data-object API requests per second each access token may make
 	// (0: no limit; tally serve uses DefaultRateLimit). Requests above it are refused with 429.
 	RateLimit float64
@@ -120,13 +138,12 @@ type server struct {
 	maxBody    int64
 	metrics    *requestMetrics
 	limiter    *tokenLimiter // nil: no rate limit
+	bodies     *bodyGate
 	// metricsHandler serves /metrics on the admin routes (nil: 404).
 	metricsHandler http.Handler
 	signIns        *SignInLog // nil: failed sign-ins are not logged
 	viewers        Viewers    // nil: no viewer credentials
-	// largeBodies holds one token per large body being read and handled.
-	largeBodies chan struct{}
-	backupFn    func(ctx context.Context, w io.Writer) error
+	backupFn       func(ctx context.Context, w io.Writer) error
 }
 
 // New returns the HTTP handler of the whole service: every route of both listeners (tests and
@@ -183,10 +200,7 @@ func newServer(cfg Config) (*server, error) {
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
 	}
-	if cfg.MaxLargeBodies <= 0 {
-		cfg.MaxLargeBodies = DefaultMaxLargeBodies
-	}
-	s.largeBodies = make(chan struct{}, cfg.MaxLargeBodies)
+	s.bodies = newBodyGate(cfg, s.maxBody, s.logger)
 	if cfg.Registry != nil {
 		m, err := newRequestMetrics(cfg.Registry)
 		if err != nil {

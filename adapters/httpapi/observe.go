@@ -18,6 +18,9 @@ import (
 type requestMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// refusals counts the refusals of the adapter's own defences, by which: rate_limit (a
+	// token over its rate), body_too_slow (a body under the minimum rate), body_too_large.
+	refusals *prometheus.CounterVec
 }
 
 func newRequestMetrics(reg *prometheus.Registry) (*requestMetrics, error) {
@@ -31,13 +34,34 @@ func newRequestMetrics(reg *prometheus.Registry) (*requestMetrics, error) {
 			Help:    "HTTP request latency by API method and result.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"method", "result"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_http_defence_refusals_total",
+			Help: "Requests refused by the HTTP defences: rate_limit (a token over --rate-limit), body_too_slow (under --min-body-rate), body_too_large (over --max-body-bytes).",
+		}, []string{"defence"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration} {
+	for _, d := range []string{defenceRateLimit, defenceBodyTooSlow, defenceBodyTooLarge} {
+		m.refusals.WithLabelValues(d)
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.refusals} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("httpapi: register metrics: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// The defences whose refusals are counted (requestMetrics.refusals).
+const (
+	defenceRateLimit    = "rate_limit"
+	defenceBodyTooSlow  = "body_too_slow"
+	defenceBodyTooLarge = "body_too_large"
+)
+
+// refused counts a refusal by one of the defences.
+func (s *server) refused(defence string) {
+	if s.metrics != nil {
+		s.metrics.refusals.WithLabelValues(defence).Inc()
+	}
 }
 
 // requestInfo travels with a request so that the handlers can tell the outer middleware which
@@ -151,6 +175,8 @@ func kindLabel(status int) string {
 		return "conflict"
 	case http.StatusTooManyRequests:
 		return "rate_limited"
+	case http.StatusRequestTimeout:
+		return "too_slow"
 	case http.StatusRequestEntityTooLarge:
 		return "too_large"
 	case http.StatusServiceUnavailable:

@@ -13,16 +13,27 @@ import (
 // readParams collects the query and form parameters of a request under lower-cased names,
 // since Cryptolens clients spell them in any case (productId, ProductId). A value in the body
 // wins over the query; among spellings of one name in the same place, the first in byte order
-// wins, so the choice does not depend on map order. The body is read through a size limit.
+// wins, so the choice does not depend on map order. The body is read through a size limit, at
+// the minimum rate (errBodyTooSlow), and parsed as it arrives (readForm).
 // A malformed query or body (a stray '%', a ';') is not refused here: malformed reports it, and
 // the handler refuses it in the API's order of checks, after the token and the owner.
 func (s *server) readParams(w http.ResponseWriter, r *http.Request) (values map[string]string, malformed bool, err error) {
-	r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
-	if err := r.ParseForm(); err != nil {
+	if readsBody(r) {
+		body := s.bodies.wrap(w, r)
+		form, err := readForm(http.MaxBytesReader(w, body, s.maxBody), r.ContentLength)
+		body.finish()
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
+		switch {
+		case errors.As(err, &tooLarge):
 			return nil, false, domain.ErrRequestTooLarge
+		case errors.Is(err, errBodyTooSlow):
+			return nil, false, errBodyTooSlow
+		case err != nil:
+			malformed = true // form holds what could be read
 		}
+		r.PostForm = form // so that ParseForm reads the query only
+	}
+	if err := r.ParseForm(); err != nil {
 		malformed = true // r.Form holds what could be read
 	}
 	// ParseForm has parsed the query too: r.Form holds each name's body values before its
@@ -45,20 +56,6 @@ func (s *server) readParams(w http.ResponseWriter, r *http.Request) (values map[
 		spelling[lower], values[lower] = name, vs[0]
 	}
 	return values, malformed, nil
-}
-
-// admitBody waits for a turn to read a large body (or one of unknown length); small ones go
-// through at once. The returned function ends the turn.
-func (s *server) admitBody(r *http.Request) (func(), error) {
-	if r.ContentLength >= 0 && r.ContentLength <= largeBody {
-		return func() {}, nil
-	}
-	select {
-	case s.largeBodies <- struct{}{}:
-		return func() { <-s.largeBodies }, nil
-	case <-r.Context().Done():
-		return nil, domain.ErrServiceUnavailable
-	}
 }
 
 // Bearer returns the credential of an Authorization: Bearer header, or "". The audit API

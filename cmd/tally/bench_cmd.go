@@ -29,8 +29,10 @@ type benchConfig struct {
 	Quiet     bool
 	CPUProf   string
 	MemProf   string
-	Events    int    // --workload history: events to write
-	Seed      uint64 // --workload history
+	// DecodeWorkers and BusyDecodeWorkers size the in-process server's decode pool.
+	DecodeWorkers, BusyDecodeWorkers int
+	Events                           int    // --workload history: events to write
+	Seed                             uint64 // --workload history
 	// AllowTestData lets a run with --target write into a ledger that already holds data.
 	AllowTestData bool
 }
@@ -79,6 +81,8 @@ keeps every event, so their history stays; the test product and its keys stay to
 	f.BoolVar(&bc.AllowTestData, "allow-test-data", false, "with --target: write the benchmark's product, keys, token and data objects into a ledger that already holds data")
 	f.StringVar(&bc.CPUProf, "cpuprofile", "", "write a CPU profile of the timed phase (server and clients) to this file")
 	f.StringVar(&bc.MemProf, "memprofile", "", "write an allocation profile, taken after the timed phase, to this file")
+	f.IntVar(&bc.DecodeWorkers, "decode-workers", 0, "in-process server: usage logs decoded at once (0: one per processor)")
+	f.IntVar(&bc.BusyDecodeWorkers, "decode-workers-busy", 0, "in-process server: usage logs decoded at once while increments run (0: half the processors)")
 	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload, mix, or history (write a year of ledger history into --bench-dir, see --events)")
 	f.IntVar(&bc.Events, "events", 1000000, "--workload history: about how many events to write")
 	f.Uint64Var(&bc.Seed, "seed", 1, "--workload history: seed of the generated history")
@@ -151,7 +155,7 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 			defer os.RemoveAll(tmp)
 			dir = tmp
 		}
-		srv, err := loadgen.StartEmbedded(ctx, loadgen.ServerOptions{Dir: dir})
+		srv, err := loadgen.StartEmbedded(ctx, loadgen.ServerOptions{Dir: dir, DecodeWorkers: bc.DecodeWorkers, BusyDecodeWorkers: bc.BusyDecodeWorkers})
 		if err != nil {
 			return err
 		}

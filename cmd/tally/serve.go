@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -21,7 +22,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
@@ -30,6 +30,7 @@ import (
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
+	"github.com/tallyledger/tally/adapters/prommetrics"
 	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/cmd/tally/internal/auditcli"
 	"github.com/tallyledger/tally/domain"
@@ -60,6 +61,13 @@ type serveConfig struct {
 	UploadLease  time.Duration
 	RateLimit    float64
 	RateBurst    int
+	// Hostile clients and uploads against direct calls (docs/reliability.md, docs/performance.md).
+	MinBodyRate         float64
+	BodyRateGrace       time.Duration
+	MaxPendingBodyBytes int64
+	LargeBodiesPerAddr  int
+	DecodeWorkers       int
+	BusyDecodeWorkers   int
 	// onReady, if set, is called with the listening addresses once the server is ready (tests
 	// use it instead of polling).
 	onReady func(public, admin string)
@@ -103,6 +111,12 @@ func newServeCommand(g *globalFlags) *cobra.Command {
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 64<<20, "largest request body, and so usage log, accepted (TALLY_MAX_BODY_BYTES)")
 	f.Float64Var(&cfg.RateLimit, "rate-limit", httpapi.DefaultRateLimit, "data-object API requests per second per access token; 0 turns the limit off (TALLY_RATE_LIMIT)")
 	f.IntVar(&cfg.RateBurst, "rate-burst", httpapi.DefaultRateBurst, "requests a token may send at once; 0: twice --rate-limit (TALLY_RATE_BURST)")
+	f.Float64Var(&cfg.MinBodyRate, "min-body-rate", httpapi.DefaultMinBodyRate, "bytes/s a request body must average after --body-rate-grace, or the connection is cut; negative turns it off (TALLY_MIN_BODY_RATE)")
+	f.DurationVar(&cfg.BodyRateGrace, "body-rate-grace", httpapi.DefaultBodyRateGrace, "how long a request body may take before --min-body-rate applies (TALLY_BODY_RATE_GRACE)")
+	f.Int64Var(&cfg.MaxPendingBodyBytes, "max-pending-body-bytes", httpapi.DefaultMaxPendingBodyBytes, "memory reserved at most for request bodies over 64 KiB being read and handled (TALLY_MAX_PENDING_BODY_BYTES)")
+	f.IntVar(&cfg.LargeBodiesPerAddr, "large-bodies-per-address", 1, "request bodies over 1 MiB one client address may send at once; behind a reverse proxy every client has its address (TALLY_LARGE_BODIES_PER_ADDRESS)")
+	f.IntVar(&cfg.DecodeWorkers, "decode-workers", 0, "usage logs decoded at once; 0: one per processor (TALLY_DECODE_WORKERS)")
+	f.IntVar(&cfg.BusyDecodeWorkers, "decode-workers-busy", 0, "usage logs decoded at once while direct data-object calls run; 0: half the processors, at least 1 (TALLY_DECODE_WORKERS_BUSY)")
 	f.DurationVar(&cfg.UploadLease, "upload-lease", 30*time.Second, "how long an interrupted upload may stay undecided before recovery decides it (TALLY_UPLOAD_LEASE)")
 	return cmd
 }
@@ -127,6 +141,13 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveConfig) error {
 	if cfg.UploadLease < time.Second {
 		return fmt.Errorf("--upload-lease %v: at least 1s", cfg.UploadLease)
+	}
+	if pending := cmp.Or(max(cfg.MaxPendingBodyBytes, 0), httpapi.DefaultMaxPendingBodyBytes); pending < cfg.MaxBodyBytes {
+		// A body reserves at most the budget: one larger than it would be held beyond it.
+		return fmt.Errorf("--max-pending-body-bytes %d: at least --max-body-bytes (%d)", pending, cfg.MaxBodyBytes)
+	}
+	if cfg.DecodeWorkers < 0 || cfg.BusyDecodeWorkers < 0 {
+		return errors.New("--decode-workers and --decode-workers-busy: 0 (the default) or more")
 	}
 	if cfg.AdminAddr == "" {
 		return errors.New("--admin-addr: an address is required (the admin API has its own listener)")
@@ -220,31 +241,27 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		}
 	}()
 
+	registry := prometheus.NewRegistry()
+	ledgerMetrics, err := prommetrics.NewLedger(registry)
+	if err != nil {
+		return err
+	}
+	if err := registerServeMetrics(registry, store, proj, keys, g.DataDir); err != nil {
+		return err
+	}
+	registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tally_readmodel_position",
+		Help: "Global position of the last event in the usage read model (readmodels/usage.db).",
+	}, func() float64 { return float64(usageModel.Position()) }))
 	svc, err := ledger.New(ledger.Config{
 		Store: health.writer(), View: proj, Decoder: &usagelog.LedgerDecoder{Decoder: &usagelog.Decoder{Keys: keys, MaxInputBytes: int(cfg.MaxBodyBytes)}},
 		Instance: uuid.New(), UploadLease: cfg.UploadLease, Logger: logger.With("component", "ledger"),
+		DecodeWorkers: cfg.DecodeWorkers, BusyDecodeWorkers: cfg.BusyDecodeWorkers, Metrics: ledgerMetrics,
 	})
 	if err != nil {
 		return err
 	}
 
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "tally_ledger_conflicts_total",
-			Help: "Appends refused for their expected revision and retried.",
-		}, func() float64 { return float64(svc.Conflicts()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tally_projection_position",
-			Help: "Global position of the last event in the current-state projection.",
-		}, func() float64 { return float64(proj.Position()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tally_readmodel_position",
-			Help: "Global position of the last event in the usage read model (readmodels/usage.db).",
-		}, func() float64 { return float64(usageModel.Position()) }),
-	)
 	registerIntegrityMetrics(registry, svc)
 
 	var backupFn func(ctx context.Context, w io.Writer) error
@@ -270,6 +287,9 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, SignIns: signIns, Backup: backupFn,
+		MinBodyRate: cfg.MinBodyRate, BodyRateGrace: cfg.BodyRateGrace, MaxPendingBodyBytes: cfg.MaxPendingBodyBytes,
+		LargeBodiesPerAddress: cfg.LargeBodiesPerAddr,
+		WriteTimeout:          defaultServerTimeouts().Write,
 	})
 	if err != nil {
 		return err

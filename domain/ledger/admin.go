@@ -102,6 +102,7 @@ func (s *Service) claimID(ctx context.Context, c Caller, category string, stream
 		}
 		_, err = s.appendAndWait(ctx, stream(candidate), eventstore.NoStream(), ev)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			s.metrics.Retry()
 			continue
 		}
 		if err != nil {

@@ -108,6 +108,7 @@ type AddDataObject struct {
 // AddDataObject creates a data object and returns its id. Ids are claimed by appending the
 // object's first event with "no stream" expected, so two instances never take the same one.
 func (s *Service) AddDataObject(ctx context.Context, c Caller, cmd AddDataObject) (int64, error) {
+	defer s.decodes.directCall()()
 	if !c.Token.Allows(domain.MethodAddDataObject) {
 		return 0, domain.ErrAccessDenied
 	}
@@ -160,6 +161,7 @@ type ListDataObjects struct {
 // ListDataObjects returns the live objects of the scope (or, with ShowAll, every object the
 // token may see), by id, filtered by a case-insensitive name substring.
 func (s *Service) ListDataObjects(ctx context.Context, c Caller, q ListDataObjects) ([]domain.DataObject, error) {
+	defer s.decodes.directCall()()
 	if !c.Token.Allows(domain.MethodListDataObjects) {
 		return nil, domain.ErrAccessDenied
 	}
@@ -293,6 +295,7 @@ func (s *Service) RemoveDataObject(ctx context.Context, c Caller, cmd RemoveData
 // decided once more after the projection has caught up with the store, since the projection
 // may not yet hold a change another instance acknowledged.
 func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc Scope, ref ObjectRef, decide func(state.Object) (string, any, error)) error {
+	defer s.decodes.directCall()()
 	if !c.Token.Allows(method) {
 		return domain.ErrAccessDenied
 	}
@@ -360,6 +363,7 @@ func (s *Service) change(ctx context.Context, c Caller, method domain.Method, sc
 		_, err = s.appendAndWait(ctx, domain.DataObjectStream(obj.ID), eventstore.Exact(obj.Revision), ev)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 			attempt++
+			s.metrics.Retry()
 			continue
 		}
 		return err

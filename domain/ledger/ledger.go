@@ -110,7 +110,14 @@ type Config struct {
 	// resolution) may apply (default and at most MaxNewEntries, the Cryptolens rule; tests set
 	// less, with a decoder limited alike, to keep chunked resolutions quick).
 	MaxNewEntries int
-	Logger        *slog.Logger
+	// DecodeWorkers bounds the usage logs decoded at once (default DefaultDecodeWorkers), and
+	// BusyDecodeWorkers those decoded at once while direct calls run (default
+	// DefaultBusyDecodeWorkers): uploads leave direct calls the rest of the processors.
+	DecodeWorkers     int
+	BusyDecodeWorkers int
+	// Metrics receives the ledger's counts (nil: none are kept).
+	Metrics Metrics
+	Logger  *slog.Logger
 }
 
 // Service runs the ledger's commands.
@@ -124,6 +131,8 @@ type Service struct {
 	lease       time.Duration
 	logger      *slog.Logger
 	conflicts   atomic.Int64
+	decodes     *decodePool
+	metrics     Metrics
 	// objectLocks serialise this process's commands on one data object. Optimistic
 	// concurrency still decides between instances; within one, queueing spares concurrent
 	// callers of one object the retries that otherwise run out (64 concurrent increments on
@@ -153,6 +162,10 @@ func New(cfg Config) (*Service, error) {
 		store: cfg.Store, view: cfg.View, decoder: cfg.Decoder, clock: cfg.Clock,
 		instance: cfg.Instance, maxAttempts: cfg.MaxAttempts, lease: cfg.UploadLease, logger: cfg.Logger,
 		repeatInterval: cfg.RefusalRepeatInterval, maxNew: cfg.MaxNewEntries,
+		decodes: newDecodePool(cfg.DecodeWorkers, cfg.BusyDecodeWorkers), metrics: cfg.Metrics,
+	}
+	if s.metrics == nil {
+		s.metrics = noMetrics{}
 	}
 	if s.maxNew <= 0 || s.maxNew > MaxNewEntries {
 		s.maxNew = MaxNewEntries
@@ -183,6 +196,12 @@ func New(cfg Config) (*Service, error) {
 
 // Conflicts counts appends refused for their expected revision and retried, since start.
 func (s *Service) Conflicts() int64 { return s.conflicts.Load() }
+
+// conflict counts an append refused for its expected revision.
+func (s *Service) conflict() {
+	s.conflicts.Add(1)
+	s.metrics.Conflict()
+}
 
 // Caller is who issues a command and from where; it is recorded on every event.
 type Caller struct {
@@ -242,7 +261,7 @@ func newEvent(id uuid.UUID, typ string, data any, meta domain.Metadata) (eventst
 func (s *Service) appendAndWait(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
 	res, err := s.store.Append(ctx, stream, expected, events...)
 	if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
-		s.conflicts.Add(1)
+		s.conflict()
 		s.logger.Debug("append conflict; catching up and retrying", "stream", stream, "expected", expected.String())
 		if cerr := s.catchUp(ctx, stream); cerr != nil {
 			return res, cerr

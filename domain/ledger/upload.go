@@ -72,6 +72,12 @@ type plan struct {
 // nothing yet), then UploadCommitted makes them count. A failure before the commit leaves
 // every value unchanged; an undecided upload is committed or aborted by recovery.
 func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) (UploadResult, error) {
+	res, err := s.uploadValues(ctx, c, cmd)
+	s.metrics.UploadFinished(outcomeOf(res, err))
+	return res, err
+}
+
+func (s *Service) uploadValues(ctx context.Context, c Caller, cmd UploadValues) (UploadResult, error) {
 	if !c.Token.AllowsAny(domain.MethodIncrementIntValue, domain.MethodDecrementIntValue) {
 		return UploadResult{}, domain.ErrAccessDenied
 	}
@@ -100,13 +106,20 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 	// The walk stops at the first known layer (under either identity); the decoded log says
 	// which, to say how many entries the file held before it and to compare its bytes.
 	var trace decodeTrace // what the walk met, for the record of a refusal (refusal.go)
+	turn, err := s.decodes.start(ctx)
+	if err != nil {
+		return UploadResult{}, err
+	}
 	known := func(layer LayerRef) bool {
+		// Called once per layer before its RSA operation: where the pool applies its limit.
+		turn.layer(ctx)
 		ok := s.layerKnown(owner, layer)
 		trace.offered(layer.ID, ok)
 		return ok
 	}
 	resolution, resolving := s.openResolution(owner)
 	decoded, err := s.decodeLog(ctx, cmd.Data, known, resolving)
+	turn.end()
 	if err != nil {
 		s.logger.Debug("upload not decoded", "request_id", c.RequestID, "owner", owner.String(), "bytes", len(cmd.Data), "err", err)
 		return UploadResult{}, s.refused(ctx, c, owner, err, trace.record(err))
@@ -149,6 +162,7 @@ func (s *Service) applyEntries(ctx context.Context, c Caller, owner domain.Owner
 			}
 		})
 		if errors.Is(err, errUploadInProgress) {
+			s.metrics.Retry()
 			s.logger.Debug("upload waits: another upload of the owner was prepared", "request_id", c.RequestID, "attempt", attempt+1)
 			continue // another upload of this owner was prepared since we waited
 		}
@@ -171,6 +185,7 @@ func (s *Service) applyEntries(ctx context.Context, c Caller, owner domain.Owner
 		}
 		res, err := s.runUpload(ctx, c, p)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			s.metrics.Retry()
 			s.logger.Debug("upload lost a race; planning again", "request_id", c.RequestID, "attempt", attempt+1, "err", err)
 			continue
 		}
@@ -312,8 +327,8 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		_, err := s.store.Append(ctx, domain.DataObjectStream(step.ObjectID), eventstore.Exact(step.FromRevision), byObject[step.ObjectID]...)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 			// A direct call changed the object after the plan: decide again on fresh state.
-			s.conflicts.Add(1)
-			s.abort(ctx, p, prepRevision, "an object changed during the upload", meta)
+			s.conflict()
+			s.abort(ctx, p, prepRevision, AbortConflict, "an object changed during the upload", meta)
 			if cerr := s.catchUp(ctx, domain.DataObjectStream(step.ObjectID)); cerr != nil {
 				return UploadResult{}, cerr
 			}
@@ -321,7 +336,7 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		}
 		if err != nil {
 			cause := unavailable(fmt.Errorf("append upload events: %w", err))
-			s.abort(ctx, p, prepRevision, cause.Error(), meta)
+			s.abort(ctx, p, prepRevision, AbortStoreFailure, cause.Error(), meta)
 			return UploadResult{}, cause
 		}
 	}
@@ -360,12 +375,15 @@ func (s *Service) layerApplied(owner domain.Owner, layer [32]byte) bool {
 
 // abort appends the abort of a prepared upload after a failure, even if the caller's context
 // ended. If the abort cannot be written either, recovery will decide the upload later.
-func (s *Service) abort(ctx context.Context, p *plan, prepRevision uint64, reason string, meta domain.Metadata) {
+// why is the reason's kind for the metrics (AbortConflict, AbortStoreFailure).
+func (s *Service) abort(ctx context.Context, p *plan, prepRevision uint64, why, reason string, meta domain.Metadata) {
 	abortCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := s.decide(abortCtx, p.owner, p.prepared.UploadID, prepRevision, false, reason, meta); err != nil {
 		s.logger.Warn("could not abort an upload; recovery will", "upload", p.prepared.UploadID, "err", err)
+		return
 	}
+	s.metrics.UploadAborted(why)
 }
 
 // decide appends the commit or the abort of a prepared upload.
@@ -443,6 +461,9 @@ func (s *Service) RecoverUploads(ctx context.Context, force bool) (int, error) {
 			return decided, err
 		default:
 			decided++
+			if !u.allPresent {
+				s.metrics.UploadAborted(AbortRecovery)
+			}
 			s.logger.Info("recovered an interrupted upload", "upload", u.prepared.UploadID, "owner", u.prepared.Owner.String(), "committed", u.allPresent)
 		}
 	}

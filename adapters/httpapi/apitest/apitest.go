@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,11 +21,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
 	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
+	"github.com/tallyledger/tally/adapters/prommetrics"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
@@ -47,6 +51,12 @@ type Options struct {
 	MaxBodyBytes int64
 	// MaxLargeBodies bounds the large bodies read at once (0: the handler's default).
 	MaxLargeBodies int
+	// MaxPendingBodyBytes, MinBodyRate and BodyRateGrace are the handler's body defences
+	// (0: its defaults).
+	MaxPendingBodyBytes   int64
+	MinBodyRate           float64
+	BodyRateGrace         time.Duration
+	LargeBodiesPerAddress int
 	// Ready is the readiness check handed to the handler (nil: always ready).
 	Ready func() error
 	// Logger receives the service's logs (nil: the test's output, warnings and above).
@@ -143,19 +153,25 @@ func (e *Env) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	projDone := make(chan error, 1)
 	go func() { projDone <- proj.Run(ctx) }()
+	reg := prometheus.NewRegistry()
+	ledgerMetrics, err := prommetrics.NewLedger(reg)
+	if err != nil {
+		t.Fatalf("ledger metrics: %v", err)
+	}
 	svc, err := ledger.New(ledger.Config{Store: e.Store, View: proj, Decoder: e.opts.Decoder, Logger: e.opts.Logger, UploadLease: e.opts.UploadLease,
-		Clock: e.opts.Clock, RefusalRepeatInterval: e.opts.RefusalRepeatInterval, MaxNewEntries: e.opts.MaxNewEntries})
+		Clock: e.opts.Clock, RefusalRepeatInterval: e.opts.RefusalRepeatInterval, MaxNewEntries: e.opts.MaxNewEntries, Metrics: ledgerMetrics})
 	if err != nil {
 		t.Fatalf("ledger: %v", err)
 	}
-	reg := prometheus.NewRegistry()
 	viewers := viewer.New(e.Store, nil)
 	h, err := httpapi.New(httpapi.Config{
 		Ledger: svc, AdminToken: AdminToken, Ready: e.opts.Ready, Viewers: viewers,
 		Metrics:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Registry: reg, Logger: e.opts.Logger, MaxBodyBytes: e.opts.MaxBodyBytes,
-		MaxLargeBodies: e.opts.MaxLargeBodies,
-		RateLimit:      e.opts.RateLimit, RateBurst: e.opts.RateBurst,
+		MaxLargeBodies: e.opts.MaxLargeBodies, MaxPendingBodyBytes: e.opts.MaxPendingBodyBytes,
+		MinBodyRate: e.opts.MinBodyRate, BodyRateGrace: e.opts.BodyRateGrace,
+		LargeBodiesPerAddress: e.opts.LargeBodiesPerAddress,
+		RateLimit:             e.opts.RateLimit, RateBurst: e.opts.RateBurst,
 	})
 	if err != nil {
 		t.Fatalf("http handler: %v", err)
@@ -358,4 +374,52 @@ func OpenKurrentTest(t testing.TB) eventstore.Store {
 		t.Fatalf("open KurrentDB store: %v", err)
 	}
 	return s
+}
+
+// Metrics scrapes url (a /metrics endpoint) and returns every sample by its name and labels,
+// written as name{a="x",b="y"} with the labels in the order Prometheus sorts them (name alone
+// when it has none).
+func Metrics(t testing.TB, client *http.Client, url string) map[string]float64 {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: status %d", url, resp.StatusCode)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	out := map[string]float64{}
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			key := name
+			if len(m.GetLabel()) > 0 {
+				var parts []string
+				for _, l := range m.GetLabel() {
+					parts = append(parts, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+				}
+				key += "{" + strings.Join(parts, ",") + "}"
+			}
+			switch {
+			case m.GetCounter() != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.GetUntyped() != nil:
+				out[key] = m.GetUntyped().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+// Metrics scrapes the service's /metrics.
+func (e *Env) Metrics() map[string]float64 {
+	e.t.Helper()
+	return Metrics(e.t, e.HTTP, e.URL+"/metrics")
 }

@@ -32,7 +32,9 @@ type ServerOptions struct {
 	// MaxBodyBytes bounds request bodies and the decoder's input (0: 128 MiB, enough for
 	// a file of about 300,000 entries).
 	MaxBodyBytes int64
-	Logger       *slog.Logger
+	// DecodeWorkers and BusyDecodeWorkers size the ledger's decode pool (0: its defaults).
+	DecodeWorkers, BusyDecodeWorkers int
+	Logger                           *slog.Logger
 }
 
 // Server is a Tally server running in this process, composed as tally serve composes it,
@@ -103,7 +105,10 @@ func StartOn(ctx context.Context, store eventstore.Store, opts ServerOptions) (*
 	go func() { s.projDone <- s.Projection.Run(projCtx) }()
 
 	decoder := &usagelog.LedgerDecoder{Decoder: &usagelog.Decoder{Keys: keys, MaxInputBytes: int(opts.MaxBodyBytes)}}
-	svc, err := ledger.New(ledger.Config{Store: store, View: s.Projection, Decoder: decoder, Logger: opts.Logger})
+	svc, err := ledger.New(ledger.Config{
+		Store: store, View: s.Projection, Decoder: decoder, Logger: opts.Logger,
+		DecodeWorkers: opts.DecodeWorkers, BusyDecodeWorkers: opts.BusyDecodeWorkers,
+	})
 	if err != nil {
 		return fail(fmt.Errorf("loadgen: %w", err))
 	}

@@ -63,6 +63,14 @@ func TestStoreWrittenBeforeIdentityV2(t *testing.T) {
 	env := apitest.StartWith(t, apitest.Options{Open: open, Decoder: usagelog.NewLedgerDecoder(keys)})
 	u := &uploadEnv{fixture: &fixture{env: env, product: domain.Product{ID: fx.ProductID}, key: domain.LicenseKey{ID: fx.KeyID, ProductID: fx.ProductID, Key: fx.Key}, token: fx.Token}, keys: keys}
 	a := fx.ObjectID
+	// The projection folds the old store in the background: wait for its last event.
+	head, err := eventstore.Head(context.Background(), env.Store, eventstore.Start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Projection.WaitFor(context.Background(), head); err != nil {
+		t.Fatal(err)
+	}
 	v1, v2 := read("log-v1.skm"), read("log-v2.skm")
 	if v := u.value(t, a); v != 150 {
 		t.Fatalf("value %d in the old store, want 150", v)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
+	"github.com/tallyledger/tally/adapters/httpapi/openapi/openapitest"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
 	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
 	"github.com/tallyledger/tally/domain"
@@ -67,9 +68,11 @@ type Env struct {
 	Projection *projections.Current
 	Ledger     *ledger.Service
 	Registry   *prometheus.Registry
-	HTTP       *http.Client
-	Admin      *httpapi.AdminClient
-	opts       Options
+	// HTTP is the client of the service; it validates every answer against the OpenAPI
+	// document (openapitest) and fails the test on one that does not match.
+	HTTP  *http.Client
+	Admin *httpapi.AdminClient
+	opts  Options
 	// storeClosed is set when a test closed the store under the service on purpose, which
 	// stops the projection with an error the cleanup then expects. Instances on one store
 	// share it.
@@ -150,8 +153,10 @@ func (e *Env) start() {
 	}
 	srv := httptest.NewServer(h)
 	e.URL, e.Projection, e.Ledger, e.Registry = srv.URL, proj, svc, reg
-	e.HTTP = srv.Client()
-	e.Admin = httpapi.NewAdminClient(srv.URL, AdminToken, srv.Client())
+	// Every answer a test receives is validated against the OpenAPI document; one that does
+	// not match fails the test that received it.
+	e.HTTP = openapitest.Client(t, srv.Client())
+	e.Admin = httpapi.NewAdminClient(srv.URL, AdminToken, e.HTTP)
 	t.Cleanup(func() {
 		srv.Close()
 		cancel()

@@ -49,6 +49,9 @@ type serveConfig struct {
 	// onReady, if set, is called with the listening address once the server is ready (tests
 	// use it instead of polling).
 	onReady func(addr string)
+	// wrapHandler, if set, wraps the whole handler (tests validate every answer against the
+	// OpenAPI document with it).
+	wrapHandler func(http.Handler) http.Handler
 }
 
 func newServeCommand(g *globalFlags) *cobra.Command {
@@ -190,7 +193,11 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := newHTTPServer(routeByPrefix("/v1/", whenReady(readyCheck, audit), handler), defaultServerTimeouts(), logger)
+	root := routeByPrefix("/v1/", whenReady(readyCheck, audit), handler)
+	if cfg.wrapHandler != nil {
+		root = cfg.wrapHandler(root)
+	}
+	srv := newHTTPServer(root, defaultServerTimeouts(), logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	logger.Info("listening", "addr", ln.Addr().String(), "store", cfg.Store, "data_dir", g.DataDir)

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tallyledger/tally/adapters/httpapi/openapi/openapitest"
 	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
 	"github.com/tallyledger/tally/adapters/usagelog"
 )
@@ -29,6 +30,9 @@ func startServe(t *testing.T, g *globalFlags, cfg serveConfig, logs *syncBuffer)
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ready := make(chan string, 1)
 	cfg.onReady = func(addr string) { ready <- addr }
+	// Every answer the server gives, whoever the client (the CLI, a test's request), is
+	// validated against the OpenAPI document.
+	cfg.wrapHandler = func(h http.Handler) http.Handler { return openapitest.Handler(t, h) }
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, logger, g, cfg) }()
 	select {

@@ -2,6 +2,7 @@ package openapi_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -158,5 +159,59 @@ func TestServedDocumentIsTheYAML(t *testing.T) {
 	}
 	if len(paths) != len(embedded["paths"].(map[string]any)) {
 		t.Errorf("%d paths served, %d embedded", len(paths), len(embedded["paths"].(map[string]any)))
+	}
+}
+
+// recordingTB keeps the errors reported to it instead of failing the test.
+type recordingTB struct {
+	testing.TB
+	errors []string
+}
+
+func (r *recordingTB) Errorf(format string, args ...any) {
+	r.errors = append(r.errors, fmt.Sprintf(format, args...))
+}
+
+// TestTransportAndHandlerReportAnswersOffTheDocument shows that both ways the tests validate
+// answers (the client's transport and the server-side handler) report an answer that does not
+// match the document, and pass one that does.
+func TestTransportAndHandlerReportAnswersOffTheDocument(t *testing.T) {
+	serve := func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.Header().Set("X-Request-ID", "r-1")
+		if r.URL.Query().Get("bad") != "" {
+			_, _ = w.Write([]byte(`{"result":0,"message":"not null"}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"result":0,"message":null}`))
+	}
+	for _, side := range []string{"transport", "handler"} {
+		t.Run(side, func(t *testing.T) {
+			rec := &recordingTB{TB: t}
+			var h http.Handler = http.HandlerFunc(serve)
+			if side == "handler" {
+				h = openapitest.Handler(rec, h)
+			}
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			client := srv.Client()
+			if side == "transport" {
+				client = openapitest.Client(rec, client)
+			}
+			for _, q := range []string{"", "?bad=1"} {
+				resp, err := client.Post(srv.URL+"/api/data/SetIntValueToKey"+q, "application/x-www-form-urlencoded", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if !strings.HasPrefix(string(b), `{"result":0`) {
+					t.Fatalf("the client got %q", b)
+				}
+			}
+			if len(rec.errors) != 1 || !strings.Contains(rec.errors[0], "?bad=1") || !strings.Contains(rec.errors[0], "message") {
+				t.Fatalf("reported %d errors, want 1 about the bad answer: %q", len(rec.errors), rec.errors)
+			}
+		})
 	}
 }

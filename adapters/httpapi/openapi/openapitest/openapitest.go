@@ -306,3 +306,50 @@ func (v *Validator) CompareRoutes(served []httpapi.Route) (undocumented, unserve
 	}
 	return undocumented, unserved
 }
+
+// Handler serves through next and fails t, without stopping it, for each answer that does not
+// match the document: for tests whose client is not theirs to wrap (a CLI command's).
+func Handler(t testing.TB, next http.Handler) http.Handler {
+	t.Helper()
+	v, err := Shared()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &recorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		if rec.status == 0 {
+			rec.status = http.StatusOK
+		}
+		resp := &http.Response{StatusCode: rec.status, Header: w.Header().Clone(), Body: io.NopCloser(bytes.NewReader(rec.body.Bytes()))}
+		if err := v.Check(r, resp); err != nil {
+			t.Errorf("openapi: the answer to %s %s (%d) does not match adapters/httpapi/openapi/openapi.yaml:%s\nbody: %.500s",
+				r.Method, r.URL.RequestURI(), rec.status, err, rec.body.Bytes())
+		}
+	})
+}
+
+// recorder passes an answer on and keeps a copy of its status and body.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+	r.ResponseWriter.WriteHeader(status)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	r.body.Write(b)
+	return r.ResponseWriter.Write(b)
+}

@@ -215,3 +215,34 @@ func TestTransportAndHandlerReportAnswersOffTheDocument(t *testing.T) {
 		})
 	}
 }
+
+// TestListenersAnswerTheOtherListenersPathsAsUnknown checks the document's x-listener: on the
+// public listener an admin path is an unknown path, on the admin listener it is the operation.
+func TestListenersAnswerTheOtherListenersPathsAsUnknown(t *testing.T) {
+	v, err := openapitest.Shared()
+	if err != nil {
+		t.Fatal(err)
+	}
+	header := http.Header{"Content-Type": {"application/json; charset=utf-8"}, "X-Request-Id": {"r-1"}}
+	check := func(listener, method, path string, status int, body string) error {
+		resp := &http.Response{StatusCode: status, Header: header, Body: io.NopCloser(strings.NewReader(body))}
+		return v.CheckOn(listener, httptest.NewRequest(method, path, nil), resp)
+	}
+	notFound := `{"error":"not found"}`
+	if err := check("public", "GET", "/admin/v1/products", 404, notFound); err != nil {
+		t.Errorf("public listener, admin path, 404: %v", err)
+	}
+	if err := check("admin", "GET", "/admin/v1/products", 404, notFound); err == nil {
+		t.Error("admin listener, admin path, 404: no error, but the operation has no 404")
+	}
+	if err := check("admin", "GET", "/admin/v1/products", 200, `{"products":[]}`); err != nil {
+		t.Errorf("admin listener, admin path, 200: %v", err)
+	}
+	unknown := `{"result":1,"message":"Unknown method."}`
+	if err := check("admin", "POST", "/api/data/AddDataObject", 404, unknown); err != nil {
+		t.Errorf("admin listener, data-object path, 404: %v", err)
+	}
+	if err := check("public", "POST", "/api/data/AddDataObject", 404, unknown); err == nil {
+		t.Error("public listener, data-object path, Unknown method.: no error")
+	}
+}

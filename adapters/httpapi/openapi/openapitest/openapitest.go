@@ -51,6 +51,8 @@ type docPath struct {
 	numeric []bool
 	item    *v3.PathItem
 	audit   bool
+	// listener is the listener that serves the path (x-listener: public or admin).
+	listener string
 }
 
 // Load parses the embedded document, checks it against the OpenAPI 3.1 schema and prepares a
@@ -74,6 +76,12 @@ func Load() (*Validator, error) {
 	v := &Validator{check: check, unknown: map[string]*v3.PathItem{}}
 	for p := model.Model.Paths.PathItems.First(); p != nil; p = p.Next() {
 		dp := docPath{template: p.Key(), item: p.Value(), audit: strings.HasPrefix(p.Key(), auditPrefix)}
+		if node, ok := p.Value().Extensions.Get("x-listener"); ok && node != nil {
+			dp.listener = node.Value
+		}
+		if dp.listener != "public" && dp.listener != "admin" {
+			return nil, fmt.Errorf("openapi: path %s: x-listener is %q, want public or admin", p.Key(), dp.listener)
+		}
 		numericParams := map[string]bool{}
 		for op := p.Value().GetOperations().First(); op != nil; op = op.Next() {
 			for _, param := range op.Value().Parameters {
@@ -111,8 +119,9 @@ func Shared() (*Validator, error) { return shared() }
 
 var digits = regexp.MustCompile(`^-?[0-9]+$`)
 
-// find returns the documented path a request's path is served as, or nil.
-func (v *Validator) find(rawPath string) *docPath {
+// find returns the documented path a request's path is served as on a listener ("": one
+// that serves every path), or nil.
+func (v *Validator) find(rawPath, listener string) *docPath {
 	audit := strings.HasPrefix(rawPath, auditPrefix)
 	path := rawPath
 	if !audit {
@@ -121,7 +130,7 @@ func (v *Validator) find(rawPath string) *docPath {
 	segs := strings.Split(strings.Trim(path, "/"), "/")
 	for i := range v.paths {
 		dp := &v.paths[i]
-		if dp.audit != audit || len(dp.segments) != len(segs) {
+		if dp.audit != audit || len(dp.segments) != len(segs) || listener != "" && dp.listener != listener {
 			continue
 		}
 		match := true
@@ -159,17 +168,22 @@ func (v *Validator) unknownItem(rawPath string) *v3.PathItem {
 	return v.unknown["/"]
 }
 
-// Check validates one answer against the document: the operation the request reached (or, if
-// none, the document's answers to unknown paths and methods), its status, headers and body.
-// The response's body is read and put back.
+// Check validates one answer of a server that serves every documented path.
 func (v *Validator) Check(req *http.Request, resp *http.Response) error {
+	return v.CheckOn("", req, resp)
+}
+
+// CheckOn validates one answer against the document: the operation the request reached on the
+// listener ("": one that serves every path), or if none, the document's answers to unknown
+// paths and methods; its status, headers and body. The response's body is read and put back.
+func (v *Validator) CheckOn(listener string, req *http.Request, resp *http.Response) error {
 	method := req.Method
 	if method == http.MethodHead {
 		method = http.MethodGet // served as GET, without a body
 	}
 	var item *v3.PathItem
 	specPath := "(no documented operation)"
-	if dp := v.find(req.URL.Path); dp != nil && dp.item.GetOperations().GetOrZero(strings.ToLower(method)) != nil {
+	if dp := v.find(req.URL.Path, listener); dp != nil && dp.item.GetOperations().GetOrZero(strings.ToLower(method)) != nil {
 		item, specPath = dp.item, dp.template
 	} else {
 		item, method = v.unknownItem(req.URL.Path), http.MethodGet
@@ -311,6 +325,13 @@ func (v *Validator) CompareRoutes(served []httpapi.Route) (undocumented, unserve
 // match the document: for tests whose client is not theirs to wrap (a CLI command's).
 func Handler(t testing.TB, next http.Handler) http.Handler {
 	t.Helper()
+	return HandlerOn(t, "", next)
+}
+
+// HandlerOn is Handler for the handler of one listener (x-listener: public or admin), which
+// answers the other listener's paths as unknown.
+func HandlerOn(t testing.TB, listener string, next http.Handler) http.Handler {
+	t.Helper()
 	v, err := Shared()
 	if err != nil {
 		t.Fatal(err)
@@ -322,7 +343,7 @@ func Handler(t testing.TB, next http.Handler) http.Handler {
 			rec.status = http.StatusOK
 		}
 		resp := &http.Response{StatusCode: rec.status, Header: w.Header().Clone(), Body: io.NopCloser(bytes.NewReader(rec.body.Bytes()))}
-		if err := v.Check(r, resp); err != nil {
+		if err := v.CheckOn(listener, r, resp); err != nil {
 			t.Errorf("openapi: the answer to %s %s (%d) does not match adapters/httpapi/openapi/openapi.yaml:%s\nbody: %.500s",
 				r.Method, r.URL.RequestURI(), rec.status, err, rec.body.Bytes())
 		}

@@ -120,7 +120,8 @@ func Shared() (*Validator, error) { return shared() }
 var digits = regexp.MustCompile(`^-?[0-9]+$`)
 
 // find returns the documented path a request's path is served as on a listener ("": one
-// that serves every path), or nil.
+// that serves every path), or nil. Of several that match, the one with the most literal
+// segments wins, as in the routers (/admin/v1/uploads/resolve before /admin/v1/uploads/{id}).
 func (v *Validator) find(rawPath, listener string) *docPath {
 	audit := strings.HasPrefix(rawPath, auditPrefix)
 	path := rawPath
@@ -128,16 +129,19 @@ func (v *Validator) find(rawPath, listener string) *docPath {
 		path = httpapi.NormalisePath(rawPath)
 	}
 	segs := strings.Split(strings.Trim(path, "/"), "/")
+	var best *docPath
+	bestLiterals := -1
 	for i := range v.paths {
 		dp := &v.paths[i]
 		if dp.audit != audit || len(dp.segments) != len(segs) || listener != "" && dp.listener != listener {
 			continue
 		}
-		match := true
+		match, literals := true, 0
 		for j, seg := range dp.segments {
 			switch {
 			case strings.HasPrefix(seg, "{"):
 				match = segs[j] != "" && (!dp.numeric[j] || digits.MatchString(segs[j]))
+				literals--
 			case audit:
 				match = seg == segs[j]
 			default:
@@ -147,11 +151,11 @@ func (v *Validator) find(rawPath, listener string) *docPath {
 				break
 			}
 		}
-		if match {
-			return dp
+		if literals += len(dp.segments); match && literals > bestLiterals {
+			best, bestLiterals = dp, literals
 		}
 	}
-	return nil
+	return best
 }
 
 // unknownItem returns the answers documented for a request no operation takes.

@@ -49,17 +49,20 @@ type Config struct {
 	// Now gives the default time of a value query (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
+	// SignIns logs refused credentials, rate-limited (nil: not logged).
+	SignIns *httpapi.SignInLog
 }
 
 // MaxReasonLength bounds a correction's reason.
 const MaxReasonLength = 1000
 
 type api struct {
-	store  Store
-	ledger Ledger
-	admin  string
-	now    func() time.Time
-	logger *slog.Logger
+	store   Store
+	ledger  Ledger
+	admin   string
+	now     func() time.Time
+	logger  *slog.Logger
+	signIns *httpapi.SignInLog
 }
 
 // New returns the handler of the audit API. It serves absolute paths under /v1/, so it can be
@@ -71,7 +74,7 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Ledger == nil {
 		return nil, errors.New("auditapi: nil ledger")
 	}
-	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, now: cfg.Now, logger: cfg.Logger}
+	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, now: cfg.Now, logger: cfg.Logger, signIns: cfg.SignIns}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -114,6 +117,9 @@ func (a *api) authenticate(r *http.Request) (principal, error) {
 	}
 	tok, err := a.ledger.Authenticate(r.Context(), secret)
 	if err != nil {
+		if errors.Is(err, domain.ErrUnauthenticated) {
+			a.signIns.Failed(r, httpapi.RequestID(r), "admin or access token", secret != "")
+		}
 		return principal{}, domain.ErrUnauthenticated
 	}
 	return principal{token: tok}, nil

@@ -120,6 +120,7 @@ func (s *server) adminHandler(name string, fn adminFunc) http.Handler {
 		ri := infoOf(r)
 		ri.method = name
 		if !s.isAdmin(r) {
+			s.signIns.Failed(r, ri.requestID, "admin token", Bearer(r) != "")
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tally-admin"`)
 			writeAdminJSON(w, http.StatusUnauthorized, adminError{Error: "admin credential missing or wrong"})
 			return

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -82,6 +83,9 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 		}
 		tok, err := s.ledger.Authenticate(r.Context(), secret)
 		if err != nil {
+			if errors.Is(err, domain.ErrUnauthenticated) {
+				s.signIns.Failed(r, ri.requestID, "access token", secret != "")
+			}
 			s.writeError(w, r, err)
 			return
 		}

@@ -1,8 +1,10 @@
 // Package httpapi is Tally's inbound HTTP adapter: the Cryptolens-compatible data-object API
 // under /api/data/, the vendor's admin API under /admin/v1/ (with a small client for it), and
-// the operational endpoints /healthz, /readyz, /metrics and /openapi.json. It parses requests the way the
-// official Cryptolens SDKs send them, calls the ledger, and answers with the JSON those SDKs
-// read. It holds no rules of its own beyond the order in which refusals are reported.
+// the operational endpoints /healthz, /readyz, /metrics and /openapi.json, split between a public and an admin
+// handler (NewHandlers) for tally serve's two listeners; and the access log and the log of
+// refused sign-ins. It parses requests the way the official Cryptolens SDKs send them, calls
+// the ledger, and answers with the JSON those SDKs read. It holds no rules of its own beyond the
+// order in which refusals are reported.
 package httpapi
 
 import (
@@ -67,6 +69,10 @@ type Config struct {
 	AdminToken string
 	// Ready reports whether the service can take requests (nil: always ready).
 	Ready func() error
+	// WriteHealth reports whether the event store takes writes (nil: always). /readyz reports
+	// it besides Ready; unlike Ready, it refuses no request: a request is how the store is
+	// seen to take writes again.
+	WriteHealth func() error
 	// Metrics serves /metrics (nil: 404).
 	Metrics http.Handler
 	// Registry receives the request metrics (nil: none are recorded).
@@ -82,6 +88,8 @@ type Config struct {
 	RateLimit float64
 	// RateBurst is how many requests a token may make at once (0: twice RateLimit).
 	RateBurst int
+	// SignIns logs refused credentials, rate-limited (nil: not logged).
+	SignIns *SignInLog
 }
 
 // server holds the handler's dependencies.
@@ -89,23 +97,66 @@ type server struct {
 	ledger     Ledger
 	adminToken string
 	ready      func() error
+	writes     func() error // nil: not checked
 	logger     *slog.Logger
 	maxBody    int64
 	metrics    *requestMetrics
 	limiter    *tokenLimiter // nil: no rate limit
+	// metricsHandler serves /metrics on the admin routes (nil: 404).
+	metricsHandler http.Handler
+	signIns        *SignInLog // nil: failed sign-ins are not logged
+	// openapiDoc serves the OpenAPI document on the admin routes.
+	openapiDoc http.Handler
 	// largeBodies holds one token per large body being read and handled.
 	largeBodies chan struct{}
 }
 
-// New returns the HTTP handler of the whole service.
+// New returns the HTTP handler of the whole service: every route of both listeners (tests and
+// single-listener use).
 func New(cfg Config) (http.Handler, error) {
+	s, err := newServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return s.handler(publicRoutes | adminRoutes), nil
+}
+
+// Handlers are the two listeners' handlers of one service, sharing its limits and metrics.
+type Handlers struct {
+	// Public serves what customers' applications call: the Cryptolens API under /api/,
+	// /healthz and /readyz.
+	Public http.Handler
+	// Admin serves the vendor's admin API under /admin/v1/ and /metrics.
+	Admin http.Handler
+}
+
+// NewHandlers returns the handlers of the public and the admin listener. A path one listener
+// does not serve is answered as unknown there (see notFound), whether or not the other serves it.
+func NewHandlers(cfg Config) (Handlers, error) {
+	s, err := newServer(cfg)
+	if err != nil {
+		return Handlers{}, err
+	}
+	return Handlers{Public: s.handler(publicRoutes), Admin: s.handler(adminRoutes)}, nil
+}
+
+// routeSet says which routes a handler serves.
+type routeSet uint8
+
+const (
+	publicRoutes routeSet = 1 << iota // Cryptolens API, /healthz, /readyz
+	adminRoutes                       // admin API, /metrics
+)
+
+func newServer(cfg Config) (*server, error) {
 	if cfg.Ledger == nil {
 		return nil, errors.New("httpapi: nil ledger")
 	}
 	s := &server{
 		ledger: cfg.Ledger, adminToken: cfg.AdminToken, ready: cfg.Ready,
-		logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
-		limiter: newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
+		writes: cfg.WriteHealth, logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
+		limiter:        newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
+		metricsHandler: cfg.Metrics, signIns: cfg.SignIns,
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -124,51 +175,59 @@ func New(cfg Config) (http.Handler, error) {
 		}
 		s.metrics = m
 	}
+	doc, err := openapi.Handler()
+	if err != nil {
+		return nil, err
+	}
+	s.openapiDoc = doc
+	return s, nil
+}
 
+// handler builds the router of a set of routes.
+func (s *server) handler(routes routeSet) http.Handler {
 	// The router sees normalised paths only (see normalise), so it must not clean or
 	// redirect them itself: a redirect would turn an SDK's POST into a GET without its body.
 	r := mux.NewRouter().SkipClean(true)
 	r.NotFoundHandler = http.HandlerFunc(s.notFound)
 
-	// Methods are told apart in the handlers rather than with mux's Methods matchers: in
-	// mux 1.8.1 a later route under the same prefix clears a method mismatch, so the mismatch
-	// would be answered as 404 instead of 405.
-	api := r.PathPrefix("/api/data/").Subrouter()
-	for _, m := range dataMethods() {
-		api.Handle("/"+strings.ToLower(m.name), s.dataHandler(m))
+	if routes&publicRoutes != 0 {
+		// Methods are told apart in the handlers rather than with mux's Methods matchers: in
+		// mux 1.8.1 a later route under the same prefix clears a method mismatch, so the
+		// mismatch would be answered as 404 instead of 405.
+		api := r.PathPrefix("/api/data/").Subrouter()
+		for _, m := range dataMethods() {
+			api.Handle("/"+strings.ToLower(m.name), s.dataHandler(m))
+		}
+		r.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
+		r.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))
 	}
 
-	admin := r.PathPrefix("/admin/v1/").Subrouter()
-	admin.Handle("/products", s.byMethod(map[string]http.Handler{
-		http.MethodPost: s.adminHandler("admin.createProduct", s.createProduct),
-		http.MethodGet:  s.adminHandler("admin.listProducts", s.listProducts),
-	}))
-	admin.Handle("/keys", s.byMethod(map[string]http.Handler{
-		http.MethodPost: s.adminHandler("admin.createKey", s.createKey),
-		http.MethodGet:  s.adminHandler("admin.listKeys", s.listKeys),
-	}))
-	admin.Handle("/tokens", s.byMethod(map[string]http.Handler{
-		http.MethodPost: s.adminHandler("admin.createToken", s.createToken),
-		http.MethodGet:  s.adminHandler("admin.listTokens", s.listTokens),
-	}))
-	admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
-		http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
-	}))
-
-	r.Handle("/healthz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("healthz", http.HandlerFunc(s.healthz))}))
-	r.Handle("/readyz", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("readyz", http.HandlerFunc(s.readyz))}))
-	if cfg.Metrics != nil {
-		r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", cfg.Metrics)}))
+	if routes&adminRoutes != 0 {
+		admin := r.PathPrefix("/admin/v1/").Subrouter()
+		admin.Handle("/products", s.byMethod(map[string]http.Handler{
+			http.MethodPost: s.adminHandler("admin.createProduct", s.createProduct),
+			http.MethodGet:  s.adminHandler("admin.listProducts", s.listProducts),
+		}))
+		admin.Handle("/keys", s.byMethod(map[string]http.Handler{
+			http.MethodPost: s.adminHandler("admin.createKey", s.createKey),
+			http.MethodGet:  s.adminHandler("admin.listKeys", s.listKeys),
+		}))
+		admin.Handle("/tokens", s.byMethod(map[string]http.Handler{
+			http.MethodPost: s.adminHandler("admin.createToken", s.createToken),
+			http.MethodGet:  s.adminHandler("admin.listTokens", s.listTokens),
+		}))
+		admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
+			http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
+		}))
+		if s.metricsHandler != nil {
+			r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", s.metricsHandler)}))
+		}
+		// The API's contract, beside the admin API (it documents every route, so adding a
+		// route means documenting it: TestOpenAPICoversRoutes).
+		r.Handle("/openapi.json", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("openapi", s.openapiDoc)}))
 	}
-	// The API's contract, beside the admin API (it documents every route, so adding a route
-	// means documenting it: TestOpenAPICoversRoutes).
-	doc, err := openapi.Handler()
-	if err != nil {
-		return nil, err
-	}
-	r.Handle("/openapi.json", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("openapi", doc)}))
 
-	return &routedHandler{Handler: s.normalise(s.observe(r)), router: r}, nil
+	return &routedHandler{Handler: s.normalise(s.observe(r)), router: r}
 }
 
 // normalise rewrites the path the way Cryptolens clients spell it into the one form the router
@@ -225,10 +284,15 @@ func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("ok\n"))
 }
 
+// readyz answers 200 "ready" while the service takes requests and the store takes writes,
+// else 503 with the reason.
 func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if s.ready != nil {
-		if err := s.ready(); err != nil {
+	for _, check := range []func() error{s.ready, s.writes} {
+		if check == nil {
+			continue
+		}
+		if err := check(); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
 			return
@@ -237,10 +301,11 @@ func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("ready\n"))
 }
 
-// notFound answers an unknown path. Under /api/ it answers in the Cryptolens shape, so that an
-// SDK pointed at a wrong base URL reports a readable message.
+// notFound answers an unknown path. Under /api/, and under /data/ (an SDK whose base URL lacks
+// the /api/ prefix), it answers in the Cryptolens shape, so that the SDK reports a readable
+// message rather than failing to parse a plain-text 404.
 func (s *server) notFound(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, "/api/") {
+	if isCryptolensPath(r.URL.Path) {
 		s.writeResult(w, r, http.StatusNotFound, errorResult("Unknown method."))
 		return
 	}
@@ -251,8 +316,13 @@ func (s *server) notFound(w http.ResponseWriter, r *http.Request) {
 	http.NotFound(w, r)
 }
 
+// isCryptolensPath reports whether a (normalised) path is one a Cryptolens SDK might call.
+func isCryptolensPath(p string) bool {
+	return p == "/api" || p == "/data" || strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, "/data/")
+}
+
 func (s *server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, "/api/") {
+	if isCryptolensPath(r.URL.Path) {
 		s.writeResult(w, r, http.StatusMethodNotAllowed, errorResult("Use GET or POST."))
 		return
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -23,7 +22,11 @@ func (g *globalFlags) adminClient() (*httpapi.AdminClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return httpapi.NewAdminClient(g.Server, token, &http.Client{Timeout: 30 * time.Second}), nil
+	hc, err := g.httpClient(30 * time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return httpapi.NewAdminClient(g.Server, token, hc), nil
 }
 
 // newProductCommand is `tally product`: create and list products.

@@ -117,7 +117,7 @@ func TestAdminCommands(t *testing.T) {
 func TestServerDefault(t *testing.T) {
 	g := &globalFlags{}
 	g.register(pflag.NewFlagSet("tally", pflag.ContinueOnError))
-	if g.Server != "http://127.0.0.1:8080" {
+	if g.Server != "http://127.0.0.1:8081" {
 		t.Fatalf("default server %q", g.Server)
 	}
 	asked := make(chan string, 1)

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"os"
+	"time"
 	_ "time/tzdata" // zone data for --tz (Europe/Stockholm…) on machines without it
 
 	"github.com/spf13/cobra"
@@ -14,7 +16,11 @@ import (
 
 // auditClient points the client commands at --server with the admin credential.
 func auditClient(g *globalFlags) auditcli.Client {
-	return auditcli.Client{Server: func() string { return g.Server }, AdminToken: g.adminToken}
+	return auditcli.Client{
+		Server: func() string { return g.Server }, AdminToken: g.adminToken,
+		// Usage reports replay the whole store: a long timeout.
+		NewHTTP: func() (*http.Client, error) { return g.httpClient(5 * time.Minute) },
+	}
 }
 
 // auditLocal lets replay and verify open the store the way tally serve does.

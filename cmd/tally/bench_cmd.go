@@ -49,7 +49,7 @@ real layers and uploaded first, which costs O(n²) AES in its length.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&bc.Target, "target", "", "base URL of a running server to drive (default: start one in-process)")
+	f.StringVar(&bc.Target, "target", "", "base URL of a running server's public listener to drive, its admin listener being --server (default: start one in-process)")
 	f.StringVar(&bc.PublicKey, "public-key", "", "the target's RSA public key (PEM or XML), for uploads")
 	f.StringVar(&bc.BenchDir, "bench-dir", "", "data directory of the in-process server (default: a temporary one; never the server's --data-dir, which the benchmark would fill with test data)")
 	f.StringVar(&bc.Format, "format", "table", "report format: table or json")
@@ -98,7 +98,8 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 		if err != nil {
 			return err
 		}
-		lc.URL, lc.AdminToken = bc.Target, token
+		// --target names the public listener; the admin listener is --server's.
+		lc.URL, lc.AdminURL, lc.AdminToken = bc.Target, g.Server, token
 		if bc.PublicKey != "" {
 			b, err := os.ReadFile(bc.PublicKey)
 			if err != nil {

@@ -47,7 +47,8 @@ func TestBenchTarget(t *testing.T) {
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := run(t, "bench", "--target", srv.URL, "--admin-token", srv.AdminToken, "--public-key", keyFile,
+	// The in-process server has both listeners' routes on one: it is --server as well.
+	out, err := run(t, "bench", "--target", srv.URL, "--server", srv.URL, "--admin-token", srv.AdminToken, "--public-key", keyFile,
 		"--workload", "upload", "--clients", "2", "--uploads", "2", "--history", "3", "--new-entries", "4", "--rsa-probe", "0", "--quiet")
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)

@@ -51,7 +51,7 @@ func (b *syncBuffer) String() string {
 func TestServeKeepsSecretsSecret(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
 	logs := &syncBuffer{}
-	cfg := serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 8 << 20, UploadLease: 30 * time.Second,
+	cfg := serveConfig{Addr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 8 << 20, UploadLease: 30 * time.Second, AccessLog: true,
 		RateLimit: httpapi.DefaultRateLimit, RateBurst: httpapi.DefaultRateBurst}
 	base, stopServe := startServe(t, &globalFlags{DataDir: dataDir}, cfg, logs)
 	stopped := false
@@ -80,7 +80,7 @@ func TestServeKeepsSecretsSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	admin := httpapi.NewAdminClient(base, adminToken, nil)
+	admin := httpapi.NewAdminClient(base.Admin, adminToken, nil)
 	p, err := admin.CreateProduct(ctx, "P")
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +106,10 @@ func TestServeKeepsSecretsSecret(t *testing.T) {
 	call := func(method, path string, params url.Values, header map[string]string) {
 		t.Helper()
 		var body io.Reader
-		target := base + path
+		target := base.Public + path
+		if strings.HasPrefix(path, "/v1/") || strings.HasPrefix(path, "/admin/") {
+			target = base.Admin + path
+		}
 		if method == http.MethodPost {
 			body = strings.NewReader(params.Encode())
 		} else {
@@ -142,7 +145,7 @@ func TestServeKeepsSecretsSecret(t *testing.T) {
 	call(http.MethodGet, "/admin/v1/tokens", nil, map[string]string{"Authorization": "Bearer " + adminToken + "x"})
 	call(http.MethodGet, "/api/data/ListDataObjectsToKey", with(owner, "token", adminToken), nil)
 
-	resp, err := http.Get(base + "/metrics")
+	resp, err := http.Get(base.Admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,6 +167,21 @@ func TestServeKeepsSecretsSecret(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "level=DEBUG") && !strings.Contains(logs.String(), "level=INFO") {
 		t.Fatalf("nothing was logged:\n%s", logs.String())
+	}
+	// The access log and the failed sign-ins were logged (so the scan above read them), and no
+	// form value made it there either.
+	for _, want := range []string{
+		"msg=request component=access listener=public method=POST path=/api/data/AddDataObjectToKey status=200",
+		"msg=request component=access listener=admin method=GET path=/admin/v1/tokens status=401",
+		`msg="sign-in refused" component=auth credential="access token" reason=wrong`,
+		`msg="sign-in refused" component=auth credential="admin token" reason=wrong`,
+	} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the log lacks %q:\n%s", want, logs.String())
+		}
+	}
+	if strings.Contains(logs.String(), "bm90IGEgbG9n") {
+		t.Error("a form value (an upload's Data) appears in the log")
 	}
 
 	// Every file of the data directory except the admin token's own: the event store (with its

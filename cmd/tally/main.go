@@ -51,7 +51,12 @@ func newRootCommand() *cobra.Command {
 		newReplayCommand(g),
 		newVerifyCommand(g),
 		newBenchCommand(g),
+		newVersionCommand(),
 	)
+	// tally --version prints what tally version prints.
+	info := readBuildInfo()
+	root.Version = info.Version
+	root.SetVersionTemplate(info.String())
 	return root
 }
 
@@ -85,7 +90,7 @@ func envName(flag string) string {
 // readsEnv says whether a flag of cmd reads its environment variable.
 func readsEnv(cmd *cobra.Command, flag string) bool {
 	switch flag {
-	case "server", "data-dir", "admin-token", "store", "kurrentdb-url", "rsa-key":
+	case "server", "data-dir", "admin-token", "ca-cert", "store", "kurrentdb-url", "rsa-key":
 		return true
 	}
 	return cmd.Name() == "serve"

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -11,9 +12,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,7 +39,15 @@ import (
 
 // serveConfig is everything tally serve is configured with.
 type serveConfig struct {
-	Addr         string
+	Addr         string // public listener: the Cryptolens API, /healthz, /readyz
+	AdminAddr    string // admin listener: the admin API, /v1, /metrics
+	TLSCert      string // public listener's certificate and key (PEM); empty: plain HTTP
+	TLSKey       string
+	AdminTLSCert string // admin listener's
+	AdminTLSKey  string
+	AccessLog    bool
+	// WriteProbe is how often the store's write health is probed for /readyz.
+	WriteProbe   time.Duration
 	LogFormat    string
 	LogLevel     string
 	Store        string
@@ -46,12 +57,18 @@ type serveConfig struct {
 	UploadLease  time.Duration
 	RateLimit    float64
 	RateBurst    int
-	// onReady, if set, is called with the listening address once the server is ready (tests
+	// onReady, if set, is called with the listening addresses once the server is ready (tests
 	// use it instead of polling).
-	onReady func(addr string)
-	// wrapHandler, if set, wraps the whole handler (tests validate every answer against the
-	// OpenAPI document with it).
-	wrapHandler func(http.Handler) http.Handler
+	onReady func(public, admin string)
+	// wrapStore, if set, wraps the opened store (tests inject faults with it).
+	wrapStore func(eventstore.Store) eventstore.Store
+	// onWriteProbe, if set, sees the outcome of every write probe (tests wait on it).
+	onWriteProbe func(error)
+	// onCertReload, if set, sees the outcome of every certificate reload (tests wait on it).
+	onCertReload func(error)
+	// wrapHandler, if set, wraps each listener's whole handler (tests validate every answer
+	// against the OpenAPI document with it).
+	wrapHandler func(listener string, h http.Handler) http.Handler
 }
 
 func newServeCommand(g *globalFlags) *cobra.Command {
@@ -69,7 +86,14 @@ func newServeCommand(g *globalFlags) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Addr, "addr", "127.0.0.1:8080", "listen address (TALLY_ADDR)")
+	f.StringVar(&cfg.Addr, "addr", "127.0.0.1:8080", "public listen address: the Cryptolens API, /healthz, /readyz (TALLY_ADDR)")
+	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:8081", "admin listen address: the admin API, /v1, /metrics (TALLY_ADMIN_ADDR)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate (chain) of the public listener; with --tls-key it serves HTTPS, re-read on SIGHUP (TALLY_TLS_CERT)")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of the public listener (TALLY_TLS_KEY)")
+	f.StringVar(&cfg.AdminTLSCert, "admin-tls-cert", "", "PEM certificate (chain) of the admin listener; with --admin-tls-key it serves HTTPS, re-read on SIGHUP (TALLY_ADMIN_TLS_CERT)")
+	f.StringVar(&cfg.AdminTLSKey, "admin-tls-key", "", "PEM private key of the admin listener (TALLY_ADMIN_TLS_KEY)")
+	f.BoolVar(&cfg.AccessLog, "access-log", true, "log every request: method, path, status, duration, bytes, request id, client address (TALLY_ACCESS_LOG)")
+	f.DurationVar(&cfg.WriteProbe, "write-probe-interval", 10*time.Second, "how often /readyz's check that the event store takes writes runs (TALLY_WRITE_PROBE_INTERVAL)")
 	f.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json (TALLY_LOG_FORMAT)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn, error (TALLY_LOG_LEVEL)")
 	f.StringVar(&cfg.Store, "store", "embedded", "event store: embedded or kurrentdb (TALLY_STORE)")
@@ -104,6 +128,21 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if cfg.UploadLease < time.Second {
 		return fmt.Errorf("--upload-lease %v: at least 1s", cfg.UploadLease)
 	}
+	if cfg.AdminAddr == "" {
+		return errors.New("--admin-addr: an address is required (the admin API has its own listener)")
+	}
+	if cfg.WriteProbe <= 0 {
+		cfg.WriteProbe = 10 * time.Second
+	}
+	// Certificates first: a wrong file is reported before anything is opened.
+	publicCert, err := listenerCertificate(cfg.TLSCert, cfg.TLSKey, "--tls")
+	if err != nil {
+		return err
+	}
+	adminCert, err := listenerCertificate(cfg.AdminTLSCert, cfg.AdminTLSKey, "--admin-tls")
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(g.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
@@ -119,11 +158,19 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err != nil {
 		return err
 	}
+	if cfg.wrapStore != nil {
+		store = cfg.wrapStore(store)
+	}
 	defer func() {
 		if err := store.Close(); err != nil {
 			logger.Error("close store", "err", err)
 		}
 	}()
+	var probeDir string
+	if cfg.Store == "embedded" {
+		probeDir = embeddedStoreDir(g.DataDir)
+	}
+	health := newStoreHealth(store, probeDir)
 
 	started := time.Now()
 	proj, err := projections.NewCurrent(ctx, store, projections.CurrentOptions{
@@ -145,7 +192,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	}()
 
 	svc, err := ledger.New(ledger.Config{
-		Store: store, View: proj, Decoder: &usagelog.LedgerDecoder{Decoder: &usagelog.Decoder{Keys: keys, MaxInputBytes: int(cfg.MaxBodyBytes)}},
+		Store: health.writer(), View: proj, Decoder: &usagelog.LedgerDecoder{Decoder: &usagelog.Decoder{Keys: keys, MaxInputBytes: int(cfg.MaxBodyBytes)}},
 		Instance: uuid.New(), UploadLease: cfg.UploadLease, Logger: logger.With("component", "ledger"),
 	})
 	if err != nil {
@@ -174,33 +221,51 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		}
 		return ready.check()
 	}
-	handler, err := httpapi.New(httpapi.Config{
-		Ledger: svc, AdminToken: adminToken, Ready: readyCheck,
+	// Failed sign-ins: a few lines a second at most, whatever a client sends.
+	signIns := httpapi.NewSignInLog(logger.With("component", "auth"), 1, 10)
+	handlers, err := httpapi.NewHandlers(httpapi.Config{
+		Ledger: svc, AdminToken: adminToken, Ready: readyCheck, WriteHealth: health.check,
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, SignIns: signIns,
 	})
 	if err != nil {
 		return err
 	}
 	audit, err := auditapi.New(auditapi.Config{
-		Store: store, Ledger: svc, AdminToken: adminToken, Logger: logger.With("component", "audit"),
+		Store: store, Ledger: svc, AdminToken: adminToken, Logger: logger.With("component", "audit"), SignIns: signIns,
 	})
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+	// The admin listener's mounts: each serves the paths under its prefix. Add the console,
+	// the OpenAPI document and the like here.
+	adminMounts := []adminMount{
+		{Prefix: "/v1/", Handler: whenReady(readyCheck, audit)},
 	}
-	root := routeByPrefix("/v1/", whenReady(readyCheck, audit), handler)
-	if cfg.wrapHandler != nil {
-		root = cfg.wrapHandler(root)
+	listeners := []*listener{
+		{Name: "public", Addr: cfg.Addr, Handler: handlers.Public, Cert: publicCert},
+		{Name: "admin", Addr: cfg.AdminAddr, Handler: adminHandler(handlers.Admin, adminMounts...), Cert: adminCert},
 	}
-	srv := newHTTPServer(root, defaultServerTimeouts(), logger)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	logger.Info("listening", "addr", ln.Addr().String(), "store", cfg.Store, "data_dir", g.DataDir)
+	for _, l := range listeners {
+		if cfg.wrapHandler != nil {
+			l.Handler = cfg.wrapHandler(l.Name, l.Handler)
+		}
+		if cfg.AccessLog {
+			l.Handler = httpapi.AccessLog(logger.With("component", "access", "listener", l.Name), l.Handler)
+		}
+		if err := l.listen(); err != nil {
+			closeListeners(listeners)
+			return err
+		}
+	}
+	serveErr := make(chan error, len(listeners))
+	for _, l := range listeners {
+		l.server = newHTTPServer(l.Handler, defaultServerTimeouts(), logger)
+		go func() { serveErr <- l.serve() }()
+		logger.Info("listening", "listener", l.Name, "addr", l.ln.Addr().String(), "tls", l.Cert != nil)
+	}
+	logger.Info("serving", "store", cfg.Store, "data_dir", g.DataDir)
 
 	// Background work ends before the projection stops and the store closes (the deferred
 	// calls above run after this one).
@@ -209,6 +274,19 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	defer func() {
 		stopBackground()
 		background.Wait()
+	}()
+	// SIGHUP is caught from here on (before ready), whether or not a listener has TLS.
+	hangup := make(chan os.Signal, 1)
+	signal.Notify(hangup, syscall.SIGHUP)
+	defer signal.Stop(hangup)
+	background.Add(2)
+	go func() {
+		defer background.Done()
+		reloadCertificatesOnHangup(bgCtx, hangup, logger, []*certificate{publicCert, adminCert}, cfg.onCertReload)
+	}()
+	go func() {
+		defer background.Done()
+		health.runProbes(bgCtx, cfg.WriteProbe, logger.With("component", "readiness"), cfg.onWriteProbe)
 	}()
 	background.Add(1)
 	go func() {
@@ -232,7 +310,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		ready.set()
 		logger.Info("ready", "position", proj.Position(), "checkpoint", proj.LoadedAt(), "took", time.Since(started).String())
 		if cfg.onReady != nil {
-			cfg.onReady(ln.Addr().String())
+			cfg.onReady(listeners[0].ln.Addr().String(), listeners[1].ln.Addr().String())
 		}
 		svc.RunRecovery(bgCtx)
 	}()
@@ -240,7 +318,8 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	var runErr error
 	select {
 	case err := <-serveErr:
-		return fmt.Errorf("http server: %w", err)
+		runErr = fmt.Errorf("http server: %w", err)
+		logger.Error("http server stopped; shutting down", "err", err)
 	case err := <-projDone:
 		// A projection that stopped no longer moves, so every command would be refused. Exit,
 		// so that a supervisor restarts the process and the restart catches up again.
@@ -252,10 +331,127 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	logger.Info("shutting down")
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		logger.Error("http shutdown", "err", err)
+	var shutdown sync.WaitGroup
+	for _, l := range listeners {
+		shutdown.Add(1)
+		go func() {
+			defer shutdown.Done()
+			if err := l.server.Shutdown(shutdownCtx); err != nil {
+				logger.Error("http shutdown", "listener", l.Name, "err", err)
+			}
+		}()
 	}
+	shutdown.Wait()
 	return runErr
+}
+
+// embeddedStoreDir is the embedded store's directory inside the data directory.
+func embeddedStoreDir(dataDir string) string { return filepath.Join(dataDir, "events") }
+
+// listener is one of tally serve's listeners: an address, what it serves, and its TLS
+// certificate (nil: plain HTTP).
+type listener struct {
+	Name    string
+	Addr    string
+	Handler http.Handler
+	Cert    *certificate
+	ln      net.Listener
+	server  *http.Server
+}
+
+func (l *listener) listen() error {
+	ln, err := net.Listen("tcp", l.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on the %s address: %w", l.Name, err)
+	}
+	if l.Cert != nil {
+		ln = tls.NewListener(ln, l.Cert.serverConfig())
+	}
+	l.ln = ln
+	return nil
+}
+
+func (l *listener) serve() error {
+	if err := l.server.Serve(l.ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s listener: %w", l.Name, err)
+	}
+	return nil
+}
+
+// closeListeners closes those listeners that were opened (start-up failed half way).
+func closeListeners(ls []*listener) {
+	for _, l := range ls {
+		if l.ln != nil {
+			_ = l.ln.Close()
+		}
+	}
+}
+
+// adminMount is a handler the admin listener serves for the paths under Prefix (a prefix that
+// ends in "/"), or for the path Prefix itself (one that does not, such as "/openapi.json").
+type adminMount struct {
+	Prefix  string
+	Handler http.Handler
+}
+
+// adminHandler is the admin listener's handler: the mounts for their paths, the admin API
+// (with /metrics) for the rest. The mounts see the path as the client sent it.
+func adminHandler(api http.Handler, mounts ...adminMount) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, m := range mounts {
+			if m.matches(r.URL.Path) {
+				m.Handler.ServeHTTP(w, r)
+				return
+			}
+		}
+		api.ServeHTTP(w, r)
+	})
+}
+
+func (m adminMount) matches(path string) bool {
+	if strings.HasSuffix(m.Prefix, "/") {
+		return strings.HasPrefix(path, m.Prefix)
+	}
+	return path == m.Prefix
+}
+
+// reloadCertificatesOnHangup reads the listeners' certificates again on every SIGHUP (from
+// hup) until ctx ends. A reload that fails keeps the certificates in use and says why. onReload,
+// if set, sees each outcome.
+func reloadCertificatesOnHangup(ctx context.Context, hup <-chan os.Signal, logger *slog.Logger, certs []*certificate, onReload func(error)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		n, err := reloadCertificates(certs)
+		switch {
+		case err != nil:
+			logger.Error("SIGHUP: certificates not reloaded; the ones in use stay", "err", err)
+		case n == 0:
+			logger.Info("SIGHUP: no listener has TLS; nothing to reload")
+		default:
+			logger.Info("SIGHUP: certificates reloaded", "listeners", n)
+		}
+		if onReload != nil {
+			onReload(err)
+		}
+	}
+}
+
+// reloadCertificates reloads every certificate given (nil ones are listeners without TLS) and
+// says how many there were.
+func reloadCertificates(certs []*certificate) (int, error) {
+	var errs []error
+	n := 0
+	for _, c := range certs {
+		if c != nil {
+			n++
+			errs = append(errs, c.reload())
+		}
+	}
+	return n, errors.Join(errs...)
 }
 
 // serverTimeouts bound how long a client may take over each part of a request, so that slow
@@ -306,7 +502,7 @@ func catchUpToHead(ctx context.Context, store eventstore.Store, proj *projection
 func openStore(ctx context.Context, logger *slog.Logger, dataDir string, cfg serveConfig) (eventstore.Store, error) {
 	switch cfg.Store {
 	case "embedded":
-		s, err := embedded.Open(ctx, filepath.Join(dataDir, "events"))
+		s, err := embedded.Open(ctx, embeddedStoreDir(dataDir))
 		if err != nil {
 			return nil, fmt.Errorf("open embedded store: %w", err)
 		}
@@ -385,18 +581,5 @@ func whenReady(ready func() error, next http.Handler) http.Handler {
 			return
 		}
 		next.ServeHTTP(w, r)
-	})
-}
-
-// routeByPrefix sends requests whose path starts with prefix to one handler and the rest to
-// another. It does no path cleaning: the Cryptolens API accepts doubled slashes that
-// http.ServeMux would redirect.
-func routeByPrefix(prefix string, matched, rest http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, prefix) {
-			matched.ServeHTTP(w, r)
-			return
-		}
-		rest.ServeHTTP(w, r)
 	})
 }

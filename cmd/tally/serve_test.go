@@ -22,28 +22,49 @@ import (
 	"github.com/tallyledger/tally/adapters/usagelog"
 )
 
-// startServe runs serve in-process and returns its base URL once it is ready, and a function
-// that stops it as SIGTERM would and returns serve's error.
-func startServe(t *testing.T, g *globalFlags, cfg serveConfig, logs *syncBuffer) (string, func() error) {
+// served are the base URLs of a running tally serve's listeners.
+type served struct {
+	Public string // the Cryptolens API, /healthz, /readyz
+	Admin  string // the admin API, /v1, /metrics
+}
+
+// startServe runs serve in-process and returns its listeners' base URLs once it is ready, and a
+// function that stops it as SIGTERM would and returns serve's error. Both listeners listen on
+// a free port of 127.0.0.1 unless cfg says otherwise.
+func startServe(t *testing.T, g *globalFlags, cfg serveConfig, logs *syncBuffer) (served, func() error) {
 	t.Helper()
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.AdminAddr == "" {
+		cfg.AdminAddr = "127.0.0.1:0"
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ready := make(chan string, 1)
-	cfg.onReady = func(addr string) { ready <- addr }
-	// Every answer the server gives, whoever the client (the CLI, a test's request), is
-	// validated against the OpenAPI document.
-	cfg.wrapHandler = func(h http.Handler) http.Handler { return openapitest.Handler(t, h) }
+	ready := make(chan served, 1)
+	scheme, adminScheme := "http://", "http://"
+	if cfg.TLSCert != "" {
+		scheme = "https://"
+	}
+	if cfg.AdminTLSCert != "" {
+		adminScheme = "https://"
+	}
+	cfg.onReady = func(public, admin string) { ready <- served{Public: scheme + public, Admin: adminScheme + admin} }
+	// Every answer either listener gives, whoever the client (the CLI, a test's request), is
+	// validated against the OpenAPI document, as that listener's (x-listener).
+	cfg.wrapHandler = func(listener string, h http.Handler) http.Handler { return openapitest.HandlerOn(t, listener, h) }
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, logger, g, cfg) }()
 	select {
-	case addr := <-ready:
-		base := "http://" + addr
-		r, err := http.Get(base + "/readyz")
-		if err != nil || r.StatusCode != http.StatusOK {
-			t.Fatalf("/readyz after ready: %v %v", r, err)
+	case urls := <-ready:
+		if cfg.TLSCert == "" {
+			r, err := http.Get(urls.Public + "/readyz")
+			if err != nil || r.StatusCode != http.StatusOK {
+				t.Fatalf("/readyz after ready: %v %v", r, err)
+			}
+			r.Body.Close()
 		}
-		r.Body.Close()
-		return base, func() error { cancel(); return <-done }
+		return urls, func() error { cancel(); return <-done }
 	case err := <-done:
 		cancel()
 		t.Fatalf("serve ended before it was ready: %v\n%s", err, logs.String())
@@ -51,7 +72,7 @@ func startServe(t *testing.T, g *globalFlags, cfg serveConfig, logs *syncBuffer)
 		cancel()
 		t.Fatalf("serve not ready in a minute:\n%s", logs.String())
 	}
-	return "", nil
+	return served{}, nil
 }
 
 func call(t *testing.T, base, method string, params url.Values) map[string]any {
@@ -100,7 +121,7 @@ func TestServeOnEachStore(t *testing.T) {
 				var out bytes.Buffer
 				root.SetOut(&out)
 				root.SetErr(io.Discard)
-				root.SetArgs(append([]string{"--server", base, "--data-dir", dataDir}, args...))
+				root.SetArgs(append([]string{"--server", base.Admin, "--data-dir", dataDir}, args...))
 				if err := root.Execute(); err != nil {
 					t.Fatalf("tally %v: %v", args, err)
 				}
@@ -110,12 +131,12 @@ func TestServeOnEachStore(t *testing.T) {
 			key := cli("key", "create", "--product", product)
 			token := cli("token", "create", "--permissions", "all", "--product-lock", "0", "--key-lock", "0", "--feature-lock", "0")
 			owner := url.Values{"token": {token}, "ProductId": {product}, "Key": {key}}
-			add := call(t, base, "AddDataObjectToKey", with(owner, "Name", "seats", "IntValue", "5"))
+			add := call(t, base.Public, "AddDataObjectToKey", with(owner, "Name", "seats", "IntValue", "5"))
 			if add["result"] != float64(0) {
 				t.Fatalf("AddDataObjectToKey: %v", add)
 			}
 			id := fmt.Sprint(add["id"])
-			if r := call(t, base, "IncrementIntValueToKey", with(owner, "Id", id, "IntValue", "3")); r["result"] != float64(0) {
+			if r := call(t, base.Public, "IncrementIntValueToKey", with(owner, "Id", id, "IntValue", "3")); r["result"] != float64(0) {
 				t.Fatalf("IncrementIntValueToKey: %v", r)
 			}
 
@@ -135,7 +156,7 @@ func TestServeOnEachStore(t *testing.T) {
 				t.Fatal(err)
 			}
 			data := base64.StdEncoding.EncodeToString(raw)
-			if r := call(t, base, "UploadValuesToKey", with(owner, "Data", data)); r["result"] != float64(0) || r["applied"] != float64(1) {
+			if r := call(t, base.Public, "UploadValuesToKey", with(owner, "Data", data)); r["result"] != float64(0) || r["applied"] != float64(1) {
 				t.Fatalf("UploadValuesToKey: %v", r)
 			}
 			if err := stop(); err != nil {
@@ -145,18 +166,36 @@ func TestServeOnEachStore(t *testing.T) {
 			// Restart on the same data directory (and store): everything is back.
 			logs2 := &syncBuffer{}
 			base, stop = startServe(t, g, cfg, logs2)
-			list := call(t, base, "ListDataObjectsToKey", owner)
+			list := call(t, base.Public, "ListDataObjectsToKey", owner)
 			objs, _ := list["dataObjects"].([]any)
 			if len(objs) != 1 || objs[0].(map[string]any)["intValue"] != float64(12) {
 				t.Fatalf("after restart: %v", list)
 			}
-			if r := call(t, base, "UploadValuesToKey", with(owner, "Data", data)); r["applied"] != float64(0) || r["known"] != float64(1) {
+			if r := call(t, base.Public, "UploadValuesToKey", with(owner, "Data", data)); r["applied"] != float64(0) || r["known"] != float64(1) {
 				t.Fatalf("re-upload after restart: %v", r)
 			}
 			// The projection resumed from the checkpoint it persisted on the way out, not from zero.
 			m := regexp.MustCompile(`msg=ready position=(\d+) checkpoint=(\d+)`).FindStringSubmatch(logs2.String())
 			if m == nil || m[2] == "0" || m[1] != m[2] {
 				t.Fatalf("restart did not resume from the checkpoint: %q\n%s", m, logs2.String())
+			}
+			// At debug level the uploads' planning is logged: what the decoder found new, and
+			// what was planned.
+			for _, want := range []string{
+				`msg="upload decoded" component=ledger request_id=`,
+				`new_entries=1 reached_known_layer=false`,
+				`msg="upload planned" component=ledger request_id=`,
+			} {
+				if !strings.Contains(logs.String(), want) {
+					t.Errorf("the first run's debug log lacks %q", want)
+				}
+			}
+			// The access log is off here (serveConfig's zero value, --access-log=false).
+			if strings.Contains(logs.String()+logs2.String(), "msg=request ") {
+				t.Error("the access log is off, yet requests were logged")
+			}
+			if !strings.Contains(logs2.String(), `new_entries=0 reached_known_layer=true`) {
+				t.Errorf("the re-upload's debug log does not say it found nothing new:\n%s", logs2.String())
 			}
 			if strings.Contains(logs.String()+logs2.String(), token) {
 				t.Fatal("a token secret appears in the logs")

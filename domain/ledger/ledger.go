@@ -195,6 +195,7 @@ func (s *Service) appendAndWait(ctx context.Context, stream string, expected eve
 	res, err := s.store.Append(ctx, stream, expected, events...)
 	if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 		s.conflicts.Add(1)
+		s.logger.Debug("append conflict; catching up and retrying", "stream", stream, "expected", expected.String())
 		if cerr := s.catchUp(ctx, stream); cerr != nil {
 			return res, cerr
 		}

@@ -105,8 +105,11 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 	}
 	entries, err := s.decoder.Decode(ctx, cmd.Data, known)
 	if err != nil {
+		s.logger.Debug("upload not decoded", "request_id", c.RequestID, "owner", owner.String(), "bytes", len(cmd.Data), "err", err)
 		return UploadResult{}, err
 	}
+	s.logger.Debug("upload decoded", "request_id", c.RequestID, "owner", owner.String(), "bytes", len(cmd.Data),
+		"new_entries", len(entries), "reached_known_layer", stop != nil)
 	if len(entries) > MaxNewEntries {
 		return UploadResult{}, domain.ErrTooManyEntries
 	}
@@ -118,6 +121,7 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 		var p *plan
 		s.view.Read(func(st *state.State) { p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop) })
 		if errors.Is(err, errUploadInProgress) {
+			s.logger.Debug("upload waits: another upload of the owner was prepared", "request_id", c.RequestID, "attempt", attempt+1)
 			continue // another upload of this owner was prepared since we waited
 		}
 		if err != nil && !synced {
@@ -132,11 +136,14 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 		if err != nil {
 			return UploadResult{}, err
 		}
+		s.logger.Debug("upload planned", "request_id", c.RequestID, "attempt", attempt+1, "entries", len(p.entries),
+			"already_applied", len(entries)-len(p.entries), "objects", len(p.prepared.Changes), "known", p.prepared.BaseDepth)
 		if len(p.entries) == 0 {
 			return UploadResult{Known: p.prepared.BaseDepth}, nil
 		}
 		res, err := s.runUpload(ctx, c, p)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			s.logger.Debug("upload lost a race; planning again", "request_id", c.RequestID, "attempt", attempt+1, "err", err)
 			continue
 		}
 		return res, err

@@ -51,6 +51,20 @@ func TestOpenAPICoversRoutes(t *testing.T) {
 	for _, op := range unserved {
 		t.Errorf("operation %s is documented in adapters/httpapi/openapi/openapi.yaml but no router serves it", op)
 	}
+	// tally serve's two listeners serve the paths the document gives them (x-listener).
+	handlers, err := httpapi.NewHandlers(httpapi.Config{Ledger: env.Ledger, Metrics: http.NotFoundHandler()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for listener, h := range map[string]http.Handler{"public": handlers.Public, "admin": handlers.Admin, "admin (audit)": audit} {
+		routes, err := httpapi.RoutesOf(h)
+		if err != nil {
+			t.Fatalf("%s listener: %v", listener, err)
+		}
+		for _, op := range v.Misplaced(strings.TrimSuffix(listener, " (audit)"), routes) {
+			t.Errorf("route %s is served on the %s listener, but openapi.yaml gives it x-listener of the other", op, listener)
+		}
+	}
 	if len(v.Operations()) < len(served) {
 		t.Errorf("%d operations documented for %d routes", len(v.Operations()), len(served))
 	}

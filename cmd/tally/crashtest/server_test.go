@@ -59,7 +59,7 @@ type serverStats struct {
 }
 
 var (
-	listeningLine = regexp.MustCompile(`msg=listening addr=(\S+)`)
+	listeningLine = regexp.MustCompile(`msg=listening listener=(public|admin) addr=(\S+)`)
 	recoveredLine = regexp.MustCompile(`msg="recovered interrupted uploads" count=(\d+)`)
 	decidedLine   = regexp.MustCompile(`msg="recovered an interrupted upload" .*committed=(true|false)`)
 )
@@ -71,7 +71,7 @@ type logWatcher struct {
 	out     io.Writer // the shared log file, written under outMu
 	outMu   *sync.Mutex
 	partial []byte
-	addr    chan string // the listening address, once
+	addr    chan [2]string // a listener's name and address, once each
 }
 
 func (w *logWatcher) Write(p []byte) (int, error) {
@@ -93,7 +93,7 @@ func (w *logWatcher) Write(p []byte) (int, error) {
 func (w *logWatcher) line(line string) {
 	if m := listeningLine.FindStringSubmatch(line); m != nil {
 		select {
-		case w.addr <- m[1]:
+		case w.addr <- [2]string{m[1], m[2]}:
 		default:
 		}
 	}
@@ -127,7 +127,8 @@ func (w *logWatcher) line(line string) {
 // server is one run of `tally serve`.
 type server struct {
 	cmd    *exec.Cmd
-	url    string
+	url    string // the public listener: the Cryptolens API, /readyz
+	admin  string // the admin listener: the admin and audit APIs
 	exited chan struct{}
 	err    error // Wait's result, set before exited is closed
 }
@@ -171,8 +172,8 @@ func newHarness(t *testing.T, bin string) *harness {
 // start runs `tally serve` on the data directory and returns once it listens.
 func (h *harness) start() *server {
 	h.t.Helper()
-	w := &logWatcher{stats: &h.stats, out: h.logFile, outMu: &h.logMu, addr: make(chan string, 1)}
-	cmd := exec.Command(h.bin, "serve", "--data-dir", h.dataDir, "--addr", "127.0.0.1:0", "--log-level", "info")
+	w := &logWatcher{stats: &h.stats, out: h.logFile, outMu: &h.logMu, addr: make(chan [2]string, 2)}
+	cmd := exec.Command(h.bin, "serve", "--data-dir", h.dataDir, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-level", "info")
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
 		h.t.Fatalf("start tally serve: %v", err)
@@ -188,13 +189,19 @@ func (h *harness) start() *server {
 	})
 	deadline := time.NewTimer(startTimeout)
 	defer deadline.Stop()
-	select {
-	case addr := <-w.addr:
-		s.url = "http://" + addr
-	case <-s.exited:
-		h.t.Fatalf("tally serve exited before listening: %v", s.err)
-	case <-deadline.C:
-		h.t.Fatalf("tally serve did not listen within %v", startTimeout)
+	for s.url == "" || s.admin == "" {
+		select {
+		case l := <-w.addr:
+			if l[0] == "public" {
+				s.url = "http://" + l[1]
+			} else {
+				s.admin = "http://" + l[1]
+			}
+		case <-s.exited:
+			h.t.Fatalf("tally serve exited before listening: %v", s.err)
+		case <-deadline.C:
+			h.t.Fatalf("tally serve did not listen within %v", startTimeout)
+		}
 	}
 	return s
 }
@@ -258,7 +265,7 @@ func (h *harness) cli(s *server, args ...string) string {
 	h.t.Helper()
 	full := append([]string{"--data-dir", h.dataDir}, args...)
 	if s != nil {
-		full = append([]string{"--server", s.url}, full...)
+		full = append([]string{"--server", s.admin}, full...)
 	}
 	cmd := exec.Command(h.bin, full...)
 	var stderr bytes.Buffer
@@ -356,7 +363,7 @@ func (h *harness) call(ctx context.Context, base, method string, params url.Valu
 // getJSON reads an admin or audit endpoint with the admin credential.
 func (h *harness) getJSON(s *server, path string, out any) {
 	h.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, s.url+path, nil)
+	req, err := http.NewRequest(http.MethodGet, s.admin+path, nil)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -158,16 +158,19 @@ func (v *Validator) find(rawPath, listener string) *docPath {
 	return best
 }
 
-// unknownItem returns the answers documented for a request no operation takes.
-func (v *Validator) unknownItem(rawPath string) *v3.PathItem {
-	if strings.HasPrefix(rawPath, auditPrefix) {
+// unknownItem returns the answers documented for a request no operation takes on a listener
+// (the public one has no audit API: /v1/ is any other path there).
+func (v *Validator) unknownItem(rawPath, listener string) *v3.PathItem {
+	if strings.HasPrefix(rawPath, auditPrefix) && listener != "public" {
 		return v.unknown[auditPrefix]
 	}
 	p := httpapi.NormalisePath(rawPath)
-	for _, prefix := range []string{"/api/", "/admin/"} {
-		if strings.HasPrefix(p, prefix) {
-			return v.unknown[prefix]
-		}
+	// /data/: an SDK whose base URL lacks /api/ is answered in the Cryptolens shape too.
+	if p == "/api" || p == "/data" || strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, "/data/") {
+		return v.unknown["/api/"]
+	}
+	if strings.HasPrefix(p, "/admin/") {
+		return v.unknown["/admin/"]
 	}
 	return v.unknown["/"]
 }
@@ -190,7 +193,7 @@ func (v *Validator) CheckOn(listener string, req *http.Request, resp *http.Respo
 	if dp := v.find(req.URL.Path, listener); dp != nil && dp.item.GetOperations().GetOrZero(strings.ToLower(method)) != nil {
 		item, specPath = dp.item, dp.template
 	} else {
-		item, method = v.unknownItem(req.URL.Path), http.MethodGet
+		item, method = v.unknownItem(req.URL.Path, listener), http.MethodGet
 	}
 	if req.Method == http.MethodHead {
 		op := item.GetOperations().GetOrZero(strings.ToLower(method))
@@ -377,4 +380,42 @@ func (r *recorder) Write(b []byte) (int, error) {
 	}
 	r.body.Write(b)
 	return r.ResponseWriter.Write(b)
+}
+
+// Misplaced lists the routes a listener serves that the document gives to the other listener
+// (x-listener).
+func (v *Validator) Misplaced(listener string, served []httpapi.Route) []Operation {
+	var out []Operation
+	for _, r := range served {
+		dp := v.find(r.Path, "")
+		if strings.HasPrefix(r.Path, auditPrefix) {
+			dp = v.findTemplate(r.Path)
+		}
+		if dp != nil && dp.listener != listener {
+			for _, m := range r.Methods {
+				out = append(out, Operation{Path: r.Path, Method: m})
+			}
+		}
+	}
+	return out
+}
+
+// findTemplate returns the documented path with this template (variables compared by
+// position), or nil.
+func (v *Validator) findTemplate(tpl string) *docPath {
+	norm := func(p string) string {
+		segs := strings.Split(strings.ToLower(p), "/")
+		for i, s := range segs {
+			if strings.HasPrefix(s, "{") {
+				segs[i] = "{}"
+			}
+		}
+		return strings.Join(segs, "/")
+	}
+	for i := range v.paths {
+		if norm(v.paths[i].template) == norm(tpl) {
+			return &v.paths[i]
+		}
+	}
+	return nil
 }

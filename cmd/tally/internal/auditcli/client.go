@@ -32,6 +32,9 @@ type Client struct {
 	// HTTP is the client used (default: one with a 5-minute timeout, as usage reports replay
 	// the whole store).
 	HTTP *http.Client
+	// NewHTTP, if set and HTTP is not, makes the client when a command runs (after flags such
+	// as --ca-cert are parsed).
+	NewHTTP func() (*http.Client, error)
 }
 
 // call sends a request to the audit API and decodes a JSON answer into out (unless nil), or
@@ -63,6 +66,11 @@ func (c Client) call(ctx context.Context, method, path string, query url.Values,
 		req.Header.Set("Content-Type", "application/json")
 	}
 	hc := c.HTTP
+	if hc == nil && c.NewHTTP != nil {
+		if hc, err = c.NewHTTP(); err != nil {
+			return err
+		}
+	}
 	if hc == nil {
 		hc = &http.Client{Timeout: 5 * time.Minute}
 	}

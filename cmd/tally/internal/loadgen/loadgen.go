@@ -34,9 +34,12 @@ type HistorySeeder func(ctx context.Context, keyID int64, layer [32]byte, depth 
 
 // Config describes one run.
 type Config struct {
-	// URL is the server's base URL; AdminToken its admin credential.
+	// URL is the server's base URL (its public listener); AdminToken its admin credential.
 	URL        string
 	AdminToken string
+	// AdminURL is the base URL of the server's admin listener (default URL: a server with
+	// both on one handler, such as the in-process one).
+	AdminURL string
 	// HTTP is the client for provisioning and the final data check (nil: one sized for
 	// Clients). The timed phase's calls go through a fasthttp client of their own (timed.go).
 	HTTP *http.Client
@@ -156,7 +159,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return Report{}, err
 	}
 	api := newAPIClient(cfg.URL, cfg.HTTP)
-	admin := httpapi.NewAdminClient(cfg.URL, cfg.AdminToken, cfg.HTTP)
+	adminURL := cfg.AdminURL
+	if adminURL == "" {
+		adminURL = cfg.URL
+	}
+	admin := httpapi.NewAdminClient(adminURL, cfg.AdminToken, cfg.HTTP)
 	timed, err := newTimedClient(cfg.URL, cfg.Clients)
 	if err != nil {
 		return Report{}, err

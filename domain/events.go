@@ -196,6 +196,14 @@ type UploadPrepared struct {
 	Changes   []PlannedStep `json:"changes"`
 	Instance  uuid.UUID     `json:"instance"` // the Tally process that prepared it
 	At        time.Time     `json:"at"`
+
+	// Digests are the layers' digests (hex), in the order of Layers; FileDigest is SHA-256 of
+	// the whole log uploaded, the whole bytes of its newest layer; Base names the known layer
+	// the walk stopped at when it was known by its legacy identity only. All three are absent
+	// from events written before identity version 2 (domain/integrity.go).
+	Digests    []string    `json:"digests,omitempty"`
+	FileDigest string      `json:"fileDigest,omitempty"`
+	Base       *LayerAlias `json:"base,omitempty"`
 }
 
 // PlannedStep is one data object's share of an upload: how many events it gets, appended after

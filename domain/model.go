@@ -50,6 +50,9 @@ type Product struct {
 	ID      int64     `json:"id"`
 	Name    string    `json:"name"`
 	Created time.Time `json:"created"`
+	// OnTamper is what an upload showing an integrity anomaly does ("" is the default,
+	// DefaultIntegrityPolicy).
+	OnTamper IntegrityPolicy `json:"onTamper,omitempty"`
 }
 
 // LicenseKey is one customer's license of a product. Key is the Cryptolens-style key string

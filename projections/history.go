@@ -65,6 +65,9 @@ type HistoryEntry struct {
 	LogTimestamp *time.Time   `json:"logTimestamp,omitempty"`
 	Anomaly      string       `json:"anomaly,omitempty"`
 	UploadStatus UploadStatus `json:"uploadStatus,omitempty"`
+	// IntegrityAnomalies are the ids of the integrity anomalies recorded for the entry's layer
+	// (ObjectHistory.IntegrityAnomalies).
+	IntegrityAnomalies []uuid.UUID `json:"integrityAnomalies,omitempty"`
 	// Correction is the reason of an operator's compensating change.
 	Correction string `json:"correction,omitempty"`
 	// Counted says whether the change counts in the object's value: false only for changes of
@@ -83,6 +86,8 @@ type ObjectHistory struct {
 	Owner    domain.Owner   `json:"owner"`
 	Name     string         `json:"name"`
 	Entries  []HistoryEntry `json:"entries"`
+	// IntegrityAnomalies are the anomalies recorded for the layers of the entries (integrity.go).
+	IntegrityAnomalies []HistoryAnomaly `json:"integrityAnomalies,omitempty"`
 }
 
 // History reads a data object's stream and its owner's upload stream and returns the object's
@@ -99,6 +104,9 @@ func History(ctx context.Context, r StreamReader, objectID int64) (*ObjectHistor
 			return nil, err
 		}
 		h.Entries = append(h.Entries, e)
+	}
+	if err := attachIntegrity(ctx, r, h); err != nil {
+		return nil, err
 	}
 	return h, nil
 }

@@ -101,7 +101,10 @@ type UsageReport struct {
 	Axis     TimeAxis    `json:"time"`
 	// Position is the last event folded: the report reflects the store up to it.
 	Position eventstore.Position `json:"position"`
-	Rows     []UsageRow          `json:"rows"`
+	// Source says what answered: "readmodel" (the persisted buckets) or "replay" (a fold of
+	// the whole store).
+	Source string     `json:"source,omitempty"`
+	Rows   []UsageRow `json:"rows"`
 }
 
 // change kinds of a usage fold
@@ -141,29 +144,18 @@ type usageFold struct {
 // upload was committed by the end of the store; aborted and still pending uploads count
 // nothing. Rows exist for the periods in which an object had at least one change or set.
 func Usage(ctx context.Context, r AllReader, q UsageQuery) (*UsageReport, error) {
-	if q.Location == nil {
-		q.Location = time.UTC
+	q, err := NormalizeUsageQuery(q)
+	if err != nil {
+		return nil, err
 	}
-	if q.By == "" {
-		q.By = ByDay
-	}
-	if q.Axis == "" {
-		q.Axis = AxisUsage
-	}
-	if q.By != ByDay && q.By != ByMonth {
-		return nil, fmt.Errorf("usage periods %q: want day or month", q.By)
-	}
-	if q.Axis != AxisUsage && q.Axis != AxisRecorded {
-		return nil, fmt.Errorf("usage time axis %q: want usage or recorded", q.Axis)
-	}
-	if !q.From.Before(q.To) {
-		return nil, errors.New("usage report: from must be before to")
+	if _, err := Periods(q); err != nil {
+		return nil, err
 	}
 	f := &usageFold{
 		q: q, objects: map[int64]*usageObject{}, keys: map[int64]domain.LicenseKey{},
 		pending: map[uuid.UUID][]pendingChange{}, aborted: map[uuid.UUID]bool{},
 	}
-	rep := &UsageReport{From: q.From, To: q.To, TimeZone: q.Location.String(), By: q.By, Axis: q.Axis}
+	rep := &UsageReport{From: q.From, To: q.To, TimeZone: q.Location.String(), By: q.By, Axis: q.Axis, Source: SourceReplay}
 	for {
 		evs, err := r.ReadAll(ctx, rep.Position, 4096)
 		if err != nil {
@@ -265,6 +257,74 @@ func (f *usageFold) apply(ev eventstore.RecordedEvent) error {
 		}
 	}
 	return nil
+}
+
+// SourceReplay names reports made by Usage in UsageReport.Source.
+const SourceReplay = "replay"
+
+// MaxPeriods bounds the periods of one usage report.
+const MaxPeriods = 10000
+
+// ErrTooManyPeriods is returned for a report of more than MaxPeriods periods.
+var ErrTooManyPeriods = fmt.Errorf("usage report: more than %d periods", MaxPeriods)
+
+// NormalizeUsageQuery fills in a query's defaults (UTC, by day, usage axis) and checks it.
+func NormalizeUsageQuery(q UsageQuery) (UsageQuery, error) {
+	if q.Location == nil {
+		q.Location = time.UTC
+	}
+	if q.By == "" {
+		q.By = ByDay
+	}
+	if q.Axis == "" {
+		q.Axis = AxisUsage
+	}
+	if q.By != ByDay && q.By != ByMonth {
+		return q, fmt.Errorf("usage periods %q: want day or month", q.By)
+	}
+	if q.Axis != AxisUsage && q.Axis != AxisRecorded {
+		return q, fmt.Errorf("usage time axis %q: want usage or recorded", q.Axis)
+	}
+	if !q.From.Before(q.To) {
+		return q, errors.New("usage report: from must be before to")
+	}
+	return q, nil
+}
+
+// Period is one period of a usage report.
+type Period struct {
+	// Name is as in UsageRow.Period; Start and End are as a row of it shows them (cut by the
+	// report's range).
+	Name       string
+	Start, End time.Time
+	// Next is the start of the next period (uncut): the changes of this period have
+	// Start <= t < min(Next, To).
+	Next time.Time
+}
+
+// Periods lists the periods of a normalized query in order, or ErrTooManyPeriods.
+func Periods(q UsageQuery) ([]Period, error) {
+	var out []Period
+	for start := periodStart(q.From, q.Location, q.By); start.Before(q.To); {
+		if len(out) == MaxPeriods {
+			return nil, ErrTooManyPeriods
+		}
+		end := periodEnd(start, q.By)
+		next := periodStart(end, q.Location, q.By)
+		if !next.After(start) { // a zone whose midnight Date cannot resolve forwards
+			next = end
+		}
+		p := Period{Name: periodName(start, q.By), Start: start, End: end, Next: next}
+		if p.Start.Before(q.From) {
+			p.Start = q.From.In(q.Location)
+		}
+		if p.End.After(q.To) {
+			p.End = q.To.In(q.Location)
+		}
+		out = append(out, p)
+		start = next
+	}
+	return out, nil
 }
 
 // pick returns the time a change counts at on the report's axis.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
 )
 
 // ValueAsOf is a data object's value as the ledger held it at a moment.
@@ -20,6 +21,9 @@ type ValueAsOf struct {
 	StringValue string `json:"stringValue"`
 	// Revision is the last revision of the object's stream recorded at or before At.
 	Revision uint64 `json:"revision"`
+	// AsOf is the store position the answer reflects, when it comes from a read model that
+	// follows the store (absent from a replay of the store, which reflects all of it).
+	AsOf eventstore.Position `json:"asOf,omitempty"`
 }
 
 // ValueAt returns a data object's value as of at: the fold of the object's events recorded at

@@ -20,8 +20,10 @@ import (
 
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/projections/readmodel"
 )
 
 // Store is what the audit API reads from the event store.
@@ -40,10 +42,30 @@ type Ledger interface {
 	Correct(ctx context.Context, c ledger.Caller, objectID int64, amount int64, reason string) error
 }
 
+// ReadModel answers usage reports and values as of a time from persisted read models that
+// follow the store (readmodel.Model is one).
+type ReadModel interface {
+	// Position is the store position the read model reflects.
+	Position() eventstore.Position
+	// Head is the store's last position.
+	Head(ctx context.Context) (eventstore.Position, error)
+	// WaitFor blocks until the read model reflects every event up to pos.
+	WaitFor(ctx context.Context, pos eventstore.Position) error
+	// Usage answers a report, or readmodel.ErrNotAligned for one it cannot answer exactly.
+	Usage(ctx context.Context, q projections.UsageQuery) (*projections.UsageReport, error)
+	ValueAt(ctx context.Context, objectID int64, at time.Time) (*projections.ValueAsOf, error)
+}
+
 // Config wires the audit API.
 type Config struct {
 	Store  Store
 	Ledger Ledger
+	// ReadModel, if set, answers /v1/usage and /v1/dataobjects/{id}/value; without it they
+	// replay the store.
+	ReadModel ReadModel
+	// ReadModelWait bounds how long a query waits for the read model to reach the store's
+	// head (or the position the caller asks for) before it is refused with 503 (default 10 s).
+	ReadModelWait time.Duration
 	// AdminToken is the vendor's admin credential; empty accepts tokens only.
 	AdminToken string
 	// Now gives the default time of a value query (default time.Now).
@@ -57,12 +79,14 @@ type Config struct {
 const MaxReasonLength = 1000
 
 type api struct {
-	store   Store
-	ledger  Ledger
-	admin   string
-	now     func() time.Time
-	logger  *slog.Logger
-	signIns *httpapi.SignInLog
+	model     ReadModel
+	modelWait time.Duration
+	store     Store
+	ledger    Ledger
+	admin     string
+	now       func() time.Time
+	logger    *slog.Logger
+	signIns   *httpapi.SignInLog
 }
 
 // New returns the handler of the audit API. It serves absolute paths under /v1/, so it can be
@@ -74,7 +98,11 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Ledger == nil {
 		return nil, errors.New("auditapi: nil ledger")
 	}
-	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, now: cfg.Now, logger: cfg.Logger, signIns: cfg.SignIns}
+	a := &api{store: cfg.Store, ledger: cfg.Ledger, admin: cfg.AdminToken, now: cfg.Now, logger: cfg.Logger, signIns: cfg.SignIns,
+		model: cfg.ReadModel, modelWait: cfg.ReadModelWait}
+	if a.modelWait <= 0 {
+		a.modelWait = 10 * time.Second
+	}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -188,12 +216,53 @@ func (a *api) value(w http.ResponseWriter, r *http.Request) {
 		}
 		at = t
 	}
-	v, err := projections.ValueAt(r.Context(), a.store, id, at)
+	var v *projections.ValueAsOf
+	var err error
+	if a.model != nil {
+		if !a.waitModel(w, r) {
+			return
+		}
+		v, err = a.model.ValueAt(r.Context(), id, at)
+	} else {
+		v, err = projections.ValueAt(r.Context(), a.store, id, at)
+	}
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// waitModel waits until the read model reflects the position the caller asks for (the
+// position parameter) or, by default, the store's head as the request arrived, so that a caller
+// reads its own writes. It answers 503 if the model is not there within ReadModelWait.
+func (a *api) waitModel(w http.ResponseWriter, r *http.Request) bool {
+	var want eventstore.Position
+	if s := r.URL.Query().Get("position"); s != "" {
+		p, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			a.fail(w, fmt.Errorf("%w: position: want a store position (an unsigned integer)", ledger.ErrInvalid))
+			return false
+		}
+		want = eventstore.Position(p)
+	} else {
+		head, err := a.model.Head(r.Context())
+		if err != nil {
+			a.fail(w, err)
+			return false
+		}
+		want = head
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.modelWait)
+	defer cancel()
+	if err := a.model.WaitFor(ctx, want); err != nil {
+		if r.Context().Err() == nil {
+			a.logger.Warn("read model behind", "want", want, "at", a.model.Position(), "err", err)
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("the read model is at position %d, not yet at %d; try again", a.model.Position(), want))
+		}
+		return false
+	}
+	return true
 }
 
 // CorrectionRequest is the body of POST /v1/dataobjects/{id}/corrections.
@@ -219,10 +288,8 @@ func (a *api) correct(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req CorrectionRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		a.fail(w, fmt.Errorf("%w: body: %v", ledger.ErrInvalid, err))
+	if err := httpapi.DecodeStrictJSON(io.LimitReader(r.Body, 64<<10), &req); err != nil {
+		a.fail(w, err)
 		return
 	}
 	if len(req.Reason) > MaxReasonLength {
@@ -256,8 +323,9 @@ func (a *api) usage(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	// A report replays the whole store, so it is not for tokens that ship inside customers'
-	// applications (a negative key lock): only the admin and the vendor's own tokens.
+	// A report spans many objects and may replay the whole store (bounds off the 15-minute
+	// grid), so it is not for tokens that ship inside customers' applications (a negative key
+	// lock): only the admin and the vendor's own tokens.
 	if !p.admin && (!p.token.Allows(domain.MethodListDataObjects) || p.token.KeyLock < 0) {
 		a.fail(w, domain.ErrAccessDenied)
 		return
@@ -279,7 +347,18 @@ func (a *api) usage(w http.ResponseWriter, r *http.Request) {
 		}
 		return ok
 	}
-	rep, err := projections.Usage(r.Context(), a.store, uq)
+	var rep *projections.UsageReport
+	if a.model != nil {
+		if !a.waitModel(w, r) {
+			return
+		}
+		rep, err = a.model.Usage(r.Context(), uq)
+	}
+	if a.model == nil || errors.Is(err, readmodel.ErrNotAligned) {
+		// Bounds off the 15-minute grid (an RFC 3339 instant like 10:07) cannot be answered
+		// from the buckets: replay.
+		rep, err = projections.Usage(r.Context(), a.store, uq)
+	}
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -309,9 +388,9 @@ func ParseUsageQuery(from, to, tz, by, axis, product, key string) (projections.U
 	}
 	q.Location = time.UTC
 	if tz != "" {
-		loc, err := time.LoadLocation(tz)
+		loc, err := LoadZone(tz)
 		if err != nil {
-			return q, invalid("tz %q: %v", tz, err)
+			return q, invalid("%v", err)
 		}
 		q.Location = loc
 	}
@@ -341,6 +420,9 @@ func ParseUsageQuery(from, to, tz, by, axis, product, key string) (projections.U
 	default:
 		return q, invalid("time %q: want usage or recorded", axis)
 	}
+	if _, err := projections.Periods(q); err != nil {
+		return q, invalid("%d periods at most in one report; ask for a shorter range or months", projections.MaxPeriods)
+	}
 	var productID, keyID int64
 	if product != "" {
 		if productID, err = strconv.ParseInt(product, 10, 64); err != nil || productID <= 0 {
@@ -363,6 +445,19 @@ func ParseUsageQuery(from, to, tz, by, axis, product, key string) (projections.U
 		}
 	}
 	return q, nil
+}
+
+// LoadZone loads an IANA time zone by name ("UTC", "Asia/Kathmandu"). "Local" (the server's
+// own zone, which differs between machines) and anything that is not a zone are refused.
+func LoadZone(name string) (*time.Location, error) {
+	if name == "" || name == "Local" {
+		return nil, fmt.Errorf("tz %q: want an IANA time zone such as UTC or Europe/Stockholm", name)
+	}
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, fmt.Errorf("tz %q: not an IANA time zone", name)
+	}
+	return loc, nil
 }
 
 // parseBound reads a date in loc (the start of that day, or with inclusive the start of the

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,14 +22,17 @@ import (
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/projections"
 	"github.com/tallyledger/tally/projections/audittest"
+	"github.com/tallyledger/tally/projections/readmodel"
 )
 
 const adminToken = "admin-secret-for-tests"
 
 type fixture struct {
-	srv *httptest.Server
-	env *audittest.Env
-	w   *audittest.Workload
+	srv    *httptest.Server // the API on the read model
+	replay *httptest.Server // the API without one: every query replays the store
+	env    *audittest.Env
+	w      *audittest.Workload
+	model  *readmodel.Model
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -40,13 +44,32 @@ func newFixture(t *testing.T) *fixture {
 	t.Cleanup(func() { _ = store.Close() })
 	env := audittest.Start(t, store, "")
 	w := audittest.Seed(t, env, rand.New(rand.NewPCG(7, 8)), 80)
-	h, err := auditapi.New(auditapi.Config{Store: store, Ledger: env.Ledger, AdminToken: adminToken})
+	ctx, cancel := context.WithCancel(context.Background())
+	model, err := readmodel.Open(ctx, store, filepath.Join(t.TempDir(), "usage.db"), readmodel.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return &fixture{srv: srv, env: env, w: w}
+	done := make(chan error, 1)
+	go func() { done <- model.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = model.Close()
+	})
+	f := &fixture{env: env, w: w, model: model}
+	for _, s := range []**httptest.Server{&f.srv, &f.replay} {
+		cfg := auditapi.Config{Store: store, Ledger: env.Ledger, AdminToken: adminToken}
+		if s == &f.srv {
+			cfg.ReadModel = model
+		}
+		h, err := auditapi.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*s = httptest.NewServer(h)
+		t.Cleanup((*s).Close)
+	}
+	return f
 }
 
 // do sends a request with a bearer credential (the admin's or a token's) or none.
@@ -200,7 +223,8 @@ func TestCorrectionsAreAdminOnlyAndShowInTheHistory(t *testing.T) {
 	if status, _ := f.do(t, http.MethodPost, path, lister, `{"amount":1,"reason":"x"}`); status != http.StatusForbidden {
 		t.Errorf("token correction: %d, want 403", status)
 	}
-	for _, bad := range []string{`{"amount":1}`, `{"amount":0,"reason":"x"}`, `{"amount":1,"reason":"x","extra":1}`, `nope`} {
+	for _, bad := range []string{`{"amount":1}`, `{"amount":0,"reason":"x"}`, `{"amount":1,"reason":"x","extra":1}`, `nope`,
+		`{"amount":1,"amount":5,"reason":"x"}`, `{"Amount":1,"reason":"x"}`, `{"amount":1,"REASON":"x"}`} {
 		if status, body := f.do(t, http.MethodPost, path, adminToken, bad); status != http.StatusBadRequest {
 			t.Errorf("%s: %d %s, want 400", bad, status, body)
 		}
@@ -269,5 +293,148 @@ func TestTokensSeeChangesButNotWhoMadeThem(t *testing.T) {
 	inApp := f.token(t, ledger.TokenSpec{Methods: []domain.Method{domain.MethodListDataObjects}, KeyLock: -1})
 	if status, body := f.do(t, http.MethodGet, "/v1/usage?from=2025-01-01&to=2025-12-31", inApp, ""); status != http.StatusForbidden {
 		t.Fatalf("usage for a key-locked token: %d %s", status, body)
+	}
+}
+
+// get asks srv with the admin credential.
+func get(t *testing.T, srv *httptest.Server, path string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, srv.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+func TestTheReadModelAnswersAsTheReplay(t *testing.T) {
+	f := newFixture(t)
+	for _, q := range []string{
+		"?from=2025-01-01&to=2025-12-31&tz=Asia/Kathmandu",
+		"?from=2025-01-01&to=2025-12-31&by=month&tz=Pacific/Chatham",
+		"?from=" + time.Now().AddDate(0, 0, -2).Format(time.DateOnly) + "&to=" + time.Now().AddDate(0, 0, 2).Format(time.DateOnly) + "&tz=Europe/Stockholm&time=recorded",
+		"?from=2025-03-30T00:45:00Z&to=2025-10-26T01:15:00Z&tz=Australia/Lord_Howe",
+		"?from=2025-03-30T00:45:07Z&to=2025-10-26T01:15:00Z&tz=Asia/Kolkata", // off the grid: replayed
+		"?from=2025-01-01&to=2025-12-31&tz=America/St_Johns&format=csv",
+	} {
+		s1, got := get(t, f.srv, "/v1/usage"+q)
+		s2, want := get(t, f.replay, "/v1/usage"+q)
+		if s1 != http.StatusOK || s2 != http.StatusOK {
+			t.Fatalf("%s: %d %s / %d %s", q, s1, got, s2, want)
+		}
+		var a, b projections.UsageReport
+		if strings.Contains(q, "csv") {
+			if string(got) != string(want) {
+				t.Errorf("%s: csv differs", q)
+			}
+			continue
+		}
+		if err := json.Unmarshal(got, &a); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(want, &b); err != nil {
+			t.Fatal(err)
+		}
+		wantSource := readmodel.SourceReadModel
+		if strings.Contains(q, ":07Z") {
+			wantSource = projections.SourceReplay
+		}
+		if a.Source != wantSource || b.Source != projections.SourceReplay {
+			t.Errorf("%s: sources %q and %q", q, a.Source, b.Source)
+		}
+		a.Source, b.Source = "", ""
+		ja, _ := json.Marshal(a)
+		jb, _ := json.Marshal(b)
+		if len(b.Rows) == 0 || string(ja) != string(jb) {
+			t.Errorf("%s: read model and replay differ (%d and %d rows)", q, len(a.Rows), len(b.Rows))
+		}
+	}
+	for _, o := range f.w.Objects {
+		for _, at := range []string{"", "?at=2020-01-01T00:00:00Z"} {
+			path := "/v1/dataobjects/" + strconv.FormatInt(o.ID, 10) + "/value" + at
+			_, got := get(t, f.srv, path)
+			_, want := get(t, f.replay, path)
+			var a, b projections.ValueAsOf
+			if json.Unmarshal(got, &a) != nil || json.Unmarshal(want, &b) != nil {
+				t.Fatalf("%s: %s / %s", path, got, want)
+			}
+			if a.AsOf == 0 {
+				t.Errorf("%s: no asOf from the read model", path)
+			}
+			a.AsOf = 0
+			if at == "" {
+				a.At, b.At = time.Time{}, time.Time{}
+			}
+			if a != b {
+				t.Errorf("%s: %+v, replay %+v", path, a, b)
+			}
+		}
+	}
+}
+
+// TestBadReportsAreRefusedAndChangeNothing: a zone that is not IANA, from after to, more than
+// 10,000 periods, a bad position: 400 with a clear message, and the store is as before.
+func TestBadReportsAreRefusedAndChangeNothing(t *testing.T) {
+	f := newFixture(t)
+	before, err := f.model.Wait(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ query, message string }{
+		{"?from=2025-01-01&to=2025-02-01&tz=Local", "IANA time zone"},
+		{"?from=2025-01-01&to=2025-02-01&tz=Europe/Nowhere", "not an IANA time zone"},
+		{"?from=2025-01-01&to=2025-02-01&tz=%2E%2E%2Fetc", "not an IANA time zone"},
+		{"?from=2025-02-01&to=2025-01-01", "from must be before to"},
+		{"?from=2025-02-01T00:00:00Z&to=2025-01-31T00:00:00Z", "from must be before to"},
+		{"?from=1990-01-01&to=2025-12-31", "10000 periods at most"},
+		{"?from=2025-01-01&to=2025-02-01&position=x", "position"},
+	} {
+		for _, srv := range []*httptest.Server{f.srv, f.replay} {
+			if srv == f.replay && strings.Contains(c.query, "position") {
+				continue // a replay reflects the whole store: it reads no position
+			}
+			status, body := get(t, srv, "/v1/usage"+c.query)
+			var e auditapi.ErrorBody
+			if status != http.StatusBadRequest || json.Unmarshal(body, &e) != nil || !strings.Contains(e.Error, c.message) {
+				t.Errorf("%s: %d %s, want 400 saying %q", c.query, status, body, c.message)
+			}
+		}
+	}
+	// 10,000 days is the most one report may have.
+	if status, body := get(t, f.srv, "/v1/usage?from=2000-01-01&to="+time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).AddDate(0, 0, 9999).Format(time.DateOnly)); status != http.StatusOK {
+		t.Errorf("10,000 days: %d %s", status, body)
+	}
+	if after := f.model.Position(); after != before {
+		t.Errorf("the store moved from %d to %d", before, after)
+	}
+}
+
+func TestAQueryWaitsForThePositionItAsksFor(t *testing.T) {
+	f := newFixture(t)
+	at := f.model.Position()
+	path := "/v1/usage?from=2025-01-01&to=2025-12-31&position=" + strconv.FormatUint(uint64(at), 10)
+	var rep projections.UsageReport
+	if status, body := get(t, f.srv, path); status != http.StatusOK || json.Unmarshal(body, &rep) != nil || rep.Position < at {
+		t.Fatalf("%d %s", status, body)
+	}
+	h, err := auditapi.New(auditapi.Config{Store: f.env.Store, Ledger: f.env.Ledger, AdminToken: adminToken, ReadModel: f.model, ReadModelWait: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	// A position the store has not reached: the model cannot get there, so 503 says where it is.
+	status, body := get(t, srv, "/v1/usage?from=2025-01-01&to=2025-12-31&position="+strconv.FormatUint(uint64(at)+1000, 10))
+	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), strconv.FormatUint(uint64(at), 10)) {
+		t.Fatalf("ahead of the store: %d %s", status, body)
 	}
 }

@@ -131,7 +131,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := makePrivateDir(dir); err != nil {
 		return nil, fmt.Errorf("open event store: %w", err)
 	}
 	lock, err := lockDir(dir)
@@ -169,9 +169,13 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
 // drops it when the process dies, so a crash never leaves a stale lock behind.
 func lockDir(dir string) (*os.File, error) {
 	path := filepath.Join(dir, lockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, privateFileMode)
 	if err != nil {
 		return nil, fmt.Errorf("open event store lock %s: %w", path, err)
+	}
+	if err := f.Chmod(privateFileMode); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("event store lock %s: %w", path, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		_ = f.Close()
@@ -189,6 +193,57 @@ func unlockDir(f *os.File) error {
 		return fmt.Errorf("unlock event store: %w", err)
 	}
 	return f.Close()
+}
+
+// privateFileMode is the mode of every file of the store: the events hold every license key.
+const privateFileMode os.FileMode = 0o600
+
+// makePrivateDir creates dir (mode 0700) or makes an existing one owner-only.
+func makePrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dir, fi.Mode().Perm()&0o700); err != nil {
+			return fmt.Errorf("make %s owner-only: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// createPrivateFile creates path empty with mode 0600 if it does not exist, and makes it
+// owner-only if it does; a symlink is refused (O_NOFOLLOW).
+func createPrivateFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, privateFileMode)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	err = f.Chmod(privateFileMode) // the umask may have taken bits away, never added: this is for old files
+	return errors.Join(err, f.Close())
+}
+
+// tightenFile makes an existing file owner-only; a missing one is left missing.
+func tightenFile(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&os.ModeSymlink != 0 {
+		return fmt.Errorf("%s is a symlink", path)
+	}
+	if fi.Mode().Perm() != privateFileMode {
+		if err := os.Chmod(path, privateFileMode); err != nil {
+			return fmt.Errorf("make %s owner-only: %w", path, err)
+		}
+	}
+	return nil
 }
 
 // walCheckpointPages is how many WAL pages (4 KiB each) trigger an automatic checkpoint: the WAL
@@ -216,6 +271,17 @@ func dsn(path string, readOnly bool) string {
 
 func (s *Store) openDatabases(ctx context.Context) error {
 	path := filepath.Join(s.dir, DatabaseFile)
+	// SQLite creates a new database file with mode 0644 and its -wal and -shm with the
+	// database file's mode: an owner-only database file first makes all three owner-only.
+	if err := createPrivateFile(path); err != nil {
+		return fmt.Errorf("event database: %w", err)
+	}
+	// Files an older Tally left readable by others are made owner-only.
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if err := tightenFile(path + suffix); err != nil {
+			return fmt.Errorf("event database: %w", err)
+		}
+	}
 	var err error
 	if s.writeDB, err = sql.Open("sqlite", dsn(path, false)); err != nil {
 		return fmt.Errorf("open event database %s: %w", path, err)

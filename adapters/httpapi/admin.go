@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -25,6 +24,8 @@ type Product struct {
 	ID      int64     `json:"id"`
 	Name    string    `json:"name"`
 	Created time.Time `json:"created"`
+	// OnTamper is the integrity policy the product set (absent: the default, "apply").
+	OnTamper string `json:"onTamper,omitempty"`
 }
 
 // LicenseKey is a license key as the admin API shows it.
@@ -64,7 +65,8 @@ type CreateKeyRequest struct {
 }
 
 // CreateTokenRequest is the body of POST /admin/v1/tokens. Methods are data-object method
-// names in any case (AddDataObject, …); the locks mean what data-object-api.md says.
+// names in any case (AddDataObject, …); the locks mean what data-object-api.md says. Every
+// lock must be present in the JSON (0 where none is wanted).
 type CreateTokenRequest struct {
 	Name        string   `json:"name,omitempty"`
 	Methods     []string `json:"methods"`
@@ -93,7 +95,9 @@ type adminError struct {
 	Error string `json:"error"`
 }
 
-func productOut(p domain.Product) Product { return Product{ID: p.ID, Name: p.Name, Created: p.Created} }
+func productOut(p domain.Product) Product {
+	return Product{ID: p.ID, Name: p.Name, Created: p.Created, OnTamper: string(p.OnTamper)}
+}
 
 func keyOut(k domain.LicenseKey) LicenseKey {
 	return LicenseKey{ID: k.ID, ProductID: k.ProductID, Key: k.Key, Created: k.Created}
@@ -192,23 +196,10 @@ func writeAdminJSON(w http.ResponseWriter, status int, body any) {
 	_, _ = w.Write(b)
 }
 
-// decodeJSON reads a request body strictly: unknown fields and trailing data are refused, so a
-// misspelt field does not silently create something else.
-func decodeJSON(r *http.Request, into any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(into); err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return err
-		}
-		return fmt.Errorf("%w: request body: %v", ledger.ErrInvalid, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: request body: trailing data", ledger.ErrInvalid)
-	}
-	return nil
-}
+// decodeJSON reads a request body strictly (DecodeStrictJSON): unknown fields, duplicate keys,
+// keys in the wrong case and trailing data are refused, so a misspelt field does not silently
+// create something else.
+func decodeJSON(r *http.Request, into any) error { return DecodeStrictJSON(r.Body, into) }
 
 func (s *server) createProduct(r *http.Request, c ledger.Caller) (int, any, error) {
 	var req CreateProductRequest
@@ -262,11 +253,32 @@ func (s *server) listKeys(r *http.Request, _ ledger.Caller) (int, any, error) {
 }
 
 func (s *server) createToken(r *http.Request, c ledger.Caller) (int, any, error) {
-	var req CreateTokenRequest
+	// CreateTokenRequest's fields, each lock a pointer: a token is never unlocked because its
+	// JSON left a lock out, as the CLI demands every lock flag.
+	var req struct {
+		Name        string   `json:"name"`
+		Methods     []string `json:"methods"`
+		ProductLock *int64   `json:"productLock"`
+		KeyLock     *int64   `json:"keyLock"`
+		FeatureLock *int64   `json:"featureLock"`
+	}
 	if err := decodeJSON(r, &req); err != nil {
 		return 0, nil, err
 	}
-	spec := ledger.TokenSpec{Name: req.Name, ProductLock: req.ProductLock, KeyLock: req.KeyLock, FeatureLock: req.FeatureLock}
+	for _, lock := range []struct {
+		name  string
+		value *int64
+		means string
+	}{
+		{"productLock", req.ProductLock, "0: any product, else a product id"},
+		{"keyLock", req.KeyLock, "0: none, -1: key-specific methods only, else a key id"},
+		{"featureLock", req.FeatureLock, "0: none, else the largest step of one change"},
+	} {
+		if lock.value == nil {
+			return 0, nil, fmt.Errorf("%w: %s is required (%s): every lock must be given", ledger.ErrInvalid, lock.name, lock.means)
+		}
+	}
+	spec := ledger.TokenSpec{Name: req.Name, ProductLock: *req.ProductLock, KeyLock: *req.KeyLock, FeatureLock: *req.FeatureLock}
 	seen := map[domain.Method]bool{}
 	for _, name := range req.Methods {
 		m, err := domain.ParseMethod(name)

@@ -10,6 +10,7 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -90,6 +91,9 @@ type Config struct {
 	RateBurst int
 	// SignIns logs refused credentials, rate-limited (nil: not logged).
 	SignIns *SignInLog
+	// Backup writes a backup archive of the server's data to w for GET /admin/v1/backup (nil:
+	// 501, as on a KurrentDB store). It may return ErrBackupRunning.
+	Backup func(ctx context.Context, w io.Writer) error
 }
 
 // server holds the handler's dependencies.
@@ -109,6 +113,7 @@ type server struct {
 	openapiDoc http.Handler
 	// largeBodies holds one token per large body being read and handled.
 	largeBodies chan struct{}
+	backupFn    func(ctx context.Context, w io.Writer) error
 }
 
 // New returns the HTTP handler of the whole service: every route of both listeners (tests and
@@ -157,6 +162,7 @@ func newServer(cfg Config) (*server, error) {
 		writes: cfg.WriteHealth, logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
 		limiter:        newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
 		metricsHandler: cfg.Metrics, signIns: cfg.SignIns,
+		backupFn: cfg.Backup,
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -219,6 +225,8 @@ func (s *server) handler(routes routeSet) http.Handler {
 		admin.Handle("/tokens/{id}/revoke", s.byMethod(map[string]http.Handler{
 			http.MethodPost: s.adminHandler("admin.revokeToken", s.revokeToken),
 		}))
+		admin.Handle("/backup", s.byMethod(map[string]http.Handler{http.MethodGet: http.HandlerFunc(s.backup)}))
+		s.integrityRoutes(admin)
 		if s.metricsHandler != nil {
 			r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", s.metricsHandler)}))
 		}

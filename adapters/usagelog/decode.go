@@ -2,6 +2,7 @@ package usagelog
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -54,6 +55,8 @@ func (d *Decoder) maxLayers() int {
 // Decode decodes data, the base64 text (standard alphabet, padded) of a usage log. It walks from
 // the outermost layer inward and stops at the first layer for which known returns true (known
 // may be nil: nothing is known), without any RSA operation for that layer or those it nests.
+// known is asked about each layer's identity and then, if false, about its legacy identity
+// (LayerRef), so a set of either kind works.
 // It returns the new entries in the given order: all of them, or an error wrapping ErrEmpty,
 // ErrCorrupted, ErrTooLarge (which also matches ErrCorrupted) or ErrTooManyEntries, or the
 // context's error. A log that is the single byte 0x00 holds no entries.
@@ -62,6 +65,59 @@ func (d *Decoder) maxLayers() int {
 // before its RSA operation, so a call performs at most MaxNewLayers × (keys in the ring) RSA
 // operations.
 func (d *Decoder) Decode(ctx context.Context, data string, order Order, known func(LayerID) bool) ([]Entry, error) {
+	raw, err := d.base64(data)
+	if err != nil {
+		return nil, err
+	}
+	return d.DecodeRaw(ctx, raw, order, known)
+}
+
+// DecodeRaw is Decode for the log's bytes (the .skm file) instead of their base64 text. The
+// limit on its size is the raw size that MaxInputBytes of base64 would decode to.
+func (d *Decoder) DecodeRaw(ctx context.Context, raw []byte, order Order, known func(LayerID) bool) ([]Entry, error) {
+	var byRef func(LayerRef) bool
+	if known != nil {
+		byRef = func(r LayerRef) bool { return known(r.ID) || known(r.Legacy) }
+	}
+	l, err := d.walk(ctx, raw, order, byRef)
+	if err != nil {
+		return nil, err
+	}
+	return l.Entries, nil
+}
+
+// Log is what DecodeLog finds in a log: the new entries and, when the walk stopped at a known
+// layer, that layer as the log presents it, so that the caller can compare it with what it
+// applied (docs/uploads.md, "Tampering").
+type Log struct {
+	// Entries are the new entries, in the order asked for.
+	Entries []Entry
+	// Stop is the known layer the walk stopped at, nil when every layer was new.
+	Stop *LayerRef
+	// StopDepth is how many layers lie outside Stop plus one: 1 when the outermost layer is
+	// known (the log is a version already seen, or a modified one).
+	StopDepth int
+	// FileDigest is the SHA-256 of the whole log: the whole bytes of its outermost layer.
+	FileDigest [32]byte
+}
+
+// DecodeLog is Decode with the layer as the walk sees it given to known, and the stop layer
+// and the log's digest returned beside the entries.
+func (d *Decoder) DecodeLog(ctx context.Context, data string, order Order, known func(LayerRef) bool) (*Log, error) {
+	raw, err := d.base64(data)
+	if err != nil {
+		return nil, err
+	}
+	l, err := d.walk(ctx, raw, order, known)
+	if err != nil {
+		return nil, err
+	}
+	l.FileDigest = sha256.Sum256(raw)
+	return l, nil
+}
+
+// base64 checks the text's size and decodes it.
+func (d *Decoder) base64(data string) ([]byte, error) {
 	if data == "" {
 		return nil, ErrEmpty
 	}
@@ -72,12 +128,11 @@ func (d *Decoder) Decode(ctx context.Context, data string, order Order, known fu
 	if err != nil {
 		return nil, fmt.Errorf("%w: base64: %w", ErrCorrupted, err)
 	}
-	return d.DecodeRaw(ctx, raw, order, known)
+	return raw, nil
 }
 
-// DecodeRaw is Decode for the log's bytes (the .skm file) instead of their base64 text. The
-// limit on its size is the raw size that MaxInputBytes of base64 would decode to.
-func (d *Decoder) DecodeRaw(ctx context.Context, raw []byte, order Order, known func(LayerID) bool) ([]Entry, error) {
+// walk decodes raw from the outermost layer inward until a layer known reports (see Decode).
+func (d *Decoder) walk(ctx context.Context, raw []byte, order Order, known func(LayerRef) bool) (*Log, error) {
 	if d.Keys == nil {
 		return nil, errors.New("usage-log decoder: no key ring")
 	}
@@ -91,7 +146,7 @@ func (d *Decoder) DecodeRaw(ctx context.Context, raw []byte, order Order, known 
 		return nil, fmt.Errorf("%w: %w: %d bytes, the limit is %d", ErrCorrupted, ErrTooLarge, len(raw), limit)
 	}
 	if len(raw) == 1 && raw[0] == 0x00 {
-		return []Entry{}, nil
+		return &Log{Entries: []Entry{}}, nil
 	}
 	open := d.open
 	if open == nil {
@@ -103,16 +158,18 @@ func (d *Decoder) DecodeRaw(ctx context.Context, raw []byte, order Order, known 
 	if err != nil {
 		return nil, fmt.Errorf("layer 1: %w", err)
 	}
-	entries := []Entry{}
+	out := &Log{Entries: []Entry{}}
 	for depth := 1; ; depth++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("decoding usage log: %w", err)
 		}
-		id := layerIDOf(hdr.iv, hdr.encryptedKey)
-		if known != nil && known(id) {
+		id := hdr.ref.ID
+		if known != nil && known(hdr.ref) {
+			stop := hdr.ref
+			out.Stop, out.StopDepth = &stop, depth
 			break
 		}
-		if len(entries) == d.maxLayers() {
+		if len(out.Entries) == d.maxLayers() {
 			return nil, fmt.Errorf("%w: more than %d new layers", ErrTooManyEntries, d.maxLayers())
 		}
 		candidates := d.Keys.unwrap(hdr.encryptedKey)
@@ -137,17 +194,17 @@ func (d *Decoder) DecodeRaw(ctx context.Context, raw []byte, order Order, known 
 			return nil, fmt.Errorf("%w: layer %d (%s) does not decrypt to a valid layer with the server's keys: %w",
 				ErrCorrupted, depth, id, lastErr)
 		}
-		entry.Layer = id
-		entries = append(entries, entry)
+		entry.Layer, entry.Legacy, entry.Digest = id, hdr.ref.Legacy, hdr.ref.Digest
+		out.Entries = append(out.Entries, entry)
 		if next == nil {
 			break
 		}
 		src, hdr = next.src, next.hdr
 	}
 	if order == OldestFirst {
-		slices.Reverse(entries)
+		slices.Reverse(out.Entries)
 	}
-	return entries, nil
+	return out, nil
 }
 
 // outerHeader is what an outer layer holds before its EncryptedObject, and where that lies.
@@ -156,6 +213,7 @@ type outerHeader struct {
 	encryptedKey []byte
 	objOff       int // offset of the EncryptedObject payload in the layer's source
 	objLen       int
+	ref          LayerRef
 }
 
 // outerLayer is an outer layer found inside the plaintext of the layer around it.
@@ -202,7 +260,14 @@ func readOuter(w *window, start, length int) (outerHeader, error) {
 	if trailing := c.end - c.pos - objLen; trailing != 0 {
 		return outerHeader{}, fmt.Errorf("%w: %d bytes after the outer layer", ErrCorrupted, trailing)
 	}
-	return outerHeader{iv: iv, encryptedKey: encryptedKey, objOff: c.pos, objLen: objLen}, nil
+	objOff := c.pos
+	// The first bytes of the EncryptedObject come with the header's read-ahead (window).
+	head, err := c.take(min(objLen, headDigestBytes), "EncryptedObject")
+	if err != nil {
+		return outerHeader{}, err
+	}
+	ref := LayerRef{ID: layerIDOf(encryptedKey), Legacy: legacyLayerIDOf(iv, encryptedKey), Digest: layerDigestOf(iv, encryptedKey, head)}
+	return outerHeader{iv: iv, encryptedKey: encryptedKey, objOff: objOff, objLen: objLen, ref: ref}, nil
 }
 
 // openLayer decrypts the layer described by hdr (in src) with key, checks it whole, and returns

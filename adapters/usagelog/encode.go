@@ -126,5 +126,15 @@ func LayerIDOf(raw []byte) (LayerID, error) {
 	if err != nil {
 		return LayerID{}, err
 	}
-	return layerIDOf(hdr.iv, hdr.encryptedKey), nil
+	return hdr.ref.ID, nil
+}
+
+// LayerRefOf gives the identities and digest of the outermost layer of a log, without
+// decrypting it.
+func LayerRefOf(raw []byte) (LayerRef, error) {
+	hdr, err := readOuter(&window{src: plainSource(raw)}, 0, len(raw))
+	if err != nil {
+		return LayerRef{}, err
+	}
+	return hdr.ref, nil
 }

@@ -75,7 +75,7 @@ func FuzzDecodeLayer(f *testing.F) {
 				continue
 			}
 			a, b := fastNext.hdr, fullNext.hdr
-			if layerIDOf(a.iv, a.encryptedKey) != layerIDOf(b.iv, b.encryptedKey) || a.objOff != b.objOff || a.objLen != b.objLen {
+			if a.ref != b.ref || a.objOff != b.objOff || a.objLen != b.objLen {
 				t.Fatalf("nested layer differs: %+v vs %+v", a, b)
 			}
 			ct1, err1 := fastNext.src.bytes(a.objOff, a.objLen)

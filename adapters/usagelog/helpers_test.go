@@ -59,12 +59,14 @@ func expectedEntries(t testing.TB, raws []RawEntry, versions [][]byte) []Entry {
 	out := make([]Entry, 0, len(raws))
 	for i := len(raws) - 1; i >= 0; i-- {
 		r := raws[i]
-		id, err := LayerIDOf(versions[i])
+		ref, err := LayerRefOf(versions[i])
 		if err != nil {
 			t.Fatal(err)
 		}
 		out = append(out, Entry{
-			Layer:     id,
+			Layer:     ref.ID,
+			Legacy:    ref.Legacy,
+			Digest:    ref.Digest,
 			ObjectID:  abs(r.DataObjectID),
 			Decrement: r.Increment < 0 || r.DataObjectID < 0,
 			Amount:    abs(int64(r.Increment)),

@@ -20,8 +20,8 @@ func NewLedgerDecoder(keys *KeyRing) *LedgerDecoder {
 }
 
 // Decode implements ledger.LogDecoder.
-func (d *LedgerDecoder) Decode(ctx context.Context, data string, known func(layer [32]byte) bool) ([]ledger.LogEntry, error) {
-	entries, err := d.Decoder.Decode(ctx, data, OldestFirst, func(id LayerID) bool { return known(id) })
+func (d *LedgerDecoder) Decode(ctx context.Context, data string, known func(ledger.LayerRef) bool) (*ledger.DecodedLog, error) {
+	l, err := d.Decoder.DecodeLog(ctx, data, OldestFirst, func(r LayerRef) bool { return known(ledgerRef(r)) })
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrEmpty):
@@ -33,9 +33,20 @@ func (d *LedgerDecoder) Decode(ctx context.Context, data string, known func(laye
 	default:
 		return nil, err
 	}
-	out := make([]ledger.LogEntry, len(entries))
-	for i, e := range entries {
-		out[i] = ledger.LogEntry{Layer: e.Layer, ObjectID: e.ObjectID, Decrement: e.Decrement, Amount: e.Amount, Timestamp: e.Timestamp}
+	out := &ledger.DecodedLog{Entries: make([]ledger.LogEntry, len(l.Entries)), StopDepth: l.StopDepth, FileDigest: l.FileDigest}
+	for i, e := range l.Entries {
+		out.Entries[i] = ledger.LogEntry{
+			Layer: e.Layer, Legacy: e.Legacy, Digest: e.Digest,
+			ObjectID: e.ObjectID, Decrement: e.Decrement, Amount: e.Amount, Timestamp: e.Timestamp,
+		}
+	}
+	if l.Stop != nil {
+		stop := ledgerRef(*l.Stop)
+		out.Stop = &stop
 	}
 	return out, nil
+}
+
+func ledgerRef(r LayerRef) ledger.LayerRef {
+	return ledger.LayerRef{ID: r.ID, Legacy: r.Legacy, Digest: r.Digest}
 }

@@ -66,14 +66,18 @@ func newProductCommand(g *globalFlags) *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tCREATED")
+			fmt.Fprintln(tw, "ID\tNAME\tCREATED\tON TAMPER")
 			for _, p := range ps {
-				fmt.Fprintf(tw, "%d\t%s\t%s\n", p.ID, p.Name, p.Created.UTC().Format(time.RFC3339))
+				onTamper := p.OnTamper
+				if onTamper == "" {
+					onTamper = string(domain.DefaultIntegrityPolicy) + " (default)"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", p.ID, p.Name, p.Created.UTC().Format(time.RFC3339), onTamper)
 			}
 			return tw.Flush()
 		},
 	}
-	cmd.AddCommand(create, list)
+	cmd.AddCommand(create, list, newProductSetCommand(g))
 	return cmd
 }
 

@@ -1,16 +1,21 @@
 package main
 
 import (
+	"context"
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/usagelog"
+	"github.com/tallyledger/tally/cmd/tally/internal/historygen"
 	"github.com/tallyledger/tally/cmd/tally/internal/loadgen"
 )
 
@@ -24,7 +29,14 @@ type benchConfig struct {
 	Quiet     bool
 	CPUProf   string
 	MemProf   string
+	Events    int    // --workload history: events to write
+	Seed      uint64 // --workload history
+	// AllowTestData lets a run with --target write into a ledger that already holds data.
+	AllowTestData bool
 }
+
+// workloadHistory is tally bench --workload history: no server, a generated ledger.
+const workloadHistory = "history"
 
 func newBenchCommand(g *globalFlags) *cobra.Command {
 	var bc benchConfig
@@ -38,11 +50,20 @@ logs written before the clock starts, or a mix. It reports requests/s, entries/s
 percentiles, and checks at the end that every acknowledged change is in the final values; a
 run that lost data exits non-zero.
 
+--workload history writes a realistic year of ledger history (uploads with backdated log
+timestamps, direct increments and decrements, corrections, sets, removals; 1,000 keys and 10,000
+data objects from a million events on; one hot object with a tenth of the events) straight into
+the embedded store of --bench-dir, through its append API, and leaves a data directory that
+tally serve --data-dir opens as is (admin token in admin.token). It reports events/s.
+
 Without --target it starts a server in this process on the embedded store, in a temporary
 directory or in --bench-dir when that is given; it then fakes the uploads' history by writing
 the events an earlier upload of it would have left (see --history). With --target it drives a
 running server; uploads then need its public key (--public-key), and a history is written as
-real layers and uploaded first, which costs O(n²) AES in its length.`,
+real layers and uploaded first, which costs O(n²) AES in its length. A run with --target
+refuses a ledger that already holds products, keys or tokens unless --allow-test-data is
+given, and at the end removes the data objects it created and revokes its token (a ledger
+keeps every event, so their history stays; the test product and its keys stay too).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBench(cmd, g, bc, lc)
@@ -55,9 +76,12 @@ real layers and uploaded first, which costs O(n²) AES in its length.`,
 	f.StringVar(&bc.Format, "format", "table", "report format: table or json")
 	f.DurationVar(&bc.RSAProbe, "rsa-probe", time.Second, "measure the raw RSA-2048 decrypt rate of all cores for this long (0: skip)")
 	f.BoolVar(&bc.Quiet, "quiet", false, "no progress lines on stderr")
+	f.BoolVar(&bc.AllowTestData, "allow-test-data", false, "with --target: write the benchmark's product, keys, token and data objects into a ledger that already holds data")
 	f.StringVar(&bc.CPUProf, "cpuprofile", "", "write a CPU profile of the timed phase (server and clients) to this file")
 	f.StringVar(&bc.MemProf, "memprofile", "", "write an allocation profile, taken after the timed phase, to this file")
-	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload or mix")
+	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload, mix, or history (write a year of ledger history into --bench-dir, see --events)")
+	f.IntVar(&bc.Events, "events", 1000000, "--workload history: about how many events to write")
+	f.Uint64Var(&bc.Seed, "seed", 1, "--workload history: seed of the generated history")
 	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients")
 	f.DurationVar(&lc.Duration, "duration", 0, "length of the timed phase (0: until --requests and --uploads are done)")
 	f.IntVar(&lc.Requests, "requests", 0, "number of increment calls (0: until --duration ends)")
@@ -75,6 +99,9 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 	ctx := cmd.Context()
 	if bc.Format != "table" && bc.Format != "json" {
 		return fmt.Errorf("--format %q: want table or json", bc.Format)
+	}
+	if lc.Workload == workloadHistory {
+		return runHistory(cmd, bc)
 	}
 	progress := func(format string, args ...any) {
 		if !bc.Quiet {
@@ -99,7 +126,12 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 			return err
 		}
 		// --target names the public listener; the admin listener is --server's.
-		lc.URL, lc.AdminURL, lc.AdminToken = bc.Target, g.Server, token
+		lc.URL, lc.AdminURL, lc.AdminToken, lc.RemoveObjects = bc.Target, g.Server, token, true
+		if !bc.AllowTestData {
+			if err := refuseLedgerWithData(ctx, httpapi.NewAdminClient(g.Server, token, nil)); err != nil {
+				return err
+			}
+		}
 		if bc.PublicKey != "" {
 			b, err := os.ReadFile(bc.PublicKey)
 			if err != nil {
@@ -196,4 +228,68 @@ func startProfiles(cpuPath, memPath string) (func() error, error) {
 		}
 		return errors.Join(errs...)
 	}, nil
+}
+
+// refuseLedgerWithData refuses a target whose ledger already holds products, keys or tokens:
+// the benchmark writes a product, keys, a token and data objects, and a ledger never forgets,
+// so pointed at a production server by mistake it would leave test data among the vendor's.
+func refuseLedgerWithData(ctx context.Context, admin *httpapi.AdminClient) error {
+	products, err := admin.ListProducts(ctx)
+	if err != nil {
+		return fmt.Errorf("--target: %w", err)
+	}
+	keys, err := admin.ListKeys(ctx, 0)
+	if err != nil {
+		return fmt.Errorf("--target: %w", err)
+	}
+	tokens, err := admin.ListTokens(ctx)
+	if err != nil {
+		return fmt.Errorf("--target: %w", err)
+	}
+	if len(products)+len(keys)+len(tokens) > 0 {
+		return fmt.Errorf("--target: the ledger already holds data (%d products, %d keys, %d tokens); "+
+			"bench writes a test product, keys, a token and data objects, whose events a ledger keeps for good: "+
+			"run it against a server of its own, or pass --allow-test-data to write into this one anyway",
+			len(products), len(keys), len(tokens))
+	}
+	return nil
+}
+
+// runHistory is tally bench --workload history.
+func runHistory(cmd *cobra.Command, bc benchConfig) error {
+	if bc.BenchDir == "" {
+		return errors.New("--workload history: --bench-dir names the data directory to write (it must not hold a store yet)")
+	}
+	if bc.Target != "" {
+		return errors.New("--workload history writes a data directory; it drives no server (--target)")
+	}
+	progress := func(format string, args ...any) {
+		if !bc.Quiet {
+			fmt.Fprintf(cmd.ErrOrStderr(), "bench: "+format+"\n", args...)
+		}
+	}
+	stop, err := startProfiles(bc.CPUProf, bc.MemProf)
+	if err != nil {
+		return err
+	}
+	res, err := historygen.Generate(cmd.Context(), historygen.Config{Dir: bc.BenchDir, Events: bc.Events, Seed: bc.Seed, Progress: progress})
+	if perr := stop(); err == nil {
+		err = perr
+	}
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	if bc.Format == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			historygen.Result
+			EventsPerSecond float64 `json:"eventsPerSecond"`
+		}{res, res.EventsPerSecond()})
+	}
+	_, err = fmt.Fprintf(out, "history: %d events in %s (%.0f events/s): %d keys, %d data objects, hot object %d with %d events, %d uploads (%d aborted), %d removed\ndata directory %s (admin token in %s)\n",
+		res.Events, res.Took.Round(time.Millisecond), res.EventsPerSecond(), res.Keys, res.Objects, res.HotObject, res.HotEvents, res.Uploads, res.Aborted, res.Removed,
+		bc.BenchDir, filepath.Join(bc.BenchDir, historygen.AdminTokenFile))
+	return err
 }

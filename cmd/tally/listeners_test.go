@@ -15,7 +15,7 @@ import (
 // as unknown: in the Cryptolens shape under /api/ and /data/, as the admin API's JSON under
 // /admin/, as a plain 404 elsewhere.
 func TestListenersServeTheirOwnPaths(t *testing.T) {
-	dataDir := t.TempDir()
+	dataDir := privateTempDir(t)
 	g := &globalFlags{DataDir: dataDir}
 	cfg := serveConfig{Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute}
 	urls, stop := startServe(t, g, cfg, &syncBuffer{})

@@ -51,7 +51,10 @@ func newRootCommand() *cobra.Command {
 		newReplayCommand(g),
 		newVerifyCommand(g),
 		newBenchCommand(g),
+		newBackupCommand(g),
+		newRestoreCommand(g),
 		newVersionCommand(),
+		newAnomaliesCommand(g),
 	)
 	// tally --version prints what tally version prints.
 	info := readBuildInfo()

@@ -114,7 +114,7 @@ func TestStoreHealthFollowsWrites(t *testing.T) {
 func TestReadyzTellsTheTruth(t *testing.T) {
 	for _, probes := range []string{"far apart", "frequent"} {
 		t.Run(probes, func(t *testing.T) {
-			dataDir := t.TempDir()
+			dataDir := privateTempDir(t)
 			g := &globalFlags{DataDir: dataDir}
 			var faulty *storetest.Faulty
 			probed := make(chan error, 1)

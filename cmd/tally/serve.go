@@ -35,6 +35,7 @@ import (
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/projections/readmodel"
 )
 
 // serveConfig is everything tally serve is configured with.
@@ -146,8 +147,18 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if err := os.MkdirAll(g.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
+	if err := checkDataDirSecrets(g.DataDir, cfg.RSAKeys); err != nil {
+		return err
+	}
 	adminToken, err := loadOrCreateAdminToken(g)
 	if err != nil {
+		return err
+	}
+	tokenSource := adminTokenFile(g.DataDir)
+	if g.AdminToken != "" {
+		tokenSource = "--admin-token (TALLY_ADMIN_TOKEN)"
+	}
+	if err := checkAdminTokenStrength(adminToken, tokenSource); err != nil {
 		return err
 	}
 	keys, err := loadKeys(g.DataDir, cfg.RSAKeys)
@@ -191,6 +202,25 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		}
 	}()
 
+	// The usage and value-as-of read model, in its own file, checkpointed by the store's
+	// position: a new instance (or a lost file) builds it by catching up.
+	usageModel, err := readmodel.Open(ctx, store, filepath.Join(g.DataDir, readmodel.File), readmodel.Options{Logger: logger.With("component", "readmodel")})
+	if err != nil {
+		return err
+	}
+	modelCtx, stopModel := context.WithCancel(context.WithoutCancel(ctx))
+	modelDone := make(chan error, 1)
+	go func() { modelDone <- usageModel.Run(modelCtx) }()
+	defer func() {
+		stopModel()
+		if err := <-modelDone; err != nil && !errors.Is(err, context.Canceled) {
+			logger.Error("read model", "err", err)
+		}
+		if err := usageModel.Close(); err != nil {
+			logger.Error("close read model", "err", err)
+		}
+	}()
+
 	svc, err := ledger.New(ledger.Config{
 		Store: health.writer(), View: proj, Decoder: &usagelog.LedgerDecoder{Decoder: &usagelog.Decoder{Keys: keys, MaxInputBytes: int(cfg.MaxBodyBytes)}},
 		Instance: uuid.New(), UploadLease: cfg.UploadLease, Logger: logger.With("component", "ledger"),
@@ -211,7 +241,17 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 			Name: "tally_projection_position",
 			Help: "Global position of the last event in the current-state projection.",
 		}, func() float64 { return float64(proj.Position()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tally_readmodel_position",
+			Help: "Global position of the last event in the usage read model (readmodels/usage.db).",
+		}, func() float64 { return float64(usageModel.Position()) }),
 	)
+	registerIntegrityMetrics(registry, svc)
+
+	var backupFn func(ctx context.Context, w io.Writer) error
+	if es, ok := store.(*embedded.Store); ok {
+		backupFn = newBackupFunc(g.DataDir, es, cfg.RSAKeys, logger.With("component", "backup"))
+	}
 
 	ready := newReadiness()
 	readyCheck := func() error {
@@ -227,13 +267,13 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		Ledger: svc, AdminToken: adminToken, Ready: readyCheck, WriteHealth: health.check,
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, SignIns: signIns,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, SignIns: signIns, Backup: backupFn,
 	})
 	if err != nil {
 		return err
 	}
 	audit, err := auditapi.New(auditapi.Config{
-		Store: store, Ledger: svc, AdminToken: adminToken, Logger: logger.With("component", "audit"), SignIns: signIns,
+		Store: store, Ledger: svc, AdminToken: adminToken, ReadModel: usageModel, Logger: logger.With("component", "audit"), SignIns: signIns,
 	})
 	if err != nil {
 		return err

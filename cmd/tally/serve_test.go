@@ -31,7 +31,7 @@ type served struct {
 // startServe runs serve in-process and returns its listeners' base URLs once it is ready, and a
 // function that stops it as SIGTERM would and returns serve's error. Both listeners listen on
 // a free port of 127.0.0.1 unless cfg says otherwise.
-func startServe(t *testing.T, g *globalFlags, cfg serveConfig, logs *syncBuffer) (served, func() error) {
+func startServe(t testing.TB, g *globalFlags, cfg serveConfig, logs *syncBuffer) (served, func() error) {
 	t.Helper()
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
@@ -96,7 +96,7 @@ func call(t *testing.T, base, method string, params url.Values) map[string]any {
 func TestServeOnEachStore(t *testing.T) {
 	for _, store := range []string{"embedded", "kurrentdb"} {
 		t.Run(store, func(t *testing.T) {
-			dataDir := t.TempDir()
+			dataDir := privateTempDir(t)
 			g := &globalFlags{DataDir: dataDir}
 			cfg := serveConfig{Addr: "127.0.0.1:0", Store: store, MaxBodyBytes: 1 << 20, UploadLease: time.Minute}
 			if store == "kurrentdb" {

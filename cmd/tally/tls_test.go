@@ -73,7 +73,7 @@ func TestTLSListenersReloadOnHangup(t *testing.T) {
 	oldPEM := writeSelfSigned(t, cert, key, "old")
 	adminPEM := writeSelfSigned(t, adminCert, adminKey, "admin")
 
-	dataDir := t.TempDir()
+	dataDir := privateTempDir(t)
 	g := &globalFlags{DataDir: dataDir}
 	reloaded := make(chan error, 1)
 	cfg := serveConfig{Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute,

@@ -170,6 +170,12 @@ func (s *Service) CreateToken(ctx context.Context, c Caller, spec TokenSpec) (do
 	if spec.FeatureLock < 0 {
 		return domain.Token{}, "", fmt.Errorf("%w: the feature lock is not negative", ErrInvalid)
 	}
+	if spec.KeyLock < -1 {
+		return domain.Token{}, "", fmt.Errorf("%w: key lock %d: a key lock is -1, 0 or a key id", ErrInvalid, spec.KeyLock)
+	}
+	if spec.ProductLock < 0 {
+		return domain.Token{}, "", fmt.Errorf("%w: product lock %d: a product lock is 0 or a product id", ErrInvalid, spec.ProductLock)
+	}
 	var problem error
 	s.view.Read(func(st *state.State) {
 		if spec.ProductLock != 0 {

@@ -39,6 +39,8 @@ type View interface {
 // LogEntry is one entry of an uploaded usage log.
 type LogEntry struct {
 	Layer     [32]byte // the layer's identity
+	Legacy    [32]byte // its identity before version 2 (LayerRef)
+	Digest    [32]byte // the digest of the bytes its entry is decrypted from (LayerRef)
 	ObjectID  int64
 	Decrement bool
 	Amount    int64 // > 0
@@ -53,11 +55,36 @@ func (e LogEntry) direction() domain.Direction {
 	return domain.Increment
 }
 
-// LogDecoder reads usage logs. Decode returns the entries of the layers newer than the newest
-// layer for which known is true, oldest first. It fails with domain.ErrDataEmpty,
-// domain.ErrDataCorrupted or domain.ErrTooManyEntries.
+// LayerRef is a usage-log layer as a log presents it (docs/uploads.md, "Tampering").
+type LayerRef struct {
+	// ID is the layer's identity: SHA-256 of its RSA-wrapped key, which nobody can change
+	// without the layer failing to decrypt.
+	ID [32]byte
+	// Legacy is its identity before version 2, SHA-256 of IV and wrapped key, which the
+	// events written before name layers by.
+	Legacy [32]byte
+	// Digest covers the bytes the layer's entry is decrypted from (IV, wrapped key, the first
+	// blocks of the ciphertext).
+	Digest [32]byte
+}
+
+// DecodedLog is what a LogDecoder read.
+type DecodedLog struct {
+	// Entries are the entries of the layers newer than Stop, oldest first.
+	Entries []LogEntry
+	// Stop is the known layer the walk stopped at (nil: none was known); StopDepth is 1 when
+	// it is the log's outermost layer.
+	Stop      *LayerRef
+	StopDepth int
+	// FileDigest is SHA-256 of the whole log.
+	FileDigest [32]byte
+}
+
+// LogDecoder reads usage logs. Decode walks from the newest layer inward, stops at the first
+// layer for which known is true, and returns the entries of the newer layers. It fails with
+// domain.ErrDataEmpty, domain.ErrDataCorrupted or domain.ErrTooManyEntries.
 type LogDecoder interface {
-	Decode(ctx context.Context, data string, known func(layer [32]byte) bool) ([]LogEntry, error)
+	Decode(ctx context.Context, data string, known func(LayerRef) bool) (*DecodedLog, error)
 }
 
 // Config wires a Service.

@@ -93,25 +93,22 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 	if err := s.awaitUploadDecision(ctx, owner); err != nil {
 		return UploadResult{}, err
 	}
-	// The walk stops at the first known layer; remember which, to say how many entries the
-	// file held before it.
-	var stop *[32]byte
-	known := func(layer [32]byte) bool {
-		ok := s.layerApplied(owner, layer)
-		if ok {
-			stop = &layer
-		}
-		return ok
-	}
-	entries, err := s.decoder.Decode(ctx, cmd.Data, known)
+	// The walk stops at the first known layer (under either identity); the decoded log says
+	// which, to say how many entries the file held before it and to compare its bytes.
+	known := func(layer LayerRef) bool { return s.layerKnown(owner, layer) }
+	decoded, err := s.decoder.Decode(ctx, cmd.Data, known)
 	if err != nil {
 		s.logger.Debug("upload not decoded", "request_id", c.RequestID, "owner", owner.String(), "bytes", len(cmd.Data), "err", err)
 		return UploadResult{}, err
 	}
+	entries, stop := decoded.Entries, decoded.Stop
 	s.logger.Debug("upload decoded", "request_id", c.RequestID, "owner", owner.String(), "bytes", len(cmd.Data),
 		"new_entries", len(entries), "reached_known_layer", stop != nil)
 	if len(entries) > MaxNewEntries {
 		return UploadResult{}, domain.ErrTooManyEntries
+	}
+	if err := s.checkIntegrity(ctx, c, owner, decoded); err != nil {
+		return UploadResult{}, err
 	}
 	synced := false
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
@@ -119,7 +116,12 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 			return UploadResult{}, err
 		}
 		var p *plan
-		s.view.Read(func(st *state.State) { p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop) })
+		s.view.Read(func(st *state.State) {
+			p, err = s.planUpload(st, c, owner, cmd.ObjectID, entries, stop)
+			if err == nil {
+				addDigests(st, p, decoded)
+			}
+		})
 		if errors.Is(err, errUploadInProgress) {
 			s.logger.Debug("upload waits: another upload of the owner was prepared", "request_id", c.RequestID, "attempt", attempt+1)
 			continue // another upload of this owner was prepared since we waited
@@ -154,20 +156,20 @@ func (s *Service) UploadValues(ctx context.Context, c Caller, cmd UploadValues) 
 // planUpload checks the entries still new against the projected values and decides what to
 // append. Entries whose layers were applied meanwhile (by a concurrent upload of an overlapping
 // version of the same file) are dropped.
-func (s *Service) planUpload(st *state.State, c Caller, owner domain.Owner, onlyObject int64, all []LogEntry, stop *[32]byte) (*plan, error) {
+func (s *Service) planUpload(st *state.State, c Caller, owner domain.Owner, onlyObject int64, all []LogEntry, stop *LayerRef) (*plan, error) {
 	p := &plan{owner: owner}
 	// The entries are oldest first and each layer wraps the older ones, so the newest applied
 	// layer among them marks where the new part starts.
 	start := 0
 	var base state.LayerInfo
 	for i := len(all) - 1; i >= 0; i-- {
-		if info, ok := st.Layer(owner, all[i].Layer); ok {
+		if info, _, ok := st.KnownLayer(owner, all[i].Layer, all[i].Legacy); ok {
 			start, base = i+1, info
 			break
 		}
 	}
 	if start == 0 && stop != nil {
-		base, _ = st.Layer(owner, *stop)
+		base, _, _ = st.KnownLayer(owner, stop.ID, stop.Legacy)
 	}
 	p.entries = all[start:]
 	p.prepared.BaseDepth = base.Depth

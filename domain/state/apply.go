@@ -29,6 +29,9 @@ func (s *State) Apply(ev eventstore.RecordedEvent) error {
 func (s *State) ApplyOrSkip(ev eventstore.RecordedEvent) { _ = s.Apply(ev) }
 
 func (s *State) apply(ev eventstore.RecordedEvent) error {
+	if handled, err := s.applyIntegrity(ev); handled {
+		return err
+	}
 	switch ev.Type {
 	case domain.EventProductCreated:
 		var e domain.ProductCreated
@@ -213,6 +216,7 @@ func (s *State) commit(u *Upload) {
 		}
 		u.Layers[l] = info
 	}
+	s.rememberDigests(u, p)
 	u.Prepared = nil
 }
 

@@ -38,6 +38,11 @@ type PendingChange struct {
 type LayerInfo struct {
 	Depth     int64 `json:"depth"`
 	Timestamp int64 `json:"timestamp"`
+	// Digest is the layer's digest (hex; usagelog.LayerDigest), FileDigest the SHA-256 of its
+	// whole bytes when it was the outermost layer of the log it was applied from; both empty
+	// for layers applied before identity version 2 (docs/uploads.md, "Tampering").
+	Digest     string `json:"digest,omitempty"`
+	FileDigest string `json:"fileDigest,omitempty"`
 }
 
 // Upload is the projected state of one owner's upload stream.
@@ -69,7 +74,11 @@ type State struct {
 	keyByString map[string]int64                    // normalized key string -> key id
 	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
 	owned       map[domain.Owner]map[int64]struct{} // live objects per owner
+	depths      map[string]map[int64]struct{}       // depths of the applied layers, by owner (integrity.go)
 	maxIDs      map[string]int64                    // largest id of products, keys and objects, by stream category
+
+	// Anomalies are the usage-log integrity anomalies by owner (Owner.String()), oldest first.
+	Anomalies map[string][]*IntegrityAnomaly `json:"anomalies,omitempty"`
 }
 
 // EventRef locates one event.
@@ -105,6 +114,7 @@ func (s *State) reindex() {
 	}
 	s.owned = map[domain.Owner]map[int64]struct{}{}
 	s.maxIDs = map[string]int64{}
+	s.reindexDepths()
 	for id, o := range s.Objects {
 		if !o.Removed {
 			s.own(o.Owner, id)
@@ -377,6 +387,7 @@ func Diff(a, b *State) []string {
 			add("uploads of owner %s: missing vs present", key)
 		}
 	}
+	diffIntegrity(a, b, add)
 	return out
 }
 

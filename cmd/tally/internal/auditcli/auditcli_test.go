@@ -23,6 +23,7 @@ import (
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/projections"
 	"github.com/tallyledger/tally/projections/audittest"
+	"github.com/tallyledger/tally/projections/readmodel"
 )
 
 // root builds a command tree like tally's, with the same global flags, around the audit
@@ -160,7 +161,20 @@ func TestClientCommandsAgainstTheAuditAPI(t *testing.T) {
 	env := audittest.Start(t, store, "")
 	w := audittest.Seed(t, env, rand.New(rand.NewPCG(13, 14)), 80)
 	const admin = "the-admin-credential"
-	h, err := auditapi.New(auditapi.Config{Store: store, Ledger: env.Ledger, AdminToken: admin})
+	// The server answers usage and values from its read model, as tally serve does.
+	modelCtx, stopModel := context.WithCancel(context.Background())
+	model, err := readmodel.Open(modelCtx, store, filepath.Join(t.TempDir(), "usage.db"), readmodel.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	modelDone := make(chan error, 1)
+	go func() { modelDone <- model.Run(modelCtx) }()
+	t.Cleanup(func() {
+		stopModel()
+		<-modelDone
+		_ = model.Close()
+	})
+	h, err := auditapi.New(auditapi.Config{Store: store, Ledger: env.Ledger, AdminToken: admin, ReadModel: model})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,6 +261,18 @@ func TestClientCommandsAgainstTheAuditAPI(t *testing.T) {
 	}
 	if _, err := run(t, append([]string{"usage", "--from", "2025-01-01", "--to", "2025-12-31", "--tz", "Nowhere/Else"}, global...)...); err == nil || !strings.Contains(err.Error(), "400") {
 		t.Errorf("bad zone: %v", err)
+	}
+	for _, bad := range []struct {
+		args    []string
+		message string
+	}{
+		{[]string{"--from", "2025-01-01", "--to", "2025-12-31", "--tz", "Local"}, "IANA time zone"},
+		{[]string{"--from", "2025-03-01", "--to", "2025-01-31"}, "from must be before to"},
+		{[]string{"--from", "1990-01-01", "--to", "2025-12-31", "--by", "day"}, "10000 periods at most"},
+	} {
+		if _, err := run(t, append(append([]string{"usage"}, bad.args...), global...)...); err == nil || !strings.Contains(err.Error(), "400") || !strings.Contains(err.Error(), bad.message) {
+			t.Errorf("usage %v: %v, want a 400 saying %q", bad.args, err, bad.message)
+		}
 	}
 	if _, err := run(t, "history", "--object", id, "--server", srv.URL, "--admin-token", "wrong"); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Errorf("wrong admin token: %v", err)

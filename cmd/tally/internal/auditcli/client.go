@@ -29,8 +29,8 @@ import (
 type Client struct {
 	Server     func() string
 	AdminToken func() (string, error)
-	// HTTP is the client used (default: one with a 5-minute timeout, as usage reports replay
-	// the whole store).
+	// HTTP is the client used (default: one with a 5-minute timeout, as a usage report whose
+	// bounds are off the 15-minute grid still replays the whole store).
 	HTTP *http.Client
 	// NewHTTP, if set and HTTP is not, makes the client when a command runs (after flags such
 	// as --ca-cert are parsed).
@@ -174,6 +174,9 @@ func writeHistoryTable(w io.Writer, h *projections.ObjectHistory) error {
 		if e.Anomaly != "" {
 			notes = append(notes, "anomaly: "+e.Anomaly)
 		}
+		for _, id := range e.IntegrityAnomalies {
+			notes = append(notes, "integrity anomaly "+id.String())
+		}
 		if !e.Counted {
 			notes = append(notes, "not counted")
 		}
@@ -241,8 +244,9 @@ func NewUsageCommand(c Client) *cobra.Command {
 	var from, to, tz, by, product, key, format, axis string
 	cmd := &cobra.Command{
 		Use:   "usage --from DATE --to DATE",
-		Short: "Report usage per key, data object and period, replayed from the events",
-		Long: `Report usage per license key, data object and day or month, computed by replaying the events.
+		Short: "Report usage per key, data object and period, from the events' usage read model",
+		Long: `Report usage per license key, data object and day or month, from the server's usage read model
+(15-minute buckets folded once from the events; bounds off the 15-minute grid are replayed).
 --from and --to are dates (YYYY-MM-DD in --tz; --to is inclusive) or RFC 3339 instants (--to exclusive).
 --time usage counts each change when the usage happened (log timestamps for uploads); --time recorded
 when the ledger recorded it (for uploads: their commit). See docs/audit.md.`,

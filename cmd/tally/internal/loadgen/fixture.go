@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/tallyledger/tally/adapters/httpapi"
@@ -26,12 +27,21 @@ const layerBytes = 310
 // fixture is what provisioning created.
 type fixture struct {
 	productID int64
+	tokenID   uuid.UUID
 	secret    string
+	// created lists every data object the run added, with its key, for RemoveObjects.
+	created []createdObject
 	// The increment clients' key, objects and prepared request bodies (one per object).
 	incKey     httpapi.LicenseKey
 	incObjects []int64
 	incBodies  [][]byte
-	addMu      sync.Mutex // serialises AddDataObject calls
+	addMu      sync.Mutex // serialises AddDataObject calls (and guards created)
+}
+
+// createdObject is a data object the run added.
+type createdObject struct {
+	key httpapi.LicenseKey
+	id  int64
 }
 
 // preparedUpload is one usage log ready to send, with what it should do.
@@ -63,7 +73,7 @@ func provision(ctx context.Context, cfg Config, admin *httpapi.AdminClient, api 
 	if err != nil {
 		return nil, fmt.Errorf("provision: %w", err)
 	}
-	fx := &fixture{productID: p.ID, secret: tok.Secret}
+	fx := &fixture{productID: p.ID, tokenID: tok.ID, secret: tok.Secret}
 	if cfg.Clients > cfg.UploadClients {
 		if fx.incKey, err = admin.CreateKey(ctx, p.ID); err != nil {
 			return nil, fmt.Errorf("provision: %w", err)
@@ -91,6 +101,7 @@ func addObjects(ctx context.Context, api *apiClient, fx *fixture, key httpapi.Li
 			return nil, fmt.Errorf("provision: %w", err)
 		}
 		ids[i] = a.ID
+		fx.created = append(fx.created, createdObject{key: key, id: a.ID})
 	}
 	return ids, nil
 }
@@ -239,4 +250,44 @@ func forEach(ctx context.Context, n, limit int, fn func(ctx context.Context, i i
 		return err
 	}
 	return nil
+}
+
+// removeCreated removes every data object the run added (RemoveDataObjectToKey: their events
+// stay in the ledger, as every removal's do) and revokes the run's token, so that a run against
+// a live server leaves nothing a customer's application could see or use. It goes on past
+// failures and reports the first.
+func removeCreated(ctx context.Context, cfg Config, fx *fixture, admin *httpapi.AdminClient, api *apiClient) *Cleanup {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	fx.addMu.Lock()
+	created := append([]createdObject(nil), fx.created...)
+	fx.addMu.Unlock()
+	c := &Cleanup{ProductID: fx.productID}
+	var mu sync.Mutex
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if c.Error == "" {
+			c.Error = err.Error()
+		}
+	}
+	// forEach stops at the first error; each removal reports its own and carries on.
+	_ = forEach(ctx, len(created), 8, func(ctx context.Context, i int) error {
+		o := created[i]
+		if _, err := api.do(ctx, "RemoveDataObjectToKey", form("token", fx.secret, "ProductId", itoa(fx.productID), "Key", o.key.Key, "Id", itoa(o.id))); err != nil {
+			fail(fmt.Errorf("remove data object %d: %w", o.id, err))
+			return nil
+		}
+		mu.Lock()
+		c.ObjectsRemoved++
+		mu.Unlock()
+		return nil
+	})
+	if _, err := admin.RevokeToken(ctx, fx.tokenID); err != nil {
+		fail(fmt.Errorf("revoke the bench token: %w", err))
+	} else {
+		c.TokenRevoked = true
+	}
+	cfg.Progress("removed %d of %d data objects, token revoked: %v", c.ObjectsRemoved, len(created), c.TokenRevoked)
+	return c
 }

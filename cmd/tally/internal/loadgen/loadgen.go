@@ -80,6 +80,10 @@ type Config struct {
 	AroundTimed func() (stop func())
 	// Progress receives a line about each preparation step (nil: none).
 	Progress func(format string, args ...any)
+	// RemoveObjects removes the data objects the run created once it is over (their events
+	// stay) and revokes its token; Report.Cleanup says what was done. For runs against a
+	// server that is not the benchmark's own.
+	RemoveObjects bool
 }
 
 func (c *Config) defaults() error {
@@ -154,7 +158,7 @@ func (c *Config) defaults() error {
 // Run provisions, prepares, drives the server and checks the data. It returns the report, and
 // an error if the run could not be carried out or the data check failed (the report then says
 // what was lost).
-func Run(ctx context.Context, cfg Config) (Report, error) {
+func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	if err := cfg.defaults(); err != nil {
 		return Report{}, err
 	}
@@ -175,13 +179,21 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
+	if cfg.RemoveObjects {
+		defer func() {
+			rep.Cleanup = removeCreated(ctx, cfg, fx, admin, api)
+			if rep.Cleanup.Error != "" {
+				err = errors.Join(err, fmt.Errorf("cleanup: %s", rep.Cleanup.Error))
+			}
+		}()
+	}
 	var uploads []*preparedUpload
 	if cfg.UploadClients > 0 {
 		if uploads, err = prepareUploads(ctx, cfg, fx, admin, api); err != nil {
 			return Report{}, err
 		}
 	}
-	rep := Report{
+	rep = Report{
 		Workload: cfg.Workload, Clients: cfg.Clients, UploadClients: cfg.UploadClients,
 		NewEntries: cfg.NewEntries, History: cfg.History, Preparation: time.Since(prepStart),
 	}

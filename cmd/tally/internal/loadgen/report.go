@@ -35,6 +35,17 @@ type Report struct {
 	RSA   *RSARate    `json:"rsa,omitempty"`
 	Check DataCheck   `json:"check"`
 	Extra []ExtraLine `json:"extra,omitempty"`
+	// Cleanup is what a run with Config.RemoveObjects removed.
+	Cleanup *Cleanup `json:"cleanup,omitempty"`
+}
+
+// Cleanup says what a run removed from the server once it was over.
+type Cleanup struct {
+	// ProductID is the run's product; products and keys cannot be removed, so it stays.
+	ProductID      int64  `json:"productId"`
+	ObjectsRemoved int    `json:"objectsRemoved"`
+	TokenRevoked   bool   `json:"tokenRevoked"`
+	Error          string `json:"error,omitempty"`
 }
 
 // ExtraLine is a figure the caller adds to the report (for instance the store's group-commit
@@ -221,6 +232,13 @@ func (r Report) WriteTable(w io.Writer) error {
 	}
 	for _, p := range r.Check.Problems {
 		fmt.Fprintf(tw, "  %s\n", p)
+	}
+	if c := r.Cleanup; c != nil {
+		fmt.Fprintf(tw, "cleanup:\tremoved %d data objects (their events stay), token revoked: %v; product %d and its keys stay\n",
+			c.ObjectsRemoved, c.TokenRevoked, c.ProductID)
+		if c.Error != "" {
+			fmt.Fprintf(tw, "cleanup error:\t%s\n", c.Error)
+		}
 	}
 	for _, s := range []*OpSummary{r.Increment, r.Upload, r.UploadFresh} {
 		if s != nil && s.FirstError != "" {

@@ -1,0 +1,599 @@
+// Package historygen writes a realistic ledger history straight into an embedded store, for
+// benchmarks of the read side (tally bench --workload history): products, keys, a token and
+// data objects, then a year of usage as the ledger records it — uploads of usage logs with
+// backdated log timestamps (UploadPrepared, one event per layer on the objects' streams,
+// UploadCommitted or now and then UploadAborted), direct increments and decrements,
+// operators' corrections, SetIntValue calls and, last, a few removals — with one hot data object
+// holding a tenth of all events. Every event is what the ledger would append (same types,
+// bodies, revisions, value before and after), so the projections fold it and tally verify
+// passes; it goes through the store's Append in large batches from many goroutines, bypassing
+// HTTP and the ledger's per-call work.
+package historygen
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/adapters/embedded"
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// Config is what to generate.
+type Config struct {
+	// Dir is the data directory: the store goes to Dir/events, the admin token to
+	// Dir/admin.token (kept if it exists). Dir must not hold a store yet.
+	Dir string
+	// Events is about how many events to write (the history stops at the first batch at or
+	// past it).
+	Events int
+	// Seed makes the history reproducible (apart from event and upload ids).
+	Seed uint64
+	// Keys and Objects default to 1,000 and 10,000 from a million events on, and scale down
+	// below (at least 2 keys and 10 objects per key).
+	Keys, Objects int
+	// End is the end of the year of history (default: now, to the second).
+	End time.Time
+	// Workers append concurrently (default 96): the store commits their appends together.
+	Workers  int
+	Progress func(format string, args ...any)
+}
+
+// Result says what was written.
+type Result struct {
+	Events    int64
+	Took      time.Duration
+	Keys      int
+	Objects   int
+	HotObject int64
+	// HotEvents is how many events the hot object's stream holds.
+	HotEvents int64
+	Uploads   int64
+	Aborted   int64
+	Removed   int
+	// AdminToken is the admin credential, also in Dir/admin.token.
+	AdminToken string
+}
+
+// EventsPerSecond is the generation rate.
+func (r Result) EventsPerSecond() float64 { return float64(r.Events) / r.Took.Seconds() }
+
+// AdminTokenFile is where tally serve reads its admin credential, relative to the data directory.
+const AdminTokenFile = "admin.token"
+
+type object struct {
+	id       int64
+	owner    domain.Owner
+	value    int32
+	revision uint64
+	removed  bool
+}
+
+type key struct {
+	id        int64
+	objects   []*object
+	uploadRev uint64 // the upload stream's last revision
+	uploads   bool   // the upload stream exists
+	depth     int64  // layers applied so far
+}
+
+type generator struct {
+	cfg     Config
+	store   *embedded.Store
+	start   time.Time
+	span    time.Duration
+	events  atomic.Int64
+	uploads atomic.Int64
+	aborted atomic.Int64
+	token   uuid.UUID
+}
+
+// Generate writes the history and closes the store.
+func Generate(ctx context.Context, cfg Config) (Result, error) {
+	if cfg.Events <= 0 {
+		return Result{}, errors.New("historygen: want a positive number of events")
+	}
+	if cfg.Keys <= 0 {
+		cfg.Keys = min(1000, max(2, cfg.Events/1000))
+	}
+	if cfg.Objects <= 0 {
+		cfg.Objects = 10 * cfg.Keys
+	}
+	if cfg.Objects < cfg.Keys {
+		return Result{}, errors.New("historygen: at least one object per key")
+	}
+	if cfg.End.IsZero() {
+		cfg.End = time.Now().UTC().Truncate(time.Second)
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 96
+	}
+	if cfg.Progress == nil {
+		cfg.Progress = func(string, ...any) {}
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return Result{}, fmt.Errorf("data directory: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, "events", embedded.DatabaseFile)); err == nil {
+		return Result{}, fmt.Errorf("%s already holds an event store: generate into an empty directory", cfg.Dir)
+	}
+	token, err := adminToken(cfg.Dir)
+	if err != nil {
+		return Result{}, err
+	}
+	store, err := embedded.Open(ctx, filepath.Join(cfg.Dir, "events"), embedded.WithMaxBatch(4096))
+	if err != nil {
+		return Result{}, err
+	}
+	g := &generator{cfg: cfg, store: store, start: cfg.End.AddDate(-1, 0, 0), span: cfg.End.Sub(cfg.End.AddDate(-1, 0, 0)), token: uuid.New()}
+	began := time.Now()
+	res, err := g.run(ctx)
+	res.Took = time.Since(began)
+	res.AdminToken = token
+	if cerr := store.Close(); err == nil {
+		err = cerr
+	}
+	return res, err
+}
+
+// adminToken reads Dir/admin.token or creates it as tally serve would.
+func adminToken(dir string) (string, error) {
+	path := filepath.Join(dir, AdminTokenFile)
+	if b, err := os.ReadFile(path); err == nil {
+		if tok := strings.TrimSpace(string(b)); tok != "" {
+			return tok, nil
+		}
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	tok := base64.RawURLEncoding.EncodeToString(raw)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return tok, nil
+}
+
+// idSource makes event and upload ids from a seeded generator: random version-4 UUIDs without
+// a system call each.
+type idSource struct{ rng *mrand.ChaCha8 }
+
+func (s idSource) next() uuid.UUID {
+	var u uuid.UUID
+	_, _ = s.rng.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return u
+}
+
+type worker struct {
+	g    *generator
+	rng  *mrand.Rand
+	ids  idSource
+	meta []byte
+	keys []*key
+	// budget is how many events this worker writes; done how many it has.
+	budget, done int64
+}
+
+func (g *generator) newWorker(n int, budget int64, keys []*key) *worker {
+	seed := g.cfg.Seed*1000 + uint64(n)
+	var cs [32]byte
+	binary.LittleEndian.PutUint64(cs[:], seed)
+	meta, _ := json.Marshal(domain.Metadata{TokenID: g.token, RequestID: fmt.Sprintf("history-%d", n)})
+	return &worker{g: g, rng: mrand.New(mrand.NewPCG(seed, seed^0x5eed)), ids: idSource{mrand.NewChaCha8(cs)}, meta: meta, keys: keys, budget: budget}
+}
+
+func (w *worker) event(typ string, body any, meta []byte) (eventstore.EventData, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return eventstore.EventData{}, fmt.Errorf("encode %s: %w", typ, err)
+	}
+	return eventstore.EventData{ID: w.ids.next(), Type: typ, Data: b, Metadata: meta}, nil
+}
+
+func (w *worker) append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, evs ...eventstore.EventData) (eventstore.AppendResult, error) {
+	res, err := w.g.store.Append(ctx, stream, expected, evs...)
+	if err != nil {
+		return res, fmt.Errorf("append to %s: %w", stream, err)
+	}
+	w.done += int64(len(evs))
+	w.g.events.Add(int64(len(evs)))
+	return res, nil
+}
+
+// now is the worker's simulated clock: it crosses the year as the worker's budget is spent.
+func (w *worker) now() time.Time {
+	f := float64(w.done) / float64(max(w.budget, 1))
+	return w.g.start.Add(time.Duration(f * float64(w.g.span))).Truncate(time.Second)
+}
+
+func (g *generator) run(ctx context.Context) (Result, error) {
+	cfg := g.cfg
+	res := Result{Keys: cfg.Keys, Objects: cfg.Objects}
+	admin, _ := json.Marshal(domain.Metadata{Admin: true, RequestID: "history-setup"})
+	setup := g.newWorker(-1, 1, nil)
+	at := g.start.Add(-time.Hour)
+	products := max(1, cfg.Keys/100)
+	var keys []*key
+	var objects []*object
+	// The catalogue: products, keys, a token, the objects (ten per key, the rest on the last
+	// key), written by many goroutines at once so that the store commits them together.
+	type first struct {
+		stream string
+		ev     eventstore.EventData
+	}
+	var firsts []first
+	add := func(stream, typ string, body any) error {
+		ev, err := setup.event(typ, body, admin)
+		if err != nil {
+			return err
+		}
+		firsts = append(firsts, first{stream, ev})
+		return nil
+	}
+	for p := 1; p <= products; p++ {
+		if err := add(domain.ProductStream(int64(p)), domain.EventProductCreated, domain.ProductCreated{ProductID: int64(p), Name: fmt.Sprintf("Product %d", p), At: at}); err != nil {
+			return res, err
+		}
+	}
+	for k := 1; k <= cfg.Keys; k++ {
+		keys = append(keys, &key{id: int64(k)})
+		if err := add(domain.KeyStream(int64(k)), domain.EventKeyCreated, domain.KeyCreated{KeyID: int64(k), ProductID: int64(1 + (k-1)%products), Key: setup.keyString(), At: at}); err != nil {
+			return res, err
+		}
+	}
+	secret := sha256.Sum256([]byte(g.token.String()))
+	if err := add(domain.TokenStream(g.token), domain.EventTokenCreated, domain.TokenCreated{
+		TokenID: g.token, Name: "license servers", SecretHash: hex.EncodeToString(secret[:]), Methods: domain.AllMethods, At: at,
+	}); err != nil {
+		return res, err
+	}
+	for i := 0; i < cfg.Objects; i++ {
+		k := keys[min(i/10, len(keys)-1)]
+		o := &object{id: int64(i + 1), owner: domain.Owner{Type: domain.OwnerKey, ID: k.id}}
+		k.objects = append(k.objects, o)
+		objects = append(objects, o)
+		if err := add(domain.DataObjectStream(o.id), domain.EventDataObjectAdded, domain.DataObjectAdded{
+			ObjectID: o.id, Owner: o.owner, Name: fmt.Sprintf("usage-%d", i%10), At: at,
+		}); err != nil {
+			return res, err
+		}
+	}
+	if err := parallel(ctx, 64, len(firsts), func(ctx context.Context, i int) error {
+		_, err := setup.g.store.Append(ctx, firsts[i].stream, eventstore.NoStream(), firsts[i].ev)
+		return err
+	}); err != nil {
+		return res, fmt.Errorf("catalogue: %w", err)
+	}
+	g.events.Add(int64(len(firsts)))
+	cfg.Progress("catalogue: %d products, %d keys, %d data objects", products, len(keys), len(objects))
+
+	// The hot object is the first of the first key; one worker owns that key and spends a
+	// tenth of the events on it. The other keys are dealt round-robin to the other workers.
+	hot := keys[0].objects[0]
+	res.HotObject = hot.id
+	remaining := int64(cfg.Events) - g.events.Load()
+	hotBudget := int64(cfg.Events) / 10
+	workers := []*worker{g.newWorker(0, hotBudget, keys[:1])}
+	rest := keys[1:]
+	n := min(cfg.Workers-1, len(rest))
+	for i := 0; i < n; i++ {
+		var mine []*key
+		for j := i; j < len(rest); j += n {
+			mine = append(mine, rest[j])
+		}
+		workers = append(workers, g.newWorker(i+1, (remaining-hotBudget)/int64(n), mine))
+	}
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				cfg.Progress("%d events", g.events.Load())
+			}
+		}
+	}()
+	err := parallel(ctx, len(workers), len(workers), func(ctx context.Context, i int) error {
+		if i == 0 {
+			return workers[0].runHot(ctx, hot)
+		}
+		return workers[i].run(ctx)
+	})
+	close(stop)
+	if err != nil {
+		return res, err
+	}
+	// Last, a few removals (one object in a thousand, never the hot one).
+	for i := 1; i < len(objects); i += 1000 {
+		o := objects[i]
+		ev, err := setup.event(domain.EventDataObjectRemoved, domain.DataObjectRemoved{ObjectID: o.id, At: g.cfg.End}, admin)
+		if err != nil {
+			return res, err
+		}
+		if _, err := g.store.Append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), ev); err != nil {
+			return res, fmt.Errorf("remove: %w", err)
+		}
+		o.removed = true
+		g.events.Add(1)
+		res.Removed++
+	}
+	res.Events, res.Uploads, res.Aborted = g.events.Load(), g.uploads.Load(), g.aborted.Load()
+	res.HotEvents = int64(hot.revision) + 1
+	return res, nil
+}
+
+func (w *worker) keyString() string {
+	const letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	var b strings.Builder
+	for i := 0; i < 20; i++ {
+		if i > 0 && i%5 == 0 {
+			b.WriteByte('-')
+		}
+		b.WriteByte(letters[w.rng.IntN(len(letters))])
+	}
+	return b.String()
+}
+
+// run spends the worker's budget on its keys: uploads (about 70 % of events), runs of direct
+// increments and decrements, and now and then a correction or a set.
+func (w *worker) run(ctx context.Context) error {
+	for w.done < w.budget {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		k := w.keys[w.rng.IntN(len(w.keys))]
+		var err error
+		switch r := w.rng.IntN(100); {
+		case r < 22:
+			// A key's log counts a few of its objects (features, seats).
+			first := w.rng.IntN(len(k.objects))
+			objs := k.objects[first:min(len(k.objects), first+1+w.rng.IntN(3))]
+			err = w.upload(ctx, k, objs, 1+w.rng.IntN(60))
+		case r < 97:
+			o := k.objects[w.rng.IntN(len(k.objects))]
+			err = w.direct(ctx, o, 1+w.rng.IntN(24))
+		case r < 99:
+			err = w.correct(ctx, k.objects[w.rng.IntN(len(k.objects))])
+		default:
+			err = w.set(ctx, k.objects[w.rng.IntN(len(k.objects))])
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runHot spends the budget on the hot object: long runs of direct calls and uploads of
+// hundreds of layers.
+func (w *worker) runHot(ctx context.Context, hot *object) error {
+	k := w.keys[0]
+	for w.done < w.budget {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var err error
+		if w.rng.IntN(2) == 0 {
+			err = w.upload(ctx, k, []*object{hot}, int(min(w.budget-w.done, int64(50+w.rng.IntN(400)))))
+		} else {
+			err = w.direct(ctx, hot, int(min(w.budget-w.done, int64(100+w.rng.IntN(900)))))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// direct appends n direct increments or decrements of o in one append, as n calls at
+// successive instants would leave them.
+func (w *worker) direct(ctx context.Context, o *object, n int) error {
+	evs := make([]eventstore.EventData, 0, n)
+	at := w.now()
+	v := o.value
+	for i := 0; i < n; i++ {
+		amount := int32(1 + w.rng.IntN(5))
+		typ := domain.EventIncrementApplied
+		after := v + amount
+		if w.rng.IntN(5) == 0 && v >= amount {
+			typ, after = domain.EventDecrementApplied, v-amount
+		}
+		at = at.Add(time.Duration(w.rng.IntN(60)) * time.Second)
+		ev, err := w.event(typ, domain.ValueChanged{ObjectID: o.id, Amount: int64(amount), Before: v, After: after, At: at}, w.meta)
+		if err != nil {
+			return err
+		}
+		evs = append(evs, ev)
+		v = after
+	}
+	res, err := w.append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), evs...)
+	if err != nil {
+		return err
+	}
+	o.value, o.revision = v, res.NextExpectedRevision
+	return nil
+}
+
+func (w *worker) correct(ctx context.Context, o *object) error {
+	amount := int32(1 + w.rng.IntN(50))
+	typ, after := domain.EventIncrementApplied, o.value+amount
+	if w.rng.IntN(2) == 0 && o.value >= amount {
+		typ, after = domain.EventDecrementApplied, o.value-amount
+	}
+	meta, _ := json.Marshal(domain.Metadata{Admin: true, RequestID: "history-correction"})
+	ev, err := w.event(typ, domain.ValueChanged{ObjectID: o.id, Amount: int64(amount), Before: o.value, After: after, At: w.now(), Correction: "usage log replayed twice"}, meta)
+	if err != nil {
+		return err
+	}
+	res, err := w.append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), ev)
+	if err != nil {
+		return err
+	}
+	o.value, o.revision = after, res.NextExpectedRevision
+	return nil
+}
+
+func (w *worker) set(ctx context.Context, o *object) error {
+	after := int32(w.rng.IntN(1000))
+	ev, err := w.event(domain.EventIntValueSet, domain.IntValueSet{ObjectID: o.id, Before: o.value, After: after, At: w.now()}, w.meta)
+	if err != nil {
+		return err
+	}
+	res, err := w.append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), ev)
+	if err != nil {
+		return err
+	}
+	o.value, o.revision = after, res.NextExpectedRevision
+	return nil
+}
+
+// upload appends what the ledger appends for an uploaded usage log of n new layers, one entry
+// each, on objs: UploadPrepared, each object's events, then UploadCommitted (or, for one upload
+// in fifty, UploadAborted). The layers' log timestamps are days to weeks before the worker's
+// clock, in order.
+func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) error {
+	owner := domain.Owner{Type: domain.OwnerKey, ID: k.id}
+	id := w.ids.next()
+	abort := w.rng.IntN(50) == 0
+	prep := domain.UploadPrepared{UploadID: id, Owner: owner, BaseDepth: k.depth, Instance: w.g.token, At: w.now()}
+	ts := w.now().Add(-time.Duration(1+w.rng.IntN(45*24)) * time.Hour)
+	if ts.Before(w.g.start) {
+		ts = w.g.start
+	}
+	values := map[int64]int32{}
+	byObject := map[int64][]eventstore.EventData{}
+	var order []*object
+	for i := 0; i < n; i++ {
+		o := objs[w.rng.IntN(len(objs))]
+		before, seen := values[o.id]
+		if !seen {
+			before = o.value
+			order = append(order, o)
+		}
+		amount := int32(1 + w.rng.IntN(20))
+		typ, after := domain.EventIncrementApplied, before+amount
+		if w.rng.IntN(6) == 0 && before >= amount {
+			typ, after = domain.EventDecrementApplied, before-amount
+		}
+		values[o.id] = after
+		var layer [32]byte
+		_, _ = w.ids.rng.Read(layer[:])
+		lh := hex.EncodeToString(layer[:])
+		ts = ts.Add(time.Duration(w.rng.IntN(3600)) * time.Second)
+		prep.Layers = append(prep.Layers, lh)
+		prep.Timestamps = append(prep.Timestamps, ts.Unix())
+		ev, err := w.event(typ, domain.ValueChanged{
+			ObjectID: o.id, Amount: int64(amount), Before: before, After: after, At: ts,
+			Upload: &domain.UploadSource{UploadID: id, Layer: lh, LogTimestamp: ts},
+		}, w.meta)
+		if err != nil {
+			return err
+		}
+		byObject[o.id] = append(byObject[o.id], ev)
+	}
+	for _, o := range order {
+		prep.Changes = append(prep.Changes, domain.PlannedStep{ObjectID: o.id, FromRevision: o.revision, Events: len(byObject[o.id])})
+	}
+	pev, err := w.event(domain.EventUploadPrepared, prep, w.meta)
+	if err != nil {
+		return err
+	}
+	expected := eventstore.NoStream()
+	if k.uploads {
+		expected = eventstore.Exact(k.uploadRev)
+	}
+	res, err := w.append(ctx, domain.UploadStream(owner), expected, pev)
+	if err != nil {
+		return err
+	}
+	k.uploads, k.uploadRev = true, res.NextExpectedRevision
+	// The objects' events go in at once, as the store commits concurrent appends together
+	// (the ledger appends them one object after the other; the order between objects is
+	// immaterial, each stream's own order is kept).
+	if err := parallel(ctx, len(order), len(order), func(ctx context.Context, i int) error {
+		o := order[i]
+		r, err := w.g.store.Append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), byObject[o.id]...)
+		if err != nil {
+			return fmt.Errorf("append to %s: %w", domain.DataObjectStream(o.id), err)
+		}
+		o.revision = r.NextExpectedRevision
+		return nil
+	}); err != nil {
+		return err
+	}
+	w.done += int64(n)
+	w.g.events.Add(int64(n))
+	var dev eventstore.EventData
+	if abort {
+		dev, err = w.event(domain.EventUploadAborted, domain.UploadAborted{UploadID: id, Reason: "the client went away", At: w.now()}, w.meta)
+	} else {
+		dev, err = w.event(domain.EventUploadCommitted, domain.UploadCommitted{UploadID: id, At: w.now()}, w.meta)
+	}
+	if err != nil {
+		return err
+	}
+	if res, err = w.append(ctx, domain.UploadStream(owner), eventstore.Exact(k.uploadRev), dev); err != nil {
+		return err
+	}
+	k.uploadRev = res.NextExpectedRevision
+	w.g.uploads.Add(1)
+	if abort {
+		w.g.aborted.Add(1)
+		return nil
+	}
+	k.depth += int64(n)
+	for _, o := range order {
+		o.value = values[o.id]
+	}
+	return nil
+}
+
+// parallel runs fn(i) for i in [0, n) on up to limit goroutines, stopping at the first error.
+func parallel(ctx context.Context, limit, n int, fn func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for g := 0; g < min(limit, n); g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := fn(ctx, i); err != nil {
+					once.Do(func() { first = err; cancel() })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}

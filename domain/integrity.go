@@ -1,0 +1,114 @@
+package domain
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Events of usage-log integrity (docs/uploads.md, "Tampering").
+const (
+	// EventUploadIntegrityAnomaly is appended to an owner's upload stream when an upload
+	// presents a layer already applied with bytes that differ from the applied ones.
+	EventUploadIntegrityAnomaly = "UploadIntegrityAnomaly"
+	// EventUploadIntegrityAcknowledged records an operator's decision to accept the version of
+	// a layer an anomaly saw, so that a product refusing on tampering takes that log again.
+	EventUploadIntegrityAcknowledged = "UploadIntegrityAcknowledged"
+	// EventProductIntegrityPolicySet is appended to a product's stream to choose what an
+	// upload that shows an anomaly does.
+	EventProductIntegrityPolicySet = "ProductIntegrityPolicySet"
+)
+
+// IntegrityPolicy is what Tally does with an upload that shows an integrity anomaly.
+type IntegrityPolicy string
+
+const (
+	// IntegrityApply records the anomaly and applies the upload's new entries (the entries of
+	// the known layer never count again, whatever their bytes). The default.
+	IntegrityApply IntegrityPolicy = "apply"
+	// IntegrityRefuse records the anomaly and refuses the upload until an operator
+	// acknowledges the anomaly.
+	IntegrityRefuse IntegrityPolicy = "refuse"
+)
+
+// DefaultIntegrityPolicy is the policy of a product that never set one.
+const DefaultIntegrityPolicy = IntegrityApply
+
+// ParseIntegrityPolicy accepts "apply" and "refuse".
+func ParseIntegrityPolicy(s string) (IntegrityPolicy, error) {
+	switch p := IntegrityPolicy(s); p {
+	case IntegrityApply, IntegrityRefuse:
+		return p, nil
+	}
+	return "", fmt.Errorf("integrity policy %q: want apply or refuse", s)
+}
+
+// ErrIntegrityRefused refuses an upload that presents a modified version of a layer already
+// applied, for a product whose policy is refuse, until an operator acknowledges the anomaly.
+var ErrIntegrityRefused = &Error{KindRefused, "The log does not match the entries already uploaded. Contact the vendor."}
+
+// What an anomaly found different (UploadIntegrityAnomaly.Differs).
+const (
+	// DiffersEntryBytes: the IV, EncryptedKey or first bytes of the EncryptedObject differ,
+	// so the layer may decrypt to another entry.
+	DiffersEntryBytes = "entry-bytes"
+	// DiffersLayerBytes: the layer's whole bytes (the log, when the layer is its outermost)
+	// differ from the whole bytes it had when applied.
+	DiffersLayerBytes = "layer-bytes"
+	// DiffersSuspectedReplay: the walk stopped at a layer applied before identity version 2
+	// (known by its IV and wrapped key only), and the new layer above it takes a depth at
+	// which the owner already has an applied layer: a copy of an old layer with a modified
+	// IV, which Tally cannot recognise, or a second log of the same owner. The new entries are
+	// new to Tally; the anomaly is the evidence (docs/uploads.md, "Tampering").
+	DiffersSuspectedReplay = "suspected-replay"
+)
+
+// UploadIntegrityAnomaly records that an upload presented a known layer whose bytes differ
+// from the ones applied. Digests are lower-case hex SHA-256; "Applied" ones are those recorded
+// when the layer was applied, "Seen" ones those of this upload.
+type UploadIntegrityAnomaly struct {
+	AnomalyID uuid.UUID `json:"anomalyId"`
+	Owner     Owner     `json:"owner"`
+	// Layer is the known layer's identity (SHA-256 of its EncryptedKey).
+	Layer string `json:"layer"`
+	// Depth is the layer's depth in its log (1 for the innermost).
+	Depth int64 `json:"depth"`
+	// Differs lists what differs (DiffersEntryBytes, DiffersLayerBytes).
+	Differs []string `json:"differs"`
+	// AppliedDigest and SeenDigest are the layer digests (IV, EncryptedKey, first bytes of
+	// the EncryptedObject).
+	AppliedDigest string `json:"appliedDigest"`
+	SeenDigest    string `json:"seenDigest"`
+	// AppliedLayerDigest and SeenLayerDigest are SHA-256 of the layer's whole bytes, set when
+	// both are known (the layer was the outermost of its log when applied and now).
+	AppliedLayerDigest string `json:"appliedLayerDigest,omitempty"`
+	SeenLayerDigest    string `json:"seenLayerDigest,omitempty"`
+	// NewEntries is how many new entries the upload held above the layer.
+	NewEntries int `json:"newEntries"`
+	// Policy is what Tally did with the upload.
+	Policy IntegrityPolicy `json:"policy"`
+	At     time.Time       `json:"at"`
+}
+
+// UploadIntegrityAcknowledged accepts the version of the layer an anomaly saw.
+type UploadIntegrityAcknowledged struct {
+	AnomalyID uuid.UUID `json:"anomalyId"`
+	Reason    string    `json:"reason"`
+	At        time.Time `json:"at"`
+}
+
+// ProductIntegrityPolicySet chooses a product's integrity policy.
+type ProductIntegrityPolicySet struct {
+	ProductID int64           `json:"productId"`
+	Policy    IntegrityPolicy `json:"policy"`
+	At        time.Time       `json:"at"`
+}
+
+// LayerAlias gives the identity and digest of a layer applied before identity version 2,
+// which its events name by the legacy identity only (docs/uploads.md, "Tampering").
+type LayerAlias struct {
+	Legacy string `json:"legacy"`
+	Layer  string `json:"layer"`
+	Digest string `json:"digest"`
+}

@@ -1,0 +1,207 @@
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// IntegrityAnomaly is an anomaly as projected: the event, and whether an operator accepted
+// the version it saw.
+type IntegrityAnomaly struct {
+	domain.UploadIntegrityAnomaly
+	Acknowledged bool   `json:"acknowledged,omitempty"`
+	AckReason    string `json:"ackReason,omitempty"`
+}
+
+func (a IntegrityAnomaly) key() string { return AnomalyKey(a.UploadIntegrityAnomaly) }
+
+// AnomalyKey says which anomalies are the same: the same layer seen with the same entry
+// bytes, or, when only its whole bytes differ, with the same whole bytes. A log presenting a
+// modified layer under newer layers is the same anomaly as that layer presented alone.
+func AnomalyKey(a domain.UploadIntegrityAnomaly) string {
+	if slices.Contains(a.Differs, domain.DiffersEntryBytes) {
+		return a.Layer + "/" + a.SeenDigest
+	}
+	return a.Layer + "/" + a.SeenDigest + "/" + a.SeenLayerDigest
+}
+
+// KnownLayer returns what is known of an applied layer under its identity or, for layers
+// applied before identity version 2, its legacy identity; byID says which matched.
+func (s *State) KnownLayer(o domain.Owner, id, legacy [32]byte) (info LayerInfo, byID, ok bool) {
+	if info, ok := s.Layer(o, id); ok {
+		return info, true, true
+	}
+	info, ok = s.Layer(o, legacy)
+	return info, false, ok
+}
+
+// IntegrityPolicy returns a product's integrity policy (the default when it never set one).
+func (s *State) IntegrityPolicy(productID int64) domain.IntegrityPolicy {
+	if p, ok := s.Products[productID]; ok && p.OnTamper != "" {
+		return p.OnTamper
+	}
+	return domain.DefaultIntegrityPolicy
+}
+
+// SameAnomaly returns the anomaly recorded that is the same as a (AnomalyKey), if any.
+func (s *State) SameAnomaly(o domain.Owner, a domain.UploadIntegrityAnomaly) (IntegrityAnomaly, bool) {
+	want := AnomalyKey(a)
+	for _, a := range s.Anomalies[o.String()] {
+		if a.key() == want {
+			return *a, true
+		}
+	}
+	return IntegrityAnomaly{}, false
+}
+
+// AnomalyByID returns an anomaly by its id.
+func (s *State) AnomalyByID(id uuid.UUID) (IntegrityAnomaly, bool) {
+	for _, list := range s.Anomalies {
+		for _, a := range list {
+			if a.AnomalyID == id {
+				return *a, true
+			}
+		}
+	}
+	return IntegrityAnomaly{}, false
+}
+
+// AllAnomalies returns every anomaly, oldest first.
+func (s *State) AllAnomalies() []IntegrityAnomaly {
+	var out []IntegrityAnomaly
+	for _, list := range s.Anomalies {
+		for _, a := range list {
+			out = append(out, *a)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].At.Equal(out[j].At) {
+			return out[i].At.Before(out[j].At)
+		}
+		return out[i].AnomalyID.String() < out[j].AnomalyID.String()
+	})
+	return out
+}
+
+// applyIntegrity folds the integrity events; handled reports whether ev was one.
+func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err error) {
+	switch ev.Type {
+	case domain.EventUploadIntegrityAnomaly:
+		var e domain.UploadIntegrityAnomaly
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return true, err
+		}
+		owner, ok := domain.ParseUploadStream(ev.Stream)
+		if !ok {
+			return true, nil
+		}
+		s.uploadStream(owner, ev.Revision)
+		if s.Anomalies == nil {
+			s.Anomalies = map[string][]*IntegrityAnomaly{}
+		}
+		s.Anomalies[owner.String()] = append(s.Anomalies[owner.String()], &IntegrityAnomaly{UploadIntegrityAnomaly: e})
+	case domain.EventUploadIntegrityAcknowledged:
+		var e domain.UploadIntegrityAcknowledged
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return true, err
+		}
+		owner, ok := domain.ParseUploadStream(ev.Stream)
+		if !ok {
+			return true, nil
+		}
+		s.uploadStream(owner, ev.Revision)
+		for _, a := range s.Anomalies[owner.String()] {
+			if a.AnomalyID == e.AnomalyID {
+				a.Acknowledged, a.AckReason = true, e.Reason
+				return true, nil
+			}
+		}
+		return true, fmt.Errorf("acknowledgement of unknown anomaly %s", e.AnomalyID)
+	case domain.EventProductIntegrityPolicySet:
+		var e domain.ProductIntegrityPolicySet
+		if err := json.Unmarshal(ev.Data, &e); err != nil {
+			return true, err
+		}
+		if p, ok := s.Products[e.ProductID]; ok {
+			p.OnTamper = e.Policy
+			s.Products[e.ProductID] = p
+		}
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// reindexDepths derives the depths of the applied layers per owner.
+func (s *State) reindexDepths() {
+	s.depths = map[string]map[int64]struct{}{}
+	for key, u := range s.Uploads {
+		for _, info := range u.Layers {
+			s.sawDepth(key, info.Depth)
+		}
+	}
+}
+
+func (s *State) sawDepth(owner string, depth int64) {
+	m := s.depths[owner]
+	if m == nil {
+		m = map[int64]struct{}{}
+		s.depths[owner] = m
+	}
+	m[depth] = struct{}{}
+}
+
+// HasLayerAtDepth reports whether the owner applied a layer at that depth of a log (of any of
+// its logs: an owner may upload several).
+func (s *State) HasLayerAtDepth(o domain.Owner, depth int64) bool {
+	_, ok := s.depths[o.String()][depth]
+	return ok
+}
+
+// rememberDigests records the digests an upload's layers were applied with, and the identity
+// version 2 of the layer it stopped at when that was known by its legacy identity only.
+func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared) {
+	for i, l := range p.Layers {
+		info := u.Layers[l]
+		s.sawDepth(u.Owner.String(), info.Depth)
+		if i < len(p.Digests) {
+			info.Digest = p.Digests[i]
+		}
+		if i == len(p.Layers)-1 {
+			info.FileDigest = p.FileDigest
+		}
+		u.Layers[l] = info
+	}
+	if b := p.Base; b != nil {
+		if info, ok := u.Layers[b.Legacy]; ok {
+			info.Digest = b.Digest
+			u.Layers[b.Layer] = info
+		}
+	}
+}
+
+// diffIntegrity lists the differences of the integrity state, for Diff.
+func diffIntegrity(a, b *State, add func(format string, args ...any)) {
+	for id, p := range a.Products {
+		if q, ok := b.Products[id]; ok && q.OnTamper != p.OnTamper {
+			add("product %d: integrity policy %q vs %q", id, p.OnTamper, q.OnTamper)
+		}
+	}
+	x, y := a.AllAnomalies(), b.AllAnomalies()
+	if len(x) != len(y) {
+		add("integrity anomalies: %d vs %d", len(x), len(y))
+		return
+	}
+	for i := range x {
+		if x[i].AnomalyID != y[i].AnomalyID || x[i].Acknowledged != y[i].Acknowledged || x[i].key() != y[i].key() {
+			add("integrity anomaly %s differs", x[i].AnomalyID)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tallyledger/tally/adapters/auditapi"
 	"github.com/tallyledger/tally/adapters/embedded"
+	"github.com/tallyledger/tally/adapters/httpapi/openapi/openapitest"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/projections"
@@ -81,7 +82,8 @@ func (f *fixture) do(t *testing.T, method, path, bearer string, body string) (in
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	// Every answer is validated against the OpenAPI document.
+	resp, err := openapitest.Client(t, nil).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ func dataMethods() []dataMethod {
 // then the permission, then the owner, then everything else; a malformed parameter is reported
 // at its place in that order, not when it is read.
 func (s *server) dataHandler(m dataMethod) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return dataRoute(func(w http.ResponseWriter, r *http.Request) {
 		ri := infoOf(r)
 		ri.method = m.name
 		if r.Method != http.MethodGet && r.Method != http.MethodPost {
@@ -121,6 +121,15 @@ func (s *server) dataHandler(m dataMethod) http.Handler {
 		s.writeResult(w, r, http.StatusOK, res)
 	})
 }
+
+// dataRoute is a data-object method's handler; it checks the HTTP method itself (so that a
+// refusal is counted under the API method's name) and says which it takes.
+type dataRoute func(w http.ResponseWriter, r *http.Request)
+
+func (h dataRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) { h(w, r) }
+
+// AllowedMethods lists the HTTP methods a data-object method takes.
+func (dataRoute) AllowedMethods() []string { return []string{http.MethodGet, http.MethodPost} }
 
 // firstRefusal decides which refusal a request with a malformed parameter gets: a missing
 // permission or a refused owner comes before the malformed parameter.

@@ -1,6 +1,6 @@
 // Package httpapi is Tally's inbound HTTP adapter: the Cryptolens-compatible data-object API
 // under /api/data/, the vendor's admin API under /admin/v1/ (with a small client for it), and
-// the operational endpoints /healthz, /readyz and /metrics, split between a public and an admin
+// the operational endpoints /healthz, /readyz, /metrics and /openapi.json, split between a public and an admin
 // handler (NewHandlers) for tally serve's two listeners; and the access log and the log of
 // refused sign-ins. It parses requests the way the official Cryptolens SDKs send them, calls
 // the ledger, and answers with the JSON those SDKs read. It holds no rules of its own beyond the
@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tallyledger/tally/adapters/httpapi/openapi"
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/domain/viewer"
@@ -144,6 +145,8 @@ type server struct {
 	signIns        *SignInLog // nil: failed sign-ins are not logged
 	viewers        Viewers    // nil: no viewer credentials
 	backupFn       func(ctx context.Context, w io.Writer) error
+	// openapiDoc serves the OpenAPI document on the admin routes.
+	openapiDoc http.Handler
 }
 
 // New returns the HTTP handler of the whole service: every route of both listeners (tests and
@@ -208,6 +211,11 @@ func newServer(cfg Config) (*server, error) {
 		}
 		s.metrics = m
 	}
+	doc, err := openapi.Handler()
+	if err != nil {
+		return nil, err
+	}
+	s.openapiDoc = doc
 	return s, nil
 }
 
@@ -262,9 +270,12 @@ func (s *server) handler(routes routeSet) http.Handler {
 		if s.metricsHandler != nil {
 			r.Handle("/metrics", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("metrics", s.metricsHandler)}))
 		}
+		// The API's contract, beside the admin API (it documents every route, so adding a
+		// route means documenting it: TestOpenAPICoversRoutes).
+		r.Handle("/openapi.json", s.byMethod(map[string]http.Handler{http.MethodGet: s.named("openapi", s.openapiDoc)}))
 	}
 
-	return s.normalise(s.observe(r))
+	return &routedHandler{Handler: s.normalise(s.observe(r)), router: r}
 }
 
 // normalise rewrites the path the way Cryptolens clients spell it into the one form the router
@@ -272,7 +283,7 @@ func (s *server) handler(routes routeSet) http.Handler {
 // routes as /api/data/incrementintvaluetokey.
 func (s *server) normalise(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := normalisePath(r.URL.Path)
+		p := NormalisePath(r.URL.Path)
 		if p != r.URL.Path {
 			r2 := new(http.Request)
 			*r2 = *r
@@ -285,8 +296,9 @@ func (s *server) normalise(next http.Handler) http.Handler {
 	})
 }
 
-// normalisePath collapses runs of slashes, drops a trailing slash and lower-cases the path.
-func normalisePath(p string) string {
+// NormalisePath collapses runs of slashes, drops a trailing slash and lower-cases the path: the
+// one form the router knows (the OpenAPI tests match paths the same way).
+func NormalisePath(p string) string {
 	var b strings.Builder
 	b.Grow(len(p) + 1)
 	prevSlash := false
@@ -371,16 +383,34 @@ func (s *server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 
 // byMethod dispatches on the HTTP method; HEAD is served as GET.
 func (s *server) byMethod(handlers map[string]http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		method := r.Method
-		if method == http.MethodHead {
-			method = http.MethodGet
-		}
-		h, ok := handlers[method]
-		if !ok {
-			s.methodNotAllowed(w, r)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
+	return &methodSwitch{s: s, handlers: handlers}
+}
+
+// methodSwitch is a route's handler that dispatches on the HTTP method. It says which methods
+// it takes, so that the routes can be listed (Routes).
+type methodSwitch struct {
+	s        *server
+	handlers map[string]http.Handler
+}
+
+func (m *methodSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	method := r.Method
+	if method == http.MethodHead {
+		method = http.MethodGet
+	}
+	h, ok := m.handlers[method]
+	if !ok {
+		m.s.methodNotAllowed(w, r)
+		return
+	}
+	h.ServeHTTP(w, r)
+}
+
+// AllowedMethods lists the methods served, HEAD left out (it is served wherever GET is).
+func (m *methodSwitch) AllowedMethods() []string {
+	out := make([]string, 0, len(m.handlers))
+	for method := range m.handlers {
+		out = append(out, method)
+	}
+	return out
 }

@@ -77,6 +77,9 @@ type serveConfig struct {
 	onWriteProbe func(error)
 	// onCertReload, if set, sees the outcome of every certificate reload (tests wait on it).
 	onCertReload func(error)
+	// wrapHandler, if set, wraps each listener's whole handler (tests validate every answer
+	// against the OpenAPI document with it).
+	wrapHandler func(listener string, h http.Handler) http.Handler
 }
 
 func newServeCommand(g *globalFlags) *cobra.Command {
@@ -317,6 +320,9 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		{Name: "admin", Addr: cfg.AdminAddr, Handler: adminHandler(handlers.Admin, adminMounts...), Cert: adminCert},
 	}
 	for _, l := range listeners {
+		if cfg.wrapHandler != nil {
+			l.Handler = cfg.wrapHandler(l.Name, l.Handler)
+		}
 		if cfg.AccessLog {
 			l.Handler = httpapi.AccessLog(logger.With("component", "access", "listener", l.Name), l.Handler)
 		}

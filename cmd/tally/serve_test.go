@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tallyledger/tally/adapters/httpapi/openapi/openapitest"
 	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
 	"github.com/tallyledger/tally/adapters/usagelog"
 )
@@ -49,6 +50,9 @@ func startServe(t testing.TB, g *globalFlags, cfg serveConfig, logs *syncBuffer)
 		adminScheme = "https://"
 	}
 	cfg.onReady = func(public, admin string) { ready <- served{Public: scheme + public, Admin: adminScheme + admin} }
+	// Every answer either listener gives, whoever the client (the CLI, a test's request), is
+	// validated against the OpenAPI document, as that listener's (x-listener).
+	cfg.wrapHandler = func(listener string, h http.Handler) http.Handler { return openapitest.HandlerOn(t, listener, h) }
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, logger, g, cfg) }()
 	select {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
+	"github.com/tallyledger/tally/adapters/httpapi/openapi/openapitest"
 	"github.com/tallyledger/tally/adapters/kurrentdb"
 	"github.com/tallyledger/tally/adapters/kurrentdb/kurrenttest"
 	"github.com/tallyledger/tally/adapters/prommetrics"
@@ -85,8 +86,10 @@ type Env struct {
 	Projection *projections.Current
 	Ledger     *ledger.Service
 	Registry   *prometheus.Registry
-	HTTP       *http.Client
-	Admin      *httpapi.AdminClient
+	// HTTP is the client of the service; it validates every answer against the OpenAPI
+	// document (openapitest) and fails the test on one that does not match.
+	HTTP  *http.Client
+	Admin *httpapi.AdminClient
 	// Viewers keeps the read-only viewer credentials on Store.
 	Viewers *viewer.Service
 	opts    Options
@@ -178,8 +181,10 @@ func (e *Env) start() {
 	}
 	srv := httptest.NewServer(h)
 	e.URL, e.Projection, e.Ledger, e.Registry, e.Viewers = srv.URL, proj, svc, reg, viewers
-	e.HTTP = srv.Client()
-	e.Admin = httpapi.NewAdminClient(srv.URL, AdminToken, srv.Client())
+	// Every answer a test receives is validated against the OpenAPI document; one that does
+	// not match fails the test that received it.
+	e.HTTP = openapitest.Client(t, srv.Client())
+	e.Admin = httpapi.NewAdminClient(srv.URL, AdminToken, e.HTTP)
 	t.Cleanup(func() {
 		srv.Close()
 		cancel()

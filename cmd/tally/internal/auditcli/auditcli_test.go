@@ -18,6 +18,7 @@ import (
 
 	"github.com/tallyledger/tally/adapters/auditapi"
 	"github.com/tallyledger/tally/adapters/embedded"
+	"github.com/tallyledger/tally/adapters/httpapi/openapi/openapitest"
 	"github.com/tallyledger/tally/cmd/tally/internal/auditcli"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/projections"
@@ -177,7 +178,8 @@ func TestClientCommandsAgainstTheAuditAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	// Every answer the commands get is validated against the OpenAPI document.
+	srv := httptest.NewServer(openapitest.Handler(t, h))
 	t.Cleanup(srv.Close)
 	global := []string{"--server", srv.URL, "--admin-token", admin}
 	obj := w.Objects[0]

@@ -614,6 +614,12 @@ func TestAnyInstanceCarriesOutADecision(t *testing.T) {
 		if _, status := u.resolve(t, httpapi.ResolveUploadRequest{Key: u.key.Key, Mode: domain.ResolveInChunks, Reason: "backlog"}); status != 201 {
 			t.Fatalf("resolve: status %d", status)
 		}
+		// The other instance carries out the decision once its projection holds it; until then
+		// it refuses as before (and the client's next retry carries it out). Wait for that here,
+		// so that both instances take part.
+		if err := other.Projection.WaitFor(context.Background(), u.env.Projection.Position()); err != nil {
+			t.Fatal(err)
+		}
 		var wg sync.WaitGroup
 		answers := make([]apitest.Response, 4)
 		for i := range answers {

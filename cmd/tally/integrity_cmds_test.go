@@ -18,6 +18,7 @@ import (
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/ledger"
 	"github.com/tallyledger/tally/domain/state"
 )
 
@@ -105,6 +106,14 @@ func TestIntegrityCommands(t *testing.T) {
 		t.Fatalf("the product's own anomalies: %q, %v", out, err)
 	}
 
+	// tally uploads list shows the anomaly among the key's upload records, with both digests.
+	out, err = runCommand(t, newUploadsCommand(g), "list", "--state", "anomaly", "--key", k.Key)
+	if err != nil || strings.Count(out, "\n") != 2 || !strings.Contains(out, a.AnomalyID.String()) ||
+		!strings.Contains(out, "applied digest "+a.AppliedDigest[:12]) || !strings.Contains(out, "seen "+a.SeenDigest[:12]) ||
+		!strings.Contains(out, "NOT ACKNOWLEDGED") {
+		t.Fatalf("uploads list --state anomaly: %q, %v", out, err)
+	}
+
 	// tally history (through the audit API) notes the anomaly on the entry of its layer.
 	audit, err := auditapi.New(auditapi.Config{Store: env.Store, Ledger: env.Ledger, AdminToken: env.AdminToken})
 	if err != nil {
@@ -140,6 +149,12 @@ func TestIntegrityCommands(t *testing.T) {
 	}
 	if r := call("UploadValuesToKey", "Data", base64.StdEncoding.EncodeToString(data)); r.Result != 0 {
 		t.Fatalf("original after the acknowledgement: %+v", r)
+	}
+	out, err = runCommand(t, newUploadsCommand(g), "list", "--state", "anomaly", "--format", "json")
+	var recs []ledger.UploadRecord
+	if err != nil || json.Unmarshal([]byte(out), &recs) != nil || len(recs) != 1 || recs[0].ID != a.AnomalyID ||
+		!recs[0].Acknowledged || recs[0].Reason != "restored from backup" || recs[0].Anomaly == nil || recs[0].Anomaly.SeenDigest != a.SeenDigest {
+		t.Fatalf("uploads list --state anomaly --format json after the acknowledgement: %q, %v", out, err)
 	}
 	if v := gathered(t, reg, "tally_upload_integrity_anomalies_unacknowledged"); v != 0 {
 		t.Fatalf("unacknowledged %v, want 0", v)

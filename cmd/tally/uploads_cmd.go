@@ -21,7 +21,7 @@ func newUploadsCommand(g *globalFlags) *cobra.Command {
 	var state, key, format string
 	var product int64
 	list := &cobra.Command{
-		Use:   "list [--state committed|aborted|pending|refused] [--key K | --product P] [--format table|json]",
+		Use:   "list [--state committed|aborted|pending|refused|anomaly] [--key K | --product P] [--format table|json]",
 		Short: "List the uploads and refused log versions recorded on the owners' upload streams",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -45,7 +45,7 @@ func newUploadsCommand(g *globalFlags) *cobra.Command {
 		},
 	}
 	lf := list.Flags()
-	lf.StringVar(&state, "state", "", "only records in this state: committed, aborted, pending or refused")
+	lf.StringVar(&state, "state", "", "only records in this state: committed, aborted, pending, refused or anomaly")
 	lf.StringVar(&key, "key", "", "only the uploads of this license key (id or key string)")
 	lf.Int64Var(&product, "product", 0, "only the uploads of this product (as owner)")
 	lf.StringVar(&format, "format", "table", "table or json")
@@ -128,6 +128,17 @@ func writeUploadTable(cmd *cobra.Command, recs []ledger.UploadRecord) error {
 			}
 		case ledger.UploadStateAborted:
 			detail = r.AbortReason
+		case ledger.UploadStateAnomaly:
+			entries = r.NewEntries
+			if a := r.Anomaly; a != nil {
+				detail = fmt.Sprintf("layer %.12s… differs (%s): applied digest %.12s…, seen %.12s…; policy %s",
+					a.Layer, strings.Join(a.Differs, ","), a.AppliedDigest, a.SeenDigest, a.Policy)
+			}
+			if r.Acknowledged {
+				detail += "; acknowledged (" + r.Reason + ")"
+			} else {
+				detail += "; NOT ACKNOWLEDGED"
+			}
 		}
 		if len(r.Skipped) > 0 {
 			detail += fmt.Sprintf("%d entries skipped", len(r.Skipped))

@@ -21,6 +21,9 @@ const (
 	UploadStateAborted   = "aborted"
 	UploadStatePending   = "pending"
 	UploadStateRefused   = "refused"
+	// UploadStateAnomaly is an integrity anomaly: an upload presented a known layer whose
+	// bytes differ from the ones applied (docs/uploads.md, "Tampering").
+	UploadStateAnomaly = "anomaly"
 )
 
 // UploadFilter selects upload records.
@@ -56,6 +59,10 @@ type UploadRecord struct {
 	Open bool `json:"open,omitempty"`
 	// Resolutions are the operators' decisions on this refusal, oldest first.
 	Resolutions []domain.UploadResolutionDecided `json:"resolutions,omitempty"`
+	// Of integrity anomalies: what differed, both versions' digests and whether an operator
+	// has acknowledged it (Reason then holds the acknowledgement's reason).
+	Anomaly      *domain.UploadIntegrityAnomaly `json:"anomaly,omitempty"`
+	Acknowledged bool                           `json:"acknowledged,omitempty"`
 	// Who sent the upload (or the first refused one).
 	TokenID    *uuid.UUID `json:"tokenId,omitempty"`
 	ClientAddr string     `json:"clientAddr,omitempty"`
@@ -67,9 +74,9 @@ type UploadRecord struct {
 // streams whole: an operator's tool, not a hot path.
 func (s *Service) ListUploads(ctx context.Context, f UploadFilter) ([]UploadRecord, error) {
 	switch f.State {
-	case "", UploadStateCommitted, UploadStateAborted, UploadStatePending, UploadStateRefused:
+	case "", UploadStateCommitted, UploadStateAborted, UploadStatePending, UploadStateRefused, UploadStateAnomaly:
 	default:
-		return nil, fmt.Errorf("%w: state %q is not one of committed, aborted, pending, refused", ErrInvalid, f.State)
+		return nil, fmt.Errorf("%w: state %q is not one of committed, aborted, pending, refused, anomaly", ErrInvalid, f.State)
 	}
 	if err := s.syncView(ctx); err != nil {
 		return nil, err
@@ -179,6 +186,27 @@ func (s *Service) uploadRecords(ctx context.Context, owner domain.Owner) ([]Uplo
 				if n := e.Newest; n != nil {
 					out[i].NewestLayer, out[i].NewEntries, out[i].Offending, out[i].Message = n.NewestLayer, n.NewEntries, n.Offending, n.Message
 				}
+			}
+		case domain.EventUploadIntegrityAnomaly:
+			var e domain.UploadIntegrityAnomaly
+			if err := json.Unmarshal(ev.Data, &e); err != nil {
+				return nil, fmt.Errorf("%s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+			}
+			r := UploadRecord{Owner: owner, State: UploadStateAnomaly, ID: e.AnomalyID, At: e.At, Recorded: ev.Recorded,
+				NewEntries: e.NewEntries, Anomaly: &e, ClientAddr: meta.ClientAddr, RequestID: meta.RequestID}
+			if meta.TokenID != uuid.Nil {
+				id := meta.TokenID
+				r.TokenID = &id
+			}
+			byID[e.AnomalyID] = len(out)
+			out = append(out, r)
+		case domain.EventUploadIntegrityAcknowledged:
+			var e domain.UploadIntegrityAcknowledged
+			if err := json.Unmarshal(ev.Data, &e); err != nil {
+				return nil, fmt.Errorf("%s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+			}
+			if i, ok := byID[e.AnomalyID]; ok && out[i].State == UploadStateAnomaly {
+				out[i].Acknowledged, out[i].Reason = true, e.Reason
 			}
 		case domain.EventUploadResolutionDecided:
 			var e domain.UploadResolutionDecided

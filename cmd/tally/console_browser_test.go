@@ -305,6 +305,15 @@ func TestConsoleInABrowser(t *testing.T) {
 	layer(1, -1)
 	layer(0, 2)
 	upload(4, 3) // seats: 3+2+1+2+1-1+2 = 10, at the app token's feature lock of 10
+	// A newer version whose new layer names a data object that does not exist: refused, and
+	// recorded on the key's upload stream.
+	refusedLog, err := usagelog.Record(logData, &key.PublicKey, 987654, 1, now.Unix(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := call(t, public, "UploadValuesToKey", with(owner1, "Data", base64.StdEncoding.EncodeToString(refusedLog))); r["result"] != float64(1) {
+		t.Fatalf("an upload naming an unknown object was not refused: %v", r)
+	}
 
 	var hist struct {
 		Entries []struct {
@@ -333,7 +342,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	b.signIn(adminTok)
 	b.waitFor("overview", `document.querySelector("#overview-cards")`)
 	cards := evalJS[map[string]string](b, `Object.fromEntries([...document.querySelectorAll("#overview-cards .stat")].map(c => [c.dataset.metric, c.querySelector(".stat-value").innerText]))`)
-	for metric, want := range map[string]string{"Products": "2", "License keys": "2", "Data objects": "2", "Entries applied": "7", "Uploads this month": "2", "Access tokens": "2"} {
+	for metric, want := range map[string]string{"Products": "2", "License keys": "2", "Data objects": "2", "Entries applied": "7", "Uploads this month": "2", "Access tokens": "2", "Refused uploads": "1"} {
 		if cards[metric] != want {
 			t.Errorf("overview %s: %q, want %q (cards %v)", metric, cards[metric], want, cards)
 		}
@@ -491,10 +500,11 @@ func TestConsoleInABrowser(t *testing.T) {
 	b.open(usageHash+"&time=usage", `window.tally.chart && document.querySelector("#usage-table")`)
 	checkChart(-4)
 
-	// Uploads: both committed, with the entries applied and known.
+	// Uploads: the refused version (newest, with its reason) and both committed uploads.
 	b.open("#/uploads", `document.querySelector("#uploads-table")`)
 	ups := evalJS[[]string](b, `[...document.querySelectorAll("#uploads-table tbody tr")].map(r => r.innerText)`)
-	if len(ups) != 2 || !strings.Contains(ups[0], "committed") || !strings.Contains(ups[1], "committed") {
+	if len(ups) != 3 || !strings.Contains(ups[0], "refused") || !strings.Contains(ups[0], "invalid-object") ||
+		!strings.Contains(ups[1], "committed") || !strings.Contains(ups[2], "committed") {
 		t.Errorf("uploads: %q", ups)
 	}
 	b.screenshot("uploads")

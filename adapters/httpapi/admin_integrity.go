@@ -146,19 +146,8 @@ func (s *server) setProductSettings(r *http.Request, c ledger.Caller) (int, any,
 // ListAnomalies lists the integrity anomalies, oldest first: key (id or key string) or
 // productId 0 for every owner.
 func (c *AdminClient) ListAnomalies(ctx context.Context, key string, productID int64) ([]state.IntegrityAnomaly, error) {
-	q := url.Values{}
-	if key != "" {
-		q.Set("key", key)
-	}
-	if productID != 0 {
-		q.Set("productId", strconv.FormatInt(productID, 10))
-	}
-	path := "/admin/v1/anomalies"
-	if len(q) > 0 {
-		path += "?" + q.Encode()
-	}
 	var out AnomalyList
-	err := c.do(ctx, http.MethodGet, path, nil, &out)
+	err := c.do(ctx, http.MethodGet, ownerQuery("/admin/v1/anomalies", url.Values{}, key, productID), nil, &out)
 	return out.Anomalies, err
 }
 

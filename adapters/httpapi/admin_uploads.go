@@ -123,18 +123,8 @@ func (c *AdminClient) ListUploads(ctx context.Context, state, key string, produc
 	if state != "" {
 		q.Set("state", state)
 	}
-	if key != "" {
-		q.Set("key", key)
-	}
-	if productID != 0 {
-		q.Set("productId", strconv.FormatInt(productID, 10))
-	}
-	path := "/admin/v1/uploads"
-	if len(q) > 0 {
-		path += "?" + q.Encode()
-	}
 	var out UploadList
-	err := c.do(ctx, http.MethodGet, path, nil, &out)
+	err := c.do(ctx, http.MethodGet, ownerQuery("/admin/v1/uploads", q, key, productID), nil, &out)
 	return out.Uploads, err
 }
 
@@ -143,4 +133,19 @@ func (c *AdminClient) ResolveUpload(ctx context.Context, req ResolveUploadReques
 	var d domain.UploadResolutionDecided
 	err := c.do(ctx, http.MethodPost, "/admin/v1/uploads/resolve", req, &d)
 	return d, err
+}
+
+// ownerQuery is path with the query q and the owner filter of the list endpoints: key (an id
+// or a key string) and productId, each left out when empty or 0.
+func ownerQuery(path string, q url.Values, key string, productID int64) string {
+	if key != "" {
+		q.Set("key", key)
+	}
+	if productID != 0 {
+		q.Set("productId", strconv.FormatInt(productID, 10))
+	}
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	return path
 }

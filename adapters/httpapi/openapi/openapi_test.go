@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/tallyledger/tally/adapters/auditapi"
+	"github.com/tallyledger/tally/adapters/console"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/adapters/httpapi/apitest"
 	"github.com/tallyledger/tally/adapters/httpapi/openapi"
@@ -25,16 +26,24 @@ func TestOpenAPICoversRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := apitest.Start(t, nil)
-	service, err := httpapi.New(httpapi.Config{Ledger: env.Ledger, Metrics: http.NotFoundHandler()})
+	// With the viewer service, as tally serve builds it: without one, /admin/v1/viewers is absent.
+	service, err := httpapi.New(httpapi.Config{Ledger: env.Ledger, Metrics: http.NotFoundHandler(), Viewers: env.Viewers})
 	if err != nil {
 		t.Fatal(err)
 	}
-	audit, err := auditapi.New(auditapi.Config{Store: env.Store, Ledger: env.Ledger})
+	// With the view and the viewer service, as tally serve builds it: without a view the
+	// console's summaries (/v1/status, /v1/overview, …) are absent.
+	audit, err := auditapi.New(auditapi.Config{Store: env.Store, Ledger: env.Ledger, Viewers: env.Viewers, View: env.Projection})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The console's files, which tally serve mounts on the admin listener (cmd/tally/serve.go).
+	consoleFiles, err := console.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var served []httpapi.Route
-	for name, h := range map[string]http.Handler{"httpapi.New": service, "auditapi.New": audit} {
+	for name, h := range map[string]http.Handler{"httpapi.New": service, "auditapi.New": audit, "console.New": consoleFiles} {
 		routes, err := httpapi.RoutesOf(h)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -52,16 +61,16 @@ func TestOpenAPICoversRoutes(t *testing.T) {
 		t.Errorf("operation %s is documented in adapters/httpapi/openapi/openapi.yaml but no router serves it", op)
 	}
 	// tally serve's two listeners serve the paths the document gives them (x-listener).
-	handlers, err := httpapi.NewHandlers(httpapi.Config{Ledger: env.Ledger, Metrics: http.NotFoundHandler()})
+	handlers, err := httpapi.NewHandlers(httpapi.Config{Ledger: env.Ledger, Metrics: http.NotFoundHandler(), Viewers: env.Viewers})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for listener, h := range map[string]http.Handler{"public": handlers.Public, "admin": handlers.Admin, "admin (audit)": audit} {
+	for listener, h := range map[string]http.Handler{"public": handlers.Public, "admin": handlers.Admin, "admin (audit)": audit, "admin (console)": consoleFiles} {
 		routes, err := httpapi.RoutesOf(h)
 		if err != nil {
 			t.Fatalf("%s listener: %v", listener, err)
 		}
-		for _, op := range v.Misplaced(strings.TrimSuffix(listener, " (audit)"), routes) {
+		for _, op := range v.Misplaced(strings.Fields(listener)[0], routes) {
 			t.Errorf("route %s is served on the %s listener, but openapi.yaml gives it x-listener of the other", op, listener)
 		}
 	}

@@ -44,7 +44,7 @@ type ProductSettingsRequest struct {
 
 func (s *server) integrityRoutes(admin *mux.Router) {
 	admin.Handle("/anomalies", s.byMethod(map[string]http.Handler{
-		http.MethodGet: s.adminHandler("admin.listAnomalies", s.listAnomalies),
+		http.MethodGet: s.adminRead("admin.listAnomalies", s.listAnomalies),
 	}))
 	admin.Handle("/anomalies/{id}/acknowledge", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.acknowledgeAnomaly", s.acknowledgeAnomaly),

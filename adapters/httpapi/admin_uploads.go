@@ -33,7 +33,7 @@ type ResolveUploadRequest struct {
 
 func (s *server) uploadRoutes(admin *mux.Router) {
 	admin.Handle("/uploads", s.byMethod(map[string]http.Handler{
-		http.MethodGet: s.adminHandler("admin.listUploads", s.listUploads),
+		http.MethodGet: s.adminRead("admin.listUploads", s.listUploads),
 	}))
 	admin.Handle("/uploads/resolve", s.byMethod(map[string]http.Handler{
 		http.MethodPost: s.adminHandler("admin.resolveUpload", s.resolveUpload),

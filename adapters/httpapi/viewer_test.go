@@ -55,7 +55,7 @@ func TestViewerOnTheAdminAPI(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 
-	for _, path := range []string{"/admin/v1/products", "/admin/v1/keys", "/admin/v1/keys?productId=1", "/admin/v1/tokens", "/admin/v1/viewers"} {
+	for _, path := range []string{"/admin/v1/products", "/admin/v1/keys", "/admin/v1/keys?productId=1", "/admin/v1/tokens", "/admin/v1/viewers", "/admin/v1/uploads", "/admin/v1/anomalies"} {
 		code, body := send(created.Secret, http.MethodGet, path, "")
 		if code != http.StatusOK {
 			t.Errorf("viewer GET %s: %d %s", path, code, body)
@@ -71,6 +71,9 @@ func TestViewerOnTheAdminAPI(t *testing.T) {
 		{"/admin/v1/tokens/7d4c2d6e-0000-4000-8000-000000000000/revoke", ``},
 		{"/admin/v1/viewers", `{"name":"another"}`},
 		{"/admin/v1/viewers/" + created.ID.String() + "/revoke", ``},
+		{"/admin/v1/uploads/resolve", `{"key":"K","mode":"in-chunks","reason":"r"}`},
+		{"/admin/v1/anomalies/7d4c2d6e-0000-4000-8000-000000000000/acknowledge", `{"reason":"r"}`},
+		{"/admin/v1/products/1/settings", `{"onTamper":"refuse"}`},
 	}
 	for _, w := range writes {
 		code, body := send(created.Secret, http.MethodPost, w.path, w.body)

@@ -21,13 +21,16 @@ import (
 // group or others (a writable secret could be replaced, a readable one copied).
 const looseBits fs.FileMode = 0o077
 
-// checkPrivateDir refuses a data directory that group or others may read, write or enter. A
-// symlinked data directory is followed (moving the data to another disk is common); the mode of
-// the directory it leads to is what counts.
+// checkPrivateDir refuses a data directory that group or others may read, write or enter, and
+// one given as a symlink: the link's own path says nothing of who may reach the data, so the
+// operator names the directory itself.
 func checkPrivateDir(path string) error {
-	fi, err := os.Stat(path)
+	fi, err := os.Lstat(path)
 	if err != nil {
 		return fmt.Errorf("data directory: %w", err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("data directory %s is a symlink: name the directory itself (--data-dir %s)", path, shellQuote(resolved(path)))
 	}
 	if !fi.IsDir() {
 		return fmt.Errorf("data directory %s is not a directory", path)
@@ -39,11 +42,9 @@ func checkPrivateDir(path string) error {
 	return nil
 }
 
-// checkSecretFile refuses a secret file that is a symlink (when followSymlink is false) or that
-// group or others may access. A missing file is not an error: the caller creates it.
-// followSymlink is for files the operator names on the command line (--rsa-key): orchestrators
-// mount secrets through symlinks, and there the target's mode is checked.
-func checkSecretFile(path string, followSymlink bool) error {
+// checkSecretFile refuses a secret file that is a symlink or that group or others may access.
+// A missing file is not an error: the caller creates it.
+func checkSecretFile(path string) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -52,13 +53,8 @@ func checkSecretFile(path string, followSymlink bool) error {
 		return fmt.Errorf("secret file: %w", err)
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
-		if !followSymlink {
-			return fmt.Errorf("%s is a symlink: a secret in the data directory must be a regular file (its mode is what protects it); replace the link with the file itself and run: chmod 600 %s",
-				path, shellQuote(path))
-		}
-		if fi, err = os.Stat(path); err != nil {
-			return fmt.Errorf("secret file: %w", err)
-		}
+		return fmt.Errorf("%s is a symlink (to %s): a secret must be a regular file (its mode is what protects it); name the file itself or replace the link with it, and run: chmod 600 %s",
+			path, resolved(path), shellQuote(resolved(path)))
 	}
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s is not a regular file", path)
@@ -68,6 +64,14 @@ func checkSecretFile(path string, followSymlink bool) error {
 			path, fi.Mode().Perm(), shellQuote(path))
 	}
 	return nil
+}
+
+// resolved is where a symlink leads, for a message (the link itself when that cannot be said).
+func resolved(path string) string {
+	if p, err := filepath.EvalSymlinks(path); err == nil {
+		return p
+	}
+	return path
 }
 
 // checkDataDirSecrets checks the data directory and the secrets tally serve reads: the admin
@@ -83,7 +87,7 @@ func checkDataDirSecrets(dataDir string, rsaKeyFiles []string) error {
 	}
 	sort.Strings(older)
 	for _, p := range append(inDir, older...) {
-		if err := checkSecretFile(p, false); err != nil {
+		if err := checkSecretFile(p); err != nil {
 			return err
 		}
 	}
@@ -91,7 +95,7 @@ func checkDataDirSecrets(dataDir string, rsaKeyFiles []string) error {
 		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
 			continue // loading it says so
 		}
-		if err := checkSecretFile(p, true); err != nil {
+		if err := checkSecretFile(p); err != nil {
 			return fmt.Errorf("--rsa-key: %w", err)
 		}
 	}

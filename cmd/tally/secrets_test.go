@@ -182,7 +182,13 @@ func TestServeRefusesLooseDataDirAndSecrets(t *testing.T) {
 			privateKey(t, filepath.Join(keyDir, "real.pem"), 0o644)
 			must(t, os.Symlink(filepath.Join(keyDir, "real.pem"), filepath.Join(keyDir, "key.pem")))
 			return []string{filepath.Join(keyDir, "key.pem")}
-		}, func(dir string) string { return "chmod 600 " }},
+		}, func(dir string) string { return "key.pem is a symlink" }},
+		{"--rsa-key a symlink to an owner-only file", func(t *testing.T, dir string) []string {
+			keyDir := t.TempDir()
+			privateKey(t, filepath.Join(keyDir, "real.pem"), 0o600)
+			must(t, os.Symlink(filepath.Join(keyDir, "real.pem"), filepath.Join(keyDir, "key.pem")))
+			return []string{filepath.Join(keyDir, "key.pem")}
+		}, func(dir string) string { return "key.pem is a symlink" }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -202,10 +208,9 @@ func TestServeRefusesLooseDataDirAndSecrets(t *testing.T) {
 	}
 }
 
-// TestServeAcceptsAPrivateDataDirWithLinkedRSAKey is the happy path of the checks above: an
-// owner-only data directory with an owner-only admin token, and a --rsa-key given as a
-// symlink (as orchestrators mount secrets) to an owner-only file.
-func TestServeAcceptsAPrivateDataDirWithLinkedRSAKey(t *testing.T) {
+// TestServeAcceptsAPrivateDataDirAndRSAKey is the happy path of the checks above: an
+// owner-only data directory with an owner-only admin token, and an owner-only --rsa-key file.
+func TestServeAcceptsAPrivateDataDirAndRSAKey(t *testing.T) {
 	dir := privateTempDir(t)
 	tok := "Zq3xV9mK2pL7nB4cR8tY1wE6uI5oA0sD" // 32 characters
 	must(t, os.WriteFile(filepath.Join(dir, "admin.token"), []byte(tok+"\n"), 0o600))
@@ -214,8 +219,7 @@ func TestServeAcceptsAPrivateDataDirWithLinkedRSAKey(t *testing.T) {
 	must(t, err)
 	b, err := usagelog.MarshalPrivateKeyPEM(k)
 	must(t, err)
-	must(t, os.WriteFile(filepath.Join(keyDir, "real.pem"), b, 0o400))
-	must(t, os.Symlink(filepath.Join(keyDir, "real.pem"), filepath.Join(keyDir, "key.pem")))
+	must(t, os.WriteFile(filepath.Join(keyDir, "key.pem"), b, 0o400))
 	cfg := testServeConfig()
 	cfg.RSAKeys = []string{filepath.Join(keyDir, "key.pem")}
 	g := &globalFlags{DataDir: dir}
@@ -224,6 +228,22 @@ func TestServeAcceptsAPrivateDataDirWithLinkedRSAKey(t *testing.T) {
 		t.Errorf("admin call with the file's token: %v", err)
 	}
 	must(t, stop())
+}
+
+// TestServeRefusesASymlinkedDataDir: a data directory given as a symlink, even to an
+// owner-only directory, stops serve at start, naming the directory to give instead.
+func TestServeRefusesASymlinkedDataDir(t *testing.T) {
+	real := privateTempDir(t)
+	link := filepath.Join(t.TempDir(), "data")
+	must(t, os.Symlink(real, link))
+	before := listTree(t, real)
+	err := serveRefusal(t, &globalFlags{DataDir: link}, testServeConfig())
+	if err == nil || !strings.Contains(err.Error(), link+" is a symlink") || !strings.Contains(err.Error(), "--data-dir "+real) {
+		t.Fatalf("serve on a symlinked data directory: %v", err)
+	}
+	if after := listTree(t, real); after != before {
+		t.Errorf("the refusal changed the data directory:\nbefore %s\nafter  %s", before, after)
+	}
 }
 
 // TestServeRefusesWeakAdminTokens: a token from the flag (or TALLY_ADMIN_TOKEN) or from the

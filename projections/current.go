@@ -123,27 +123,34 @@ func (c *Current) checkCheckpoint(ctx context.Context) error {
 }
 
 func (c *Current) follow(ctx context.Context) error {
-	// A subscription that drops again at once (a failing disk, a node going away) is retried
-	// with a growing pause, so that resubscribing does not spin; progress resets the pause.
+	return Follow(ctx, c.store, c.Position, c.drain, c.logger)
+}
+
+// Follow subscribes to every event of store after position() and hands the subscription to
+// drain, which folds what it delivers. A subscription that drops is opened again from where the
+// fold got to; one that drops again at once (a failing disk, a node going away) is retried with
+// a growing pause, so that resubscribing does not spin, and progress resets the pause. Any
+// other error of drain, or the context's end, is returned.
+func Follow(ctx context.Context, store eventstore.Store, position func() eventstore.Position, drain func(context.Context, eventstore.Subscription) error, logger *slog.Logger) error {
 	const firstPause, maxPause = 10 * time.Millisecond, 2 * time.Second
 	pause := firstPause
 	for {
-		from := c.Position()
-		sub, err := c.store.SubscribeAll(ctx, from)
+		from := position()
+		sub, err := store.SubscribeAll(ctx, from)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("subscribe: %w", err)
 		}
-		err = c.drain(ctx, sub)
+		err = drain(ctx, sub)
 		_ = sub.Close()
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case errors.Is(err, eventstore.ErrSubscriptionDropped):
-			c.logger.Warn("subscription dropped; resubscribing", "from", c.Position(), "err", err)
-			if c.Position() > from {
+			logger.Warn("subscription dropped; resubscribing", "from", position(), "err", err)
+			if position() > from {
 				pause = firstPause
 				continue
 			}
@@ -155,7 +162,6 @@ func (c *Current) follow(ctx context.Context) error {
 			case <-t.C:
 			}
 			pause = min(2*pause, maxPause)
-			continue
 		default:
 			return err
 		}

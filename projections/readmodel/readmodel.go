@@ -349,40 +349,12 @@ func (m *Model) run(ctx context.Context) error {
 			break
 		}
 	}
-	const firstPause, maxPause = 10 * time.Millisecond, 2 * time.Second
-	pause := firstPause
-	for {
-		from := m.fold.position
-		sub, err := m.store.SubscribeAll(ctx, from)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("read model: subscribe: %w", err)
-		}
-		err = m.drain(ctx, sub)
-		_ = sub.Close()
-		switch {
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case errors.Is(err, eventstore.ErrSubscriptionDropped):
-			m.logger.Warn("read model subscription dropped; resubscribing", "from", m.fold.position, "err", err)
-			if m.fold.position > from {
-				pause = firstPause
-				continue
-			}
-			t := time.NewTimer(pause)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
-			}
-			pause = min(2*pause, maxPause)
-		default:
-			return err
-		}
+	position := func() eventstore.Position { return m.fold.position }
+	err := projections.Follow(ctx, m.store, position, m.drain, m.logger.With("component", "readmodel"))
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("read model: %w", err)
 	}
+	return err
 }
 
 // catchUp folds up to BatchEvents stored events in one transaction and returns how many.

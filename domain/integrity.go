@@ -62,6 +62,24 @@ const (
 	// IV, which Tally cannot recognise, or a second log of the same owner. The new entries are
 	// new to Tally; the anomaly is the evidence (docs/uploads.md, "Tampering").
 	DiffersSuspectedReplay = "suspected-replay"
+	// DiffersFork: the upload's oldest new layer sits directly on a known layer that already
+	// has a different known layer above it. A log is linear (each layer wraps exactly the
+	// previous file), so one log never holds two layers on the same layer: the log was forked
+	// (an old version continued elsewhere, restored from a backup, or layers fabricated on
+	// it). Layer is the new layer, Successor the known one (docs/uploads.md, "Tampering").
+	DiffersFork = "fork"
+)
+
+// How an anomaly recognised a new-looking layer as a known one applied before identity
+// version 2 (UploadIntegrityAnomaly.Recognised).
+const (
+	// RecognisedByIV: the layer's legacy identity, recomputed with the IV that makes its
+	// first block decrypt to the entry recorded when the layer was applied, is the recorded
+	// one. Only the IV was changed in the bytes the entry decrypts from: a proof.
+	RecognisedByIV = "original-iv"
+	// RecognisedByEntry: the layer decrypts to the entry and log timestamp recorded for the
+	// only known layer on the same known layer: a re-encryption of it with another IV.
+	RecognisedByEntry = "same-entry"
 )
 
 // UploadIntegrityAnomaly records that an upload presented a known layer whose bytes differ
@@ -89,6 +107,13 @@ type UploadIntegrityAnomaly struct {
 	// Policy is what Tally did with the upload.
 	Policy IntegrityPolicy `json:"policy"`
 	At     time.Time       `json:"at"`
+	// Alias, when set, recognised the layer as one applied before identity version 2 (known
+	// by its legacy identity only), how Recognised says: from this event on it is known by
+	// its identity too, and its entry never counts again (docs/uploads.md, "Tampering").
+	Alias      *LayerAlias `json:"alias,omitempty"`
+	Recognised string      `json:"recognised,omitempty"`
+	// Successor is, for a fork, the identity of the known layer the new one competes with.
+	Successor string `json:"successor,omitempty"`
 }
 
 // UploadIntegrityAcknowledged accepts the version of the layer an anomaly saw.

@@ -27,12 +27,29 @@ func attachIntegrity(ctx context.Context, r StreamReader, h *ObjectHistory) erro
 		return err
 	}
 	var all []HistoryAnomaly
+	// Layers applied before identity version 2 are named by their legacy identity in their
+	// events, and by their identity in anomalies once re-identified (UploadPrepared.base, or
+	// the anomaly that recognised them).
+	legacyOf := map[string]string{}
 	for _, ev := range evs {
 		switch ev.Type {
+		case domain.EventUploadPrepared:
+			var p struct {
+				Base *domain.LayerAlias `json:"base"`
+			}
+			if err := json.Unmarshal(ev.Data, &p); err != nil {
+				return fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+			}
+			if p.Base != nil {
+				legacyOf[p.Base.Layer] = p.Base.Legacy
+			}
 		case domain.EventUploadIntegrityAnomaly:
 			var a domain.UploadIntegrityAnomaly
 			if err := json.Unmarshal(ev.Data, &a); err != nil {
 				return fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+			}
+			if a.Alias != nil {
+				legacyOf[a.Alias.Layer] = a.Alias.Legacy
 			}
 			all = append(all, HistoryAnomaly{UploadIntegrityAnomaly: a})
 		case domain.EventUploadIntegrityAcknowledged:
@@ -53,6 +70,9 @@ func attachIntegrity(ctx context.Context, r StreamReader, h *ObjectHistory) erro
 	byLayer := map[string][]uuid.UUID{}
 	for _, a := range all {
 		byLayer[a.Layer] = append(byLayer[a.Layer], a.AnomalyID)
+		if legacy, ok := legacyOf[a.Layer]; ok {
+			byLayer[legacy] = append(byLayer[legacy], a.AnomalyID)
+		}
 	}
 	attached := map[uuid.UUID]bool{}
 	for i := range h.Entries {

@@ -2,7 +2,9 @@ package usagelog
 
 import (
 	"context"
+	"crypto/aes"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -99,6 +101,9 @@ type Log struct {
 	StopDepth int
 	// FileDigest is the SHA-256 of the whole log: the whole bytes of its outermost layer.
 	FileDigest [32]byte
+
+	// innermost is what recognising the oldest new layer under another IV needs (Originals).
+	innermost *ivOrigin
 }
 
 // DecodeLog is Decode with the layer as the walk sees it given to known, and the stop layer
@@ -180,11 +185,12 @@ func (d *Decoder) walk(ctx context.Context, raw []byte, order Order, known func(
 		var (
 			entry   Entry
 			next    *outerLayer
+			origin  *ivOrigin
 			lastErr error
 			found   bool
 		)
 		for _, key := range candidates {
-			entry, next, lastErr = openLayer(open, src, hdr, key)
+			entry, next, origin, lastErr = openLayer(open, src, hdr, key)
 			if lastErr == nil {
 				found = true
 				break
@@ -196,6 +202,7 @@ func (d *Decoder) walk(ctx context.Context, raw []byte, order Order, known func(
 		}
 		entry.Layer, entry.Legacy, entry.Digest = id, hdr.ref.Legacy, hdr.ref.Digest
 		out.Entries = append(out.Entries, entry)
+		out.innermost = origin
 		if next == nil {
 			break
 		}
@@ -213,6 +220,7 @@ type outerHeader struct {
 	encryptedKey []byte
 	objOff       int // offset of the EncryptedObject payload in the layer's source
 	objLen       int
+	head         []byte // the first headDigestBytes of the EncryptedObject
 	ref          LayerRef
 }
 
@@ -267,51 +275,61 @@ func readOuter(w *window, start, length int) (outerHeader, error) {
 		return outerHeader{}, err
 	}
 	ref := LayerRef{ID: layerIDOf(encryptedKey), Legacy: legacyLayerIDOf(iv, encryptedKey), Digest: layerDigestOf(iv, encryptedKey, head)}
-	return outerHeader{iv: iv, encryptedKey: encryptedKey, objOff: objOff, objLen: objLen, ref: ref}, nil
+	return outerHeader{iv: iv, encryptedKey: encryptedKey, objOff: objOff, objLen: objLen, head: head, ref: ref}, nil
 }
 
 // openLayer decrypts the layer described by hdr (in src) with key, checks it whole, and returns
-// its entry and the layer it nests (nil when it nests the empty file 0x00).
-func openLayer(open opener, src source, hdr outerHeader, key []byte) (Entry, *outerLayer, error) {
+// its entry, the layer it nests (nil when it nests the empty file 0x00), and what recognising
+// the layer under another IV needs.
+func openLayer(open opener, src source, hdr outerHeader, key []byte) (Entry, *outerLayer, *ivOrigin, error) {
 	plain, err := open(src, hdr.objOff, hdr.objLen, hdr.iv, key)
 	if err != nil {
-		return Entry{}, nil, err
+		return Entry{}, nil, nil, err
 	}
 	w := &window{src: plain}
 	c := cursor{w: w, pos: 0, end: hdr.objLen}
 	if err := c.expectArray(3, "inner layer"); err != nil {
-		return Entry{}, nil, err
+		return Entry{}, nil, nil, err
 	}
 	if err := c.expectArray(2, "Data"); err != nil {
-		return Entry{}, nil, err
+		return Entry{}, nil, nil, err
 	}
 	increment, err := c.int64("Increment")
 	if err != nil {
-		return Entry{}, nil, err
+		return Entry{}, nil, nil, err
 	}
 	objectID, err := c.int64("DataObjectId")
 	if err != nil {
-		return Entry{}, nil, err
+		return Entry{}, nil, nil, err
 	}
 	timestamp, err := c.int64("Timestamp")
 	if err != nil {
-		return Entry{}, nil, err
+		return Entry{}, nil, nil, err
 	}
+	// What recognising this layer under another IV needs: its first block without the IV,
+	// and the plaintext from the end of the entry on (ivOrigin). Read now, from the window's
+	// read-ahead, before the walk moves on.
+	first, err := w.get(0, min(hdr.objLen, c.pos+aes.BlockSize))
+	if err != nil {
+		return Entry{}, nil, nil, err
+	}
+	origin := &ivOrigin{encryptedKey: hdr.encryptedKey, head: hdr.head, afterEntry: first[c.pos:]}
+	subtle.XORBytes(origin.block0[:], first[:aes.BlockSize], hdr.iv)
 	prevLen, err := c.binLen("PreviousObjectEncrypted")
 	if err != nil {
-		return Entry{}, nil, err
+		return Entry{}, nil, nil, err
 	}
 	prevOff := c.pos
 	padding := hdr.objLen - prevOff - prevLen
 	switch {
 	case increment < math.MinInt32 || increment > math.MaxInt32:
-		return Entry{}, nil, fmt.Errorf("%w: Increment %d does not fit an int32", ErrCorrupted, increment)
+		return Entry{}, nil, nil, fmt.Errorf("%w: Increment %d does not fit an int32", ErrCorrupted, increment)
 	case increment == 0:
-		return Entry{}, nil, fmt.Errorf("%w: Increment is 0", ErrCorrupted)
+		return Entry{}, nil, nil, fmt.Errorf("%w: Increment is 0", ErrCorrupted)
 	case objectID == 0 || objectID == math.MinInt64:
-		return Entry{}, nil, fmt.Errorf("%w: DataObjectId %d", ErrCorrupted, objectID)
+		return Entry{}, nil, nil, fmt.Errorf("%w: DataObjectId %d", ErrCorrupted, objectID)
 	case padding > maxPadding:
-		return Entry{}, nil, fmt.Errorf("%w: %d bytes after the inner layer, more than padding", ErrCorrupted, padding)
+		return Entry{}, nil, nil, fmt.Errorf("%w: %d bytes after the inner layer, more than padding", ErrCorrupted, padding)
 	}
 	entry := Entry{
 		ObjectID:  abs(objectID),
@@ -324,15 +342,15 @@ func openLayer(open opener, src source, hdr outerHeader, key []byte) (Entry, *ou
 	if prevLen == 1 {
 		b, err := c.take(1, "PreviousObjectEncrypted")
 		if err != nil {
-			return Entry{}, nil, err
+			return Entry{}, nil, nil, err
 		}
 		if b[0] != 0x00 {
-			return Entry{}, nil, fmt.Errorf("%w: PreviousObjectEncrypted is the byte 0x%02x, not 0x00", ErrCorrupted, b[0])
+			return Entry{}, nil, nil, fmt.Errorf("%w: PreviousObjectEncrypted is the byte 0x%02x, not 0x00", ErrCorrupted, b[0])
 		}
 	} else {
 		prev, err := readOuter(w, prevOff, prevLen)
 		if err != nil {
-			return Entry{}, nil, fmt.Errorf("previous layer: %w", err)
+			return Entry{}, nil, nil, fmt.Errorf("previous layer: %w", err)
 		}
 		next = &outerLayer{src: plain, hdr: prev}
 	}
@@ -340,14 +358,14 @@ func openLayer(open opener, src source, hdr outerHeader, key []byte) (Entry, *ou
 	c.pos = prevOff + prevLen
 	tail, err := c.take(padding, "padding")
 	if err != nil {
-		return Entry{}, nil, err
+		return Entry{}, nil, nil, err
 	}
 	for _, b := range tail {
 		if b != 0 {
-			return Entry{}, nil, fmt.Errorf("%w: non-zero byte after the inner layer", ErrCorrupted)
+			return Entry{}, nil, nil, fmt.Errorf("%w: non-zero byte after the inner layer", ErrCorrupted)
 		}
 	}
-	return entry, next, nil
+	return entry, next, origin, nil
 }
 
 func abs(v int64) int64 {

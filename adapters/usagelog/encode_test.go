@@ -281,7 +281,7 @@ func TestChainRefusesReadsNoWalkMakes(t *testing.T) {
 	var views []source // the plaintexts of the two outer layers
 	var hdrs []outerHeader
 	for depth := 1; ; depth++ {
-		_, next, err := openLayer(open, src, hdr, ring.unwrap(hdr.encryptedKey)[0])
+		_, next, _, err := openLayer(open, src, hdr, ring.unwrap(hdr.encryptedKey)[0])
 		if err != nil {
 			t.Fatalf("layer %d: %v", depth, err)
 		}

@@ -64,9 +64,9 @@ func FuzzDecodeLayer(f *testing.F) {
 		if err != nil {
 			t.Fatalf("sealed layer does not parse: %v", err)
 		}
-		fullEntry, fullNext, fullErr := openLayer(openFull, plainSource(raw), hdr, key)
+		fullEntry, fullNext, _, fullErr := openLayer(openFull, plainSource(raw), hdr, key)
 		for _, fast := range []opener{openLazy, openLazyTuned(nil, 0, 0)} {
-			fastEntry, fastNext, fastErr := openLayer(fast, plainSource(raw), hdr, key)
+			fastEntry, fastNext, _, fastErr := openLayer(fast, plainSource(raw), hdr, key)
 			checkKind(t, fastErr)
 			if errorKind(fastErr) != errorKind(fullErr) || fastEntry != fullEntry || (fastNext == nil) != (fullNext == nil) {
 				t.Fatalf("fast %+v %v, full %+v %v", fastEntry, fastErr, fullEntry, fullErr)

@@ -40,6 +40,16 @@ func (d *LedgerDecoder) Decode(ctx context.Context, data string, known func(ledg
 			ObjectID: e.ObjectID, Decrement: e.Decrement, Amount: e.Amount, Timestamp: e.Timestamp,
 		}
 	}
+	if len(l.Entries) > 0 {
+		out.Originals = func(r ledger.RecordedEntry) []ledger.LayerRef {
+			refs := l.Originals(r.ObjectID, r.Decrement, r.Amount, r.Timestamp)
+			out := make([]ledger.LayerRef, len(refs))
+			for i, ref := range refs {
+				out[i] = ledgerRef(ref)
+			}
+			return out
+		}
+	}
 	if l.Stop != nil {
 		stop := ledgerRef(*l.Stop)
 		out.Stop = &stop

@@ -2,6 +2,7 @@ package usagelog
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"slices"
@@ -78,4 +79,121 @@ func TestDecodeLogReportsTheStopLayer(t *testing.T) {
 			t.Fatalf("stop at %d: %v depth %d, want %v depth %d", stopAt, l.Stop, l.StopDepth, want, 5-stopAt+1)
 		}
 	}
+}
+
+// TestOriginalsRecoverAModifiedIV: for a layer whose IV was modified, Originals given the
+// entry the layer was written with returns its identities and digest under the original IV,
+// for increments and decrements in the clean shape and the reference writer's; given another
+// entry it returns none of them. Layers re-encrypted, or with their first ciphertext block
+// modified, are not recovered.
+func TestOriginalsRecoverAModifiedIV(t *testing.T) {
+	priv := testKey(t, 1)
+	ring := testRing(t, priv)
+	d := &Decoder{Keys: ring}
+	const ts = 1767225600
+	cases := []struct {
+		name string
+		raw  RawEntry
+	}{
+		{"increment", RawEntry{Increment: 50, DataObjectID: 7, Timestamp: ts}},
+		{"large increment", RawEntry{Increment: 1 << 30, DataObjectID: 1 << 40, Timestamp: ts}},
+		{"decrement", RawEntry{Increment: -3, DataObjectID: 7, Timestamp: ts}},
+		{"decrement by id", RawEntry{Increment: 3, DataObjectID: -7, Timestamp: ts}},
+		{"reference writer's increment", RawEntry{Increment: 9, DataObjectID: 9, Timestamp: ts}},
+		{"reference writer's decrement", RawEntry{Increment: -9, DataObjectID: -9, Timestamp: ts}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			inner, err := Wrap(nil, &priv.PublicKey, RawEntry{Increment: 1, DataObjectID: 1, Timestamp: ts - 60}, rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := Wrap(inner, &priv.PublicKey, c.raw, rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			original, err := LayerRefOf(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			innerRef, err := LayerRefOf(inner)
+			if err != nil {
+				t.Fatal(err)
+			}
+			known := func(r LayerRef) bool { return r.ID == innerRef.ID }
+			decodeModified := func(modified []byte) *Log {
+				l, err := d.DecodeLog(context.Background(), base64.StdEncoding.EncodeToString(modified), OldestFirst, known)
+				if err != nil {
+					t.Fatalf("decode: %v", err)
+				}
+				if len(l.Entries) != 1 {
+					t.Fatalf("%d new entries", len(l.Entries))
+				}
+				return l
+			}
+			recorded := Entry{ObjectID: abs(c.raw.DataObjectID), Decrement: c.raw.Increment < 0 || c.raw.DataObjectID < 0,
+				Amount: abs(int64(c.raw.Increment)), Timestamp: ts}
+			recovers := func(l *Log, e Entry) bool {
+				for _, r := range l.Originals(e.ObjectID, e.Decrement, e.Amount, e.Timestamp) {
+					if r == original {
+						return true
+					}
+				}
+				return false
+			}
+			// Modify a bit of the IV over the low byte of the DataObjectId and, when it lies
+			// in the first block, of the timestamp (a uint32 here).
+			idEnd := 2 + msgpackIntLen(int64(c.raw.Increment)) + msgpackIntLen(c.raw.DataObjectID)
+			flips := []int{idEnd - 1}
+			if idEnd+4 < 16 {
+				flips = append(flips, idEnd+4)
+			}
+			for _, at := range flips {
+				modified := slices.Clone(raw)
+				modified[3+at] ^= 0x04
+				l := decodeModified(modified)
+				if e := l.Entries[0]; e.Timestamp == ts && e.ObjectID == recorded.ObjectID {
+					t.Fatalf("flip at %d changed nothing", at)
+				}
+				if !recovers(l, recorded) {
+					t.Fatalf("flip at %d: the original layer is not recovered from its recorded entry", at)
+				}
+				other := recorded
+				other.Amount++
+				if recovers(l, other) {
+					t.Fatal("recovered from an entry the layer was not written with")
+				}
+			}
+			// Unmodified: its own entry gives its own identities.
+			if !recovers(decodeModified(raw), recorded) {
+				t.Fatal("the unmodified layer is not its own original")
+			}
+			// The first ciphertext block modified as well: nothing to recover.
+			hdr, err := readOuter(&window{src: plainSource(raw)}, 0, len(raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+			modified := slices.Clone(raw)
+			modified[3+idEnd-1] ^= 0x04
+			modified[hdr.objOff+3] ^= 0x01 // garbles block 0 (so the entry may not decode)
+			if l, err := d.DecodeLog(context.Background(), base64.StdEncoding.EncodeToString(modified), OldestFirst, known); err == nil && len(l.Entries) == 1 && recovers(l, recorded) {
+				t.Fatal("recovered a layer whose first ciphertext block was modified")
+			}
+		})
+	}
+}
+
+// msgpackIntLen is the length of the smallest MessagePack encoding of n.
+func msgpackIntLen(n int64) int {
+	switch {
+	case n >= -32 && n <= 127:
+		return 1
+	case n >= -128 && n <= 255:
+		return 2
+	case n >= -32768 && n <= 65535:
+		return 3
+	case n >= -1<<31 && n <= 1<<32-1:
+		return 5
+	}
+	return 9
 }

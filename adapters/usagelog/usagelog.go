@@ -1,9 +1,15 @@
 package usagelog
 
 import (
+	"bytes"
+	"crypto/aes"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"math"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // LayerID identifies one layer of a usage log: the SHA-256 of its EncryptedKey. The wrapped
@@ -98,3 +104,54 @@ var (
 	// ErrCorrupted, so that a caller mapping only the three main kinds still refuses them.
 	ErrTooLarge = errors.New("usage log is too large")
 )
+
+// ivOrigin is what recognising a layer under another IV needs: a layer whose IV was modified
+// (and nothing else in the bytes its entry decrypts from) keeps its wrapped key and first
+// ciphertext block, so the IV it had is the one that makes that block decrypt to the entry it
+// was applied with (Originals).
+type ivOrigin struct {
+	encryptedKey []byte
+	head         []byte              // the first headDigestBytes of the EncryptedObject
+	block0       [aes.BlockSize]byte // AES decryption of the first ciphertext block: IV ⊕ plaintext
+	afterEntry   []byte              // the plaintext from the PreviousObjectEncrypted header on
+}
+
+// Originals returns the identities and digest the layer had if its plaintext began with the
+// entry given (amount and id as recorded) under the IV it had then, one per way a writer
+// that uses the smallest integer encodings (MessagePack-CSharp, Wrap) writes that entry: an
+// increment as (+amount, +id), a decrement as (−amount, +id), (+amount, −id) or (−amount,
+// −id). If the layer was applied with one of these legacy identities, it is that layer.
+func (l *Log) Originals(objectID int64, decrement bool, amount, timestamp int64) []LayerRef {
+	o := l.innermost
+	if o == nil || objectID <= 0 || amount <= 0 || amount > math.MaxInt32+1 {
+		return nil
+	}
+	type raw struct{ inc, id int64 }
+	ways := []raw{{amount, objectID}}
+	if decrement {
+		ways = []raw{{-amount, objectID}, {amount, -objectID}, {-amount, -objectID}}
+	}
+	var out []LayerRef
+	for _, w := range ways {
+		if w.inc < math.MinInt32 || w.inc > math.MaxInt32 {
+			continue
+		}
+		var plain bytes.Buffer
+		enc := msgpack.NewEncoder(&plain)
+		if errors.Join(enc.EncodeArrayLen(3), enc.EncodeArrayLen(2), enc.EncodeInt(w.inc),
+			enc.EncodeInt(w.id), enc.EncodeInt(timestamp)) != nil {
+			continue
+		}
+		plain.Write(o.afterEntry)
+		var block [aes.BlockSize]byte // zero padding where the plaintext is shorter
+		copy(block[:], plain.Bytes())
+		var iv [aes.BlockSize]byte
+		subtle.XORBytes(iv[:], o.block0[:], block[:])
+		out = append(out, LayerRef{
+			ID:     layerIDOf(o.encryptedKey),
+			Legacy: legacyLayerIDOf(iv[:], o.encryptedKey),
+			Digest: layerDigestOf(iv[:], o.encryptedKey, o.head),
+		})
+	}
+	return out
+}

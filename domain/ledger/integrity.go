@@ -67,53 +67,49 @@ func productOfOwner(st *state.State, o domain.Owner) int64 {
 }
 
 // compareStop compares the known layer a walk stopped at with what was recorded when it was
-// applied; it returns the anomaly to record (nil: nothing differs). For a layer applied before
-// identity version 2 there is no digest to compare; it flags a suspected replay instead when
-// the new layer above it takes a depth the owner already holds.
+// applied; it returns the anomaly to record (nil: nothing differs).
 func compareStop(st *state.State, owner domain.Owner, decoded *DecodedLog, now time.Time) *domain.UploadIntegrityAnomaly {
 	stop := decoded.Stop
 	if stop == nil {
 		return nil
 	}
 	info, byID, ok := st.KnownLayer(owner, stop.ID, stop.Legacy)
-	if !ok {
+	if !ok || !byID || info.Digest == "" {
+		// Applied before identity version 2, or re-identified without a digest: nothing to
+		// compare (a new layer on it is examined by examineFork).
 		return nil
 	}
 	a := domain.UploadIntegrityAnomaly{Owner: owner, NewEntries: len(decoded.Entries), At: now.UTC()}
-	switch {
-	case !byID:
-		// Applied before identity version 2: no digest to compare. A new layer right above it
-		// at a depth the owner already holds may be a modified copy of an old layer.
-		if len(decoded.Entries) == 0 || !st.HasLayerAtDepth(owner, info.Depth+1) {
-			return nil
-		}
-		first := decoded.Entries[0]
-		if _, _, applied := st.KnownLayer(owner, first.Layer, first.Legacy); applied {
-			return nil // a concurrent upload of the same log applied it meanwhile
-		}
-		a.Layer, a.Depth, a.SeenDigest = hex.EncodeToString(first.Layer[:]), info.Depth+1, hex.EncodeToString(first.Digest[:])
-		a.Differs = []string{domain.DiffersSuspectedReplay}
-	case info.Digest == "":
-		// Re-identified without a digest: nothing to compare.
-		return nil
-	default:
-		a.Layer, a.Depth = hex.EncodeToString(stop.ID[:]), info.Depth
-		a.AppliedDigest, a.SeenDigest = info.Digest, hex.EncodeToString(stop.Digest[:])
-		if a.AppliedDigest != a.SeenDigest {
-			a.Differs = append(a.Differs, domain.DiffersEntryBytes)
-		}
-		// The whole bytes of a layer are at hand only when it is the log's outermost layer, and
-		// were recorded only when it was the outermost of the log it was applied from.
-		if decoded.StopDepth == 1 && info.FileDigest != "" {
-			a.AppliedLayerDigest, a.SeenLayerDigest = info.FileDigest, hex.EncodeToString(decoded.FileDigest[:])
-			if a.AppliedLayerDigest != a.SeenLayerDigest {
-				a.Differs = append(a.Differs, domain.DiffersLayerBytes)
-			}
+	a.Layer, a.Depth = hex.EncodeToString(stop.ID[:]), info.Depth
+	a.AppliedDigest, a.SeenDigest = info.Digest, hex.EncodeToString(stop.Digest[:])
+	if a.AppliedDigest != a.SeenDigest {
+		a.Differs = append(a.Differs, domain.DiffersEntryBytes)
+	}
+	// The whole bytes of a layer are at hand only when it is the log's outermost layer, and
+	// were recorded only when it was the outermost of the log it was applied from.
+	if decoded.StopDepth == 1 && info.FileDigest != "" {
+		a.AppliedLayerDigest, a.SeenLayerDigest = info.FileDigest, hex.EncodeToString(decoded.FileDigest[:])
+		if a.AppliedLayerDigest != a.SeenLayerDigest {
+			a.Differs = append(a.Differs, domain.DiffersLayerBytes)
 		}
 	}
 	if len(a.Differs) == 0 {
-		return nil
+		// A layer recognised by its entry (examineFork) was recorded with the digest of the
+		// version that was recognised: that version stays the anomaly it was, so that a
+		// product refusing on tampering keeps refusing it until an operator acknowledges it.
+		probe := a
+		probe.Differs = []string{domain.DiffersEntryBytes}
+		rec, seen := st.SameAnomaly(owner, probe)
+		if !seen || rec.Recognised == "" {
+			return nil
+		}
+		a = rec.UploadIntegrityAnomaly
 	}
+	return finishAnomaly(st, owner, a)
+}
+
+// finishAnomaly sets an anomaly's policy and id.
+func finishAnomaly(st *state.State, owner domain.Owner, a domain.UploadIntegrityAnomaly) *domain.UploadIntegrityAnomaly {
 	a.Policy = st.IntegrityPolicy(productOfOwner(st, owner))
 	var seed [8 + 1]byte
 	binary.BigEndian.PutUint64(seed[:], uint64(owner.ID))
@@ -122,12 +118,41 @@ func compareStop(st *state.State, owner domain.Owner, decoded *DecodedLog, now t
 	return &a
 }
 
-// checkIntegrity compares the known layer the walk stopped at with what was applied. When its
-// bytes differ it records an UploadIntegrityAnomaly on the owner's upload stream (once per
+// checkIntegrity compares the known layer the walk stopped at with what was applied, and the
+// oldest new layer with the known layers on the same known layer (examineFork). For each
+// anomaly found it records an UploadIntegrityAnomaly on the owner's upload stream (once per
 // version of the layer seen) and, if the owner's product refuses on tampering and no operator
-// acknowledged that version, refuses the upload. Nothing else changes: the known layer's entry
-// never counts again whatever its bytes.
+// acknowledged that version, refuses the upload. Nothing else changes: a known layer's entry
+// never counts again whatever its bytes, and a layer recognised as a known one becomes known.
 func (s *Service) checkIntegrity(ctx context.Context, c Caller, owner domain.Owner, decoded *DecodedLog) error {
+	fork, err := s.examineFork(ctx, owner, decoded)
+	if err != nil {
+		return err
+	}
+	refuse, err := s.recordAnomaly(ctx, c, owner, func(st *state.State) *domain.UploadIntegrityAnomaly {
+		return compareStop(st, owner, decoded, s.clock())
+	})
+	if err != nil {
+		return err
+	}
+	if fork != nil {
+		refuseFork, err := s.recordAnomaly(ctx, c, owner, func(st *state.State) *domain.UploadIntegrityAnomaly {
+			return fork.anomaly(st, owner, decoded, s.clock())
+		})
+		if err != nil {
+			return err
+		}
+		refuse = refuse || refuseFork
+	}
+	if refuse {
+		return domain.ErrIntegrityRefused
+	}
+	return nil
+}
+
+// recordAnomaly appends the anomaly find returns on the projected state, unless the same one
+// is recorded; refuse says whether the owner's product refuses the upload for it.
+func (s *Service) recordAnomaly(ctx context.Context, c Caller, owner domain.Owner, find func(*state.State) *domain.UploadIntegrityAnomaly) (refuse bool, err error) {
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
 		var (
 			a        *domain.UploadIntegrityAnomaly
@@ -137,7 +162,7 @@ func (s *Service) checkIntegrity(ctx context.Context, c Caller, owner domain.Own
 			expected eventstore.ExpectedRevision
 		)
 		s.view.Read(func(st *state.State) {
-			a = compareStop(st, owner, decoded, s.clock())
+			a = find(st)
 			if a == nil {
 				return
 			}
@@ -146,40 +171,34 @@ func (s *Service) checkIntegrity(ctx context.Context, c Caller, owner domain.Own
 			pending, expected = up.Prepared != nil, expectedFor(up.Revision, up.Exists)
 		})
 		if a == nil {
-			return nil
+			return false, nil
 		}
 		if seen {
-			if a.Policy == domain.IntegrityRefuse && !recorded.Acknowledged {
-				return domain.ErrIntegrityRefused
-			}
-			return nil
+			return a.Policy == domain.IntegrityRefuse && !recorded.Acknowledged, nil
 		}
 		if pending {
 			// The anomaly must not come between an undecided upload's prepare and its decision.
 			if err := s.awaitUploadDecision(ctx, owner); err != nil {
-				return err
+				return false, err
 			}
 			continue
 		}
 		ev, err := newEvent(uuid.NewSHA1(a.AnomalyID, []byte("anomaly")), domain.EventUploadIntegrityAnomaly, *a, c.metadata())
 		if err != nil {
-			return err
+			return false, err
 		}
 		_, err = s.appendAndWait(ctx, domain.UploadStream(owner), expected, ev)
 		if errors.Is(err, eventstore.ErrWrongExpectedVersion) {
 			continue
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		s.logger.Warn("usage-log integrity anomaly", "owner", owner.String(), "layer", a.Layer,
 			"differs", strings.Join(a.Differs, ","), "policy", a.Policy, "anomaly", a.AnomalyID)
-		if a.Policy == domain.IntegrityRefuse {
-			return domain.ErrIntegrityRefused
-		}
-		return nil
+		return a.Policy == domain.IntegrityRefuse, nil
 	}
-	return domain.ErrConcurrentChange
+	return false, domain.ErrConcurrentChange
 }
 
 // IntegrityAnomalies lists the recorded integrity anomalies, oldest first; with owner set,

@@ -78,6 +78,20 @@ type DecodedLog struct {
 	StopDepth int
 	// FileDigest is SHA-256 of the whole log.
 	FileDigest [32]byte
+	// Originals, when set, gives what the oldest new entry's layer was if it is a known layer
+	// whose IV was modified: given the entry a layer was applied with, the identities and
+	// digest the layer had with the IV that makes it decrypt to that entry (one per way the
+	// entry can be written). A legacy identity among them that the owner applied proves the
+	// layer is that one (integrity.go).
+	Originals func(RecordedEntry) []LayerRef
+}
+
+// RecordedEntry is an applied layer's entry as its events recorded it.
+type RecordedEntry struct {
+	ObjectID  int64
+	Decrement bool
+	Amount    int64
+	Timestamp int64 // the layer's log timestamp, Unix seconds
 }
 
 // LogDecoder reads usage logs. Decode walks from the newest layer inward, stops at the first

@@ -107,6 +107,11 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 			s.Anomalies = map[string][]*IntegrityAnomaly{}
 		}
 		s.Anomalies[owner.String()] = append(s.Anomalies[owner.String()], &IntegrityAnomaly{UploadIntegrityAnomaly: e})
+		if e.Alias != nil {
+			// The anomaly recognised a layer applied before identity version 2 under a
+			// modified IV: from now on it is known by its wrapped key.
+			s.addAlias(s.Uploads[owner.String()], *e.Alias)
+		}
 	case domain.EventUploadIntegrityAcknowledged:
 		var e domain.UploadIntegrityAcknowledged
 		if err := json.Unmarshal(ev.Data, &e); err != nil {
@@ -141,28 +146,52 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 
 // reindexDepths derives the depths of the applied layers per owner.
 func (s *State) reindexDepths() {
-	s.depths = map[string]map[int64]struct{}{}
+	s.depths = map[string]map[int64][]string{}
 	for key, u := range s.Uploads {
-		for _, info := range u.Layers {
-			s.sawDepth(key, info.Depth)
+		for layer, info := range u.Layers {
+			s.sawDepth(key, info.Depth, layer)
 		}
 	}
 }
 
-func (s *State) sawDepth(owner string, depth int64) {
+func (s *State) sawDepth(owner string, depth int64, layer string) {
 	m := s.depths[owner]
 	if m == nil {
-		m = map[int64]struct{}{}
+		m = map[int64][]string{}
 		s.depths[owner] = m
 	}
-	m[depth] = struct{}{}
+	if !slices.Contains(m[depth], layer) {
+		m[depth] = append(m[depth], layer)
+	}
 }
 
 // HasLayerAtDepth reports whether the owner applied a layer at that depth of a log (of any of
 // its logs: an owner may upload several).
 func (s *State) HasLayerAtDepth(o domain.Owner, depth int64) bool {
-	_, ok := s.depths[o.String()][depth]
-	return ok
+	return len(s.depths[o.String()][depth]) > 0
+}
+
+// LayerAtDepth is one identity of an applied layer at a given depth (LayersAt).
+type LayerAtDepth struct {
+	ID string // hex identity: version 2, or legacy for a layer applied before it
+	LayerInfo
+}
+
+// LayersAt returns the identities the owner's applied layers at that depth are known by, in
+// no particular order. A layer applied before identity version 2 and re-identified since is
+// listed under both identities; the legacy one has no Digest (docs/uploads.md, "Tampering").
+func (s *State) LayersAt(o domain.Owner, depth int64) []LayerAtDepth {
+	u, ok := s.Uploads[o.String()]
+	if !ok {
+		return nil
+	}
+	var out []LayerAtDepth
+	for _, id := range s.depths[o.String()][depth] {
+		if info, ok := u.Layers[id]; ok {
+			out = append(out, LayerAtDepth{ID: id, LayerInfo: info})
+		}
+	}
+	return out
 }
 
 // rememberDigests records the digests an upload's layers were applied with, and the identity
@@ -170,7 +199,7 @@ func (s *State) HasLayerAtDepth(o domain.Owner, depth int64) bool {
 func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared) {
 	for i, l := range p.Layers {
 		info := u.Layers[l]
-		s.sawDepth(u.Owner.String(), info.Depth)
+		s.sawDepth(u.Owner.String(), info.Depth, l)
 		if i < len(p.Digests) {
 			info.Digest = p.Digests[i]
 		}
@@ -180,10 +209,16 @@ func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared) {
 		u.Layers[l] = info
 	}
 	if b := p.Base; b != nil {
-		if info, ok := u.Layers[b.Legacy]; ok {
-			info.Digest = b.Digest
-			u.Layers[b.Layer] = info
-		}
+		s.addAlias(u, *b)
+	}
+}
+
+// addAlias records the identity version 2 and digest of a layer known by its legacy identity.
+func (s *State) addAlias(u *Upload, a domain.LayerAlias) {
+	if info, ok := u.Layers[a.Legacy]; ok {
+		info.Digest = a.Digest
+		u.Layers[a.Layer] = info
+		s.sawDepth(u.Owner.String(), info.Depth, a.Layer)
 	}
 }
 

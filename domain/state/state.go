@@ -82,7 +82,7 @@ type State struct {
 	keyByString map[string]int64                    // normalized key string -> key id
 	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
 	owned       map[domain.Owner]map[int64]struct{} // live objects per owner
-	depths      map[string]map[int64]struct{}       // depths of the applied layers, by owner (integrity.go)
+	depths      map[string]map[int64][]string       // identities of the applied layers by depth, by owner (integrity.go)
 	maxIDs      map[string]int64                    // largest id of products, keys and objects, by stream category
 
 	// Anomalies are the usage-log integrity anomalies by owner (Owner.String()), oldest first.

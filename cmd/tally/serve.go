@@ -271,8 +271,6 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	if es, ok := store.(*embedded.Store); ok {
 		backupFn = newBackupFunc(g.DataDir, es, cfg.RSAKeys, logger.With("component", "backup"))
 	}
-	registerRefusalMetrics(registry, svc)
-
 	ready := newReadiness()
 	readyCheck := func() error {
 		// A projection that stopped no longer moves: every write would be refused.

@@ -211,6 +211,9 @@ type UploadPrepared struct {
 	Digests    []string    `json:"digests,omitempty"`
 	FileDigest string      `json:"fileDigest,omitempty"`
 	Base       *LayerAlias `json:"base,omitempty"`
+	// Lengths are the layers' EncryptedObject lengths in bytes, in the order of Layers; absent
+	// from events written before they were recorded.
+	Lengths []int64 `json:"lengths,omitempty"`
 }
 
 // PlannedStep is one data object's share of an upload: how many events it gets, appended after

@@ -68,6 +68,10 @@ const (
 	// (an old version continued elsewhere, restored from a backup, or layers fabricated on
 	// it). Layer is the new layer, Successor the known one (docs/uploads.md, "Tampering").
 	DiffersFork = "fork"
+	// DiffersLayerLength: the layer's ciphertext (EncryptedObject) has another length than
+	// when it was applied: the layer was truncated or extended, which its digest cannot show
+	// when the walk stops at it under new layers (it reads the first bytes only).
+	DiffersLayerLength = "layer-length"
 )
 
 // How an anomaly recognised a new-looking layer as a known one applied before identity
@@ -114,6 +118,10 @@ type UploadIntegrityAnomaly struct {
 	Recognised string      `json:"recognised,omitempty"`
 	// Successor is, for a fork, the identity of the known layer the new one competes with.
 	Successor string `json:"successor,omitempty"`
+	// AppliedLength and SeenLength are the layer's EncryptedObject lengths, set when they
+	// differ (DiffersLayerLength).
+	AppliedLength int64 `json:"appliedLength,omitempty"`
+	SeenLength    int64 `json:"seenLength,omitempty"`
 }
 
 // UploadIntegrityAcknowledged accepts the version of the layer an anomaly saw.
@@ -136,4 +144,6 @@ type LayerAlias struct {
 	Legacy string `json:"legacy"`
 	Layer  string `json:"layer"`
 	Digest string `json:"digest"`
+	// Length is the layer's EncryptedObject length (0: not recorded).
+	Length int64 `json:"length,omitempty"`
 }

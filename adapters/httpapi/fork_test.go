@@ -13,7 +13,7 @@ import (
 	"github.com/tallyledger/tally/domain/ledger"
 )
 
-// digestOf is the hex digest (usagelog.LayerDigest) of a log's outermost layer.
+// digestOf is the digest of a log's outermost layer as the ledger records it.
 func digestOf(t *testing.T, raw []byte) string {
 	t.Helper()
 	ref, err := usagelog.LayerRefOf(raw)

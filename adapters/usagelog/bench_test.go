@@ -6,6 +6,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"os"
@@ -183,6 +184,82 @@ func BenchmarkLayerRef(b *testing.B) {
 	for b.Loop() {
 		if _, err := LayerRefOf(raw); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// openFullHashing is openFull that also hashes the layer's whole ciphertext (its
+// EncryptedObject, which with the IV and wrapped key the digest covers already is all of its
+// bytes) into digests: what keeping a digest of each new layer's whole bytes would cost. A
+// layer's bytes exist only inside the plaintext of the layer around it, so every new layer must
+// be decrypted whole: the fast path cannot serve it.
+func openFullHashing(digests *[][32]byte) opener {
+	return func(parent source, off, n int, iv, key []byte) (source, error) {
+		block, err := aes.NewCipher(key)
+		if err != nil {
+			return nil, fmt.Errorf("aes key: %w", err)
+		}
+		ct, err := parent.bytes(off, n)
+		if err != nil {
+			return nil, err
+		}
+		*digests = append(*digests, sha256.Sum256(ct))
+		cipher.NewCBCDecrypter(block, iv).CryptBlocks(ct, ct)
+		return plainSource(ct), nil
+	}
+}
+
+// BenchmarkWholeLayerDigests measures why Tally keeps no digest of each applied layer's whole
+// bytes (docs/uploads.md, "What the format can and cannot prove"): new layers on a long known
+// history decoded as the decoder does (the fast path, with the whole log's SHA-256) against the
+// same decode that also hashes each new layer's whole bytes, which needs each of them decrypted
+// whole. The history is opaque, as in BenchmarkLongHistory. By default 100 new layers on
+// 10,000 older ones; with TALLY_LONG=1 also 1000 on 10,000 and 1000 on 100,000 (the case of the
+// performance target "1000 new entries on 100,000 older ones cost at most 2× a fresh file",
+// docs/performance.md; building that log takes about 31 GB of AES).
+func BenchmarkWholeLayerDigests(b *testing.B) {
+	priv := testKey(b, 1)
+	ring := testRing(b, priv)
+	const layerBytes = 310
+	cases := [][2]int{{10_000, 100}}
+	if os.Getenv("TALLY_LONG") != "" {
+		cases = append(cases, [2]int{10_000, 1000}, [2]int{100_000, 1000})
+	}
+	for _, c := range cases {
+		old, fresh := c[0], c[1]
+		history := opaqueHistory(b, &priv.PublicKey, old*layerBytes)
+		historyID, err := LayerIDOf(history)
+		if err != nil {
+			b.Fatal(err)
+		}
+		known := func(r LayerRef) bool { return r.ID == historyID }
+		log := history
+		for i := range fresh {
+			if log, err = Record(log, &priv.PublicKey, int64(1+i%5), 1, int64(1_700_000_000+i), false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		text := base64.StdEncoding.EncodeToString(log)
+		var digests [][32]byte
+		for _, tc := range []struct {
+			name string
+			open opener
+		}{{"decoder", nil}, {"whole-layer-digests", openFullHashing(&digests)}} {
+			b.Run(fmt.Sprintf("old=%d/new=%d/%s", old, fresh, tc.name), func(b *testing.B) {
+				d := &Decoder{Keys: ring, open: tc.open, MaxInputBytes: 2 * len(text), MaxNewLayers: fresh}
+				for b.Loop() {
+					digests = digests[:0]
+					l, err := d.DecodeLog(context.Background(), text, OldestFirst, known)
+					if err != nil || len(l.Entries) != fresh {
+						b.Fatalf("%v, %+v", err, l)
+					}
+					if tc.open != nil && len(digests) != fresh {
+						b.Fatalf("%d layer digests, want %d", len(digests), fresh)
+					}
+				}
+				b.ReportMetric(float64(len(log))/1e6, "MB/file")
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*fresh), "ns/layer")
+			})
 		}
 	}
 }

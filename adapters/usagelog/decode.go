@@ -200,7 +200,7 @@ func (d *Decoder) walk(ctx context.Context, raw []byte, order Order, known func(
 			return nil, fmt.Errorf("%w: layer %d (%s) does not decrypt to a valid layer with the server's keys: %w",
 				ErrCorrupted, depth, id, lastErr)
 		}
-		entry.Layer, entry.Legacy, entry.Digest = id, hdr.ref.Legacy, hdr.ref.Digest
+		entry.Layer, entry.Legacy, entry.Digest, entry.Length = id, hdr.ref.Legacy, hdr.ref.Digest, hdr.ref.Length
 		out.Entries = append(out.Entries, entry)
 		out.innermost = origin
 		if next == nil {
@@ -274,7 +274,7 @@ func readOuter(w *window, start, length int) (outerHeader, error) {
 	if err != nil {
 		return outerHeader{}, err
 	}
-	ref := LayerRef{ID: layerIDOf(encryptedKey), Legacy: legacyLayerIDOf(iv, encryptedKey), Digest: layerDigestOf(iv, encryptedKey, head)}
+	ref := LayerRef{ID: layerIDOf(encryptedKey), Legacy: legacyLayerIDOf(iv, encryptedKey), Digest: layerDigestOf(iv, encryptedKey, head), Length: objLen}
 	return outerHeader{iv: iv, encryptedKey: encryptedKey, objOff: objOff, objLen: objLen, head: head, ref: ref}, nil
 }
 
@@ -313,7 +313,7 @@ func openLayer(open opener, src source, hdr outerHeader, key []byte) (Entry, *ou
 	if err != nil {
 		return Entry{}, nil, nil, err
 	}
-	origin := &ivOrigin{encryptedKey: hdr.encryptedKey, head: hdr.head, afterEntry: first[c.pos:]}
+	origin := &ivOrigin{encryptedKey: hdr.encryptedKey, length: hdr.objLen, head: hdr.head, afterEntry: first[c.pos:]}
 	subtle.XORBytes(origin.block0[:], first[:aes.BlockSize], hdr.iv)
 	prevLen, err := c.binLen("PreviousObjectEncrypted")
 	if err != nil {

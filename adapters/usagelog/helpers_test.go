@@ -67,6 +67,7 @@ func expectedEntries(t testing.TB, raws []RawEntry, versions [][]byte) []Entry {
 			Layer:     ref.ID,
 			Legacy:    ref.Legacy,
 			Digest:    ref.Digest,
+			Length:    ref.Length,
 			ObjectID:  abs(r.DataObjectID),
 			Decrement: r.Increment < 0 || r.DataObjectID < 0,
 			Amount:    abs(int64(r.Increment)),

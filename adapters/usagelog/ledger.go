@@ -36,7 +36,7 @@ func (d *LedgerDecoder) Decode(ctx context.Context, data string, known func(ledg
 	out := &ledger.DecodedLog{Entries: make([]ledger.LogEntry, len(l.Entries)), StopDepth: l.StopDepth, FileDigest: l.FileDigest}
 	for i, e := range l.Entries {
 		out.Entries[i] = ledger.LogEntry{
-			Layer: e.Layer, Legacy: e.Legacy, Digest: e.Digest,
+			Layer: e.Layer, Legacy: e.Legacy, Digest: e.Digest, Length: e.Length,
 			ObjectID: e.ObjectID, Decrement: e.Decrement, Amount: e.Amount, Timestamp: e.Timestamp,
 		}
 	}
@@ -58,5 +58,5 @@ func (d *LedgerDecoder) Decode(ctx context.Context, data string, known func(ledg
 }
 
 func ledgerRef(r LayerRef) ledger.LayerRef {
-	return ledger.LayerRef{ID: r.ID, Legacy: r.Legacy, Digest: r.Digest}
+	return ledger.LayerRef{ID: r.ID, Legacy: r.Legacy, Digest: r.Digest, Length: r.Length}
 }

@@ -197,3 +197,106 @@ func msgpackIntLen(n int64) int {
 	}
 	return 9
 }
+
+// TestWhatTheLayerDigestsDetect shows what the digests Tally records of each applied layer
+// can and cannot tell about a known layer presented again (docs/uploads.md, "What the format
+// can and cannot prove"). The known layer S is the outermost of version 2 of a log; it is
+// presented (a) under a new layer 3, where the walk stops at it without opening it, so only
+// its digest (IV, wrapped key, first 32 ciphertext bytes) and its length are compared, and
+// (b) alone, where the whole log's SHA-256 is compared too.
+func TestWhatTheLayerDigestsDetect(t *testing.T) {
+	priv := testKey(t, 1)
+	ring := testRing(t, priv)
+	d := &Decoder{Keys: ring}
+	versions := buildLog(t, &priv.PublicKey, []RawEntry{
+		{Increment: 10, DataObjectID: 1, Timestamp: 1_700_000_000},
+		{Increment: 20, DataObjectID: 1, Timestamp: 1_700_000_060},
+	})
+	s := versions[1]
+	applied, err := LayerRefOf(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := readOuter(&window{src: plainSource(s)}, 0, len(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := s[hdr.objOff:]
+	known := func(r LayerRef) bool { return r.ID == applied.ID }
+	decode := func(raw []byte) (*Log, error) {
+		return d.DecodeLog(context.Background(), base64.StdEncoding.EncodeToString(raw), OldestFirst, known)
+	}
+	// seen returns S as a walk stopping at it sees it, under a new layer and alone.
+	seen := func(modified []byte) (under LayerRef, alone *Log) {
+		t.Helper()
+		newer, err := Wrap(modified, &priv.PublicKey, RawEntry{Increment: 5, DataObjectID: 1, Timestamp: 1_700_000_120}, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := decode(newer)
+		if err != nil || l.Stop == nil || len(l.Entries) != 1 {
+			t.Fatalf("under a new layer: %v, %+v", err, l)
+		}
+		alone, err = decode(modified)
+		if err != nil || alone.Stop == nil {
+			t.Fatalf("alone: %v", err)
+		}
+		return *l.Stop, alone
+	}
+	flip := func(at int) []byte {
+		b := slices.Clone(s)
+		b[at] ^= 0x01
+		return b
+	}
+	resized := func(newObj []byte) []byte { return opaqueLayer(hdr.iv, hdr.encryptedKey, newObj) }
+	wholeDigest := sha256.Sum256(s)
+	cases := []struct {
+		name                     string
+		modified                 []byte
+		digest, length, wholeLog bool // what tells the modified S from the applied one
+	}{
+		{"untouched", s, false, false, false},
+		{"IV byte", flip(3 + 5), true, false, true},
+		{"ciphertext byte 0 (the entry's first block)", flip(hdr.objOff), true, false, true},
+		{"ciphertext byte 31 (the entry's second block)", flip(hdr.objOff + headDigestBytes - 1), true, false, true},
+		{"ciphertext byte 32 (the layer inside S)", flip(hdr.objOff + headDigestBytes), false, false, true},
+		{"last ciphertext byte (S's zero padding, or the end of the layer inside)", flip(len(s) - 1), false, false, true},
+		{"truncated by one block", resized(obj[:len(obj)-16]), false, true, true},
+		{"extended by one block", resized(append(slices.Clone(obj), make([]byte, 16)...)), false, true, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			under, alone := seen(c.modified)
+			if got := under.Digest != applied.Digest; got != c.digest {
+				t.Errorf("digest differs: %v, want %v", got, c.digest)
+			}
+			if got := under.Length != applied.Length; got != c.length {
+				t.Errorf("length differs: %v (%d vs %d), want %v", got, under.Length, applied.Length, c.length)
+			}
+			if *alone.Stop != under || alone.StopDepth != 1 {
+				t.Errorf("alone S is seen as %+v at depth %d, under a layer as %+v", alone.Stop, alone.StopDepth, under)
+			}
+			if got := alone.FileDigest != wholeDigest; got != c.wholeLog {
+				t.Errorf("whole-log digest differs: %v, want %v", got, c.wholeLog)
+			}
+		})
+	}
+	// A new layer decodes from its own bytes: any change to a byte its entry decodes from
+	// changes its digest (and what it decodes to, or it fails to decode).
+	untouched, err := Wrap(s, &priv.PublicKey, RawEntry{Increment: 5, DataObjectID: 1, Timestamp: 1_700_000_120}, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := decode(untouched)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []int{3 + 2, 3 + 15} {
+		modified := slices.Clone(untouched)
+		modified[at] ^= 0x01
+		after, err := decode(modified)
+		if err == nil && (after.Entries[0].Digest == before.Entries[0].Digest || after.Entries[0] == before.Entries[0]) {
+			t.Errorf("IV byte %d of a new layer: digest or entry unchanged", at-3)
+		}
+	}
+}

@@ -46,6 +46,9 @@ type LayerRef struct {
 	Legacy LayerID
 	// Digest covers every byte the layer's entry is decrypted from.
 	Digest LayerDigest
+	// Length is the EncryptedObject's length in bytes, from its bin header (read anyway): a
+	// layer truncated or extended keeps its digest but not its length.
+	Length int
 }
 
 func layerIDOf(encryptedKey []byte) LayerID { return sha256.Sum256(encryptedKey) }
@@ -74,8 +77,10 @@ type Entry struct {
 	Layer LayerID
 	// Legacy is the layer's identity before version 2 (LayerRef.Legacy).
 	Legacy LayerID
-	// Digest covers the bytes the entry was decrypted from (LayerDigest).
+	// Digest covers the bytes the entry was decrypted from (LayerDigest); Length is the
+	// layer's EncryptedObject length (LayerRef.Length).
 	Digest    LayerDigest
+	Length    int
 	ObjectID  int64 // |DataObjectId|, > 0
 	Decrement bool  // Increment < 0 || DataObjectId < 0
 	Amount    int64 // |Increment|, > 0; int64 because |MinInt32| does not fit an int32
@@ -111,6 +116,7 @@ var (
 // was applied with (Originals).
 type ivOrigin struct {
 	encryptedKey []byte
+	length       int                 // the EncryptedObject's length
 	head         []byte              // the first headDigestBytes of the EncryptedObject
 	block0       [aes.BlockSize]byte // AES decryption of the first ciphertext block: IV ⊕ plaintext
 	afterEntry   []byte              // the plaintext from the PreviousObjectEncrypted header on
@@ -151,6 +157,7 @@ func (l *Log) Originals(objectID int64, decrement bool, amount, timestamp int64)
 			ID:     layerIDOf(o.encryptedKey),
 			Legacy: legacyLayerIDOf(iv[:], o.encryptedKey),
 			Digest: layerDigestOf(iv[:], o.encryptedKey, o.head),
+			Length: o.length,
 		})
 	}
 	return out

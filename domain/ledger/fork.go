@@ -133,14 +133,14 @@ func (s *Service) examineFork(ctx context.Context, owner domain.Owner, decoded *
 			for _, ref := range decoded.Originals(rec) {
 				if hex.EncodeToString(ref.Legacy[:]) == l.ID && ref.ID == first.Layer {
 					f.recognised, f.applied = domain.RecognisedByIV, hex.EncodeToString(ref.Digest[:])
-					f.alias = &domain.LayerAlias{Legacy: l.ID, Layer: hex.EncodeToString(first.Layer[:]), Digest: f.applied}
+					f.alias = &domain.LayerAlias{Legacy: l.ID, Layer: hex.EncodeToString(first.Layer[:]), Digest: f.applied, Length: int64(ref.Length)}
 					return f, nil
 				}
 			}
 		}
 		if uniqueParent && len(above) == 1 && rec == seen {
 			f.recognised = domain.RecognisedByEntry
-			f.alias = &domain.LayerAlias{Legacy: l.ID, Layer: hex.EncodeToString(first.Layer[:]), Digest: hex.EncodeToString(first.Digest[:])}
+			f.alias = &domain.LayerAlias{Legacy: l.ID, Layer: hex.EncodeToString(first.Layer[:]), Digest: hex.EncodeToString(first.Digest[:]), Length: int64(first.Length)}
 			return f, nil
 		}
 	}

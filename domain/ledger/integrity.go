@@ -40,6 +40,7 @@ func addDigests(st *state.State, p *plan, decoded *DecodedLog) {
 	}
 	for _, e := range p.entries {
 		p.prepared.Digests = append(p.prepared.Digests, hex.EncodeToString(e.Digest[:]))
+		p.prepared.Lengths = append(p.prepared.Lengths, int64(e.Length))
 	}
 	p.prepared.FileDigest = hex.EncodeToString(decoded.FileDigest[:])
 	if stop := decoded.Stop; stop != nil && len(p.entries) == len(decoded.Entries) {
@@ -48,6 +49,7 @@ func addDigests(st *state.State, p *plan, decoded *DecodedLog) {
 				Legacy: hex.EncodeToString(stop.Legacy[:]),
 				Layer:  hex.EncodeToString(stop.ID[:]),
 				Digest: hex.EncodeToString(stop.Digest[:]),
+				Length: int64(stop.Length),
 			}
 		}
 	}
@@ -84,6 +86,12 @@ func compareStop(st *state.State, owner domain.Owner, decoded *DecodedLog, now t
 	a.AppliedDigest, a.SeenDigest = info.Digest, hex.EncodeToString(stop.Digest[:])
 	if a.AppliedDigest != a.SeenDigest {
 		a.Differs = append(a.Differs, domain.DiffersEntryBytes)
+	}
+	// The ciphertext's length, recorded since layer lengths were (0: applied before), tells a
+	// truncated or extended layer, which its digest cannot when the walk stops under new layers.
+	if info.Length != 0 && stop.Length != 0 && info.Length != int64(stop.Length) {
+		a.AppliedLength, a.SeenLength = info.Length, int64(stop.Length)
+		a.Differs = append(a.Differs, domain.DiffersLayerLength)
 	}
 	// The whole bytes of a layer are at hand only when it is the log's outermost layer, and
 	// were recorded only when it was the outermost of the log it was applied from.

@@ -41,6 +41,7 @@ type LogEntry struct {
 	Layer     [32]byte // the layer's identity
 	Legacy    [32]byte // its identity before version 2 (LayerRef)
 	Digest    [32]byte // the digest of the bytes its entry is decrypted from (LayerRef)
+	Length    int      // its EncryptedObject's length (LayerRef)
 	ObjectID  int64
 	Decrement bool
 	Amount    int64 // > 0
@@ -66,6 +67,9 @@ type LayerRef struct {
 	// Digest covers the bytes the layer's entry is decrypted from (IV, wrapped key, the first
 	// blocks of the ciphertext).
 	Digest [32]byte
+	// Length is the length of its ciphertext (EncryptedObject), 0 when unknown. It is recorded
+	// beside the digest (UploadPrepared.Lengths).
+	Length int
 }
 
 // DecodedLog is what a LogDecoder read.

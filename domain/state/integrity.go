@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 
 	"github.com/google/uuid"
 
@@ -28,6 +29,9 @@ func (a IntegrityAnomaly) key() string { return AnomalyKey(a.UploadIntegrityAnom
 func AnomalyKey(a domain.UploadIntegrityAnomaly) string {
 	if slices.Contains(a.Differs, domain.DiffersEntryBytes) {
 		return a.Layer + "/" + a.SeenDigest
+	}
+	if slices.Contains(a.Differs, domain.DiffersLayerLength) {
+		return a.Layer + "/" + a.SeenDigest + "/" + a.SeenLayerDigest + "/" + strconv.FormatInt(a.SeenLength, 10)
 	}
 	return a.Layer + "/" + a.SeenDigest + "/" + a.SeenLayerDigest
 }
@@ -203,6 +207,9 @@ func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared) {
 		if i < len(p.Digests) {
 			info.Digest = p.Digests[i]
 		}
+		if i < len(p.Lengths) {
+			info.Length = p.Lengths[i]
+		}
 		if i == len(p.Layers)-1 {
 			info.FileDigest = p.FileDigest
 		}
@@ -216,7 +223,7 @@ func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared) {
 // addAlias records the identity version 2 and digest of a layer known by its legacy identity.
 func (s *State) addAlias(u *Upload, a domain.LayerAlias) {
 	if info, ok := u.Layers[a.Legacy]; ok {
-		info.Digest = a.Digest
+		info.Digest, info.Length = a.Digest, a.Length
 		u.Layers[a.Layer] = info
 		s.sawDepth(u.Owner.String(), info.Depth, a.Layer)
 	}

@@ -191,12 +191,15 @@ func (s *Service) recordedEntry(ctx context.Context, owner domain.Owner, layer s
 				if err := json.Unmarshal(ev.Data, &c); err != nil {
 					return RecordedEntry{}, false, fmt.Errorf("decode %s@%d: %w", stream, ev.Revision, err)
 				}
-				if p, ok := prepared[c.UploadID]; ok && found == nil {
+				if p, ok := prepared[c.UploadID]; ok {
 					found = &p
 				}
 			}
+			if found != nil {
+				break // the events after it need not be read (nor decoded)
+			}
 		}
-		if len(batch) < page {
+		if found != nil || len(batch) < page {
 			break
 		}
 		from = batch[len(batch)-1].Revision + 1

@@ -57,10 +57,12 @@ const (
 	// differ from the whole bytes it had when applied.
 	DiffersLayerBytes = "layer-bytes"
 	// DiffersSuspectedReplay: the walk stopped at a layer applied before identity version 2
-	// (known by its IV and wrapped key only), and the new layer above it takes a depth at
-	// which the owner already has an applied layer: a copy of an old layer with a modified
-	// IV, which Tally cannot recognise, or a second log of the same owner. The new entries are
-	// new to Tally; the anomaly is the evidence (docs/uploads.md, "Tampering").
+	// (known by its IV and wrapped key only), the new layer above it takes a depth at which the
+	// owner already has an applied layer before version 2, and the owner has other layers at
+	// the stop layer's depth (several logs), so the fork rule cannot say more: a copy of an old
+	// layer re-encrypted with another entry, which Tally cannot recognise, or a layer of a
+	// second log. The new entries are new to Tally; the anomaly is the evidence
+	// (docs/uploads.md, "Forks").
 	DiffersSuspectedReplay = "suspected-replay"
 	// DiffersFork: the upload's oldest new layer sits directly on a known layer that already
 	// has a different known layer above it. A log is linear (each layer wraps exactly the

@@ -95,3 +95,58 @@ func TestIntegrityFold(t *testing.T) {
 		t.Fatal("acknowledgement of an unknown anomaly folded without error")
 	}
 }
+
+// TestLayersAtFollowsAliasesAndSnapshots: LayersAt lists every identity an owner's applied
+// layers at a depth are known by, including a legacy layer's identity given by an anomaly that
+// recognised it (its alias) and the lengths recorded; a snapshot round trip derives the same
+// index.
+func TestLayersAtFollowsAliasesAndSnapshots(t *testing.T) {
+	owner := domain.Owner{Type: domain.OwnerKey, ID: 3}
+	stream := domain.UploadStream(owner)
+	h := newHistory(t)
+	h.add(domain.ProductStream(1), domain.EventProductCreated, domain.ProductCreated{ProductID: 1, Name: "p"})
+	h.add(domain.KeyStream(3), domain.EventKeyCreated, domain.KeyCreated{KeyID: 3, ProductID: 1, Key: "K"})
+	old, up := uuid.New(), uuid.New()
+	h.add(stream, domain.EventUploadPrepared, domain.UploadPrepared{UploadID: old, Owner: owner, Layers: []string{"legacy1", "legacy2"}, Timestamps: []int64{5, 6}})
+	h.add(stream, domain.EventUploadCommitted, domain.UploadCommitted{UploadID: old})
+	h.add(stream, domain.EventUploadIntegrityAnomaly, domain.UploadIntegrityAnomaly{AnomalyID: uuid.New(), Owner: owner,
+		Layer: "new2", Depth: 2, Differs: []string{domain.DiffersEntryBytes}, AppliedDigest: "d2", SeenDigest: "x2",
+		Alias: &domain.LayerAlias{Legacy: "legacy2", Layer: "new2", Digest: "d2", Length: 336}, Recognised: domain.RecognisedByIV})
+	h.add(stream, domain.EventUploadPrepared, domain.UploadPrepared{UploadID: up, Owner: owner, Layers: []string{"new3"},
+		Timestamps: []int64{7}, BaseDepth: 2, Digests: []string{"d3"}, Lengths: []int64{352}})
+	h.add(stream, domain.EventUploadCommitted, domain.UploadCommitted{UploadID: up})
+	check := func(st *State) {
+		t.Helper()
+		ids := func(depth int64) map[string]LayerInfo {
+			out := map[string]LayerInfo{}
+			for _, l := range st.LayersAt(owner, depth) {
+				out[l.ID] = l.LayerInfo
+			}
+			return out
+		}
+		if got := ids(1); len(got) != 1 || got["legacy1"] != (LayerInfo{Depth: 1, Timestamp: 5}) {
+			t.Errorf("depth 1: %+v", got)
+		}
+		if got := ids(2); len(got) != 2 || got["legacy2"] != (LayerInfo{Depth: 2, Timestamp: 6}) ||
+			got["new2"] != (LayerInfo{Depth: 2, Timestamp: 6, Digest: "d2", Length: 336}) {
+			t.Errorf("depth 2: %+v", got)
+		}
+		if got := ids(3); len(got) != 1 || got["new3"] != (LayerInfo{Depth: 3, Timestamp: 7, Digest: "d3", Length: 352}) {
+			t.Errorf("depth 3: %+v", got)
+		}
+		if len(st.LayersAt(owner, 4)) != 0 || len(st.LayersAt(domain.Owner{Type: domain.OwnerKey, ID: 4}, 1)) != 0 {
+			t.Error("layers where there are none")
+		}
+	}
+	st := h.fold()
+	check(st)
+	b, err := MarshalState(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := UnmarshalState(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(back)
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tallyledger/tally/adapters/usagelog"
 	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/ledger"
 )
 
@@ -133,8 +134,10 @@ func TestLegacyLayerWithAModifiedIVCountsOnce(t *testing.T) {
 // Server restored from a backup, or a layer fabricated on it), flagged and, by the default
 // policy, applied. A second log of the same owner is not a fork: its first layer sits on the
 // empty file, and its later layers on layers that share their depth with the first log's.
-func TestForkOfAVersion2LogIsFlagged(t *testing.T) {
-	u := newUploadEnv(t, nil)
+func TestForkOfAVersion2LogIsFlagged(t *testing.T) { forEachBackend(t, testForkOfAVersion2Log) }
+
+func testForkOfAVersion2Log(t *testing.T, open func(testing.TB) eventstore.Store) {
+	u := newUploadEnv(t, open)
 	a := u.add(t, u.toKey(u.token), "AddDataObjectToKey", "a", 0)
 	l := u.log(t).add(a, 10)
 	old := slices.Clone(l.data)

@@ -164,6 +164,7 @@ func (d *Decoder) walk(ctx context.Context, raw []byte, order Order, known func(
 		return nil, fmt.Errorf("layer 1: %w", err)
 	}
 	out := &Log{Entries: []Entry{}}
+	var innermost ivOrigin // of the last new layer decoded: a copy per layer, kept once
 	for depth := 1; ; depth++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("decoding usage log: %w", err)
@@ -185,7 +186,7 @@ func (d *Decoder) walk(ctx context.Context, raw []byte, order Order, known func(
 		var (
 			entry   Entry
 			next    *outerLayer
-			origin  *ivOrigin
+			origin  ivOrigin
 			lastErr error
 			found   bool
 		)
@@ -202,11 +203,14 @@ func (d *Decoder) walk(ctx context.Context, raw []byte, order Order, known func(
 		}
 		entry.Layer, entry.Legacy, entry.Digest, entry.Length = id, hdr.ref.Legacy, hdr.ref.Digest, hdr.ref.Length
 		out.Entries = append(out.Entries, entry)
-		out.innermost = origin
+		innermost = origin
 		if next == nil {
 			break
 		}
 		src, hdr = next.src, next.hdr
+	}
+	if len(out.Entries) > 0 {
+		out.innermost = &innermost
 	}
 	if order == OldestFirst {
 		slices.Reverse(out.Entries)
@@ -281,55 +285,55 @@ func readOuter(w *window, start, length int) (outerHeader, error) {
 // openLayer decrypts the layer described by hdr (in src) with key, checks it whole, and returns
 // its entry, the layer it nests (nil when it nests the empty file 0x00), and what recognising
 // the layer under another IV needs.
-func openLayer(open opener, src source, hdr outerHeader, key []byte) (Entry, *outerLayer, *ivOrigin, error) {
+func openLayer(open opener, src source, hdr outerHeader, key []byte) (Entry, *outerLayer, ivOrigin, error) {
 	plain, err := open(src, hdr.objOff, hdr.objLen, hdr.iv, key)
 	if err != nil {
-		return Entry{}, nil, nil, err
+		return Entry{}, nil, ivOrigin{}, err
 	}
 	w := &window{src: plain}
 	c := cursor{w: w, pos: 0, end: hdr.objLen}
 	if err := c.expectArray(3, "inner layer"); err != nil {
-		return Entry{}, nil, nil, err
+		return Entry{}, nil, ivOrigin{}, err
 	}
 	if err := c.expectArray(2, "Data"); err != nil {
-		return Entry{}, nil, nil, err
+		return Entry{}, nil, ivOrigin{}, err
 	}
 	increment, err := c.int64("Increment")
 	if err != nil {
-		return Entry{}, nil, nil, err
+		return Entry{}, nil, ivOrigin{}, err
 	}
 	objectID, err := c.int64("DataObjectId")
 	if err != nil {
-		return Entry{}, nil, nil, err
+		return Entry{}, nil, ivOrigin{}, err
 	}
 	timestamp, err := c.int64("Timestamp")
 	if err != nil {
-		return Entry{}, nil, nil, err
+		return Entry{}, nil, ivOrigin{}, err
 	}
 	// What recognising this layer under another IV needs: its first block without the IV,
 	// and the plaintext from the end of the entry on (ivOrigin). Read now, from the window's
 	// read-ahead, before the walk moves on.
 	first, err := w.get(0, min(hdr.objLen, c.pos+aes.BlockSize))
 	if err != nil {
-		return Entry{}, nil, nil, err
+		return Entry{}, nil, ivOrigin{}, err
 	}
-	origin := &ivOrigin{encryptedKey: hdr.encryptedKey, length: hdr.objLen, head: hdr.head, afterEntry: first[c.pos:]}
+	origin := ivOrigin{encryptedKey: hdr.encryptedKey, length: hdr.objLen, head: hdr.head, afterEntry: first[c.pos:]}
 	subtle.XORBytes(origin.block0[:], first[:aes.BlockSize], hdr.iv)
 	prevLen, err := c.binLen("PreviousObjectEncrypted")
 	if err != nil {
-		return Entry{}, nil, nil, err
+		return Entry{}, nil, ivOrigin{}, err
 	}
 	prevOff := c.pos
 	padding := hdr.objLen - prevOff - prevLen
 	switch {
 	case increment < math.MinInt32 || increment > math.MaxInt32:
-		return Entry{}, nil, nil, fmt.Errorf("%w: Increment %d does not fit an int32", ErrCorrupted, increment)
+		return Entry{}, nil, ivOrigin{}, fmt.Errorf("%w: Increment %d does not fit an int32", ErrCorrupted, increment)
 	case increment == 0:
-		return Entry{}, nil, nil, fmt.Errorf("%w: Increment is 0", ErrCorrupted)
+		return Entry{}, nil, ivOrigin{}, fmt.Errorf("%w: Increment is 0", ErrCorrupted)
 	case objectID == 0 || objectID == math.MinInt64:
-		return Entry{}, nil, nil, fmt.Errorf("%w: DataObjectId %d", ErrCorrupted, objectID)
+		return Entry{}, nil, ivOrigin{}, fmt.Errorf("%w: DataObjectId %d", ErrCorrupted, objectID)
 	case padding > maxPadding:
-		return Entry{}, nil, nil, fmt.Errorf("%w: %d bytes after the inner layer, more than padding", ErrCorrupted, padding)
+		return Entry{}, nil, ivOrigin{}, fmt.Errorf("%w: %d bytes after the inner layer, more than padding", ErrCorrupted, padding)
 	}
 	entry := Entry{
 		ObjectID:  abs(objectID),
@@ -342,15 +346,15 @@ func openLayer(open opener, src source, hdr outerHeader, key []byte) (Entry, *ou
 	if prevLen == 1 {
 		b, err := c.take(1, "PreviousObjectEncrypted")
 		if err != nil {
-			return Entry{}, nil, nil, err
+			return Entry{}, nil, ivOrigin{}, err
 		}
 		if b[0] != 0x00 {
-			return Entry{}, nil, nil, fmt.Errorf("%w: PreviousObjectEncrypted is the byte 0x%02x, not 0x00", ErrCorrupted, b[0])
+			return Entry{}, nil, ivOrigin{}, fmt.Errorf("%w: PreviousObjectEncrypted is the byte 0x%02x, not 0x00", ErrCorrupted, b[0])
 		}
 	} else {
 		prev, err := readOuter(w, prevOff, prevLen)
 		if err != nil {
-			return Entry{}, nil, nil, fmt.Errorf("previous layer: %w", err)
+			return Entry{}, nil, ivOrigin{}, fmt.Errorf("previous layer: %w", err)
 		}
 		next = &outerLayer{src: plain, hdr: prev}
 	}
@@ -358,11 +362,11 @@ func openLayer(open opener, src source, hdr outerHeader, key []byte) (Entry, *ou
 	c.pos = prevOff + prevLen
 	tail, err := c.take(padding, "padding")
 	if err != nil {
-		return Entry{}, nil, nil, err
+		return Entry{}, nil, ivOrigin{}, err
 	}
 	for _, b := range tail {
 		if b != 0 {
-			return Entry{}, nil, nil, fmt.Errorf("%w: non-zero byte after the inner layer", ErrCorrupted)
+			return Entry{}, nil, ivOrigin{}, fmt.Errorf("%w: non-zero byte after the inner layer", ErrCorrupted)
 		}
 	}
 	return entry, next, origin, nil

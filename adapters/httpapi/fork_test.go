@@ -73,20 +73,37 @@ func TestLegacyLayerWithAModifiedIVCountsOnce(t *testing.T) {
 	t.Run("re-encrypted with another IV: recognised by its entry", func(t *testing.T) {
 		le := startLegacy(t)
 		u, a := le.uploadEnv, le.object
+		ctx := context.Background()
+		admin := ledger.Caller{Admin: true, RequestID: "test"}
+		if _, err := u.env.Ledger.SetIntegrityPolicy(ctx, admin, u.product.ID, domain.IntegrityRefuse); err != nil {
+			t.Fatal(err)
+		}
 		newIV := make([]byte, 16)
 		if _, err := rand.Read(newIV); err != nil {
 			t.Fatal(err)
 		}
 		same := reseal(t, u.keys.Keys()[0], le.v2, newIV, func([]byte) {})
-		if n, _ := uploadBody(t, u.upload(b64(same))); n != 0 || u.value(t, a) != 150 {
-			t.Fatalf("re-encrypted v2 applied %d, value %d; want 0 and 150", n, u.value(t, a))
+		// Recognised (known from now on, not counted) and, the product refusing on tampering,
+		// refused until acknowledged; a retry is the same anomaly, refused again.
+		for range 2 {
+			refused(t, u.upload(b64(same)), http.StatusUnprocessableEntity, domain.ErrIntegrityRefused.Message)
+		}
+		if v := u.value(t, a); v != 150 || le.legacyOnly(t, same) {
+			t.Fatalf("value %d, known by its legacy identity only %v; want 150 and false", v, le.legacyOnly(t, same))
 		}
 		an := assertAnomaly(t, le.env, 1, le.v2, domain.DiffersEntryBytes)
 		if an.Recognised != domain.RecognisedByEntry || an.Alias == nil {
 			t.Fatalf("anomaly %+v", an)
 		}
-		if n, _ := uploadBody(t, u.upload(b64(le.v2))); n != 0 || u.value(t, a) != 150 {
-			t.Fatalf("original applied %d, value %d", n, u.value(t, a))
+		// The untouched original flows and is not flagged: the original digest is unknown.
+		if n, _ := uploadBody(t, u.upload(b64(le.v2))); n != 0 || u.value(t, a) != 150 || len(anomalies(le.env)) != 1 {
+			t.Fatalf("original applied %d, value %d, %d anomalies", n, u.value(t, a), len(anomalies(le.env)))
+		}
+		if _, err := u.env.Ledger.AcknowledgeAnomaly(ctx, admin, an.AnomalyID, "the License Server was reinstalled"); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := uploadBody(t, u.upload(b64(same))); n != 0 || u.value(t, a) != 150 || len(anomalies(le.env)) != 1 {
+			t.Fatalf("acknowledged version applied %d, value %d, %d anomalies", n, u.value(t, a), len(anomalies(le.env)))
 		}
 		assertVerified(t, le.env)
 	})

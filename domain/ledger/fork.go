@@ -116,7 +116,8 @@ func (s *Service) examineFork(ctx context.Context, owner domain.Owner, decoded *
 	}
 	var legacy []state.LayerAtDepth
 	for _, l := range above {
-		if l.Digest == "" { // every layer applied since identity version 2 has a digest
+		// Every layer recorded since identity version 2 has a digest or a length.
+		if l.Digest == "" && l.Length == 0 {
 			legacy = append(legacy, l)
 		}
 	}
@@ -140,7 +141,10 @@ func (s *Service) examineFork(ctx context.Context, owner domain.Owner, decoded *
 		}
 		if uniqueParent && len(above) == 1 && rec == seen {
 			f.recognised = domain.RecognisedByEntry
-			f.alias = &domain.LayerAlias{Legacy: l.ID, Layer: hex.EncodeToString(first.Layer[:]), Digest: hex.EncodeToString(first.Digest[:]), Length: int64(first.Length)}
+			// No digest: the original's cannot be recovered, and the one seen is not the
+			// applied layer's (compareStop). The length, the same for the same entry, marks
+			// the identity as recorded since version 2.
+			f.alias = &domain.LayerAlias{Legacy: l.ID, Layer: hex.EncodeToString(first.Layer[:]), Length: int64(first.Length)}
 			return f, nil
 		}
 	}
@@ -148,7 +152,7 @@ func (s *Service) examineFork(ctx context.Context, owner domain.Owner, decoded *
 	case uniqueParent:
 		f.differs, f.successor = domain.DiffersFork, above[0].ID
 		for _, l := range above {
-			if l.Digest != "" { // name the layer by its identity version 2 when it has one
+			if l.Digest != "" || l.Length != 0 { // name the layer by its identity version 2 when it has one
 				f.successor, f.applied = l.ID, l.Digest
 			}
 		}

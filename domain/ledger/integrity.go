@@ -76,9 +76,20 @@ func compareStop(st *state.State, owner domain.Owner, decoded *DecodedLog, now t
 		return nil
 	}
 	info, byID, ok := st.KnownLayer(owner, stop.ID, stop.Legacy)
-	if !ok || !byID || info.Digest == "" {
-		// Applied before identity version 2, or re-identified without a digest: nothing to
-		// compare (a new layer on it is examined by examineFork).
+	if !ok || !byID {
+		// Applied before identity version 2 and not re-identified: nothing to compare (a new
+		// layer on it is examined by examineFork).
+		return nil
+	}
+	if info.Digest == "" {
+		// Recognised by its entry (examineFork), whose original digest cannot be recovered:
+		// nothing to compare, but the version that was recognised stays the anomaly it was,
+		// so that a product refusing on tampering keeps refusing it until it is acknowledged.
+		probe := domain.UploadIntegrityAnomaly{Layer: hex.EncodeToString(stop.ID[:]), SeenDigest: hex.EncodeToString(stop.Digest[:]),
+			Differs: []string{domain.DiffersEntryBytes}}
+		if rec, seen := st.SameAnomaly(owner, probe); seen && rec.Recognised != "" {
+			return finishAnomaly(st, owner, rec.UploadIntegrityAnomaly)
+		}
 		return nil
 	}
 	a := domain.UploadIntegrityAnomaly{Owner: owner, NewEntries: len(decoded.Entries), At: now.UTC()}
@@ -86,12 +97,6 @@ func compareStop(st *state.State, owner domain.Owner, decoded *DecodedLog, now t
 	a.AppliedDigest, a.SeenDigest = info.Digest, hex.EncodeToString(stop.Digest[:])
 	if a.AppliedDigest != a.SeenDigest {
 		a.Differs = append(a.Differs, domain.DiffersEntryBytes)
-	}
-	// The ciphertext's length, recorded since layer lengths were (0: applied before), tells a
-	// truncated or extended layer, which its digest cannot when the walk stops under new layers.
-	if info.Length != 0 && stop.Length != 0 && info.Length != int64(stop.Length) {
-		a.AppliedLength, a.SeenLength = info.Length, int64(stop.Length)
-		a.Differs = append(a.Differs, domain.DiffersLayerLength)
 	}
 	// The whole bytes of a layer are at hand only when it is the log's outermost layer, and
 	// were recorded only when it was the outermost of the log it was applied from.
@@ -101,17 +106,14 @@ func compareStop(st *state.State, owner domain.Owner, decoded *DecodedLog, now t
 			a.Differs = append(a.Differs, domain.DiffersLayerBytes)
 		}
 	}
+	// The ciphertext's length, recorded since layer lengths were (0: applied before), tells a
+	// truncated or extended layer, which its digest cannot when the walk stops under new layers.
+	if info.Length != 0 && stop.Length != 0 && info.Length != int64(stop.Length) {
+		a.AppliedLength, a.SeenLength = info.Length, int64(stop.Length)
+		a.Differs = append(a.Differs, domain.DiffersLayerLength)
+	}
 	if len(a.Differs) == 0 {
-		// A layer recognised by its entry (examineFork) was recorded with the digest of the
-		// version that was recognised: that version stays the anomaly it was, so that a
-		// product refusing on tampering keeps refusing it until an operator acknowledges it.
-		probe := a
-		probe.Differs = []string{domain.DiffersEntryBytes}
-		rec, seen := st.SameAnomaly(owner, probe)
-		if !seen || rec.Recognised == "" {
-			return nil
-		}
-		a = rec.UploadIntegrityAnomaly
+		return nil
 	}
 	return finishAnomaly(st, owner, a)
 }

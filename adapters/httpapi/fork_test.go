@@ -32,42 +32,7 @@ func digestOf(t *testing.T, raw []byte) string {
 // entry counted exactly once, and `tally verify`'s replay agrees.
 func TestLegacyLayerWithAModifiedIVCountsOnce(t *testing.T) {
 	t.Run("IV modified: recognised by its original IV", func(t *testing.T) {
-		le := startLegacy(t)
-		u, a := le.uploadEnv, le.object
-		mod2 := flipped(le.v2, 3+2, 0x01)
-		if n, known := uploadBody(t, u.upload(b64(mod2))); n != 0 || known != 5 || u.value(t, a) != 150 {
-			t.Fatalf("modified v2 applied %d known %d, value %d; want 0, 5, 150", n, known, u.value(t, a))
-		}
-		an := assertAnomaly(t, le.env, 1, le.v2, domain.DiffersEntryBytes)
-		if an.Recognised != domain.RecognisedByIV || an.Alias == nil || an.Depth != 5 || an.NewEntries != 0 {
-			t.Fatalf("anomaly %+v", an)
-		}
-		// The digest recovered is exactly the untouched layer's: the IV was recovered.
-		if an.AppliedDigest != digestOf(t, le.v2) || an.SeenDigest != digestOf(t, mod2) {
-			t.Fatalf("applied digest %s, want the original's %s", an.AppliedDigest, digestOf(t, le.v2))
-		}
-		assertHistoryShows(t, le.env, a, 50, an)
-		// The same modified log again (a client retrying): the same anomaly.
-		if n, _ := uploadBody(t, u.upload(b64(mod2))); n != 0 || len(anomalies(le.env)) != 1 {
-			t.Fatalf("retry applied %d, %d anomalies", n, len(anomalies(le.env)))
-		}
-		// The untouched original: known by its wrapped key now, its digest the one recovered.
-		if n, known := uploadBody(t, u.upload(b64(le.v2))); n != 0 || known != 5 || u.value(t, a) != 150 || len(anomalies(le.env)) != 1 {
-			t.Fatalf("original applied %d known %d, value %d, %d anomalies", n, known, u.value(t, a), len(anomalies(le.env)))
-		}
-		// A newer version: its one new entry counts once.
-		l := &usageLog{t: t, pub: u.keys.Public(), data: slices.Clone(le.v2), ts: 1767225600 + 5*60}
-		l.add(a, 5)
-		if n, known := uploadBody(t, u.upload(l.base64())); n != 1 || known != 5 || u.value(t, a) != 155 {
-			t.Fatalf("newer version applied %d known %d, value %d; want 1, 5, 155", n, known, u.value(t, a))
-		}
-		// And a newer version of the modified log: the new entry only (it was just applied).
-		m := &usageLog{t: t, pub: u.keys.Public(), data: mod2, ts: 1767225600 + 5*60}
-		m.add(a, 7)
-		if n, _ := uploadBody(t, u.upload(m.base64())); n != 1 || u.value(t, a) != 162 || len(anomalies(le.env)) != 1 {
-			t.Fatalf("newer modified version applied %d, value %d, %d anomalies; want 1, 162, 1", n, u.value(t, a), len(anomalies(le.env)))
-		}
-		assertVerified(t, le.env)
+		forEachBackend(t, testLegacyIVModified)
 	})
 
 	t.Run("re-encrypted with another IV: recognised by its entry", func(t *testing.T) {
@@ -190,4 +155,46 @@ func testForkOfAVersion2Log(t *testing.T, open func(testing.TB) eventstore.Store
 		t.Fatalf("second log applied %d, value %d, %d anomalies; want 1, 340, 1", n, u.value(t, a), len(anomalies(u.env)))
 	}
 	assertVerified(t, u.env)
+}
+
+// testLegacyIVModified: the newest legacy layer with its IV modified, then the original, then
+// newer versions (TestLegacyLayerWithAModifiedIVCountsOnce), on each backend with the
+// fixture's events copied into it.
+func testLegacyIVModified(t *testing.T, open func(testing.TB) eventstore.Store) {
+	le := startLegacyOn(t, open)
+	u, a := le.uploadEnv, le.object
+	mod2 := flipped(le.v2, 3+2, 0x01)
+	if n, known := uploadBody(t, u.upload(b64(mod2))); n != 0 || known != 5 || u.value(t, a) != 150 {
+		t.Fatalf("modified v2 applied %d known %d, value %d; want 0, 5, 150", n, known, u.value(t, a))
+	}
+	an := assertAnomaly(t, le.env, 1, le.v2, domain.DiffersEntryBytes)
+	if an.Recognised != domain.RecognisedByIV || an.Alias == nil || an.Depth != 5 || an.NewEntries != 0 {
+		t.Fatalf("anomaly %+v", an)
+	}
+	// The digest recovered is exactly the untouched layer's: the IV was recovered.
+	if an.AppliedDigest != digestOf(t, le.v2) || an.SeenDigest != digestOf(t, mod2) {
+		t.Fatalf("applied digest %s, want the original's %s", an.AppliedDigest, digestOf(t, le.v2))
+	}
+	assertHistoryShows(t, le.env, a, 50, an)
+	// The same modified log again (a client retrying): the same anomaly.
+	if n, _ := uploadBody(t, u.upload(b64(mod2))); n != 0 || len(anomalies(le.env)) != 1 {
+		t.Fatalf("retry applied %d, %d anomalies", n, len(anomalies(le.env)))
+	}
+	// The untouched original: known by its wrapped key now, its digest the one recovered.
+	if n, known := uploadBody(t, u.upload(b64(le.v2))); n != 0 || known != 5 || u.value(t, a) != 150 || len(anomalies(le.env)) != 1 {
+		t.Fatalf("original applied %d known %d, value %d, %d anomalies", n, known, u.value(t, a), len(anomalies(le.env)))
+	}
+	// A newer version: its one new entry counts once.
+	l := &usageLog{t: t, pub: u.keys.Public(), data: slices.Clone(le.v2), ts: 1767225600 + 5*60}
+	l.add(a, 5)
+	if n, known := uploadBody(t, u.upload(l.base64())); n != 1 || known != 5 || u.value(t, a) != 155 {
+		t.Fatalf("newer version applied %d known %d, value %d; want 1, 5, 155", n, known, u.value(t, a))
+	}
+	// And a newer version of the modified log: the new entry only (it was just applied).
+	m := &usageLog{t: t, pub: u.keys.Public(), data: mod2, ts: 1767225600 + 5*60}
+	m.add(a, 7)
+	if n, _ := uploadBody(t, u.upload(m.base64())); n != 1 || u.value(t, a) != 162 || len(anomalies(le.env)) != 1 {
+		t.Fatalf("newer modified version applied %d, value %d, %d anomalies; want 1, 162, 1", n, u.value(t, a), len(anomalies(le.env)))
+	}
+	assertVerified(t, le.env)
 }

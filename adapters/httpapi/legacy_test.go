@@ -29,7 +29,11 @@ type legacyEnv struct {
 
 // startLegacy starts a server on a fresh copy of testdata/legacy-992cfab and waits until its
 // projection holds the old store.
-func startLegacy(t *testing.T) *legacyEnv {
+func startLegacy(t *testing.T) *legacyEnv { return startLegacyOn(t, nil) }
+
+// startLegacyOn is startLegacy on another store (nil: the embedded store of the fixture itself),
+// into which every event of the fixture is copied, same ids, streams and revisions.
+func startLegacyOn(t *testing.T, target func(testing.TB) eventstore.Store) *legacyEnv {
 	t.Helper()
 	read := func(name string) []byte {
 		b, err := os.ReadFile(filepath.Join(legacyFixture, name))
@@ -65,6 +69,15 @@ func startLegacy(t *testing.T) *legacyEnv {
 			t.Fatal(err)
 		}
 		return s
+	}
+	if target != nil {
+		fixtureStore := open
+		open = func(t testing.TB) eventstore.Store {
+			from, to := fixtureStore(t), target(t)
+			defer from.Close()
+			copyEvents(t, from, to)
+			return to
+		}
 	}
 	env := apitest.StartWith(t, apitest.Options{Open: open, Decoder: usagelog.NewLedgerDecoder(keys)})
 	u := &uploadEnv{fixture: &fixture{env: env, product: domain.Product{ID: fx.ProductID}, key: domain.LicenseKey{ID: fx.KeyID, ProductID: fx.ProductID, Key: fx.Key}, token: fx.Token}, keys: keys}
@@ -165,4 +178,29 @@ func TestStoreWrittenBeforeIdentityV2(t *testing.T) {
 		t.Fatalf("v1 applied %d, value %d, %d anomalies; want 0, 155, 3", n, u.value(t, a), len(anomalies(env)))
 	}
 	assertVerified(t, env)
+}
+
+// copyEvents appends every event of from to to, in global order, each at its own revision.
+func copyEvents(t testing.TB, from, to eventstore.Store) {
+	t.Helper()
+	ctx := context.Background()
+	for pos := eventstore.Start; ; {
+		evs, err := from.ReadAll(ctx, pos, 256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 0 {
+			return
+		}
+		for _, ev := range evs {
+			expected := eventstore.NoStream()
+			if ev.Revision > 0 {
+				expected = eventstore.Exact(ev.Revision - 1)
+			}
+			if _, err := to.Append(ctx, ev.Stream, expected, eventstore.EventData{ID: ev.ID, Type: ev.Type, Data: ev.Data, Metadata: ev.Metadata}); err != nil {
+				t.Fatalf("copy %s@%d: %v", ev.Stream, ev.Revision, err)
+			}
+		}
+		pos = evs[len(evs)-1].Position
+	}
 }

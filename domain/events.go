@@ -160,6 +160,10 @@ type UploadSource struct {
 	LogTimestamp time.Time `json:"logTimestamp"` // when the License Server flushed the layer
 	// Anomaly says what was odd about the layer's timestamp ("" when nothing was).
 	Anomaly string `json:"anomaly,omitempty"`
+	// Entry is the layer's position in its upload's UploadPrepared.Layers, plus one (0 when not
+	// recorded). The compact encoding stores Entry instead of Layer, which UploadPrepared holds
+	// already (UploadPrepared.EntryLayer; docs/encoding.md).
+	Entry int `json:"entry,omitempty"`
 }
 
 // ValueChanged is the body of IncrementApplied and DecrementApplied. Amount is positive; the

@@ -34,10 +34,14 @@ const (
 )
 
 // uploadDecision is what an owner's upload stream decided about one upload and when the store
-// recorded the decision.
+// recorded the decision (status "" while undecided), with what its UploadPrepared says about
+// its entries: an entry in the compact encoding names its layer by index and carries no
+// metadata of its own (docs/encoding.md).
 type uploadDecision struct {
 	status   UploadStatus
 	recorded time.Time
+	prepared *domain.UploadPrepared
+	meta     []byte // the UploadPrepared's metadata
 }
 
 // HistoryEntry is one event of a data object's stream, as the audit history shows it.
@@ -113,9 +117,20 @@ func History(ctx context.Context, r StreamReader, objectID int64) (*ObjectHistor
 
 func historyEntry(ev eventstore.RecordedEvent, decisions map[uuid.UUID]uploadDecision) (HistoryEntry, error) {
 	e := HistoryEntry{Revision: ev.Revision, Position: ev.Position, EventID: ev.ID, Type: ev.Type, Recorded: ev.Recorded, Counted: true}
-	if len(ev.Metadata) > 0 {
+	metadata := ev.Metadata
+	var vc domain.ValueChanged
+	if ev.Type == domain.EventIncrementApplied || ev.Type == domain.EventDecrementApplied {
+		var err error
+		if vc, err = domain.DecodeValueChanged(ev.Data); err != nil {
+			return e, fmt.Errorf("decode %s %d: %w", ev.Type, ev.Revision, err)
+		}
+		if vc.Upload != nil && len(metadata) == 0 {
+			metadata = decisions[vc.Upload.UploadID].meta // an entry's "who" is its upload's
+		}
+	}
+	if len(metadata) > 0 {
 		var m domain.Metadata
-		if err := json.Unmarshal(ev.Metadata, &m); err != nil {
+		if err := json.Unmarshal(metadata, &m); err != nil {
 			return e, fmt.Errorf("decode metadata of %s %d: %w", ev.Type, ev.Revision, err)
 		}
 		if m.TokenID != uuid.Nil {
@@ -145,18 +160,19 @@ func historyEntry(ev eventstore.RecordedEvent, decisions map[uuid.UUID]uploadDec
 		}
 		e.At, e.StringValue = d.At, &d.After
 	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		var d domain.ValueChanged
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
-			return e, decodeErr(err)
-		}
+		d := vc
 		e.At, e.Before, e.After, e.Correction = d.At, &d.Before, &d.After, d.Correction
 		e.Amount = int64(domain.DirectionOf(ev.Type)) * d.Amount
 		if d.Upload != nil {
 			id, ts := d.Upload.UploadID, d.Upload.LogTimestamp
 			e.UploadID, e.Layer, e.LogTimestamp, e.Anomaly = &id, d.Upload.Layer, &ts, d.Upload.Anomaly
 			e.UploadStatus = UploadStatusPending
-			if dec, ok := decisions[id]; ok {
+			dec := decisions[id]
+			if dec.status != "" {
 				e.UploadStatus = dec.status
+			}
+			if dec.prepared != nil {
+				e.Layer = dec.prepared.EntryLayer(d.Upload)
 			}
 			e.Counted = e.UploadStatus == UploadStatusCommitted
 		}
@@ -229,6 +245,16 @@ func readUploadDecisions(ctx context.Context, r StreamReader, owner domain.Owner
 	for _, ev := range evs {
 		var status UploadStatus
 		switch ev.Type {
+		case domain.EventUploadPrepared:
+			p, err := domain.DecodeUploadPrepared(ev.Data)
+			if err != nil {
+				return nil, fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+			}
+			if dec, seen := out[p.UploadID]; !seen || dec.prepared == nil {
+				dec.prepared, dec.meta = &p, ev.Metadata
+				out[p.UploadID] = dec
+			}
+			continue
 		case domain.EventUploadCommitted:
 			status = UploadStatusCommitted
 		case domain.EventUploadAborted:
@@ -236,14 +262,14 @@ func readUploadDecisions(ctx context.Context, r StreamReader, owner domain.Owner
 		default:
 			continue
 		}
-		var d struct {
-			UploadID uuid.UUID `json:"uploadId"`
-		}
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
+		var d struct{ UploadID uuid.UUID }
+		var err error
+		if d.UploadID, _, err = domain.DecodeUploadDecision(ev.Type, ev.Data); err != nil {
 			return nil, fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
 		}
-		if _, seen := out[d.UploadID]; !seen {
-			out[d.UploadID] = uploadDecision{status: status, recorded: ev.Recorded}
+		if dec := out[d.UploadID]; dec.status == "" {
+			dec.status, dec.recorded = status, ev.Recorded
+			out[d.UploadID] = dec
 		}
 	}
 	return out, nil

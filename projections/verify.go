@@ -58,8 +58,8 @@ func verifyApply(st *state.State, ev eventstore.RecordedEvent, pending map[uuid.
 			check = &recordedAfter{objectID: objectID, after: d.After, ev: ev}
 		}
 	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		var d domain.ValueChanged
-		if json.Unmarshal(ev.Data, &d) != nil || !isObject {
+		d, err := domain.DecodeValueChanged(ev.Data)
+		if err != nil || !isObject {
 			break
 		}
 		delta := int64(domain.DirectionOf(ev.Type)) * d.Amount
@@ -71,14 +71,12 @@ func verifyApply(st *state.State, ev eventstore.RecordedEvent, pending map[uuid.
 			pending[d.Upload.UploadID] = append(pending[d.Upload.UploadID], c)
 		}
 	case domain.EventUploadCommitted, domain.EventUploadAborted:
-		var d struct {
-			UploadID uuid.UUID `json:"uploadId"`
-		}
-		if json.Unmarshal(ev.Data, &d) != nil {
+		uploadID, _, err := domain.DecodeUploadDecision(ev.Type, ev.Data)
+		if err != nil {
 			break
 		}
 		if ev.Type == domain.EventUploadCommitted {
-			committed = pending[d.UploadID]
+			committed = pending[uploadID]
 			commitValues = map[int64]int32{}
 			for _, c := range committed {
 				if o, ok := st.Objects[c.objectID]; ok {
@@ -86,7 +84,7 @@ func verifyApply(st *state.State, ev eventstore.RecordedEvent, pending map[uuid.
 				}
 			}
 		}
-		delete(pending, d.UploadID)
+		delete(pending, uploadID)
 	}
 	if err := st.Apply(ev); err != nil {
 		problems = append(problems, fmt.Sprintf("event at position %d cannot be folded: %v", ev.Position, err))

@@ -288,6 +288,7 @@ func (s *Service) planUpload(st *state.State, c Caller, owner domain.Owner, only
 		p.prepared.Layers = append(p.prepared.Layers, p.changes[i].Upload.Layer)
 		p.prepared.Timestamps = append(p.prepared.Timestamps, e.Timestamp)
 		p.changes[i].Upload.UploadID = p.prepared.UploadID
+		p.changes[i].Upload.Entry = i + 1
 	}
 	for _, id := range ids {
 		p.prepared.Changes = append(p.prepared.Changes, domain.PlannedStep{ObjectID: id, FromRevision: revision[id], Events: count[id]})
@@ -315,6 +316,8 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		if err != nil {
 			return UploadResult{}, err
 		}
+		// Who made the change is on UploadPrepared: an entry does not repeat it.
+		ev.Metadata = nil
 		byObject[e.ObjectID] = append(byObject[e.ObjectID], ev)
 	}
 	res, err := s.appendAndWait(ctx, uploadStream, p.expected, prep)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -360,19 +361,34 @@ func (s *arrayScanner) int() int64 {
 	if !s.next() {
 		return 0
 	}
-	start := s.i
-	if s.b[s.i] == '-' {
+	start, neg := s.i, s.b[s.i] == '-'
+	if neg {
 		s.i++
 	}
-	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
-		s.i++
+	var n uint64
+	digits := 0
+	for ; s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9'; s.i++ {
+		if n > (math.MaxUint64-9)/10 {
+			s.i = start
+			s.fail("integer out of range")
+			return 0
+		}
+		n = n*10 + uint64(s.b[s.i]-'0')
+		digits++
 	}
-	n, err := strconv.ParseInt(string(s.b[start:s.i]), 10, 64)
-	if err != nil {
+	switch {
+	case digits == 0:
 		s.i = start
 		s.fail("bad integer")
+		return 0
+	case neg && n <= 1<<63:
+		return int64(-n)
+	case !neg && n < 1<<63:
+		return int64(n)
 	}
-	return n
+	s.i = start
+	s.fail("integer out of range")
+	return 0
 }
 
 func (s *arrayScanner) int32() int32 {
@@ -726,4 +742,71 @@ func (r *binReader) done() error {
 		r.fail(errors.New("trailing bytes after a binary event"))
 	}
 	return r.err
+}
+
+// CompactMetadata encodes the metadata of an upload entry's event as a JSON array,
+// ["tokenId","requestId","clientAddr"(,1 for admin)], with the token id (and a request id that
+// is a UUID, marked by a leading '=') in 22 characters of base64: about 60 bytes instead of
+// 110, on every entry. Metadata.UnmarshalJSON reads it. Metadata the form cannot carry exactly
+// is encoded as the JSON object.
+func CompactMetadata(m Metadata) ([]byte, error) {
+	if strings.HasPrefix(m.RequestID, "=") {
+		return json.Marshal(m)
+	}
+	b := []byte{'[', '"'}
+	if m.TokenID != uuid.Nil {
+		b = base64.RawURLEncoding.AppendEncode(b, m.TokenID[:])
+	}
+	b = append(b, '"', ',')
+	if id, err := uuid.Parse(m.RequestID); err == nil && id.String() == m.RequestID {
+		b = append(b, '"', '=')
+		b = base64.RawURLEncoding.AppendEncode(b, id[:])
+		b = append(b, '"')
+	} else {
+		b = appendJSONString(b, m.RequestID)
+	}
+	b = appendJSONString(append(b, ','), m.ClientAddr)
+	if m.Admin {
+		b = append(b, ",1"...)
+	}
+	return append(b, ']'), nil
+}
+
+// UnmarshalJSON reads Metadata in the JSON object form or the compact array form
+// (CompactMetadata).
+func (m *Metadata) UnmarshalJSON(data []byte) error {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '[' {
+		type plain Metadata // without this method
+		var p plain
+		if err := json.Unmarshal(data, &p); err != nil {
+			return err
+		}
+		*m = Metadata(p)
+		return nil
+	}
+	s := arrayScanner{b: data[i:], i: 1}
+	*m = Metadata{}
+	if tok := s.string(); tok != "" && s.err == nil {
+		if n, err := base64.RawURLEncoding.Decode(m.TokenID[:], []byte(tok)); err != nil || n != 16 || len(tok) != 22 {
+			s.fail("bad token id")
+		}
+	}
+	m.RequestID = s.string()
+	if rest, ok := strings.CutPrefix(m.RequestID, "="); ok && s.err == nil {
+		var id uuid.UUID
+		if n, err := base64.RawURLEncoding.Decode(id[:], []byte(rest)); err != nil || n != 16 || len(rest) != 22 {
+			s.fail("bad request id")
+		}
+		m.RequestID = id.String()
+	}
+	m.ClientAddr = s.string()
+	if s.more() {
+		m.Admin = s.int() == 1
+	}
+	s.end()
+	if s.err != nil {
+		return fmt.Errorf("compact metadata: %w", s.err)
+	}
+	return nil
 }

@@ -65,6 +65,17 @@ func ParseDataObjectStream(stream string) (int64, bool) {
 	if !ok {
 		return 0, false
 	}
+	// Every event of a replay asks this: the usual short positive id without strconv.
+	if len(rest) > 0 && len(rest) < 19 {
+		var id int64
+		i := 0
+		for ; i < len(rest) && rest[i] >= '0' && rest[i] <= '9'; i++ {
+			id = id*10 + int64(rest[i]-'0')
+		}
+		if i == len(rest) {
+			return id, true
+		}
+	}
 	id, err := strconv.ParseInt(rest, 10, 64)
 	return id, err == nil
 }

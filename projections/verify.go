@@ -117,9 +117,17 @@ func CatchUp(ctx context.Context, r AllReader, st *state.State) error {
 }
 
 // fold hands every event after st's position to apply, which must fold it into st, calling
-// progress (if not nil) after each batch with the number of events folded so far.
+// progress (if not nil) after each batch with the number of events folded so far. A store
+// that reads ranges for a replay (replayReader) is read ahead by several goroutines up to its
+// head at the start, and its events come without metadata (docs/encoding.md); then, and for
+// other stores, fold reads pages until the store has no more.
 func fold(ctx context.Context, r AllReader, st *state.State, progress func(events int), apply func(eventstore.RecordedEvent)) error {
 	n := 0
+	if rr, ok := r.(replayReader); ok {
+		if err := foldAhead(ctx, rr, st, &n, progress, apply); err != nil {
+			return err
+		}
+	}
 	for {
 		evs, err := r.ReadAll(ctx, st.Position, 4096)
 		if err != nil {

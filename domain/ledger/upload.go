@@ -316,8 +316,10 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		if err != nil {
 			return UploadResult{}, err
 		}
-		// Who made the change is on UploadPrepared: an entry does not repeat it.
-		ev.Metadata = nil
+		// Who made the change, compactly: an upload has many entries (docs/encoding.md).
+		if ev.Metadata, err = domain.CompactMetadata(meta); err != nil {
+			return UploadResult{}, err
+		}
 		byObject[e.ObjectID] = append(byObject[e.ObjectID], ev)
 	}
 	res, err := s.appendAndWait(ctx, uploadStream, p.expected, prep)

@@ -202,9 +202,9 @@ func (g *generator) newWorker(n int, budget int64, keys []*key) *worker {
 }
 
 func (w *worker) event(typ string, body any, meta []byte) (eventstore.EventData, error) {
-	b, err := json.Marshal(body)
+	b, err := domain.EncodeEvent(typ, body)
 	if err != nil {
-		return eventstore.EventData{}, fmt.Errorf("encode %s: %w", typ, err)
+		return eventstore.EventData{}, err
 	}
 	return eventstore.EventData{ID: w.ids.next(), Type: typ, Data: b, Metadata: meta}, nil
 }
@@ -501,13 +501,13 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 		var layer [32]byte
 		_, _ = w.ids.rng.Read(layer[:])
 		lh := hex.EncodeToString(layer[:])
-		ts = ts.Add(time.Duration(w.rng.IntN(3600)) * time.Second)
+		ts = ts.Add(time.Duration(w.rng.IntN(3600)) * time.Second).Truncate(time.Second) // log timestamps are whole seconds
 		prep.Layers = append(prep.Layers, lh)
 		prep.Timestamps = append(prep.Timestamps, ts.Unix())
 		ev, err := w.event(typ, domain.ValueChanged{
 			ObjectID: o.id, Amount: int64(amount), Before: before, After: after, At: ts,
-			Upload: &domain.UploadSource{UploadID: id, Layer: lh, LogTimestamp: ts},
-		}, w.meta)
+			Upload: &domain.UploadSource{UploadID: id, Layer: lh, LogTimestamp: ts, Entry: i + 1},
+		}, nil) // who uploaded is on UploadPrepared, as the ledger writes it
 		if err != nil {
 			return err
 		}

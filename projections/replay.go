@@ -13,7 +13,8 @@ import (
 // fixed width hold a page each and can be read at once on several connections.
 type replayReader interface {
 	Head(ctx context.Context) (eventstore.Position, error)
-	ReadRangeForReplay(ctx context.Context, after, upTo eventstore.Position) ([]eventstore.RecordedEvent, error)
+	// ReadRangeForReplay appends the events of (after, upTo] to buf[:0].
+	ReadRangeForReplay(ctx context.Context, after, upTo eventstore.Position, buf []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error)
 }
 
 // Read-ahead of a replay: ranges of replayRange positions, replayReaders read at once, at most
@@ -42,6 +43,9 @@ func foldAhead(ctx context.Context, r replayReader, st *state.State, n *int, pro
 		err    error
 	}
 	ranges := make(chan chan result, replayWindow) // in position order
+	// Slices of folded ranges go back to the readers: the event structs of a replay are
+	// allocated once (a fold takes each event by value and keeps no pointer into the slice).
+	free := make(chan []eventstore.RecordedEvent, replayWindow+replayReaders+1)
 	go func() {
 		defer close(ranges)
 		readers := make(chan struct{}, replayReaders)
@@ -58,8 +62,13 @@ func foldAhead(ctx context.Context, r replayReader, st *state.State, n *int, pro
 			case <-ctx.Done():
 				return
 			}
+			var buf []eventstore.RecordedEvent
+			select {
+			case buf = <-free:
+			default:
+			}
 			go func() {
-				evs, err := r.ReadRangeForReplay(ctx, lo, hi)
+				evs, err := r.ReadRangeForReplay(ctx, lo, hi, buf)
 				<-readers
 				out <- result{evs, err}
 			}()
@@ -77,6 +86,10 @@ func foldAhead(ctx context.Context, r replayReader, st *state.State, n *int, pro
 		}
 		for _, ev := range res.events {
 			apply(ev)
+		}
+		select {
+		case free <- res.events:
+		default:
 		}
 		if len(res.events) > 0 {
 			*n += len(res.events)

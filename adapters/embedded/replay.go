@@ -15,13 +15,15 @@ import (
 const replayQuery = `SELECT position, stream, revision, id, type, data FROM events WHERE position > ? AND position <= ? ORDER BY position`
 
 // ReadRangeForReplay returns the events with positions in (after, upTo], in global order,
-// without their metadata and recorded time, which a replay of the state never reads. It is
+// without their metadata and recorded time, which a replay of the state never reads, appended
+// to buf[:0] (a caller that folds range after range hands back the slice of an earlier range:
+// a replay allocates its event structs once, not per range). It is
 // what projections.Rebuild and Verify read: positions are dense rowids here, so a replay reads
 // several ranges at once on the read pool's connections. Rows are read through the SQLite
 // driver's own interface, not database/sql's Scan: the driver already hands out fresh values,
 // and the conversions and locking of Scan cost more than the SQLite read of a small event
 // (docs/encoding.md, "Replay").
-func (s *Store) ReadRangeForReplay(ctx context.Context, after, upTo eventstore.Position) ([]eventstore.RecordedEvent, error) {
+func (s *Store) ReadRangeForReplay(ctx context.Context, after, upTo eventstore.Position, buf []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
 	if s.isClosing() {
 		return nil, fmt.Errorf("read range: %w", eventstore.ErrClosed)
 	}
@@ -39,7 +41,7 @@ func (s *Store) ReadRangeForReplay(ctx context.Context, after, upTo eventstore.P
 		if !ok {
 			return fmt.Errorf("the SQLite driver's connection (%T) does not query", dc)
 		}
-		events, err = readReplayRows(ctx, q, after, upTo)
+		events, err = readReplayRows(ctx, q, after, upTo, buf[:0])
 		return err
 	})
 	if err != nil {
@@ -48,7 +50,7 @@ func (s *Store) ReadRangeForReplay(ctx context.Context, after, upTo eventstore.P
 	return events, nil
 }
 
-func readReplayRows(ctx context.Context, q driver.QueryerContext, after, upTo eventstore.Position) ([]eventstore.RecordedEvent, error) {
+func readReplayRows(ctx context.Context, q driver.QueryerContext, after, upTo eventstore.Position, events []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
 	rows, err := q.QueryContext(ctx, replayQuery, []driver.NamedValue{
 		{Ordinal: 1, Value: clampInt64(uint64(after))}, {Ordinal: 2, Value: clampInt64(uint64(upTo))},
 	})
@@ -56,7 +58,9 @@ func readReplayRows(ctx context.Context, q driver.QueryerContext, after, upTo ev
 		return nil, err
 	}
 	defer rows.Close()
-	events := make([]eventstore.RecordedEvent, 0, min(upTo-after, 1<<16))
+	if events == nil {
+		events = make([]eventstore.RecordedEvent, 0, min(upTo-after, 1<<16))
+	}
 	row := make([]driver.Value, 6)
 	var lastStream string
 	for {

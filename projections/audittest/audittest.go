@@ -358,6 +358,9 @@ func writeUpload(ctx context.Context, env *Env, owner domain.Owner, req string, 
 		if err != nil {
 			return err
 		}
+		if ev.Metadata, err = domain.CompactMetadata(meta); err != nil { // as the ledger writes an entry's
+			return err
+		}
 		if _, seen := byObject[e.objectID]; !seen {
 			order = append(order, e.objectID)
 		}

@@ -116,6 +116,23 @@ func DecodeUploadPrepared(data []byte) (UploadPrepared, error) {
 	return p, err
 }
 
+// PreparedUploadID returns the upload id of an UploadPrepared body without decoding its
+// layers.
+func PreparedUploadID(data []byte) (uuid.UUID, error) {
+	if !IsBinary(data) {
+		var p struct {
+			UploadID uuid.UUID `json:"uploadId"`
+		}
+		err := json.Unmarshal(data, &p)
+		return p.UploadID, err
+	}
+	r := binReader{b: data}
+	r.header(kindUploadPrepared)
+	r.byte() // flags
+	id := r.uuid()
+	return id, r.err
+}
+
 // DecodeUploadCommitted decodes the body of an UploadCommitted event, binary or JSON.
 func DecodeUploadCommitted(data []byte) (UploadCommitted, error) {
 	var c UploadCommitted

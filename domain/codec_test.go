@@ -158,7 +158,13 @@ func TestBinaryUploadEventsRoundTrip(t *testing.T) {
 		if err := json.Unmarshal(js, &fromJSON); err != nil || !reflect.DeepEqual(fromJSON, p) {
 			t.Fatalf("EventJSON gives %s (%v)", js, err)
 		}
+		if id, err := domain.PreparedUploadID(b); err != nil || id != p.UploadID {
+			t.Fatalf("PreparedUploadID = %v, %v", id, err)
+		}
 		legacy, _ := json.Marshal(p)
+		if id, err := domain.PreparedUploadID(legacy); err != nil || id != p.UploadID {
+			t.Fatalf("PreparedUploadID of JSON = %v, %v", id, err)
+		}
 		t.Logf("UploadPrepared with %d layers: %d bytes binary, %d JSON", len(p.Layers), len(b), len(legacy))
 	}
 	c := domain.UploadCommitted{UploadID: uuid.New(), At: at}
@@ -252,6 +258,7 @@ func FuzzDecodeEvent(f *testing.F) {
 			}
 		}
 		_, _ = domain.DecodeUploadCommitted(data)
+		_, _ = domain.PreparedUploadID(data)
 		_, _ = domain.EventJSON(domain.EventUploadPrepared, data)
 	})
 }

@@ -34,14 +34,13 @@ const (
 )
 
 // uploadDecision is what an owner's upload stream decided about one upload and when the store
-// recorded the decision (status "" while undecided), with what its UploadPrepared says about
-// its entries: an entry in the compact encoding names its layer by index and carries no
-// metadata of its own (docs/encoding.md).
+// recorded the decision (status "" while undecided), and, for the uploads History asks about,
+// the layers their UploadPrepared lists: an entry in the compact encoding names its layer by
+// index in them (docs/encoding.md).
 type uploadDecision struct {
 	status   UploadStatus
 	recorded time.Time
-	prepared *domain.UploadPrepared
-	meta     []byte // the UploadPrepared's metadata
+	prepared *domain.UploadPrepared // Layers only
 }
 
 // HistoryEntry is one event of a data object's stream, as the audit history shows it.
@@ -97,7 +96,11 @@ type ObjectHistory struct {
 // History reads a data object's stream and its owner's upload stream and returns the object's
 // events with the status of the uploads they came from.
 func History(ctx context.Context, r StreamReader, objectID int64) (*ObjectHistory, error) {
-	evs, added, decisions, err := readObjectAndDecisions(ctx, r, objectID)
+	evs, added, err := readObject(ctx, r, objectID)
+	if err != nil {
+		return nil, err
+	}
+	decisions, err := readUploadDecisions(ctx, r, added.Owner, uploadsOf(evs))
 	if err != nil {
 		return nil, err
 	}
@@ -117,20 +120,9 @@ func History(ctx context.Context, r StreamReader, objectID int64) (*ObjectHistor
 
 func historyEntry(ev eventstore.RecordedEvent, decisions map[uuid.UUID]uploadDecision) (HistoryEntry, error) {
 	e := HistoryEntry{Revision: ev.Revision, Position: ev.Position, EventID: ev.ID, Type: ev.Type, Recorded: ev.Recorded, Counted: true}
-	metadata := ev.Metadata
-	var vc domain.ValueChanged
-	if ev.Type == domain.EventIncrementApplied || ev.Type == domain.EventDecrementApplied {
-		var err error
-		if vc, err = domain.DecodeValueChanged(ev.Data); err != nil {
-			return e, fmt.Errorf("decode %s %d: %w", ev.Type, ev.Revision, err)
-		}
-		if vc.Upload != nil && len(metadata) == 0 {
-			metadata = decisions[vc.Upload.UploadID].meta // an entry's "who" is its upload's
-		}
-	}
-	if len(metadata) > 0 {
+	if len(ev.Metadata) > 0 {
 		var m domain.Metadata
-		if err := json.Unmarshal(metadata, &m); err != nil {
+		if err := json.Unmarshal(ev.Metadata, &m); err != nil {
 			return e, fmt.Errorf("decode metadata of %s %d: %w", ev.Type, ev.Revision, err)
 		}
 		if m.TokenID != uuid.Nil {
@@ -160,7 +152,10 @@ func historyEntry(ev eventstore.RecordedEvent, decisions map[uuid.UUID]uploadDec
 		}
 		e.At, e.StringValue = d.At, &d.After
 	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		d := vc
+		d, err := domain.DecodeValueChanged(ev.Data)
+		if err != nil {
+			return e, decodeErr(err)
+		}
 		e.At, e.Before, e.After, e.Correction = d.At, &d.Before, &d.After, d.Correction
 		e.Amount = int64(domain.DirectionOf(ev.Type)) * d.Amount
 		if d.Upload != nil {
@@ -214,7 +209,7 @@ func readObjectAndDecisions(ctx context.Context, r StreamReader, objectID int64)
 	if err != nil {
 		return nil, added, nil, err
 	}
-	decisions, err := readUploadDecisions(ctx, r, added.Owner)
+	decisions, err := readUploadDecisions(ctx, r, added.Owner, nil)
 	return evs, added, decisions, err
 }
 
@@ -234,9 +229,25 @@ func readObject(ctx context.Context, r StreamReader, objectID int64) ([]eventsto
 	return evs, added, nil
 }
 
+// uploadsOf lists the uploads whose entries among evs name their layer by index: their
+// UploadPrepared gives it.
+func uploadsOf(evs []eventstore.RecordedEvent) map[uuid.UUID]bool {
+	out := map[uuid.UUID]bool{}
+	for _, ev := range evs {
+		if ev.Type != domain.EventIncrementApplied && ev.Type != domain.EventDecrementApplied {
+			continue
+		}
+		if d, err := domain.DecodeValueChanged(ev.Data); err == nil && d.Upload != nil && d.Upload.Layer == "" {
+			out[d.Upload.UploadID] = true
+		}
+	}
+	return out
+}
+
 // readUploadDecisions reads an owner's upload stream: which uploads were committed or aborted,
-// and when. Exactly one decision follows each UploadPrepared; the first one wins.
-func readUploadDecisions(ctx context.Context, r StreamReader, owner domain.Owner) (map[uuid.UUID]uploadDecision, error) {
+// and when. Exactly one decision follows each UploadPrepared; the first one wins. The
+// UploadPrepared of the uploads in prepared (none when nil) is kept too.
+func readUploadDecisions(ctx context.Context, r StreamReader, owner domain.Owner, prepared map[uuid.UUID]bool) (map[uuid.UUID]uploadDecision, error) {
 	evs, err := readStream(ctx, r, domain.UploadStream(owner))
 	if err != nil {
 		return nil, err
@@ -246,13 +257,20 @@ func readUploadDecisions(ctx context.Context, r StreamReader, owner domain.Owner
 		var status UploadStatus
 		switch ev.Type {
 		case domain.EventUploadPrepared:
-			p, err := domain.DecodeUploadPrepared(ev.Data)
+			if len(prepared) == 0 {
+				continue
+			}
+			id, err := domain.PreparedUploadID(ev.Data)
 			if err != nil {
 				return nil, fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
 			}
-			if dec, seen := out[p.UploadID]; !seen || dec.prepared == nil {
-				dec.prepared, dec.meta = &p, ev.Metadata
-				out[p.UploadID] = dec
+			if dec := out[id]; prepared[id] && dec.prepared == nil {
+				p, err := domain.DecodeUploadPrepared(ev.Data)
+				if err != nil {
+					return nil, fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+				}
+				dec.prepared = &domain.UploadPrepared{Layers: p.Layers}
+				out[id] = dec
 			}
 			continue
 		case domain.EventUploadCommitted:

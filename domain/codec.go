@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -229,6 +230,9 @@ func (v *ValueChanged) UnmarshalJSON(data []byte) error {
 	i := skipSpace(data, 0)
 	if i < len(data) && data[i] == '[' {
 		return decodeValueChangedArray(data[i:], v)
+	}
+	if decodeLegacyValueChanged(data, v) {
+		return nil
 	}
 	type plain ValueChanged // without this method
 	var p plain
@@ -826,4 +830,150 @@ func (m *Metadata) UnmarshalJSON(data []byte) error {
 		return fmt.Errorf("compact metadata: %w", s.err)
 	}
 	return nil
+}
+
+// decodeLegacyValueChanged reads a ValueChanged JSON object exactly as json.Marshal writes it
+// (fields in their order, no spaces, strings without escapes), as every such event written
+// before the compact encoding is: a replay of an old store then costs no reflection. ok is
+// false for anything else, which encoding/json then reads; for what it accepts, the result is
+// what encoding/json gives (the time and UUID fields go through the same UnmarshalJSON and
+// UnmarshalText methods; FuzzLegacyValueChanged compares the two).
+func decodeLegacyValueChanged(b []byte, v *ValueChanged) bool {
+	s := objectScanner{b: b}
+	*v = ValueChanged{}
+	var ok bool
+	if !s.lit(`{"objectId":`) {
+		return false
+	}
+	v.ObjectID, ok = s.int()
+	if !ok || !s.lit(`,"amount":`) {
+		return false
+	}
+	if v.Amount, ok = s.int(); !ok || !s.lit(`,"before":`) {
+		return false
+	}
+	if v.Before, ok = s.int32(); !ok || !s.lit(`,"after":`) {
+		return false
+	}
+	if v.After, ok = s.int32(); !ok || !s.lit(`,"at":`) || !s.time(&v.At) {
+		return false
+	}
+	if s.lit(`,"upload":{"uploadId":`) {
+		u := &UploadSource{}
+		if !s.uuid(&u.UploadID) || !s.lit(`,"layer":`) {
+			return false
+		}
+		if u.Layer, ok = s.string(); !ok || !s.lit(`,"logTimestamp":`) || !s.time(&u.LogTimestamp) {
+			return false
+		}
+		if s.lit(`,"anomaly":`) {
+			if u.Anomaly, ok = s.string(); !ok {
+				return false
+			}
+		}
+		if s.lit(`,"entry":`) {
+			n, ok := s.int()
+			if !ok || int64(int(n)) != n {
+				return false
+			}
+			u.Entry = int(n)
+		}
+		if !s.lit(`}`) {
+			return false
+		}
+		v.Upload = u
+	}
+	if s.lit(`,"correction":`) {
+		if v.Correction, ok = s.string(); !ok {
+			return false
+		}
+	}
+	return s.lit(`}`) && s.i == len(s.b)
+}
+
+// objectScanner reads the JSON decodeLegacyValueChanged accepts.
+type objectScanner struct {
+	b []byte
+	i int
+}
+
+// lit consumes lit if the input continues with it.
+func (s *objectScanner) lit(lit string) bool {
+	if len(s.b)-s.i < len(lit) || string(s.b[s.i:s.i+len(lit)]) != lit {
+		return false
+	}
+	s.i += len(lit)
+	return true
+}
+
+// int reads an integer as JSON writes it: an optional minus, no leading zero.
+func (s *objectScanner) int() (int64, bool) {
+	start := s.i
+	neg := s.i < len(s.b) && s.b[s.i] == '-'
+	if neg {
+		s.i++
+	}
+	digits := s.i
+	var n uint64
+	for ; s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9'; s.i++ {
+		if n > (math.MaxUint64-9)/10 {
+			return 0, false
+		}
+		n = n*10 + uint64(s.b[s.i]-'0')
+	}
+	switch {
+	case s.i == digits, s.i-digits > 1 && s.b[digits] == '0':
+		s.i = start
+		return 0, false
+	case neg && n <= 1<<63:
+		return int64(-n), true
+	case !neg && n < 1<<63:
+		return int64(n), true
+	}
+	return 0, false
+}
+
+func (s *objectScanner) int32() (int32, bool) {
+	n, ok := s.int()
+	return int32(n), ok && int64(int32(n)) == n
+}
+
+// quoted returns the bytes of a string without escapes or control characters, in valid UTF-8
+// (encoding/json would replace invalid bytes), quotes excluded.
+func (s *objectScanner) quoted() ([]byte, bool) {
+	if s.i >= len(s.b) || s.b[s.i] != '"' {
+		return nil, false
+	}
+	for j := s.i + 1; j < len(s.b); j++ {
+		switch c := s.b[j]; {
+		case c == '"':
+			str := s.b[s.i+1 : j]
+			if !utf8.Valid(str) {
+				return nil, false
+			}
+			s.i = j + 1
+			return str, true
+		case c == '\\' || c < 0x20:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+func (s *objectScanner) string() (string, bool) {
+	b, ok := s.quoted()
+	return string(b), ok
+}
+
+func (s *objectScanner) time(t *time.Time) bool {
+	start := s.i
+	if _, ok := s.quoted(); !ok {
+		return false
+	}
+	return t.UnmarshalJSON(s.b[start:s.i]) == nil
+}
+
+func (s *objectScanner) uuid(id *uuid.UUID) bool {
+	b, ok := s.quoted()
+	return ok && id.UnmarshalText(b) == nil
 }

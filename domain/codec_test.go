@@ -1,6 +1,7 @@
 package domain_test
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"reflect"
@@ -260,5 +261,41 @@ func FuzzDecodeEvent(f *testing.F) {
 		_, _ = domain.DecodeUploadCommitted(data)
 		_, _ = domain.PreparedUploadID(data)
 		_, _ = domain.EventJSON(domain.EventUploadPrepared, data)
+	})
+}
+
+// FuzzLegacyValueChanged: the reflection-free reading of ValueChanged JSON objects (events
+// written before the compact encoding) gives exactly what encoding/json gives, for bodies
+// json.Marshal wrote from any field values and for any bytes at all.
+func FuzzLegacyValueChanged(f *testing.F) {
+	f.Add(int64(1), int64(5), int32(0), int32(5), int64(1767225600), int64(0), true, "ab12", "", "", 0, []byte(nil))
+	f.Add(int64(-7), int64(0), int32(-2147483648), int32(2147483647), int64(-62135596800), int64(999), false, "", "odd \"one\"", "fix", 3, []byte(`{"objectId":01}`))
+	f.Add(int64(9e18), int64(1), int32(1), int32(2), int64(253402300799), int64(5e8), true, "é\x01", "x", "y", -1, []byte(`{"objectId":1,"amount":1,"before":0,"after":1,"at":"2025-01-01T00:00:00+01:00"}`))
+	f.Fuzz(func(t *testing.T, obj, amount int64, before, after int32, sec, nsec int64, upload bool, layer, anomaly, correction string, entry int, raw []byte) {
+		at := time.Unix(sec%253402300800, nsec%1e9).UTC()
+		v := domain.ValueChanged{ObjectID: obj, Amount: amount, Before: before, After: after, At: at, Correction: correction}
+		if upload {
+			v.Upload = &domain.UploadSource{UploadID: uuid.NewSHA1(uuid.Nil, []byte(layer)), Layer: layer, LogTimestamp: at.Add(time.Hour), Anomaly: anomaly, Entry: entry}
+		}
+		written, err := json.Marshal(v)
+		if err != nil {
+			t.Skip()
+		}
+		bodies := [][]byte{written}
+		if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) == 0 || t[0] != '[' { // not the compact form
+			bodies = append(bodies, raw)
+		}
+		for _, body := range bodies {
+			var want domain.ValueChanged
+			type plain domain.ValueChanged // encoding/json alone, without the codec's method
+			wantErr := json.Unmarshal(body, (*plain)(&want))
+			got, gotErr := domain.DecodeValueChanged(body)
+			if (wantErr == nil) != (gotErr == nil) {
+				t.Fatalf("%s: encoding/json says %v, the codec %v", body, wantErr, gotErr)
+			}
+			if wantErr == nil && !reflect.DeepEqual(got, want) {
+				t.Fatalf("%s: encoding/json gives %+v, the codec %+v", body, want, got)
+			}
+		}
 	})
 }

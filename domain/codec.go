@@ -28,8 +28,10 @@ import (
 //     text starts with; layer identities and digests are raw 32-byte values.
 //
 // Every decoder also reads the JSON object form, so that every event ever written keeps
-// decoding. A body the compact form cannot carry exactly (a layer that is not a 64-digit
-// lowercase hex identity, a legacy alias, a time outside the compact range) is written as JSON.
+// decoding (a ValueChanged object as json.Marshal writes it without reflection too). A body the
+// compact form cannot carry exactly (a layer that is not a 64-digit lowercase hex identity, a
+// legacy alias, values that do not relate as the ledger writes them) is written as JSON. An
+// upload entry's metadata has a compact JSON form as well (CompactMetadata).
 
 // binaryMagic starts every binary event body: a control character, which no JSON text starts
 // with, so JSON and binary bodies are told apart by their first byte.

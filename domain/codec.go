@@ -492,11 +492,13 @@ const (
 	preparedResolution = 1 << iota
 	preparedFileDigest
 	preparedDigests
+	preparedLength // the newest layer's EncryptedObject length, after the file digest
 )
 
 // appendUploadPrepared writes the binary form, or reports that it cannot carry p.
 func appendUploadPrepared(b []byte, p *UploadPrepared) ([]byte, bool) {
-	if p.Base != nil || (len(p.Digests) != 0 && len(p.Digests) != len(p.Layers)) {
+	if p.Base != nil || (len(p.Digests) != 0 && len(p.Digests) != len(p.Layers)) ||
+		p.Length < 0 {
 		return nil, false
 	}
 	var flags byte
@@ -508,6 +510,9 @@ func appendUploadPrepared(b []byte, p *UploadPrepared) ([]byte, bool) {
 	}
 	if len(p.Digests) > 0 {
 		flags |= preparedDigests
+	}
+	if p.Length != 0 {
+		flags |= preparedLength
 	}
 	b = append(b, binaryMagic, kindUploadPrepared, flags)
 	b = append(b, p.UploadID[:]...)
@@ -560,6 +565,9 @@ func appendUploadPrepared(b []byte, p *UploadPrepared) ([]byte, bool) {
 		if b, ok = appendHash(b, p.FileDigest); !ok {
 			return nil, false
 		}
+	}
+	if p.Length != 0 {
+		b = binary.AppendUvarint(b, uint64(p.Length))
 	}
 	return b, true
 }
@@ -616,6 +624,9 @@ func decodeUploadPrepared(data []byte, p *UploadPrepared) error {
 	}
 	if flags&preparedFileDigest != 0 {
 		p.FileDigest = r.hash()
+	}
+	if flags&preparedLength != 0 {
+		p.Length = int64(r.uvarint())
 	}
 	return r.done()
 }

@@ -136,7 +136,7 @@ func TestBinaryUploadEventsRoundTrip(t *testing.T) {
 			Changes:  []domain.PlannedStep{{ObjectID: 4, FromRevision: 9, Events: 2}, {ObjectID: -1, FromRevision: 0, Events: 1}},
 			Instance: uuid.New(), At: at, Resolution: &res,
 			Skipped: []domain.SkippedEntry{{Index: 1, ObjectID: 4, Decrement: true, Amount: 3, Reason: domain.RefusalPermission, Message: "no"}},
-			Digests: []string{hash(4), hash(5), hash(6)}, FileDigest: hash(7)},
+			Digests: []string{hash(4), hash(5), hash(6)}, FileDigest: hash(7), Length: 1 << 40},
 		{UploadID: uuid.New(), Owner: domain.Owner{Type: domain.OwnerUser, ID: 1}, Instance: uuid.New(), At: time.Unix(-62135596800, 0).UTC()},
 	}
 	for _, p := range prepared {

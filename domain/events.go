@@ -226,9 +226,10 @@ type UploadPrepared struct {
 	Digests    []string    `json:"digests,omitempty"`
 	FileDigest string      `json:"fileDigest,omitempty"`
 	Base       *LayerAlias `json:"base,omitempty"`
-	// Lengths are the layers' EncryptedObject lengths in bytes, in the order of Layers; absent
-	// from events written before they were recorded.
-	Lengths []int64 `json:"lengths,omitempty"`
+	// Length is the EncryptedObject length in bytes of the newest layer (where the walk of
+	// the log's next version stops; an inner layer is a stop layer only under a fork, which is
+	// flagged anyway); absent from events written before it was recorded.
+	Length int64 `json:"length,omitempty"`
 }
 
 // PlannedStep is one data object's share of an upload: how many events it gets, appended after

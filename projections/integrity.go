@@ -34,10 +34,8 @@ func attachIntegrity(ctx context.Context, r StreamReader, h *ObjectHistory) erro
 	for _, ev := range evs {
 		switch ev.Type {
 		case domain.EventUploadPrepared:
-			var p struct {
-				Base *domain.LayerAlias `json:"base"`
-			}
-			if err := json.Unmarshal(ev.Data, &p); err != nil {
+			p, err := domain.DecodeUploadPrepared(ev.Data)
+			if err != nil {
 				return fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
 			}
 			if p.Base != nil {

@@ -3,7 +3,6 @@ package ledger
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -183,16 +182,16 @@ func (s *Service) recordedEntry(ctx context.Context, owner domain.Owner, layer s
 		for _, ev := range batch {
 			switch ev.Type {
 			case domain.EventUploadPrepared:
-				var p domain.UploadPrepared
-				if err := json.Unmarshal(ev.Data, &p); err != nil {
+				p, err := domain.DecodeUploadPrepared(ev.Data)
+				if err != nil {
 					return RecordedEntry{}, false, fmt.Errorf("decode %s@%d: %w", stream, ev.Revision, err)
 				}
 				if slices.Contains(p.Layers, layer) {
 					prepared[p.UploadID] = p
 				}
 			case domain.EventUploadCommitted:
-				var c domain.UploadCommitted
-				if err := json.Unmarshal(ev.Data, &c); err != nil {
+				c, err := domain.DecodeUploadCommitted(ev.Data)
+				if err != nil {
 					return RecordedEntry{}, false, fmt.Errorf("decode %s@%d: %w", stream, ev.Revision, err)
 				}
 				if p, ok := prepared[c.UploadID]; ok {
@@ -220,11 +219,11 @@ func (s *Service) recordedEntry(ctx context.Context, owner domain.Owner, layer s
 			if ev.Type != domain.EventIncrementApplied && ev.Type != domain.EventDecrementApplied {
 				continue
 			}
-			var vc domain.ValueChanged
-			if err := json.Unmarshal(ev.Data, &vc); err != nil {
+			vc, err := domain.DecodeValueChanged(ev.Data)
+			if err != nil {
 				return RecordedEntry{}, false, fmt.Errorf("decode %s@%d: %w", ev.Stream, ev.Revision, err)
 			}
-			if vc.Upload != nil && vc.Upload.Layer == layer && vc.Upload.UploadID == found.UploadID {
+			if vc.Upload != nil && found.EntryLayer(vc.Upload) == layer && vc.Upload.UploadID == found.UploadID {
 				return RecordedEntry{ObjectID: vc.ObjectID, Decrement: ev.Type == domain.EventDecrementApplied,
 					Amount: vc.Amount, Timestamp: timestamp}, true, nil
 			}

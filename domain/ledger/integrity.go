@@ -40,8 +40,8 @@ func addDigests(st *state.State, p *plan, decoded *DecodedLog) {
 	}
 	for _, e := range p.entries {
 		p.prepared.Digests = append(p.prepared.Digests, hex.EncodeToString(e.Digest[:]))
-		p.prepared.Lengths = append(p.prepared.Lengths, int64(e.Length))
 	}
+	p.prepared.Length = int64(p.entries[len(p.entries)-1].Length)
 	p.prepared.FileDigest = hex.EncodeToString(decoded.FileDigest[:])
 	if stop := decoded.Stop; stop != nil && len(p.entries) == len(decoded.Entries) {
 		if _, byID, ok := st.KnownLayer(p.owner, stop.ID, stop.Legacy); ok && !byID {

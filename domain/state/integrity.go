@@ -207,11 +207,8 @@ func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared) {
 		if i < len(p.Digests) {
 			info.Digest = p.Digests[i]
 		}
-		if i < len(p.Lengths) {
-			info.Length = p.Lengths[i]
-		}
 		if i == len(p.Layers)-1 {
-			info.FileDigest = p.FileDigest
+			info.FileDigest, info.Length = p.FileDigest, p.Length
 		}
 		u.Layers[l] = info
 	}

@@ -113,7 +113,7 @@ func TestLayersAtFollowsAliasesAndSnapshots(t *testing.T) {
 		Layer: "new2", Depth: 2, Differs: []string{domain.DiffersEntryBytes}, AppliedDigest: "d2", SeenDigest: "x2",
 		Alias: &domain.LayerAlias{Legacy: "legacy2", Layer: "new2", Digest: "d2", Length: 336}, Recognised: domain.RecognisedByIV})
 	h.add(stream, domain.EventUploadPrepared, domain.UploadPrepared{UploadID: up, Owner: owner, Layers: []string{"new3"},
-		Timestamps: []int64{7}, BaseDepth: 2, Digests: []string{"d3"}, Lengths: []int64{352}})
+		Timestamps: []int64{7}, BaseDepth: 2, Digests: []string{"d3"}, Length: 352})
 	h.add(stream, domain.EventUploadCommitted, domain.UploadCommitted{UploadID: up})
 	check := func(st *State) {
 		t.Helper()

@@ -46,7 +46,8 @@ type LayerInfo struct {
 	// for layers applied before identity version 2 (docs/uploads.md, "Tampering").
 	Digest     string `json:"digest,omitempty"`
 	FileDigest string `json:"fileDigest,omitempty"`
-	// Length is its EncryptedObject's length, recorded since lengths were (0 before).
+	// Length is its EncryptedObject's length, recorded for the newest layer of each upload
+	// (and a re-identified layer) since lengths were (0 otherwise).
 	Length int64 `json:"length,omitempty"`
 }
 

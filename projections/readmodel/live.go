@@ -70,7 +70,11 @@ func (l *Live) start(m *Model) {
 	done := make(chan error, 1)
 	go func() {
 		err := m.Run(ctx)
-		if !errors.Is(err, context.Canceled) {
+		if ctx.Err() != nil {
+			// Stopped on purpose: whatever the last transaction did (committed or rolled back,
+			// SQLite may say "interrupted"), the file holds whole transactions.
+			err = nil
+		} else {
 			l.logger.Error("read model stopped", "err", err)
 		}
 		done <- err
@@ -84,11 +88,7 @@ func (l *Live) stop() error {
 		return nil
 	}
 	l.cancel()
-	err := <-l.done
-	if errors.Is(err, context.Canceled) {
-		err = nil
-	}
-	err = errors.Join(err, l.model.Close())
+	err := errors.Join(<-l.done, l.model.Close())
 	l.model = nil
 	return err
 }
@@ -248,25 +248,25 @@ func (l *Live) Rebuild(ctx context.Context, progress func(RebuildProgress)) (Reb
 		return RebuildResult{}, fmt.Errorf("rebuild: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- m.Run(runCtx) }()
-	abandon := func(cause error) (RebuildResult, error) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// An error shows in waitCatchUp (WaitFor returns Run's error); once cancelled, the
+		// file holds whole transactions whatever Run returns.
+		_ = m.Run(runCtx)
+	}()
+	stopFresh := func() error {
 		cancel()
 		<-done
-		err := errors.Join(cause, m.Close(), removeDB(fresh))
-		return RebuildResult{}, fmt.Errorf("rebuild: %w", err)
+		return m.Close()
 	}
 	if err := l.waitCatchUp(ctx, m, head, progress); err != nil {
-		return abandon(err)
+		return RebuildResult{}, fmt.Errorf("rebuild: %w", errors.Join(err, stopFresh(), removeDB(fresh)))
 	}
 	// Stop the fresh model between two of its transactions and close it: its file then holds
 	// every event up to its checkpoint, and SQLite folds its write-ahead log into it on close.
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		return abandon(err)
-	}
-	if err := m.Close(); err != nil {
-		return abandon(err)
+	if err := stopFresh(); err != nil {
+		return RebuildResult{}, fmt.Errorf("rebuild: %w", errors.Join(err, removeDB(fresh)))
 	}
 
 	l.mu.Lock()

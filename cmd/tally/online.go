@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/tallyledger/tally/adapters/httpapi"
+	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/projections/readmodel"
+)
+
+// onlineAudit runs tally verify and the read models' rebuild inside tally serve, on the live
+// store and projections (POST /admin/v1/verify, POST /admin/v1/readmodels/rebuild): the server
+// holds the embedded store's directory lock, so it is the one process that can read the store
+// while it takes writes.
+type onlineAudit struct {
+	store     eventstore.Store
+	proj      *projections.Current
+	model     *readmodel.Live
+	logger    *slog.Logger
+	verifying sync.Mutex // one verification at a time: each holds a whole replayed state
+}
+
+// verify replays the store up to its head and compares with the live projection and the read
+// model's checkpoint (projections.VerifyOnline).
+func (o *onlineAudit) verify(ctx context.Context, progress func(httpapi.AuditProgress)) (httpapi.VerifyResult, error) {
+	if !o.verifying.TryLock() {
+		return httpapi.VerifyResult{}, fmt.Errorf("verify: a verification is %w", httpapi.ErrAuditRunning)
+	}
+	defer o.verifying.Unlock()
+	started := time.Now()
+	var models []projections.ModelCheckpoint
+	var problems []string
+	// The read model's checkpoint, read before the head: the replay passes through it.
+	pos, events, err := o.model.Checkpoint(ctx)
+	if err != nil {
+		problems = append(problems, fmt.Sprintf("read model usage: %v", err))
+	} else {
+		models = append(models, projections.ModelCheckpoint{Name: "usage", Position: pos, Events: events})
+	}
+	last := time.Time{}
+	v, err := projections.VerifyOnline(ctx, o.store, o.proj, projections.OnlineOptions{
+		Models: models,
+		Progress: func(n int, head eventstore.Position) {
+			if progress != nil && time.Since(last) >= 200*time.Millisecond {
+				last = time.Now()
+				progress(httpapi.AuditProgress{Phase: "replay", Events: int64(n), Head: uint64(head)})
+			}
+		},
+	})
+	if err != nil {
+		return httpapi.VerifyResult{}, err
+	}
+	problems = append(problems, v.Problems...)
+	res := httpapi.VerifyResult{
+		OK: len(problems) == 0, Head: uint64(v.Head), Position: uint64(v.Position), Events: v.Events, Objects: v.Objects,
+		Problems: problems, Seconds: time.Since(started).Seconds(), ReplaySeconds: v.Replay.Seconds(), PausedSeconds: v.Paused.Seconds(),
+	}
+	if res.Problems == nil {
+		res.Problems = []string{}
+	}
+	o.logger.Info("verify", "ok", res.OK, "problems", len(res.Problems), "head", v.Head, "position", v.Position, "events", v.Events,
+		"took", time.Since(started).String(), "paused", v.Paused.String())
+	return res, nil
+}
+
+// rebuild builds the usage read model again beside the live one and swaps it in
+// (readmodel.Live.Rebuild).
+func (o *onlineAudit) rebuild(ctx context.Context, progress func(httpapi.AuditProgress)) (httpapi.RebuildResult, error) {
+	var report func(readmodel.RebuildProgress)
+	if progress != nil {
+		report = func(p readmodel.RebuildProgress) {
+			progress(httpapi.AuditProgress{Phase: "catch-up", Position: uint64(p.Position), Head: uint64(p.Head)})
+		}
+	}
+	r, err := o.model.Rebuild(ctx, report)
+	if err != nil {
+		if err == readmodel.ErrRebuildRunning {
+			return httpapi.RebuildResult{}, fmt.Errorf("rebuild: a rebuild of the read models is %w", httpapi.ErrAuditRunning)
+		}
+		return httpapi.RebuildResult{}, err
+	}
+	o.logger.Info("read models rebuilt", "head", r.Head, "position", r.Position, "events", r.Events, "took", r.Took.String(), "swap", r.Swap.String())
+	return httpapi.RebuildResult{Head: uint64(r.Head), Position: uint64(r.Position), Events: r.Events, Seconds: r.Took.Seconds(), SwapSeconds: r.Swap.Seconds()}, nil
+}

@@ -57,6 +57,10 @@ type OnlineVerification struct {
 	// still for the comparison (its read lock: it applied no event meanwhile).
 	Replay time.Duration `json:"-"`
 	Paused time.Duration `json:"-"`
+	// ReplayEvents is how many events the replay folded up to Head.
+	ReplayEvents uint64 `json:"-"`
+	// PausedEvents is how many events the replay folded while the projection was held still.
+	PausedEvents uint64 `json:"-"`
 }
 
 // VerifyOnline checks a live projection while the store takes writes. It reads the store's
@@ -103,7 +107,7 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 	if err := fold(ctx, readUpTo{store, head}, st, progress, apply); err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	v.Replay = time.Since(started)
+	v.Replay, v.ReplayEvents = time.Since(started), st.Events
 
 	// The projection may still be short of the head: it reflects every event up to it soon.
 	if err := live.WaitFor(ctx, head); err != nil {
@@ -128,9 +132,11 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 			v.Problems = append(v.Problems, fmt.Sprintf("projection: at position %d, behind %d it had reached", ls.Position, st.Position))
 			return
 		}
+		before := st.Events
 		if ferr = fold(ctx, readUpTo{store, ls.Position}, st, nil, apply); ferr != nil {
 			return
 		}
+		v.PausedEvents = st.Events - before
 		v.Position = ls.Position
 		for _, d := range state.Diff(ls, st) {
 			v.Problems = append(v.Problems, "projection vs replay: "+d)

@@ -123,11 +123,17 @@ func TestVerifyOnlineWhileWritersAppend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var upTo uint64
+	var upTo, upToHead uint64
 	for _, ev := range all {
 		if ev.Position <= v.Position {
 			upTo++
 		}
+		if ev.Position <= v.Head {
+			upToHead++
+		}
+	}
+	if v.ReplayEvents != upToHead || v.PausedEvents > v.Events-v.ReplayEvents {
+		t.Fatalf("replayed %d events up to the head %d (the store holds %d there), %d while paused", v.ReplayEvents, v.Head, upToHead, v.PausedEvents)
 	}
 	if v.Events != upTo || v.Objects != len(ids) || progressed == 0 {
 		t.Fatalf("verification counted %d events, %d objects (progress %d); the store holds %d up to %d", v.Events, v.Objects, progressed, upTo, v.Position)

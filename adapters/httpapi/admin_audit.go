@@ -42,6 +42,11 @@ type VerifyResult struct {
 	Seconds       float64 `json:"seconds"`
 	ReplaySeconds float64 `json:"replaySeconds"`
 	PausedSeconds float64 `json:"pausedSeconds"`
+	// ReplayEvents is how many events the replay folded up to Head (in ReplaySeconds).
+	ReplayEvents uint64 `json:"replayEvents"`
+	// PausedEvents is how many events the replay folded on while the projection was held
+	// still (the rest of the pause is the comparison).
+	PausedEvents uint64 `json:"pausedEvents"`
 }
 
 // RebuildResult is the outcome of an online rebuild of the read models.

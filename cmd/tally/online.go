@@ -59,12 +59,13 @@ func (o *onlineAudit) verify(ctx context.Context, progress func(httpapi.AuditPro
 	res := httpapi.VerifyResult{
 		OK: len(problems) == 0, Head: uint64(v.Head), Position: uint64(v.Position), Events: v.Events, Objects: v.Objects,
 		Problems: problems, Seconds: time.Since(started).Seconds(), ReplaySeconds: v.Replay.Seconds(), PausedSeconds: v.Paused.Seconds(),
+		PausedEvents: v.PausedEvents, ReplayEvents: v.ReplayEvents,
 	}
 	if res.Problems == nil {
 		res.Problems = []string{}
 	}
 	o.logger.Info("verify", "ok", res.OK, "problems", len(res.Problems), "head", v.Head, "position", v.Position, "events", v.Events,
-		"took", time.Since(started).String(), "paused", v.Paused.String())
+		"took", time.Since(started).String(), "paused", v.Paused.String(), "paused_events", v.PausedEvents)
 	return res, nil
 }
 

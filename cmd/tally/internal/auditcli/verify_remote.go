@@ -103,8 +103,8 @@ func verifyRemote(cmd *cobra.Command, c Client) error {
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return fmt.Errorf("verify: decode the server's result: %w", err)
 	}
-	fmt.Fprintf(out, "verified in the server at %s: the events up to position %d (the store's head as it started), replayed in %s (%.0f events/s), then compared with the live projection at position %d (held still %s)\n",
-		c.Server(), r.Head, seconds(r.ReplaySeconds), float64(r.Events)/max(r.ReplaySeconds, 1e-9), r.Position, seconds(r.PausedSeconds))
+	fmt.Fprintf(out, "verified in the server at %s: the %d events up to position %d (the store's head as it started), replayed in %s (%.0f events/s), then compared with the live projection at position %d (held still %s, %d events folded meanwhile)\n",
+		c.Server(), r.ReplayEvents, r.Head, seconds(r.ReplaySeconds), float64(r.ReplayEvents)/max(r.ReplaySeconds, 1e-9), r.Position, seconds(r.PausedSeconds), r.PausedEvents)
 	for _, p := range r.Problems {
 		fmt.Fprintln(out, p)
 	}

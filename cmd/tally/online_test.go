@@ -321,16 +321,21 @@ func TestVerifyOnALiveServerFindsADifference(t *testing.T) {
 	if _, _, err := s.try("--admin-token", "wrong-"+strings.Repeat("x1", 20), "verify", "--online"); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Errorf("verify with a wrong token: %v", err)
 	}
+	// A viewer credential reads; it may not start a verification or a rebuild.
+	viewerSecret := s.cli(t, "viewer", "create", "--name", "auditor")
 	for _, c := range []struct {
 		method, path string
+		credential   string
 		status       int
 	}{
-		{http.MethodPost, "/admin/v1/verify?full=1", http.StatusBadRequest},
-		{http.MethodGet, "/admin/v1/verify", http.StatusMethodNotAllowed},
-		{http.MethodGet, "/admin/v1/readmodels/rebuild", http.StatusMethodNotAllowed},
+		{http.MethodPost, "/admin/v1/verify?full=1", s.admin, http.StatusBadRequest},
+		{http.MethodGet, "/admin/v1/verify", s.admin, http.StatusMethodNotAllowed},
+		{http.MethodGet, "/admin/v1/readmodels/rebuild", s.admin, http.StatusMethodNotAllowed},
+		{http.MethodPost, "/admin/v1/verify", viewerSecret, http.StatusForbidden},
+		{http.MethodPost, "/admin/v1/readmodels/rebuild", viewerSecret, http.StatusForbidden},
 	} {
 		req, _ := http.NewRequest(c.method, s.base.Admin+c.path, nil)
-		req.Header.Set("Authorization", "Bearer "+s.admin)
+		req.Header.Set("Authorization", "Bearer "+c.credential)
 		r, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)

@@ -260,7 +260,14 @@ func (l *Live) Rebuild(ctx context.Context, progress func(RebuildProgress)) (Reb
 		<-done
 		return m.Close()
 	}
-	if err := l.waitCatchUp(ctx, m, head, progress); err != nil {
+	err = l.waitCatchUp(ctx, m, head, progress)
+	if err == nil {
+		// Then to where the live model has got meanwhile, so that the swap steps back by as
+		// few events as possible (the swapped-in model follows the store on from its own
+		// checkpoint; queries wait for the position they need, as always).
+		err = l.waitCatchUp(ctx, m, l.Position(), progress)
+	}
+	if err != nil {
 		return RebuildResult{}, fmt.Errorf("rebuild: %w", errors.Join(err, stopFresh(), removeDB(fresh)))
 	}
 	// Stop the fresh model between two of its transactions and close it: its file then holds
@@ -288,7 +295,7 @@ func (l *Live) Rebuild(ctx context.Context, progress func(RebuildProgress)) (Reb
 	}
 	l.start(nm)
 	res := RebuildResult{Head: head, Took: time.Since(started), Swap: time.Since(swapStarted)}
-	res.Position, res.Events, err = nm.Checkpoint(ctx)
+	res.Position, res.Events, err = nm.Checkpoint(context.WithoutCancel(ctx))
 	if err != nil {
 		return res, err
 	}

@@ -157,6 +157,10 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 	return v, nil
 }
 
+// UpTo is r read up to end (inclusive): what a replay of the store sees at that position,
+// whatever is appended later (the oracle of a read model that reflects end).
+func UpTo(r AllReader, end eventstore.Position) AllReader { return readUpTo{r, end} }
+
 // readUpTo reads the store up to end (inclusive): the snapshot of the store at a position it
 // held, which later appends cannot change.
 type readUpTo struct {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -13,6 +15,13 @@ import (
 // ErrAuditRunning is returned by Config.Verify or Config.RebuildReadModels while the same job
 // runs already; the admin API answers it with 409.
 var ErrAuditRunning = errors.New("already running")
+
+// VerifyOptions are the parameters of POST /admin/v1/verify.
+type VerifyOptions struct {
+	// Usage also compares a usage report of the read model (every object, by month, UTC, usage
+	// axis, 2000 to 2100) with a replay of the store at the report's position: one more replay.
+	Usage bool
+}
 
 // AuditProgress is one progress line of POST /admin/v1/verify or /admin/v1/readmodels/rebuild:
 // the phase, and how far it is (a position or a count of events) towards the store's head as
@@ -73,7 +82,7 @@ type auditLine struct {
 // (application/x-ndjson): progress lines while it runs, then one line with the result. A job
 // refused before its first progress line is answered as a plain JSON error with its status; an
 // error afterwards ends the stream with an error line (the status is sent already).
-func (s *server) auditJob(name string, missing string, run func(ctx context.Context, progress func(AuditProgress)) (any, error)) http.Handler {
+func (s *server) auditJob(name string, missing string, params func(url.Values) error, run func(ctx context.Context, q url.Values, progress func(AuditProgress)) (any, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ri := infoOf(r)
 		ri.method = name
@@ -88,8 +97,9 @@ func (s *server) auditJob(name string, missing string, run func(ctx context.Cont
 			writeAdminJSON(w, http.StatusServiceUnavailable, adminError{Error: "not ready: catching up with the event store"})
 			return
 		}
-		if len(r.URL.Query()) > 0 {
-			writeAdminJSON(w, http.StatusBadRequest, adminError{Error: "this endpoint takes no parameters"})
+		q := r.URL.Query()
+		if err := params(q); err != nil {
+			writeAdminJSON(w, http.StatusBadRequest, adminError{Error: err.Error()})
 			return
 		}
 		// A long replay takes longer than the server's write timeout.
@@ -106,7 +116,7 @@ func (s *server) auditJob(name string, missing string, run func(ctx context.Cont
 			_ = enc.Encode(l)
 			_ = rc.Flush()
 		}
-		result, err := run(r.Context(), func(p AuditProgress) { send(auditLine{Progress: &p}) })
+		result, err := run(r.Context(), q, func(p AuditProgress) { send(auditLine{Progress: &p}) })
 		switch {
 		case err == nil:
 			send(auditLine{Result: result})
@@ -130,19 +140,35 @@ func (s *server) auditJob(name string, missing string, run func(ctx context.Cont
 // auditRoutes are the admin API's audit jobs: POST /admin/v1/verify and
 // POST /admin/v1/readmodels/rebuild (docs/audit.md, "Verify and rebuild on a live server").
 func (s *server) auditRoutes(admin *mux.Router) {
-	var verify, rebuild func(ctx context.Context, progress func(AuditProgress)) (any, error)
+	var verify, rebuild func(ctx context.Context, q url.Values, progress func(AuditProgress)) (any, error)
 	if s.verifyFn != nil {
-		verify = func(ctx context.Context, progress func(AuditProgress)) (any, error) { return s.verifyFn(ctx, progress) }
+		verify = func(ctx context.Context, q url.Values, progress func(AuditProgress)) (any, error) {
+			return s.verifyFn(ctx, VerifyOptions{Usage: q.Get("usage") == "true"}, progress)
+		}
 	}
 	if s.rebuildFn != nil {
-		rebuild = func(ctx context.Context, progress func(AuditProgress)) (any, error) {
+		rebuild = func(ctx context.Context, _ url.Values, progress func(AuditProgress)) (any, error) {
 			return s.rebuildFn(ctx, progress)
 		}
 	}
+	verifyParams := func(q url.Values) error {
+		for k, vs := range q {
+			if k != "usage" || len(vs) != 1 || (vs[0] != "true" && vs[0] != "false") {
+				return fmt.Errorf("parameter %q: the only parameter is usage=true or usage=false", k)
+			}
+		}
+		return nil
+	}
+	noParams := func(q url.Values) error {
+		if len(q) > 0 {
+			return errors.New("this endpoint takes no parameters")
+		}
+		return nil
+	}
 	admin.Handle("/verify", s.byMethod(map[string]http.Handler{
-		http.MethodPost: s.auditJob("admin.verify", "this server cannot verify online", verify),
+		http.MethodPost: s.auditJob("admin.verify", "this server cannot verify online", verifyParams, verify),
 	}))
 	admin.Handle("/readmodels/rebuild", s.byMethod(map[string]http.Handler{
-		http.MethodPost: s.auditJob("admin.rebuildReadModels", "this server keeps no read models to rebuild", rebuild),
+		http.MethodPost: s.auditJob("admin.rebuildReadModels", "this server keeps no read models to rebuild", noParams, rebuild),
 	}))
 }

@@ -120,7 +120,7 @@ type Config struct {
 	// (nil: 501); RebuildReadModels rebuilds its read models online for
 	// POST /admin/v1/readmodels/rebuild (nil: 501). Both report progress as they go and may
 	// return ErrAuditRunning (admin_audit.go).
-	Verify            func(ctx context.Context, progress func(AuditProgress)) (VerifyResult, error)
+	Verify            func(ctx context.Context, opts VerifyOptions, progress func(AuditProgress)) (VerifyResult, error)
 	RebuildReadModels func(ctx context.Context, progress func(AuditProgress)) (RebuildResult, error)
 	// Viewers keeps the read-only viewer credentials (nil: none; /admin/v1/viewers is absent).
 	// A viewer may call the admin API's reads and is refused every change with 403.
@@ -151,7 +151,7 @@ type server struct {
 	signIns        *SignInLog // nil: failed sign-ins are not logged
 	viewers        Viewers    // nil: no viewer credentials
 	backupFn       func(ctx context.Context, w io.Writer) error
-	verifyFn       func(ctx context.Context, progress func(AuditProgress)) (VerifyResult, error)
+	verifyFn       func(ctx context.Context, opts VerifyOptions, progress func(AuditProgress)) (VerifyResult, error)
 	rebuildFn      func(ctx context.Context, progress func(AuditProgress)) (RebuildResult, error)
 	// openapiDoc serves the OpenAPI document on the admin routes.
 	openapiDoc http.Handler

@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +22,7 @@ import (
 	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/projections"
+	"github.com/tallyledger/tally/projections/readmodel"
 )
 
 // liveServer is a real tally serve on a private data directory, with an RSA key the test
@@ -251,8 +254,9 @@ func TestVerifyOnALiveServerWhileIncrementsRun(t *testing.T) {
 	if sum != acked.Load() {
 		t.Errorf("the objects hold %d increments, %d were acknowledged", sum, acked.Load())
 	}
-	if out := s.cli(t, "verify"); !strings.Contains(out, "ok: ") {
-		t.Fatalf("verify after the rebuild said:\n%s", out)
+	// With --usage, the read model's report is compared with a replay too.
+	if out := s.cli(t, "verify", "--usage"); !strings.Contains(out, "ok: ") {
+		t.Fatalf("verify --usage after the rebuild said:\n%s", out)
 	}
 	must(t, s.stop())
 
@@ -317,6 +321,21 @@ func TestVerifyOnALiveServerFindsADifference(t *testing.T) {
 		}
 	}
 
+	// A read model whose buckets were damaged behind its back: verify --usage compares its
+	// report with a replay and names the rows.
+	damage, err := sql.Open("sqlite", "file:"+filepath.Join(s.dataDir, readmodel.File)+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := damage.Exec(`UPDATE b_month SET inc = inc + 1000`); err != nil {
+		t.Fatal(err)
+	}
+	must(t, damage.Close())
+	out, _, err = s.try("verify", "--usage")
+	if err == nil || !strings.Contains(out, "read model usage vs replay at position") || !strings.Contains(out, `"increments":1`) {
+		t.Fatalf("verify --usage of a damaged read model: %v\n%s", err, out)
+	}
+
 	// Bad requests: a wrong token, a parameter, another method.
 	if _, _, err := s.try("--admin-token", "wrong-"+strings.Repeat("x1", 20), "verify", "--online"); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Errorf("verify with a wrong token: %v", err)
@@ -329,6 +348,8 @@ func TestVerifyOnALiveServerFindsADifference(t *testing.T) {
 		status       int
 	}{
 		{http.MethodPost, "/admin/v1/verify?full=1", s.admin, http.StatusBadRequest},
+		{http.MethodPost, "/admin/v1/verify?usage=yes", s.admin, http.StatusBadRequest},
+		{http.MethodPost, "/admin/v1/readmodels/rebuild?usage=true", s.admin, http.StatusBadRequest},
 		{http.MethodGet, "/admin/v1/verify", s.admin, http.StatusMethodNotAllowed},
 		{http.MethodGet, "/admin/v1/readmodels/rebuild", s.admin, http.StatusMethodNotAllowed},
 		{http.MethodPost, "/admin/v1/verify", viewerSecret, http.StatusForbidden},

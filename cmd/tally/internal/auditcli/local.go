@@ -112,7 +112,7 @@ func NewReplayCommand(l Local) *cobra.Command {
 // the store's head.
 func NewVerifyCommand(l Local, c Client) *cobra.Command {
 	var sf storeFlags
-	var online bool
+	var online, usage bool
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Rebuild from the events and compare with the live projection and each event's recorded value",
@@ -124,17 +124,20 @@ func NewVerifyCommand(l Local, c Client) *cobra.Command {
 			ctx := cmd.Context()
 			out := cmd.OutOrStdout()
 			if online {
-				return verifyRemote(cmd, c)
+				return verifyRemote(cmd, c, usage)
 			}
 			store, err := l.Open(ctx, sf.kind, sf.kurrentURL)
 			if l.inUse(sf, err) {
 				fmt.Fprintf(cmd.ErrOrStderr(), "a running server holds %s: asking it to verify (%s)\n", l.DataDir(), c.Server())
-				return verifyRemote(cmd, c)
+				return verifyRemote(cmd, c, usage)
 			}
 			if err != nil {
 				return err
 			}
 			defer store.Close()
+			if usage {
+				return errors.New("--usage compares the running server's read model: it needs a running server (--online)")
+			}
 			tick, done := progress(cmd.ErrOrStderr(), "verifying")
 			rebuilt, problems, err := projections.RebuildVerified(ctx, store, tick)
 			done()
@@ -166,6 +169,7 @@ func NewVerifyCommand(l Local, c Client) *cobra.Command {
 		},
 	}
 	sf.register(cmd)
+	cmd.Flags().BoolVar(&usage, "usage", false, "on a running server, also compare the usage read model's report (every object by month) with a replay of the store: one more replay")
 	cmd.Flags().BoolVar(&online, "online", false, "ask the server at --server to verify itself while it serves (the default when a server holds --data-dir)")
 	return cmd
 }

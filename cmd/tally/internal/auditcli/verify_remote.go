@@ -87,10 +87,14 @@ func (c Client) stream(ctx context.Context, path string, onProgress func(httpapi
 
 // verifyRemote is tally verify run by the server (POST /admin/v1/verify): the way to verify
 // while it serves.
-func verifyRemote(cmd *cobra.Command, c Client) error {
+func verifyRemote(cmd *cobra.Command, c Client, usage bool) error {
 	out := cmd.OutOrStdout()
 	tick, done := progress(cmd.ErrOrStderr(), "verifying in the server")
-	raw, err := c.stream(cmd.Context(), "/admin/v1/verify", func(p httpapi.AuditProgress) {
+	path := "/admin/v1/verify"
+	if usage {
+		path += "?usage=true"
+	}
+	raw, err := c.stream(cmd.Context(), path, func(p httpapi.AuditProgress) {
 		if tick != nil {
 			tick(int(p.Events))
 		}

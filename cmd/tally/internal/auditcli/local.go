@@ -26,7 +26,7 @@ const SnapshotFile = "projection.json"
 type Local struct {
 	DataDir func() string
 	// Open opens the event store of the given kind ("embedded": in the data directory, which
-	// must not be in use; "kurrentdb": at kurrentURL).
+	// a running server holds locked; "kurrentdb": at kurrentURL).
 	Open func(ctx context.Context, kind, kurrentURL string) (eventstore.Store, error)
 	// InUse reports whether an error of Open says that another process (a running server)
 	// holds the embedded store.

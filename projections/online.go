@@ -104,7 +104,7 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 		progress = func(n int) { opts.Progress(n, head) }
 	}
 	started := time.Now()
-	if err := fold(ctx, readUpTo{store, head}, st, progress, apply); err != nil {
+	if err := fold(ctx, upTo(store, head), st, progress, apply); err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
 	v.Replay, v.ReplayEvents = time.Since(started), st.Events
@@ -120,7 +120,7 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 		if to <= st.Position {
 			break
 		}
-		if err := fold(ctx, readUpTo{store, to}, st, nil, apply); err != nil {
+		if err := fold(ctx, upTo(store, to), st, nil, apply); err != nil {
 			return nil, fmt.Errorf("verify: %w", err)
 		}
 	}
@@ -133,7 +133,7 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 			return
 		}
 		before := st.Events
-		if ferr = fold(ctx, readUpTo{store, ls.Position}, st, nil, apply); ferr != nil {
+		if ferr = fold(ctx, upTo(store, ls.Position), st, nil, apply); ferr != nil {
 			return
 		}
 		v.PausedEvents = st.Events - before
@@ -159,7 +159,30 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 
 // UpTo is r read up to end (inclusive): what a replay of the store sees at that position,
 // whatever is appended later (the oracle of a read model that reflects end).
-func UpTo(r AllReader, end eventstore.Position) AllReader { return readUpTo{r, end} }
+func UpTo(r AllReader, end eventstore.Position) AllReader { return upTo(r, end) }
+
+// upTo is r up to end, keeping the replay's read-ahead (replayReader) when r has it.
+func upTo(r AllReader, end eventstore.Position) AllReader {
+	if rr, ok := r.(replayReader); ok {
+		return replayUpTo{readUpTo{r, end}, rr}
+	}
+	return readUpTo{r, end}
+}
+
+// replayUpTo is readUpTo for a store the replay reads ahead in ranges.
+type replayUpTo struct {
+	readUpTo
+	rr replayReader
+}
+
+func (u replayUpTo) Head(ctx context.Context) (eventstore.Position, error) {
+	h, err := u.rr.Head(ctx)
+	return min(h, u.end), err
+}
+
+func (u replayUpTo) ReadRangeForReplay(ctx context.Context, after, to eventstore.Position, buf []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
+	return u.rr.ReadRangeForReplay(ctx, after, min(to, u.end), buf)
+}
 
 // readUpTo reads the store up to end (inclusive): the snapshot of the store at a position it
 // held, which later appends cannot change.
@@ -183,3 +206,4 @@ func (u readUpTo) ReadAll(ctx context.Context, from eventstore.Position, max int
 	}
 	return evs, nil
 }
+var _ replayReader = replayUpTo{}

@@ -206,4 +206,5 @@ func (u readUpTo) ReadAll(ctx context.Context, from eventstore.Position, max int
 	}
 	return evs, nil
 }
+
 var _ replayReader = replayUpTo{}

@@ -127,7 +127,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 	case domain.EventDataObjectRemoved:
 		if o := s.object(ev); o != nil {
 			o.Removed = true
-			delete(s.owned[o.Owner], o.ID)
+			s.disown(o.Owner, o.ID)
 		}
 	case domain.EventUploadPrepared:
 		var e domain.UploadPrepared

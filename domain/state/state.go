@@ -72,20 +72,20 @@ type State struct {
 	Position eventstore.Position `json:"position"`
 	// LastEvent locates the event at Position, so that a snapshot can be checked against the
 	// store it claims to reflect with a plain stream read.
-	LastEvent   EventRef                            `json:"lastEvent"`
-	Events      uint64                              `json:"events"`
-	Products    map[int64]domain.Product            `json:"products"`
-	Keys        map[int64]domain.LicenseKey         `json:"keys"`
-	Tokens      map[uuid.UUID]domain.Token          `json:"tokens"`
-	Objects     map[int64]*Object                   `json:"objects"`
-	Uploads     map[string]*Upload                  `json:"uploads"` // by Owner.String()
-	Aborted     map[uuid.UUID]bool                  `json:"aborted"` // aborted uploads, to ignore their late events
-	keyByString map[string]int64                    // normalized key string -> key id
-	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
-	owned       map[domain.Owner][]int64            // live objects per owner, ascending ids (a slice: a third of a map's bytes)
-	maxIDs      map[string]int64                    // largest id of products, keys and objects, by stream category
-	layers      *layerSet                           // the applied usage-log layers (layers.go)
-	marks       *changeMarks                        // what changed since the last checkpoint, if tracked (changes.go)
+	LastEvent   EventRef                    `json:"lastEvent"`
+	Events      uint64                      `json:"events"`
+	Products    map[int64]domain.Product    `json:"products"`
+	Keys        map[int64]domain.LicenseKey `json:"keys"`
+	Tokens      map[uuid.UUID]domain.Token  `json:"tokens"`
+	Objects     map[int64]*Object           `json:"objects"`
+	Uploads     map[string]*Upload          `json:"uploads"` // by Owner.String()
+	Aborted     map[uuid.UUID]bool          `json:"aborted"` // aborted uploads, to ignore their late events
+	keyByString map[string]int64            // normalized key string -> key id
+	tokenByHash map[[32]byte]uuid.UUID      // secret hash -> token id
+	owned       map[domain.Owner][]int64    // live objects per owner, ascending ids (a slice: a third of a map's bytes)
+	maxIDs      map[string]int64            // largest id of products, keys and objects, by stream category
+	layers      *layerSet                   // the applied usage-log layers (layers.go)
+	marks       *changeMarks                // what changed since the last checkpoint, if tracked (changes.go)
 
 	// Anomalies are the usage-log integrity anomalies by owner (Owner.String()), oldest first.
 	Anomalies map[string][]*IntegrityAnomaly `json:"anomalies,omitempty"`

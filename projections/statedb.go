@@ -68,6 +68,7 @@ type StateDB struct {
 	readDB  *sql.DB
 	layer   *sql.Stmt
 	depth   *sql.Stmt
+	closed  bool
 }
 
 func stateDSN(path string, readOnly bool) string {
@@ -164,8 +165,13 @@ func openStateDB(ctx context.Context, path string) (*StateDB, bool, error) {
 	return d, true, nil
 }
 
-// Close closes the database.
+// Close closes the database. Lookups after Close fail with an error (never a panic): a State
+// may still hold d as its layer store.
 func (d *StateDB) Close() error {
+	if d.closed {
+		return nil
+	}
+	d.closed = true
 	var errs []error
 	for _, s := range []*sql.Stmt{d.layer, d.depth} {
 		if s != nil {
@@ -177,7 +183,6 @@ func (d *StateDB) Close() error {
 			errs = append(errs, db.Close())
 		}
 	}
-	d.layer, d.depth, d.readDB, d.writeDB = nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 

@@ -155,3 +155,13 @@ func (s *State) LayerError() error { return s.layers.failure() }
 func (s *State) layerInfo(o domain.Owner, id string) (LayerInfo, bool) {
 	return s.layers.get(o.String(), id)
 }
+
+// LayersInMemory is the number of applied layers the state holds in memory: all of them
+// without a layer store, else those committed since the last checkpoint.
+func (s *State) LayersInMemory() int {
+	n := 0
+	for _, m := range s.layers.fresh {
+		n += len(m)
+	}
+	return n
+}

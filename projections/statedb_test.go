@@ -3,6 +3,7 @@ package projections_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -181,4 +182,73 @@ func runCurrentOn(t testing.TB, store eventstore.Store, path string) (*projectio
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
 	return c, func() { cancel(); <-done }
+}
+
+// TestCopyStateWhileCheckpointing: copies of the state database taken while a projection
+// checkpoints every millisecond (tally backup's) each hold a checkpoint with exactly the layers
+// and records up to it: a projection started on any copy catches up to a replay's state.
+func TestCopyStateWhileCheckpointing(t *testing.T) {
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	env := audittest.Start(t, store, "")
+	dir := t.TempDir()
+	path := filepath.Join(dir, projections.StateFile)
+	follower, err := projections.NewCurrent(ctx, store, projections.CurrentOptions{StatePath: path, SnapshotEvery: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	followed := make(chan error, 1)
+	go func() { followed <- follower.Run(runCtx) }()
+
+	seeded := make(chan struct{})
+	copies := make(chan []string, 1)
+	go func() {
+		var out []string
+		for i := 0; ; i++ {
+			select {
+			case <-seeded:
+				copies <- out
+				return
+			default:
+			}
+			to := filepath.Join(dir, fmt.Sprintf("copy-%d.db", i))
+			if ok, err := projections.CopyState(ctx, path, to); err != nil {
+				t.Error(err)
+			} else if ok {
+				out = append(out, to)
+			}
+		}
+	}()
+	audittest.Seed(t, env, rand.New(rand.NewPCG(3, 4)), 80)
+	close(seeded)
+	taken := <-copies
+	cancel()
+	<-followed
+	rebuilt, err := projections.Rebuild(ctx, store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(taken) < 2 {
+		t.Fatalf("only %d copies taken", len(taken))
+	}
+	positions := map[eventstore.Position]bool{}
+	for _, copyPath := range taken {
+		c, stop := runCurrentOn(t, store, copyPath)
+		positions[c.LoadedAt()] = true
+		if err := c.WaitFor(ctx, rebuilt.Position); err != nil {
+			t.Fatal(err)
+		}
+		c.Read(func(st *state.State) {
+			if d := state.Diff(st, rebuilt); len(d) != 0 {
+				t.Errorf("copy %s (checkpoint %d) caught up differs from a replay: %v", copyPath, c.LoadedAt(), d)
+			}
+		})
+		stop()
+	}
+	t.Logf("%d copies at %d distinct checkpoints", len(taken), len(positions))
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -23,13 +25,17 @@ func BenchmarkCheckpoint(b *testing.B) {
 	for _, size := range []struct{ objects, layers int }{{1000, 10000}, {10000, 100000}, {100000, 1000000}} {
 		for _, changed := range []int{10, 100, 1000} {
 			b.Run(fmt.Sprintf("objects=%d/layers=%d/changed=%d", size.objects, size.layers, changed), func(b *testing.B) {
-				benchCheckpoint(b, size.objects, size.layers, changed)
+				benchCheckpoint(b, size.objects, size.layers, changed, false)
 			})
 		}
+		// What a checkpoint cost before: the whole state as one JSON file, synced.
+		b.Run(fmt.Sprintf("objects=%d/layers=%d/whole-json", size.objects, size.layers), func(b *testing.B) {
+			benchCheckpoint(b, size.objects, size.layers, 10, true)
+		})
 	}
 }
 
-func benchCheckpoint(b *testing.B, objects, layers, changed int) {
+func benchCheckpoint(b *testing.B, objects, layers, changed int, wholeJSON bool) {
 	ctx := context.Background()
 	path := filepath.Join(b.TempDir(), projections.StateFile)
 	st := state.NewState()
@@ -76,6 +82,19 @@ func benchCheckpoint(b *testing.B, objects, layers, changed int) {
 		apply(domain.UploadStream(owner), domain.EventUploadPrepared, p)
 		apply(domain.UploadStream(owner), domain.EventUploadCommitted, domain.UploadCommitted{UploadID: p.UploadID})
 	}
+	if wholeJSON {
+		jsonPath := filepath.Join(b.TempDir(), "projection.json")
+		for b.Loop() {
+			raw, err := state.MarshalState(st)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := writeSynced(jsonPath, raw); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return
+	}
 	if err := projections.SaveSnapshot(path, st); err != nil {
 		b.Fatal(err)
 	}
@@ -109,4 +128,17 @@ func benchCheckpoint(b *testing.B, objects, layers, changed int) {
 		}
 		st.Checkpointed(db)
 	}
+}
+
+// writeSynced writes b to path and syncs it, as the JSON checkpoint did (without its rename).
+func writeSynced(path string, b []byte) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
 }

@@ -360,6 +360,11 @@ func (d *StateDB) Checkpoint(ctx context.Context, st *state.State, c state.Chang
 	if err := writeChanges(ctx, tx, c); err != nil {
 		return fmt.Errorf("state checkpoint: %w", err)
 	}
+	if c.All {
+		if err := writeAllLayers(ctx, tx, st); err != nil {
+			return fmt.Errorf("state checkpoint: %w", err)
+		}
+	}
 	if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO meta (id, format, position, last_stream, last_revision, last_id, events) VALUES (1, ?, ?, ?, ?, ?, ?)`,
 		stateFormat, int64(st.Position), st.LastEvent.Stream, int64(st.LastEvent.Revision), st.LastEvent.ID[:], int64(st.Events)); err != nil {
 		return fmt.Errorf("state checkpoint: %w", err)
@@ -395,6 +400,25 @@ func upsert(ctx context.Context, tx *sql.Tx, query string, n int, args func(i in
 func record(v any) (string, error) {
 	b, err := json.Marshal(v)
 	return string(b), err
+}
+
+const insertLayer = `INSERT OR REPLACE INTO layers (owner, layer, depth, timestamp, skipped, digest, file_digest) VALUES (?, ?, ?, ?, ?, ?, ?)`
+
+func layerArgs(l state.LayerRecord) []any {
+	return []any{l.Owner, packID(l.ID), l.Info.Depth, l.Info.Timestamp, l.Info.Skipped, packID(l.Info.Digest), packID(l.Info.FileDigest)}
+}
+
+// writeAllLayers writes every layer of st, one owner at a time (tally replay, a migration).
+func writeAllLayers(ctx context.Context, tx *sql.Tx, st *state.State) error {
+	stmt, err := tx.PrepareContext(ctx, insertLayer)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	return st.AllLayers(func(l state.LayerRecord) error {
+		_, err := stmt.ExecContext(ctx, layerArgs(l)...)
+		return err
+	})
 }
 
 func writeChanges(ctx context.Context, tx *sql.Tx, c state.Changes) error {
@@ -434,10 +458,7 @@ func writeChanges(ctx context.Context, tx *sql.Tx, c state.Changes) error {
 		{`INSERT OR IGNORE INTO aborted (id) VALUES (?)`, len(c.Aborted), func(i int) ([]any, error) {
 			return []any{c.Aborted[i][:]}, nil
 		}},
-		{`INSERT OR REPLACE INTO layers (owner, layer, depth, timestamp, skipped, digest, file_digest) VALUES (?, ?, ?, ?, ?, ?, ?)`, len(c.Layers), func(i int) ([]any, error) {
-			l := c.Layers[i]
-			return []any{l.Owner, packID(l.ID), l.Info.Depth, l.Info.Timestamp, l.Info.Skipped, packID(l.Info.Digest), packID(l.Info.FileDigest)}, nil
-		}},
+		{insertLayer, len(c.Layers), func(i int) ([]any, error) { return layerArgs(c.Layers[i]), nil }},
 	}
 	for _, s := range steps {
 		if err := upsert(ctx, tx, s.query, s.n, s.args); err != nil {
@@ -482,12 +503,10 @@ func LoadState(ctx context.Context, path string) (*state.State, error) {
 	if !ok {
 		return nil, fmt.Errorf("read projection state %s: no checkpoint: %w", path, os.ErrNotExist)
 	}
-	// A deep copy through the JSON encoding reads every layer once.
-	b, err := state.MarshalState(onDisk)
-	if err != nil {
-		return nil, err
+	if err := onDisk.DetachLayers(); err != nil {
+		return nil, fmt.Errorf("read projection state %s: %w", path, err)
 	}
-	return state.UnmarshalState(b)
+	return onDisk, nil
 }
 
 // CopyState writes a consistent copy of the state database at from to the new file to (SQLite

@@ -83,7 +83,11 @@ type Changes struct {
 	// Anomalies holds the whole list of each owner whose list changed.
 	Anomalies map[string][]*IntegrityAnomaly
 	Aborted   []uuid.UUID
-	Layers    []LayerRecord
+	// Layers are the layers applied since the last checkpoint, in key order. When All is set
+	// (Changes(true)) they are not listed, as there may be millions: the writer reads every
+	// layer with AllLayers.
+	Layers []LayerRecord
+	All    bool
 }
 
 // Len is the number of records in c.
@@ -98,11 +102,11 @@ func (s *State) TrackChanges() {
 	}
 }
 
-// Changes returns what changed since the last Checkpointed (all: everything s holds, every
-// layer included). The caller must keep Apply away while it uses the result; the objects are
-// s's own.
+// Changes returns what changed since the last Checkpointed (all: every record s holds, and
+// All set for the layers). The caller must keep Apply away while it uses the result; the
+// objects are s's own.
 func (s *State) Changes(all bool) (Changes, error) {
-	var c Changes
+	c := Changes{All: all}
 	if all || s.marks == nil {
 		for _, p := range s.Products {
 			c.Products = append(c.Products, p)
@@ -154,31 +158,51 @@ func (s *State) Changes(all bool) (Changes, error) {
 			c.Aborted = append(c.Aborted, id)
 		}
 	}
-	if all {
-		for owner := range s.Uploads {
-			err := s.layers.each(owner, func(id string, info LayerInfo) bool {
-				c.Layers = append(c.Layers, LayerRecord{Owner: owner, ID: id, Info: info})
-				return true
-			})
-			if err != nil {
-				return Changes{}, err
-			}
-		}
-	} else {
+	if !all {
 		for owner, m := range s.layers.fresh {
 			for id, info := range m {
 				c.Layers = append(c.Layers, LayerRecord{Owner: owner, ID: id, Info: info})
 			}
 		}
+		sortLayers(c.Layers)
 	}
-	// Inserting in key order keeps the b-tree writes of a checkpoint local.
-	sort.Slice(c.Layers, func(i, j int) bool {
-		if c.Layers[i].Owner != c.Layers[j].Owner {
-			return c.Layers[i].Owner < c.Layers[j].Owner
-		}
-		return c.Layers[i].ID < c.Layers[j].ID
-	})
 	return c, nil
+}
+
+// sortLayers puts layers in key order, which keeps the b-tree writes of a checkpoint local.
+func sortLayers(l []LayerRecord) {
+	sort.Slice(l, func(i, j int) bool {
+		if l[i].Owner != l[j].Owner {
+			return l[i].Owner < l[j].Owner
+		}
+		return l[i].ID < l[j].ID
+	})
+}
+
+// AllLayers hands every applied layer to fn, one owner at a time in owner order and each
+// owner's in key order, holding one owner's layers at a time; it stops at fn's first error.
+func (s *State) AllLayers(fn func(LayerRecord) error) error {
+	owners := make([]string, 0, len(s.Uploads))
+	for owner := range s.Uploads {
+		owners = append(owners, owner)
+	}
+	sort.Strings(owners)
+	for _, owner := range owners {
+		var batch []LayerRecord
+		if err := s.layers.each(owner, func(id string, info LayerInfo) bool {
+			batch = append(batch, LayerRecord{Owner: owner, ID: id, Info: info})
+			return true
+		}); err != nil {
+			return err
+		}
+		sortLayers(batch)
+		for _, l := range batch {
+			if err := fn(l); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Checkpointed tells s that a checkpoint holding Changes committed to a store that layers (not

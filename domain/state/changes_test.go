@@ -70,7 +70,11 @@ func TestChangesListOnlyWhatMovedSinceTheCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all.Objects) != 5 || len(all.Products) != 1 || len(all.Layers) != 2 {
-		t.Fatalf("all: %d objects, %d products, %d layers", len(all.Objects), len(all.Products), len(all.Layers))
+	var layers []LayerRecord
+	if err := st.AllLayers(func(l LayerRecord) error { layers = append(layers, l); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(all.Objects) != 5 || len(all.Products) != 1 || !all.All || len(layers) != 2 || layers[0].ID != "l1" || layers[1].ID != "l2" {
+		t.Fatalf("all: %d objects, %d products, all %v, layers %+v", len(all.Objects), len(all.Products), all.All, layers)
 	}
 }

@@ -165,3 +165,22 @@ func (s *State) LayersInMemory() int {
 	}
 	return n
 }
+
+// DetachLayers reads every layer of the layer store into memory and forgets the store, so that
+// s no longer needs it (tally verify reads the state database, then closes it).
+func (s *State) DetachLayers() error {
+	if s.layers.store == nil {
+		return nil
+	}
+	detached := newLayerSet(nil)
+	for owner := range s.Uploads {
+		if err := s.layers.each(owner, func(id string, info LayerInfo) bool {
+			detached.put(owner, id, info)
+			return true
+		}); err != nil {
+			return err
+		}
+	}
+	s.layers = detached
+	return nil
+}

@@ -107,13 +107,13 @@ func (c *Current) Run(ctx context.Context) error {
 	return err
 }
 
-// checkCheckpoint replaces a state that the store does not hold with an empty state; true
-// means it did.
+// checkCheckpoint replaces a state that the store does not hold with an empty state.
 func (c *Current) checkCheckpoint(ctx context.Context) error {
 	_, err := c.replaceForeign(ctx)
 	return err
 }
 
+// replaceForeign is checkCheckpoint; true means the state was replaced.
 func (c *Current) replaceForeign(ctx context.Context) (bool, error) {
 	ok, err := CheckpointInStore(ctx, c.store, c.state)
 	if err != nil {

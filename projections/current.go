@@ -92,14 +92,17 @@ func (c *Current) LoadedAt() eventstore.Position { return c.loadedAt }
 
 // Run follows the store until ctx ends, resubscribing from its last position when a
 // subscription drops. While events flow it persists the state at most every SnapshotEvery,
-// between batches, and once more on the way out.
+// between batches, and once more on the way out; when ctx ended, it then closes the state
+// database (later layer lookups fail, and answer "known": read the state before Run returns).
 func (c *Current) Run(ctx context.Context) error {
 	err := c.follow(ctx)
 	if serr := c.Save(); serr != nil {
 		c.logger.Error("persist projection", "err", serr)
 	}
 	c.stop(err)
-	if c.db != nil {
+	// Closed only when asked to stop: a projection that stopped on an error keeps answering
+	// layer lookups until its process exits (tally serve stops its listeners first, then exits).
+	if c.db != nil && ctx.Err() != nil {
 		if cerr := c.db.Close(); cerr != nil {
 			c.logger.Error("close projection state", "err", cerr)
 		}

@@ -111,6 +111,7 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 			s.Anomalies = map[string][]*IntegrityAnomaly{}
 		}
 		s.Anomalies[owner.String()] = append(s.Anomalies[owner.String()], &IntegrityAnomaly{UploadIntegrityAnomaly: e})
+		s.markAnomalies(owner.String())
 		if e.Alias != nil {
 			// The anomaly recognised a layer applied before identity version 2 under a
 			// modified IV: from now on it is known by its wrapped key.
@@ -129,6 +130,7 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 		for _, a := range s.Anomalies[owner.String()] {
 			if a.AnomalyID == e.AnomalyID {
 				a.Acknowledged, a.AckReason = true, e.Reason
+				s.markAnomalies(owner.String())
 				return true, nil
 			}
 		}
@@ -141,6 +143,7 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 		if p, ok := s.Products[e.ProductID]; ok {
 			p.OnTamper = e.Policy
 			s.Products[e.ProductID] = p
+			s.markProduct(e.ProductID)
 		}
 	default:
 		return false, nil
@@ -148,31 +151,10 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 	return true, nil
 }
 
-// reindexDepths derives the depths of the applied layers per owner.
-func (s *State) reindexDepths() {
-	s.depths = map[string]map[int64][]string{}
-	for key, u := range s.Uploads {
-		for layer, info := range u.Layers {
-			s.sawDepth(key, info.Depth, layer)
-		}
-	}
-}
-
-func (s *State) sawDepth(owner string, depth int64, layer string) {
-	m := s.depths[owner]
-	if m == nil {
-		m = map[int64][]string{}
-		s.depths[owner] = m
-	}
-	if !slices.Contains(m[depth], layer) {
-		m[depth] = append(m[depth], layer)
-	}
-}
-
 // HasLayerAtDepth reports whether the owner applied a layer at that depth of a log (of any of
 // its logs: an owner may upload several).
 func (s *State) HasLayerAtDepth(o domain.Owner, depth int64) bool {
-	return len(s.depths[o.String()][depth]) > 0
+	return s.layers.hasDepth(o.String(), depth)
 }
 
 // LayerAtDepth is one identity of an applied layer at a given depth (LayersAt).
@@ -184,45 +166,52 @@ type LayerAtDepth struct {
 // LayersAt returns the identities the owner's applied layers at that depth are known by, in
 // no particular order. A layer applied before identity version 2 and re-identified since is
 // listed under both identities; the legacy one has no Digest (docs/uploads.md, "Tampering").
+// The depth index answers whether there are any; listing them reads the owner's layers (only
+// the fork rule asks, when the depth is taken).
 func (s *State) LayersAt(o domain.Owner, depth int64) []LayerAtDepth {
-	u, ok := s.Uploads[o.String()]
-	if !ok {
+	owner := o.String()
+	if !s.layers.hasDepth(owner, depth) {
 		return nil
 	}
 	var out []LayerAtDepth
-	for _, id := range s.depths[o.String()][depth] {
-		if info, ok := u.Layers[id]; ok {
+	if err := s.layers.each(owner, func(id string, info LayerInfo) bool {
+		if info.Depth == depth {
 			out = append(out, LayerAtDepth{ID: id, LayerInfo: info})
 		}
+		return true
+	}); err != nil {
+		s.layers.fail(err)
 	}
 	return out
 }
 
 // rememberDigests records the digests an upload's layers were applied with, and the identity
 // version 2 of the layer it stopped at when that was known by its legacy identity only.
-func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared) {
+// infos are the new layers' records (by index in p.Layers) without their digests.
+func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared, infos []LayerInfo) {
+	owner := u.Owner.String()
 	for i, l := range p.Layers {
-		info := u.Layers[l]
-		s.sawDepth(u.Owner.String(), info.Depth, l)
+		info := infos[i]
 		if i < len(p.Digests) {
 			info.Digest = p.Digests[i]
 		}
 		if i == len(p.Layers)-1 {
 			info.FileDigest, info.Length = p.FileDigest, p.Length
 		}
-		u.Layers[l] = info
+		s.layers.put(owner, l, info)
 	}
 	if b := p.Base; b != nil {
 		s.addAlias(u, *b)
 	}
 }
 
-// addAlias records the identity version 2 and digest of a layer known by its legacy identity.
+// addAlias records the identity version 2, digest and length of a layer known by its legacy
+// identity.
 func (s *State) addAlias(u *Upload, a domain.LayerAlias) {
-	if info, ok := u.Layers[a.Legacy]; ok {
+	owner := u.Owner.String()
+	if info, ok := s.layers.get(owner, a.Legacy); ok {
 		info.Digest, info.Length = a.Digest, a.Length
-		u.Layers[a.Layer] = info
-		s.sawDepth(u.Owner.String(), info.Depth, a.Layer)
+		s.layers.put(owner, a.Layer, info)
 	}
 }
 

@@ -122,7 +122,7 @@ func Generate(ctx context.Context, cfg Config) (Result, error) {
 		cfg.End = time.Now().UTC().Truncate(time.Second)
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 96
+		cfg.Workers = 2048
 	}
 	if cfg.Progress == nil {
 		cfg.Progress = func(string, ...any) {}
@@ -137,18 +137,19 @@ func Generate(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	store, err := embedded.Open(ctx, filepath.Join(cfg.Dir, "events"), embedded.WithMaxBatch(4096))
+	store, err := embedded.Open(ctx, filepath.Join(cfg.Dir, "events"), embedded.WithBulkLoad(), embedded.WithMaxBatch(1<<16), embedded.WithSubscriptionTail(0, 0))
 	if err != nil {
 		return Result{}, err
 	}
 	g := &generator{cfg: cfg, store: store, start: cfg.End.AddDate(-1, 0, 0), span: cfg.End.Sub(cfg.End.AddDate(-1, 0, 0)), token: uuid.New()}
 	began := time.Now()
 	res, err := g.run(ctx)
-	res.Took = time.Since(began)
-	res.AdminToken = token
+	// Close syncs the bulk load to disk: that is part of writing the ledger.
 	if cerr := store.Close(); err == nil {
 		err = cerr
 	}
+	res.Took = time.Since(began)
+	res.AdminToken = token
 	return res, err
 }
 

@@ -118,3 +118,54 @@ func TestBulkLoadIsDurableAfterClose(t *testing.T) {
 		}
 	}
 }
+
+// TestBulkLoadOntoAnExistingStore bulk-loads onto a store the default mode wrote (its database
+// in WAL mode), and the default mode then reads both parts and appends after them.
+func TestBulkLoadOntoAnExistingStore(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	ev := func() eventstore.EventData { return eventstore.EventData{ID: uuid.New(), Type: "Loaded", Data: []byte(`{}`)} }
+	open := func(opts ...embedded.Option) *embedded.Store {
+		s, err := embedded.Open(ctx, dir, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	appendTo := func(s *embedded.Store, expected eventstore.ExpectedRevision, n int) eventstore.AppendResult {
+		evs := make([]eventstore.EventData, n)
+		for i := range evs {
+			evs[i] = ev()
+		}
+		res, err := s.Append(ctx, "existing", expected, evs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	s := open()
+	res := appendTo(s, eventstore.NoStream(), 3)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(embedded.WithBulkLoad())
+	if _, err := s.Append(ctx, "existing", eventstore.NoStream(), ev()); !errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+		t.Fatalf("bulk append as a new stream onto an existing one: %v", err)
+	}
+	res = appendTo(s, eventstore.Exact(res.NextExpectedRevision), 200)
+	if res.Position != 203 || res.NextExpectedRevision != 202 {
+		t.Fatalf("bulk append: %+v", res)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, dir)
+	res = appendTo(s, eventstore.Exact(res.NextExpectedRevision), 1)
+	all, err := s.ReadAll(ctx, eventstore.Start, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 204 || res.Position != 204 {
+		t.Fatalf("after the bulk load: %d events, last append at %d", len(all), res.Position)
+	}
+}

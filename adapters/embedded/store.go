@@ -256,27 +256,20 @@ const walCheckpointPages = 10000
 func dsn(path string, readOnly, bulk bool) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
-	q.Add("_pragma", "journal_mode(WAL)")
-	if bulk && !readOnly {
-		// A bulk load syncs once, at Close (see WithBulkLoad), and keeps the whole
-		// (stream, revision) index in memory.
-		q.Add("_pragma", "synchronous(OFF)")
-		q.Add("_pragma", fmt.Sprintf("cache_size(%d)", -bulkCacheKiB))
-		// A multi-row INSERT keeps a statement journal; in memory it costs no system calls.
-		q.Add("_pragma", "temp_store(MEMORY)")
+	if bulk {
+		for _, pragma := range bulkPragmas(readOnly) {
+			q.Add("_pragma", pragma)
+		}
 	} else {
+		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous(FULL)")
 		q.Add("_pragma", "cache_size(-16384)") // 16 MiB a connection
+		// Checkpoint the WAL every walCheckpointPages pages instead of SQLite's 1000: each
+		// commit rewrites the same few hot pages (the table's last leaf, the streams' index
+		// leaves), and a checkpoint copies a page once however often the WAL holds it, so
+		// rarer checkpoints copy far less per event.
+		q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", walCheckpointPages))
 	}
-	// Checkpoint the WAL every walCheckpointPages pages instead of SQLite's 1000: each commit
-	// rewrites the same few hot pages (the table's last leaf, the streams' index leaves), and a
-	// checkpoint copies a page once however often the WAL holds it, so rarer checkpoints copy
-	// far less per event.
-	checkpointPages := walCheckpointPages
-	if bulk {
-		checkpointPages = bulkCheckpointPages
-	}
-	q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", checkpointPages))
 	if readOnly {
 		q.Add("_pragma", "query_only(1)")
 	}

@@ -124,7 +124,9 @@ func TestBulkLoadIsDurableAfterClose(t *testing.T) {
 func TestBulkLoadOntoAnExistingStore(t *testing.T) {
 	ctx := t.Context()
 	dir := t.TempDir()
-	ev := func() eventstore.EventData { return eventstore.EventData{ID: uuid.New(), Type: "Loaded", Data: []byte(`{}`)} }
+	ev := func() eventstore.EventData {
+		return eventstore.EventData{ID: uuid.New(), Type: "Loaded", Data: []byte(`{}`)}
+	}
 	open := func(opts ...embedded.Option) *embedded.Store {
 		s, err := embedded.Open(ctx, dir, opts...)
 		if err != nil {

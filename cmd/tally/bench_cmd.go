@@ -55,8 +55,12 @@ run that lost data exits non-zero.
 --workload history writes a realistic year of ledger history (uploads with backdated log
 timestamps, direct increments and decrements, corrections, sets, removals; 1,000 keys and 10,000
 data objects from a million events on; one hot object with a tenth of the events) straight into
-the embedded store of --bench-dir, through its append API, and leaves a data directory that
-tally serve --data-dir opens as is (admin token in admin.token). It reports events/s.
+the embedded store of --bench-dir, through its append API in the store's bulk-load mode (no
+fsync per commit, the pages written straight into the database file, everything synced once at
+the end), and leaves a data directory that tally serve --data-dir opens as is (admin token in
+admin.token); the time reported includes that final sync. It reports events/s. A run that is
+interrupted leaves a directory to delete, not one to serve. The usage read model is not built:
+tally serve builds it from the events when it starts (see docs/performance.md for how long).
 
 Without --target it starts a server in this process on the embedded store, in a temporary
 directory or in --bench-dir when that is given; it then fakes the uploads' history by writing

@@ -7,7 +7,8 @@
 // holding a tenth of all events. Every event is what the ledger would append (same types,
 // bodies, revisions, value before and after), so the projections fold it and tally verify
 // passes; it goes through the store's Append in large batches from many goroutines, bypassing
-// HTTP and the ledger's per-call work.
+// HTTP and the ledger's per-call work, on a store opened in its bulk-load mode
+// (embedded.WithBulkLoad: no fsync per commit, one sync when the store closes).
 package historygen
 
 import (
@@ -50,7 +51,8 @@ type Config struct {
 	Keys, Objects int
 	// End is the end of the year of history (default: now, to the second).
 	End time.Time
-	// Workers append concurrently (default 96): the store commits their appends together.
+	// Workers append concurrently (default 2048): the store commits their appends together,
+	// and the more of them wait, the fewer (larger) commits a load takes.
 	Workers  int
 	Progress func(format string, args ...any)
 }

@@ -51,7 +51,7 @@ type Config struct {
 	Keys, Objects int
 	// End is the end of the year of history (default: now, to the second).
 	End time.Time
-	// Workers append concurrently (default 2048): the store commits their appends together,
+	// Workers append concurrently (default 96): the store commits their appends together,
 	// and the more of them wait, the fewer (larger) commits a load takes.
 	Workers  int
 	Progress func(format string, args ...any)
@@ -69,6 +69,8 @@ type Result struct {
 	Uploads   int64
 	Aborted   int64
 	Removed   int
+	// Commits is how many transactions the store took for the events.
+	Commits uint64
 	// AdminToken is the admin credential, also in Dir/admin.token.
 	AdminToken string
 }
@@ -124,7 +126,7 @@ func Generate(ctx context.Context, cfg Config) (Result, error) {
 		cfg.End = time.Now().UTC().Truncate(time.Second)
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 2048
+		cfg.Workers = 96
 	}
 	if cfg.Progress == nil {
 		cfg.Progress = func(string, ...any) {}
@@ -146,6 +148,7 @@ func Generate(ctx context.Context, cfg Config) (Result, error) {
 	g := &generator{cfg: cfg, store: store, start: cfg.End.AddDate(-1, 0, 0), span: cfg.End.Sub(cfg.End.AddDate(-1, 0, 0)), token: uuid.New()}
 	began := time.Now()
 	res, err := g.run(ctx)
+	res.Commits = store.Stats().Batches
 	// Close syncs the bulk load to disk: that is part of writing the ledger.
 	if cerr := store.Close(); err == nil {
 		err = cerr

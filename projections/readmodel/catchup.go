@@ -11,12 +11,6 @@ import (
 // catchUpPage is how many events the catch-up reads from the store at a time.
 const catchUpPage = 4096
 
-// catchUpCacheKiB is the write connection's page cache while catching up: a batch touches rows
-// all over the tables (every object's latest buckets and values), and a cache that holds them
-// saves reading pages back. It returns to the connection's usual size afterwards, so that a
-// server that has caught up does not keep it.
-const catchUpCacheKiB = 256 << 10
-
 // catchUpCheckpointPages is how many WAL pages trigger a checkpoint while catching up: a page
 // that several batches rewrite is then copied into the database file once, not once a batch.
 const catchUpCheckpointPages = 50000
@@ -34,16 +28,10 @@ func (m *Model) catchUp(ctx context.Context) error {
 		_, err := m.writeDB.ExecContext(context.WithoutCancel(ctx), query)
 		return err
 	}
-	for _, pragma := range []string{fmt.Sprintf("PRAGMA cache_size = %d", -catchUpCacheKiB), fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", catchUpCheckpointPages)} {
-		if err := conn(pragma); err != nil {
-			return fmt.Errorf("read model: %w", err)
-		}
+	if err := conn(fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", catchUpCheckpointPages)); err != nil {
+		return fmt.Errorf("read model: %w", err)
 	}
-	defer func() {
-		_ = conn(fmt.Sprintf("PRAGMA cache_size = %d", -cacheKiB))
-		_ = conn("PRAGMA wal_autocheckpoint = 1000") // SQLite's default, as the DSN leaves it
-		_ = conn("PRAGMA shrink_memory")
-	}()
+	defer func() { _ = conn("PRAGMA wal_autocheckpoint = 1000") }() // SQLite's default, as the DSN leaves it
 
 	rctx, stopReading := context.WithCancel(ctx)
 	defer stopReading()

@@ -121,8 +121,8 @@ const (
 type Options struct {
 	Logger *slog.Logger
 	// BatchEvents bounds the events folded in one transaction while catching up (default
-	// 262144: the larger a batch, the more of its events share a bucket row, and each row is
-	// written once per batch).
+	// 65536; the catch-up holds up to three batches at once, one folding, one queued, one
+	// being written).
 	BatchEvents int
 	// BeforeCommit, if set, is called before each transaction commits, with the position it
 	// would reach; an error rolls the transaction back and stops Run with it. Tests use it to
@@ -163,7 +163,7 @@ func Open(ctx context.Context, store eventstore.Store, path string, opts Options
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.BatchEvents <= 0 {
-		opts.BatchEvents = 1 << 18
+		opts.BatchEvents = 65536
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("read model directory: %w", err)
@@ -192,7 +192,7 @@ func Open(ctx context.Context, store eventstore.Store, path string, opts Options
 	return m, nil
 }
 
-// cacheKiB is the page cache of each connection (see also catchUpCacheKiB).
+// cacheKiB is the page cache of each connection.
 const cacheKiB = 32 << 10
 
 func dsn(path string, readOnly bool) string {

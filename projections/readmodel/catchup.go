@@ -37,9 +37,9 @@ func (m *Model) catchUp(ctx context.Context) error {
 	defer stopReading()
 	pages := make(chan []eventstore.RecordedEvent, 4)
 	readErr := make(chan error, 1)
+	from := m.fold.position // read here: the fold goroutine moves it from now on
 	go func() {
 		defer close(pages)
-		from := m.fold.position
 		for {
 			evs, err := m.store.ReadAll(rctx, from, catchUpPage)
 			if err != nil {

@@ -65,6 +65,17 @@ func ParseDataObjectStream(stream string) (int64, bool) {
 	if !ok {
 		return 0, false
 	}
+	// Every event of a replay asks this: the usual short positive id without strconv.
+	if len(rest) > 0 && len(rest) < 19 {
+		var id int64
+		i := 0
+		for ; i < len(rest) && rest[i] >= '0' && rest[i] <= '9'; i++ {
+			id = id*10 + int64(rest[i]-'0')
+		}
+		if i == len(rest) {
+			return id, true
+		}
+	}
 	id, err := strconv.ParseInt(rest, 10, 64)
 	return id, err == nil
 }
@@ -160,6 +171,10 @@ type UploadSource struct {
 	LogTimestamp time.Time `json:"logTimestamp"` // when the License Server flushed the layer
 	// Anomaly says what was odd about the layer's timestamp ("" when nothing was).
 	Anomaly string `json:"anomaly,omitempty"`
+	// Entry is the layer's position in its upload's UploadPrepared.Layers, plus one (0 when not
+	// recorded). The compact encoding stores Entry instead of Layer, which UploadPrepared holds
+	// already (UploadPrepared.EntryLayer; docs/encoding.md).
+	Entry int `json:"entry,omitempty"`
 }
 
 // ValueChanged is the body of IncrementApplied and DecrementApplied. Amount is positive; the

@@ -34,10 +34,13 @@ const (
 )
 
 // uploadDecision is what an owner's upload stream decided about one upload and when the store
-// recorded the decision.
+// recorded the decision (status "" while undecided), and, for the uploads History asks about,
+// the layers their UploadPrepared lists: an entry in the compact encoding names its layer by
+// index in them (docs/encoding.md).
 type uploadDecision struct {
 	status   UploadStatus
 	recorded time.Time
+	prepared *domain.UploadPrepared // Layers only
 }
 
 // HistoryEntry is one event of a data object's stream, as the audit history shows it.
@@ -93,7 +96,11 @@ type ObjectHistory struct {
 // History reads a data object's stream and its owner's upload stream and returns the object's
 // events with the status of the uploads they came from.
 func History(ctx context.Context, r StreamReader, objectID int64) (*ObjectHistory, error) {
-	evs, added, decisions, err := readObjectAndDecisions(ctx, r, objectID)
+	evs, added, err := readObject(ctx, r, objectID)
+	if err != nil {
+		return nil, err
+	}
+	decisions, err := readUploadDecisions(ctx, r, added.Owner, uploadsOf(evs))
 	if err != nil {
 		return nil, err
 	}
@@ -145,8 +152,8 @@ func historyEntry(ev eventstore.RecordedEvent, decisions map[uuid.UUID]uploadDec
 		}
 		e.At, e.StringValue = d.At, &d.After
 	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		var d domain.ValueChanged
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
+		d, err := domain.DecodeValueChanged(ev.Data)
+		if err != nil {
 			return e, decodeErr(err)
 		}
 		e.At, e.Before, e.After, e.Correction = d.At, &d.Before, &d.After, d.Correction
@@ -155,8 +162,12 @@ func historyEntry(ev eventstore.RecordedEvent, decisions map[uuid.UUID]uploadDec
 			id, ts := d.Upload.UploadID, d.Upload.LogTimestamp
 			e.UploadID, e.Layer, e.LogTimestamp, e.Anomaly = &id, d.Upload.Layer, &ts, d.Upload.Anomaly
 			e.UploadStatus = UploadStatusPending
-			if dec, ok := decisions[id]; ok {
+			dec := decisions[id]
+			if dec.status != "" {
 				e.UploadStatus = dec.status
+			}
+			if dec.prepared != nil {
+				e.Layer = dec.prepared.EntryLayer(d.Upload)
 			}
 			e.Counted = e.UploadStatus == UploadStatusCommitted
 		}
@@ -198,7 +209,7 @@ func readObjectAndDecisions(ctx context.Context, r StreamReader, objectID int64)
 	if err != nil {
 		return nil, added, nil, err
 	}
-	decisions, err := readUploadDecisions(ctx, r, added.Owner)
+	decisions, err := readUploadDecisions(ctx, r, added.Owner, nil)
 	return evs, added, decisions, err
 }
 
@@ -218,9 +229,25 @@ func readObject(ctx context.Context, r StreamReader, objectID int64) ([]eventsto
 	return evs, added, nil
 }
 
+// uploadsOf lists the uploads whose entries among evs name their layer by index: their
+// UploadPrepared gives it.
+func uploadsOf(evs []eventstore.RecordedEvent) map[uuid.UUID]bool {
+	out := map[uuid.UUID]bool{}
+	for _, ev := range evs {
+		if ev.Type != domain.EventIncrementApplied && ev.Type != domain.EventDecrementApplied {
+			continue
+		}
+		if d, err := domain.DecodeValueChanged(ev.Data); err == nil && d.Upload != nil && d.Upload.Layer == "" {
+			out[d.Upload.UploadID] = true
+		}
+	}
+	return out
+}
+
 // readUploadDecisions reads an owner's upload stream: which uploads were committed or aborted,
-// and when. Exactly one decision follows each UploadPrepared; the first one wins.
-func readUploadDecisions(ctx context.Context, r StreamReader, owner domain.Owner) (map[uuid.UUID]uploadDecision, error) {
+// and when. Exactly one decision follows each UploadPrepared; the first one wins. The
+// UploadPrepared of the uploads in prepared (none when nil) is kept too.
+func readUploadDecisions(ctx context.Context, r StreamReader, owner domain.Owner, prepared map[uuid.UUID]bool) (map[uuid.UUID]uploadDecision, error) {
 	evs, err := readStream(ctx, r, domain.UploadStream(owner))
 	if err != nil {
 		return nil, err
@@ -229,6 +256,23 @@ func readUploadDecisions(ctx context.Context, r StreamReader, owner domain.Owner
 	for _, ev := range evs {
 		var status UploadStatus
 		switch ev.Type {
+		case domain.EventUploadPrepared:
+			if len(prepared) == 0 {
+				continue
+			}
+			id, err := domain.PreparedUploadID(ev.Data)
+			if err != nil {
+				return nil, fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+			}
+			if dec := out[id]; prepared[id] && dec.prepared == nil {
+				p, err := domain.DecodeUploadPrepared(ev.Data)
+				if err != nil {
+					return nil, fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+				}
+				dec.prepared = &domain.UploadPrepared{Layers: p.Layers}
+				out[id] = dec
+			}
+			continue
 		case domain.EventUploadCommitted:
 			status = UploadStatusCommitted
 		case domain.EventUploadAborted:
@@ -236,14 +280,14 @@ func readUploadDecisions(ctx context.Context, r StreamReader, owner domain.Owner
 		default:
 			continue
 		}
-		var d struct {
-			UploadID uuid.UUID `json:"uploadId"`
-		}
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
+		var d struct{ UploadID uuid.UUID }
+		var err error
+		if d.UploadID, _, err = domain.DecodeUploadDecision(ev.Type, ev.Data); err != nil {
 			return nil, fmt.Errorf("decode %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
 		}
-		if _, seen := out[d.UploadID]; !seen {
-			out[d.UploadID] = uploadDecision{status: status, recorded: ev.Recorded}
+		if dec := out[d.UploadID]; dec.status == "" {
+			dec.status, dec.recorded = status, ev.Recorded
+			out[d.UploadID] = dec
 		}
 	}
 	return out, nil

@@ -20,7 +20,8 @@ type UploadHistoryEntry struct {
 	EventID  uuid.UUID           `json:"eventId"`
 	Type     string              `json:"type"`
 	Recorded time.Time           `json:"recorded"`
-	// Event is the event's body as recorded (domain.UploadPrepared, domain.UploadRefused, …).
+	// Event is the event's body as JSON (domain.UploadPrepared, domain.UploadRefused, …): as
+	// recorded, or the JSON form of a body recorded in the compact encoding.
 	Event      json.RawMessage `json:"event"`
 	TokenID    *uuid.UUID      `json:"tokenId,omitempty"`
 	Admin      bool            `json:"admin,omitempty"`
@@ -43,7 +44,8 @@ func UploadStreamHistory(ctx context.Context, r StreamReader, owner domain.Owner
 	}
 	h := &UploadHistory{Owner: owner, Entries: []UploadHistoryEntry{}}
 	for _, ev := range evs {
-		e := UploadHistoryEntry{Revision: ev.Revision, Position: ev.Position, EventID: ev.ID, Type: ev.Type, Recorded: ev.Recorded, Event: ev.Data}
+		e := UploadHistoryEntry{Revision: ev.Revision, Position: ev.Position, EventID: ev.ID, Type: ev.Type, Recorded: ev.Recorded}
+		e.Event, _ = domain.EventJSON(ev.Type, ev.Data) // one that does not decode shows as null
 		var meta domain.Metadata
 		if json.Unmarshal(ev.Metadata, &meta) == nil {
 			if meta.TokenID != uuid.Nil {

@@ -209,8 +209,8 @@ func (f *usageFold) apply(ev eventstore.RecordedEvent) error {
 			f.count(o, changeSet, int64(d.After)-o.value, f.pick(d.At, ev.Recorded))
 		}
 	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		var d domain.ValueChanged
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
+		d, err := domain.DecodeValueChanged(ev.Data)
+		if err != nil {
 			return err
 		}
 		delta := int64(domain.DirectionOf(ev.Type)) * d.Amount
@@ -233,10 +233,9 @@ func (f *usageFold) apply(ev eventstore.RecordedEvent) error {
 		}
 		f.count(o, kind, delta, f.pick(d.At, ev.Recorded))
 	case domain.EventUploadCommitted, domain.EventUploadAborted:
-		var d struct {
-			UploadID uuid.UUID `json:"uploadId"`
-		}
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
+		var d struct{ UploadID uuid.UUID }
+		var err error
+		if d.UploadID, _, err = domain.DecodeUploadDecision(ev.Type, ev.Data); err != nil {
 			return err
 		}
 		changes := f.pending[d.UploadID]

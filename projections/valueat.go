@@ -60,8 +60,8 @@ func ValueAt(ctx context.Context, r StreamReader, objectID int64, at time.Time) 
 			}
 			v.StringValue = d.After
 		case domain.EventIncrementApplied, domain.EventDecrementApplied:
-			var d domain.ValueChanged
-			if err := json.Unmarshal(ev.Data, &d); err != nil {
+			d, err := domain.DecodeValueChanged(ev.Data)
+			if err != nil {
 				return nil, decodeErr(err)
 			}
 			if d.Upload != nil {

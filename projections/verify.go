@@ -58,8 +58,8 @@ func verifyApply(st *state.State, ev eventstore.RecordedEvent, pending map[uuid.
 			check = &recordedAfter{objectID: objectID, after: d.After, ev: ev}
 		}
 	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		var d domain.ValueChanged
-		if json.Unmarshal(ev.Data, &d) != nil || !isObject {
+		d, err := domain.DecodeValueChanged(ev.Data)
+		if err != nil || !isObject {
 			break
 		}
 		delta := int64(domain.DirectionOf(ev.Type)) * d.Amount
@@ -71,14 +71,12 @@ func verifyApply(st *state.State, ev eventstore.RecordedEvent, pending map[uuid.
 			pending[d.Upload.UploadID] = append(pending[d.Upload.UploadID], c)
 		}
 	case domain.EventUploadCommitted, domain.EventUploadAborted:
-		var d struct {
-			UploadID uuid.UUID `json:"uploadId"`
-		}
-		if json.Unmarshal(ev.Data, &d) != nil {
+		uploadID, _, err := domain.DecodeUploadDecision(ev.Type, ev.Data)
+		if err != nil {
 			break
 		}
 		if ev.Type == domain.EventUploadCommitted {
-			committed = pending[d.UploadID]
+			committed = pending[uploadID]
 			commitValues = map[int64]int32{}
 			for _, c := range committed {
 				if o, ok := st.Objects[c.objectID]; ok {
@@ -86,7 +84,7 @@ func verifyApply(st *state.State, ev eventstore.RecordedEvent, pending map[uuid.
 				}
 			}
 		}
-		delete(pending, d.UploadID)
+		delete(pending, uploadID)
 	}
 	if err := st.Apply(ev); err != nil {
 		problems = append(problems, fmt.Sprintf("event at position %d cannot be folded: %v", ev.Position, err))
@@ -119,9 +117,17 @@ func CatchUp(ctx context.Context, r AllReader, st *state.State) error {
 }
 
 // fold hands every event after st's position to apply, which must fold it into st, calling
-// progress (if not nil) after each batch with the number of events folded so far.
+// progress (if not nil) after each batch with the number of events folded so far. A store
+// that reads ranges for a replay (replayReader) is read ahead by several goroutines up to its
+// head at the start, and its events come without metadata (docs/encoding.md); then, and for
+// other stores, fold reads pages until the store has no more.
 func fold(ctx context.Context, r AllReader, st *state.State, progress func(events int), apply func(eventstore.RecordedEvent)) error {
 	n := 0
+	if rr, ok := r.(replayReader); ok {
+		if err := foldAhead(ctx, rr, st, &n, progress, apply); err != nil {
+			return err
+		}
+	}
 	for {
 		evs, err := r.ReadAll(ctx, st.Position, 4096)
 		if err != nil {

@@ -354,8 +354,8 @@ func foldUpload(ev eventstore.RecordedEvent, owner domain.Owner, byID map[uuid.U
 	}
 	switch ev.Type {
 	case domain.EventUploadPrepared:
-		var e domain.UploadPrepared
-		if err := json.Unmarshal(ev.Data, &e); err != nil {
+		e, err := domain.DecodeUploadPrepared(ev.Data)
+		if err != nil {
 			return err
 		}
 		u := Upload{ID: e.UploadID, Owner: owner, Status: "pending", Entries: len(e.Layers), Known: e.BaseDepth, Objects: len(e.Changes), Prepared: ev.Recorded}
@@ -364,7 +364,8 @@ func foldUpload(ev eventstore.RecordedEvent, owner domain.Owner, byID map[uuid.U
 		*out = append(*out, u)
 	case domain.EventUploadCommitted, domain.EventUploadAborted:
 		var e domain.UploadAborted
-		if err := json.Unmarshal(ev.Data, &e); err != nil {
+		var err error
+		if e.UploadID, e.Reason, err = domain.DecodeUploadDecision(ev.Type, ev.Data); err != nil {
 			return err
 		}
 		i, ok := byID[e.UploadID]

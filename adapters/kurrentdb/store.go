@@ -26,6 +26,7 @@ import (
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
+	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/eventstore"
 )
 
@@ -323,6 +324,16 @@ func expectedRevision(expected eventstore.ExpectedRevision) esdb.ExpectedRevisio
 	return esdb.Any{}
 }
 
+// contentType labels an event body for KurrentDB: JSON (shown as such in its UI, usable by
+// its projections), or binary for the compact bodies of UploadPrepared and UploadCommitted
+// (docs/encoding.md, "KurrentDB").
+func contentType(data []byte) esdb.ContentType {
+	if domain.IsBinary(data) {
+		return esdb.ContentTypeBinary
+	}
+	return esdb.ContentTypeJson
+}
+
 // Append writes events to one stream in one KurrentDB append, atomic on the server.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
 	if len(events) == 0 {
@@ -339,7 +350,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		proposed[i] = esdb.EventData{
 			EventID:     id,
 			EventType:   event.Type,
-			ContentType: esdb.ContentTypeJson,
+			ContentType: contentType(event.Data),
 			Data:        event.Data,
 			Metadata:    event.Metadata,
 		}

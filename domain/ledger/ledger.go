@@ -242,11 +242,12 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (domain.Token
 	return tok, nil
 }
 
-// newEvent encodes an event with the caller's metadata.
+// newEvent encodes an event with the caller's metadata (domain.EncodeEvent: the compact form
+// for the hot event types, JSON for the rest).
 func newEvent(id uuid.UUID, typ string, data any, meta domain.Metadata) (eventstore.EventData, error) {
-	b, err := json.Marshal(data)
+	b, err := domain.EncodeEvent(typ, data)
 	if err != nil {
-		return eventstore.EventData{}, fmt.Errorf("encode %s: %w", typ, err)
+		return eventstore.EventData{}, err
 	}
 	m, err := json.Marshal(meta)
 	if err != nil {

@@ -288,6 +288,7 @@ func (s *Service) planUpload(st *state.State, c Caller, owner domain.Owner, only
 		p.prepared.Layers = append(p.prepared.Layers, p.changes[i].Upload.Layer)
 		p.prepared.Timestamps = append(p.prepared.Timestamps, e.Timestamp)
 		p.changes[i].Upload.UploadID = p.prepared.UploadID
+		p.changes[i].Upload.Entry = i + 1
 	}
 	for _, id := range ids {
 		p.prepared.Changes = append(p.prepared.Changes, domain.PlannedStep{ObjectID: id, FromRevision: revision[id], Events: count[id]})
@@ -313,6 +314,10 @@ func (s *Service) runUpload(ctx context.Context, c Caller, p *plan) (UploadResul
 		}
 		ev, err := newEvent(uuid.NewSHA1(p.prepared.UploadID, e.Layer[:]), e.direction().EventType(), p.changes[i], meta)
 		if err != nil {
+			return UploadResult{}, err
+		}
+		// Who made the change, compactly: an upload has many entries (docs/encoding.md).
+		if ev.Metadata, err = domain.CompactMetadata(meta); err != nil {
 			return UploadResult{}, err
 		}
 		byObject[e.ObjectID] = append(byObject[e.ObjectID], ev)

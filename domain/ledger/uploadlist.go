@@ -138,8 +138,8 @@ func (s *Service) uploadRecords(ctx context.Context, owner domain.Owner) ([]Uplo
 		_ = json.Unmarshal(ev.Metadata, &meta) // who: best effort, the record stands without it
 		switch ev.Type {
 		case domain.EventUploadPrepared:
-			var e domain.UploadPrepared
-			if err := json.Unmarshal(ev.Data, &e); err != nil {
+			e, err := domain.DecodeUploadPrepared(ev.Data)
+			if err != nil {
 				return nil, fmt.Errorf("%s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
 			}
 			r := UploadRecord{Owner: owner, State: UploadStatePending, ID: e.UploadID, At: e.At, Recorded: ev.Recorded,
@@ -152,7 +152,8 @@ func (s *Service) uploadRecords(ctx context.Context, owner domain.Owner) ([]Uplo
 			out = append(out, r)
 		case domain.EventUploadCommitted, domain.EventUploadAborted:
 			var e domain.UploadAborted // UploadCommitted's fields are a subset
-			if err := json.Unmarshal(ev.Data, &e); err != nil {
+			var err error
+			if e.UploadID, e.Reason, err = domain.DecodeUploadDecision(ev.Type, ev.Data); err != nil {
 				return nil, fmt.Errorf("%s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
 			}
 			if i, ok := byID[e.UploadID]; ok && out[i].State == UploadStatePending {

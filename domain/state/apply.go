@@ -102,8 +102,8 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 			o.StringValue = e.After
 		}
 	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		var e domain.ValueChanged
-		if err := json.Unmarshal(ev.Data, &e); err != nil {
+		e, err := domain.DecodeValueChanged(ev.Data)
+		if err != nil {
 			return err
 		}
 		o := s.object(ev)
@@ -125,15 +125,15 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 			delete(s.owned[o.Owner], o.ID)
 		}
 	case domain.EventUploadPrepared:
-		var e domain.UploadPrepared
-		if err := json.Unmarshal(ev.Data, &e); err != nil {
+		e, err := domain.DecodeUploadPrepared(ev.Data)
+		if err != nil {
 			return err
 		}
 		u := s.uploadStream(e.Owner, ev.Revision)
 		u.Prepared = &e
 	case domain.EventUploadCommitted:
-		var e domain.UploadCommitted
-		if err := json.Unmarshal(ev.Data, &e); err != nil {
+		e, err := domain.DecodeUploadCommitted(ev.Data)
+		if err != nil {
 			return err
 		}
 		u := s.uploadOf(ev)

@@ -337,7 +337,7 @@ func writeUpload(ctx context.Context, env *Env, owner domain.Owner, req string, 
 	prep := domain.UploadPrepared{UploadID: uploadID, Owner: owner, Instance: uuid.New(), At: time.Now().UTC()}
 	byObject := map[int64][]eventstore.EventData{}
 	var order []int64
-	for _, e := range entries {
+	for i, e := range entries {
 		layer := make([]byte, 32)
 		copy(layer, uuid.New().NodeID())
 		copy(layer[16:], uuid.New().NodeID())
@@ -353,9 +353,12 @@ func writeUpload(ctx context.Context, env *Env, owner domain.Owner, req string, 
 		}
 		ev, err := event(typ, domain.ValueChanged{
 			ObjectID: e.objectID, Amount: amount, Before: before, After: after, At: e.at,
-			Upload: &domain.UploadSource{UploadID: uploadID, Layer: lh, LogTimestamp: e.at, Anomaly: e.anomaly},
+			Upload: &domain.UploadSource{UploadID: uploadID, Layer: lh, LogTimestamp: e.at, Anomaly: e.anomaly, Entry: i + 1},
 		}, meta)
 		if err != nil {
+			return err
+		}
+		if ev.Metadata, err = domain.CompactMetadata(meta); err != nil { // as the ledger writes an entry's
 			return err
 		}
 		if _, seen := byObject[e.objectID]; !seen {
@@ -401,7 +404,7 @@ func writeUpload(ctx context.Context, env *Env, owner domain.Owner, req string, 
 }
 
 func event(typ string, data any, meta domain.Metadata) (eventstore.EventData, error) {
-	b, err := json.Marshal(data)
+	b, err := domain.EncodeEvent(typ, data)
 	if err != nil {
 		return eventstore.EventData{}, err
 	}

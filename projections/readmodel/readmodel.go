@@ -805,8 +805,8 @@ func (f *fold) apply(b *batch, ev eventstore.RecordedEvent) error {
 			f.snapshot(b, o, ev)
 		}
 	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		var d domain.ValueChanged
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
+		d, err := domain.DecodeValueChanged(ev.Data)
+		if err != nil {
 			return err
 		}
 		delta := int64(domain.DirectionOf(ev.Type)) * d.Amount
@@ -840,10 +840,9 @@ func (f *fold) apply(b *batch, ev eventstore.RecordedEvent) error {
 			f.snapshot(b, o, ev)
 		}
 	case domain.EventUploadCommitted, domain.EventUploadAborted:
-		var d struct {
-			UploadID uuid.UUID `json:"uploadId"`
-		}
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
+		var d struct{ UploadID uuid.UUID }
+		var err error
+		if d.UploadID, _, err = domain.DecodeUploadDecision(ev.Type, ev.Data); err != nil {
 			return err
 		}
 		p := f.pending[d.UploadID]

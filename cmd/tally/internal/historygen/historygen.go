@@ -194,7 +194,9 @@ type worker struct {
 	rng  *mrand.Rand
 	ids  idSource
 	meta []byte
-	keys []*key
+	// entryMeta is meta in the compact form the ledger gives an upload entry's event.
+	entryMeta []byte
+	keys      []*key
 	// budget is how many events this worker writes; done how many it has.
 	budget, done int64
 }
@@ -203,14 +205,16 @@ func (g *generator) newWorker(n int, budget int64, keys []*key) *worker {
 	seed := g.cfg.Seed*1000 + uint64(n)
 	var cs [32]byte
 	binary.LittleEndian.PutUint64(cs[:], seed)
-	meta, _ := json.Marshal(domain.Metadata{TokenID: g.token, RequestID: fmt.Sprintf("history-%d", n)})
-	return &worker{g: g, rng: mrand.New(mrand.NewPCG(seed, seed^0x5eed)), ids: idSource{mrand.NewChaCha8(cs)}, meta: meta, keys: keys, budget: budget}
+	md := domain.Metadata{TokenID: g.token, RequestID: fmt.Sprintf("history-%d", n)}
+	meta, _ := json.Marshal(md)
+	entryMeta, _ := domain.CompactMetadata(md)
+	return &worker{g: g, rng: mrand.New(mrand.NewPCG(seed, seed^0x5eed)), ids: idSource{mrand.NewChaCha8(cs)}, meta: meta, entryMeta: entryMeta, keys: keys, budget: budget}
 }
 
 func (w *worker) event(typ string, body any, meta []byte) (eventstore.EventData, error) {
-	b, err := json.Marshal(body)
+	b, err := domain.EncodeEvent(typ, body)
 	if err != nil {
-		return eventstore.EventData{}, fmt.Errorf("encode %s: %w", typ, err)
+		return eventstore.EventData{}, err
 	}
 	return eventstore.EventData{ID: w.ids.next(), Type: typ, Data: b, Metadata: meta}, nil
 }
@@ -507,13 +511,13 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 		var layer [32]byte
 		_, _ = w.ids.rng.Read(layer[:])
 		lh := hex.EncodeToString(layer[:])
-		ts = ts.Add(time.Duration(w.rng.IntN(3600)) * time.Second)
+		ts = ts.Add(time.Duration(w.rng.IntN(3600)) * time.Second).Truncate(time.Second) // log timestamps are whole seconds
 		prep.Layers = append(prep.Layers, lh)
 		prep.Timestamps = append(prep.Timestamps, ts.Unix())
 		ev, err := w.event(typ, domain.ValueChanged{
 			ObjectID: o.id, Amount: int64(amount), Before: before, After: after, At: ts,
-			Upload: &domain.UploadSource{UploadID: id, Layer: lh, LogTimestamp: ts},
-		}, w.meta)
+			Upload: &domain.UploadSource{UploadID: id, Layer: lh, LogTimestamp: ts, Entry: i + 1},
+		}, w.entryMeta)
 		if err != nil {
 			return err
 		}

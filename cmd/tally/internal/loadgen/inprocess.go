@@ -157,14 +157,14 @@ func (s *Server) SeedHistory(ctx context.Context, keyID int64, layer [32]byte, d
 	if err != nil {
 		return err
 	}
-	prepared, err := json.Marshal(domain.UploadPrepared{
+	prepared, err := domain.EncodeEvent(domain.EventUploadPrepared, domain.UploadPrepared{
 		UploadID: id, Owner: owner, Layers: []string{hex.EncodeToString(layer[:])}, Timestamps: []int64{timestamp},
 		BaseDepth: depth - 1, Instance: uuid.New(), At: now,
 	})
 	if err != nil {
 		return err
 	}
-	committed, err := json.Marshal(domain.UploadCommitted{UploadID: id, At: now})
+	committed, err := domain.EncodeEvent(domain.EventUploadCommitted, domain.UploadCommitted{UploadID: id, At: now})
 	if err != nil {
 		return err
 	}

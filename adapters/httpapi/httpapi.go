@@ -116,6 +116,12 @@ type Config struct {
 	// Backup writes a backup archive of the server's data to w for GET /admin/v1/backup (nil:
 	// 501, as on a KurrentDB store). It may return ErrBackupRunning.
 	Backup func(ctx context.Context, w io.Writer) error
+	// Verify verifies the live server against a replay of its store for POST /admin/v1/verify
+	// (nil: 501); RebuildReadModels rebuilds its read models online for
+	// POST /admin/v1/readmodels/rebuild (nil: 501). Both report progress as they go and may
+	// return ErrAuditRunning (admin_audit.go).
+	Verify            func(ctx context.Context, opts VerifyOptions, progress func(AuditProgress)) (VerifyResult, error)
+	RebuildReadModels func(ctx context.Context, progress func(AuditProgress)) (RebuildResult, error)
 	// Viewers keeps the read-only viewer credentials (nil: none; /admin/v1/viewers is absent).
 	// A viewer may call the admin API's reads and is refused every change with 403.
 	Viewers Viewers
@@ -145,6 +151,8 @@ type server struct {
 	signIns        *SignInLog // nil: failed sign-ins are not logged
 	viewers        Viewers    // nil: no viewer credentials
 	backupFn       func(ctx context.Context, w io.Writer) error
+	verifyFn       func(ctx context.Context, opts VerifyOptions, progress func(AuditProgress)) (VerifyResult, error)
+	rebuildFn      func(ctx context.Context, progress func(AuditProgress)) (RebuildResult, error)
 	// openapiDoc serves the OpenAPI document on the admin routes.
 	openapiDoc http.Handler
 }
@@ -195,7 +203,7 @@ func newServer(cfg Config) (*server, error) {
 		writes: cfg.WriteHealth, logger: cfg.Logger, maxBody: cfg.MaxBodyBytes,
 		limiter:        newTokenLimiter(cfg.RateLimit, cfg.RateBurst),
 		metricsHandler: cfg.Metrics, signIns: cfg.SignIns, viewers: cfg.Viewers,
-		backupFn: cfg.Backup,
+		backupFn: cfg.Backup, verifyFn: cfg.Verify, rebuildFn: cfg.RebuildReadModels,
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -257,6 +265,7 @@ func (s *server) handler(routes routeSet) http.Handler {
 		}))
 		admin.Handle("/backup", s.byMethod(map[string]http.Handler{http.MethodGet: http.HandlerFunc(s.backup)}))
 		s.integrityRoutes(admin)
+		s.auditRoutes(admin)
 		s.uploadRoutes(admin)
 		if s.viewers != nil {
 			admin.Handle("/viewers", s.byMethod(map[string]http.Handler{

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/cmd/tally/internal/auditcli"
 	"github.com/tallyledger/tally/domain/eventstore"
 )
@@ -19,7 +21,8 @@ func auditClient(g *globalFlags) auditcli.Client {
 	return auditcli.Client{
 		Server: func() string { return g.Server }, AdminToken: g.adminToken,
 		// Usage reports replay the whole store: a long timeout.
-		NewHTTP: func() (*http.Client, error) { return g.httpClient(5 * time.Minute) },
+		NewHTTP:     func() (*http.Client, error) { return g.httpClient(5 * time.Minute) },
+		NewLongHTTP: func() (*http.Client, error) { return g.httpClient(0) },
 	}
 }
 
@@ -31,6 +34,7 @@ func auditLocal(g *globalFlags) auditcli.Local {
 			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			return openStore(ctx, logger, g.DataDir, serveConfig{Store: kind, KurrentURL: kurrentURL})
 		},
+		InUse: func(err error) bool { return errors.Is(err, embedded.ErrLocked) },
 	}
 }
 
@@ -43,4 +47,9 @@ func newCorrectCommand(g *globalFlags) *cobra.Command {
 	return auditcli.NewCorrectCommand(auditClient(g))
 }
 func newReplayCommand(g *globalFlags) *cobra.Command { return auditcli.NewReplayCommand(auditLocal(g)) }
-func newVerifyCommand(g *globalFlags) *cobra.Command { return auditcli.NewVerifyCommand(auditLocal(g)) }
+func newVerifyCommand(g *globalFlags) *cobra.Command {
+	return auditcli.NewVerifyCommand(auditLocal(g), auditClient(g))
+}
+func newReadModelsCommand(g *globalFlags) *cobra.Command {
+	return auditcli.NewReadModelsCommand(auditClient(g))
+}

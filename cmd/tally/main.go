@@ -51,6 +51,7 @@ func newRootCommand() *cobra.Command {
 		newCorrectCommand(g),
 		newReplayCommand(g),
 		newVerifyCommand(g),
+		newReadModelsCommand(g),
 		newBenchCommand(g),
 		newBackupCommand(g),
 		newRestoreCommand(g),

@@ -227,22 +227,17 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 
 	// The usage and value-as-of read model, in its own file, checkpointed by the store's
 	// position: a new instance (or a lost file) builds it by catching up.
-	usageModel, err := readmodel.Open(ctx, store, filepath.Join(g.DataDir, readmodel.File), readmodel.Options{Logger: logger.With("component", "readmodel")})
+	// It runs until shutdown, and can be rebuilt online (POST /admin/v1/readmodels/rebuild).
+	usageModel, err := readmodel.OpenLive(ctx, store, filepath.Join(g.DataDir, readmodel.File), readmodel.Options{Logger: logger.With("component", "readmodel")})
 	if err != nil {
 		return err
 	}
-	modelCtx, stopModel := context.WithCancel(context.WithoutCancel(ctx))
-	modelDone := make(chan error, 1)
-	go func() { modelDone <- usageModel.Run(modelCtx) }()
 	defer func() {
-		stopModel()
-		if err := <-modelDone; err != nil && !errors.Is(err, context.Canceled) {
+		if err := usageModel.Close(); err != nil {
 			logger.Error("read model", "err", err)
 		}
-		if err := usageModel.Close(); err != nil {
-			logger.Error("close read model", "err", err)
-		}
 	}()
+	online := &onlineAudit{store: store, proj: proj, model: usageModel, logger: logger.With("component", "audit")}
 
 	registry := prometheus.NewRegistry()
 	ledgerMetrics, err := prommetrics.NewLedger(registry)
@@ -290,6 +285,7 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 		Metrics:  promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}),
 		Registry: registry, Logger: logger.With("component", "http"), MaxBodyBytes: cfg.MaxBodyBytes,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, SignIns: signIns, Backup: backupFn,
+		Verify: online.verify, RebuildReadModels: online.rebuild,
 		MinBodyRate: cfg.MinBodyRate, BodyRateGrace: cfg.BodyRateGrace, MaxPendingBodyBytes: cfg.MaxPendingBodyBytes,
 		LargeBodiesPerAddress: cfg.LargeBodiesPerAddr,
 		WriteTimeout:          defaultServerTimeouts().Write,

@@ -8,6 +8,7 @@ package openapitest
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
+	"github.com/pb33f/libopenapi-validator/config"
+	"github.com/pb33f/libopenapi-validator/content"
 	valerrors "github.com/pb33f/libopenapi-validator/errors"
 	v3 "github.com/pb33f/libopenapi/datamodel/high/v3"
 
@@ -62,7 +65,9 @@ func Load() (*Validator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("openapi: parse: %w", err)
 	}
-	check, errs := validator.NewValidator(doc)
+	// The audit jobs answer JSON lines (application/x-ndjson): each line is validated as one
+	// item of the array schema the document gives them.
+	check, errs := validator.NewValidator(doc, config.WithBodyDecoder("application/x-ndjson", ndjsonDecoder()))
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("openapi: build the model: %w", errors.Join(errs...))
 	}
@@ -209,6 +214,28 @@ func (v *Validator) CheckOn(listener string, req *http.Request, resp *http.Respo
 		return fmt.Errorf("%s", describe(errs))
 	}
 	return nil
+}
+
+// ndjsonDecoder decodes a body of JSON lines into the array of its lines.
+func ndjsonDecoder() content.Decoder {
+	return content.DecoderFunc(func(in *content.DecodeInput) (any, error) {
+		lines := []any{}
+		if in == nil || in.Body == nil {
+			return lines, nil
+		}
+		dec := json.NewDecoder(in.Body)
+		for {
+			var v any
+			err := dec.Decode(&v)
+			if errors.Is(err, io.EOF) {
+				return lines, nil
+			}
+			if err != nil {
+				return nil, fmt.Errorf("line %d: %w", len(lines)+1, err)
+			}
+			lines = append(lines, v)
+		}
+	})
 }
 
 func describe(errs []*valerrors.ValidationError) string {

@@ -43,9 +43,10 @@ func root() *cobra.Command {
 			}
 			return embedded.Open(ctx, filepath.Join(dataDir, "events"))
 		},
+		InUse: func(err error) bool { return errors.Is(err, embedded.ErrLocked) },
 	}
 	r.AddCommand(auditcli.NewHistoryCommand(c), auditcli.NewValueCommand(c), auditcli.NewUsageCommand(c),
-		auditcli.NewCorrectCommand(c), auditcli.NewReplayCommand(l), auditcli.NewVerifyCommand(l))
+		auditcli.NewCorrectCommand(c), auditcli.NewReplayCommand(l), auditcli.NewVerifyCommand(l, c))
 	return r
 }
 

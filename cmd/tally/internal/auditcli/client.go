@@ -1,7 +1,9 @@
 // Package auditcli holds the audit commands of the tally CLI: history, value, usage and
-// correct, which ask a running server's audit API with the admin credential, and replay and
-// verify, which open a stopped data directory (or KurrentDB) directly and fold its events.
-// cmd/tally wires them to its global flags.
+// correct, which ask a running server's audit API with the admin credential; verify, which
+// asks the running server to verify itself or, with no server on the data directory (or on
+// KurrentDB), opens the store directly and folds its events; readmodels rebuild (in the
+// server); and replay, which opens a stopped data directory (or KurrentDB). cmd/tally wires
+// them to its global flags.
 package auditcli
 
 import (
@@ -35,6 +37,9 @@ type Client struct {
 	// NewHTTP, if set and HTTP is not, makes the client when a command runs (after flags such
 	// as --ca-cert are parsed).
 	NewHTTP func() (*http.Client, error)
+	// NewLongHTTP, if set and HTTP is not, makes the client of the audit jobs (verify, rebuild),
+	// which take as long as the store is large: no overall timeout.
+	NewLongHTTP func() (*http.Client, error)
 }
 
 // call sends a request to the audit API and decodes a JSON answer into out (unless nil), or

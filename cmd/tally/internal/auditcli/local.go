@@ -26,8 +26,11 @@ const SnapshotFile = "projection.json"
 type Local struct {
 	DataDir func() string
 	// Open opens the event store of the given kind ("embedded": in the data directory, which
-	// must not be in use; "kurrentdb": at kurrentURL).
+	// a running server holds locked; "kurrentdb": at kurrentURL).
 	Open func(ctx context.Context, kind, kurrentURL string) (eventstore.Store, error)
+	// InUse reports whether an error of Open says that another process (a running server)
+	// holds the embedded store.
+	InUse func(error) bool
 }
 
 type storeFlags struct {
@@ -35,19 +38,13 @@ type storeFlags struct {
 }
 
 func (s *storeFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&s.kind, "store", "embedded", "event store: embedded (in --data-dir; stop the server first) or kurrentdb (TALLY_STORE)")
+	cmd.Flags().StringVar(&s.kind, "store", "embedded", "event store: embedded (in --data-dir) or kurrentdb (TALLY_STORE)")
 	cmd.Flags().StringVar(&s.kurrentURL, "kurrentdb-url", "", "KurrentDB connection string, esdb://… (TALLY_KURRENTDB_URL)")
 }
 
-func (l Local) open(ctx context.Context, sf storeFlags) (eventstore.Store, error) {
-	s, err := l.Open(ctx, sf.kind, sf.kurrentURL)
-	if err != nil {
-		if sf.kind == "embedded" {
-			return nil, fmt.Errorf("%w (replay and verify need the server stopped)", err)
-		}
-		return nil, err
-	}
-	return s, nil
+// inUse reports whether err says a running server holds the embedded store.
+func (l Local) inUse(sf storeFlags, err error) bool {
+	return sf.kind == "embedded" && l.InUse != nil && l.InUse(err)
 }
 
 // progress shows a progress bar on w when it is a terminal, and nothing otherwise.
@@ -78,7 +75,11 @@ func NewReplayCommand(l Local) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			store, err := l.open(ctx, sf)
+			store, err := l.Open(ctx, sf.kind, sf.kurrentURL)
+			if l.inUse(sf, err) {
+				// The running server keeps this snapshot itself and overwrites it.
+				return fmt.Errorf("%w: tally replay writes the projection snapshot the running server keeps, so it runs on a stopped data directory; on a running server, tally verify checks the projection and tally readmodels rebuild rebuilds the read models", err)
+			}
 			if err != nil {
 				return err
 			}
@@ -105,21 +106,38 @@ func NewReplayCommand(l Local) *cobra.Command {
 }
 
 // NewVerifyCommand is tally verify: rebuild from the events, check every recorded value-after,
-// and compare with the persisted projection caught up to the store's head.
-func NewVerifyCommand(l Local) *cobra.Command {
+// and compare with the live projection. On a data directory a server holds (or with --online),
+// the server runs it on a snapshot of its store while it serves (POST /admin/v1/verify);
+// otherwise the store is opened here and compared with the persisted projection caught up to
+// the store's head.
+func NewVerifyCommand(l Local, c Client) *cobra.Command {
 	var sf storeFlags
+	var online, usage bool
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Rebuild from the events and compare with the live projection and each event's recorded value",
-		Args:  cobra.NoArgs,
+		Long: "Replays every event, checks each recorded value, and compares the replay with the projection.\n" +
+			"While a server runs on --data-dir (or with --online), the server at --server does it on a consistent\n" +
+			"snapshot of its store without stopping (docs/audit.md); otherwise the store is opened directly.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			out := cmd.OutOrStdout()
-			store, err := l.open(ctx, sf)
+			if online {
+				return verifyRemote(cmd, c, usage)
+			}
+			store, err := l.Open(ctx, sf.kind, sf.kurrentURL)
+			if l.inUse(sf, err) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "a running server holds %s: asking it to verify (%s)\n", l.DataDir(), c.Server())
+				return verifyRemote(cmd, c, usage)
+			}
 			if err != nil {
 				return err
 			}
 			defer store.Close()
+			if usage {
+				return errors.New("--usage compares the running server's read model: it needs a running server (--online)")
+			}
 			tick, done := progress(cmd.ErrOrStderr(), "verifying")
 			rebuilt, problems, err := projections.RebuildVerified(ctx, store, tick)
 			done()
@@ -151,6 +169,8 @@ func NewVerifyCommand(l Local) *cobra.Command {
 		},
 	}
 	sf.register(cmd)
+	cmd.Flags().BoolVar(&usage, "usage", false, "on a running server, also compare the usage read model's report (every object by month) with a replay of the store: one more replay")
+	cmd.Flags().BoolVar(&online, "online", false, "ask the server at --server to verify itself while it serves (the default when a server holds --data-dir)")
 	return cmd
 }
 

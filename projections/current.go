@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -16,13 +15,14 @@ import (
 )
 
 // Current keeps a State up to date by following every event of the store, and persists it
-// with its checkpoint (the position it reflects) so that a restart catches up from there
-// instead of replaying from zero.
+// with its checkpoint (the position it reflects) in the state database (StateDB), so that a
+// restart catches up from there instead of replaying from zero. A checkpoint writes only what
+// changed since the previous one; the applied layers stay in the database, not in memory.
 type Current struct {
-	store        eventstore.Store
-	snapshotPath string // "" keeps no snapshot
-	logger       *slog.Logger
-	every        time.Duration
+	store  eventstore.Store
+	db     *StateDB // nil keeps no checkpoint
+	logger *slog.Logger
+	every  time.Duration
 
 	mu      sync.RWMutex
 	state   *state.State
@@ -45,7 +45,12 @@ type Current struct {
 
 // CurrentOptions configure a Current projection.
 type CurrentOptions struct {
-	// SnapshotPath is the file holding the persisted state and checkpoint; empty keeps none.
+	// StatePath is the state database (StateFile in a data directory); empty keeps no
+	// checkpoint, and every layer in memory.
+	StatePath string
+	// SnapshotPath is a projection.json an earlier build wrote: when the state database holds
+	// no checkpoint yet, the projection starts from it, writes it to the database whole, and
+	// removes it. Optional.
 	SnapshotPath string
 	// SnapshotEvery is the least time between two snapshots while events arrive (default 2 s);
 	// the state is persisted after a batch of events once that much time has passed, and on exit.
@@ -60,7 +65,7 @@ func NewCurrent(ctx context.Context, store eventstore.Store, opts CurrentOptions
 		return nil, errors.New("projections: nil event store")
 	}
 	c := &Current{
-		store: store, snapshotPath: opts.SnapshotPath, logger: opts.Logger, every: opts.SnapshotEvery,
+		store: store, logger: opts.Logger, every: opts.SnapshotEvery,
 		state: state.NewState(), changed: make(chan struct{}),
 	}
 	if c.logger == nil {
@@ -69,23 +74,11 @@ func NewCurrent(ctx context.Context, store eventstore.Store, opts CurrentOptions
 	if c.every <= 0 {
 		c.every = 2 * time.Second
 	}
-	if c.snapshotPath != "" {
-		b, err := os.ReadFile(c.snapshotPath)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-		case err != nil:
-			return nil, fmt.Errorf("read projection snapshot: %w", err)
-		default:
-			st, err := state.UnmarshalState(b)
-			if err != nil {
-				// A damaged snapshot only costs a replay: the events are the truth.
-				c.logger.Warn("projection snapshot unreadable; replaying from the start", "err", err)
-			} else {
-				c.state = st
-			}
+	if opts.StatePath != "" {
+		if err := c.openState(ctx, opts.StatePath, opts.SnapshotPath); err != nil {
+			return nil, err
 		}
-	}
-	if err := c.checkCheckpoint(ctx); err != nil {
+	} else if err := c.checkCheckpoint(ctx); err != nil {
 		return nil, err
 	}
 	c.loadedAt = c.state.Position
@@ -99,26 +92,127 @@ func (c *Current) LoadedAt() eventstore.Position { return c.loadedAt }
 
 // Run follows the store until ctx ends, resubscribing from its last position when a
 // subscription drops. While events flow it persists the state at most every SnapshotEvery,
-// between batches, and once more on the way out.
+// between batches, and once more on the way out; when ctx ended, it then closes the state
+// database (later layer lookups fail, and answer "known": read the state before Run returns).
 func (c *Current) Run(ctx context.Context) error {
 	err := c.follow(ctx)
 	if serr := c.Save(); serr != nil {
 		c.logger.Error("persist projection", "err", serr)
 	}
 	c.stop(err)
+	// Closed only when asked to stop: a projection that stopped on an error keeps answering
+	// layer lookups until its process exits (tally serve stops its listeners first, then exits).
+	if c.db != nil && ctx.Err() != nil {
+		if cerr := c.db.Close(); cerr != nil {
+			c.logger.Error("close projection state", "err", cerr)
+		}
+	}
 	return err
 }
 
-// checkCheckpoint replaces a snapshot that the store does not hold with an empty state.
+// checkCheckpoint replaces a state that the store does not hold with an empty state.
 func (c *Current) checkCheckpoint(ctx context.Context) error {
+	_, err := c.replaceForeign(ctx)
+	return err
+}
+
+// replaceForeign is checkCheckpoint; true means the state was replaced.
+func (c *Current) replaceForeign(ctx context.Context) (bool, error) {
 	ok, err := CheckpointInStore(ctx, c.store, c.state)
+	if err != nil {
+		return false, err
+	}
+	if !ok {
+		c.logger.Warn("projection checkpoint does not match the store; replaying from the start", "checkpoint", c.state.Position)
+		c.state = state.NewState()
+	}
+	return !ok, nil
+}
+
+// openState loads the state database at path (or, when it holds no checkpoint, an earlier
+// build's projection.json at legacy) and checks that the store holds its checkpoint. A
+// checkpoint of other data is dropped with its layers: layers may run ahead of the store's
+// events only for the same store.
+func (c *Current) openState(ctx context.Context, path, legacy string) (err error) {
+	if c.db, err = OpenStateDB(ctx, path); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = c.db.Close()
+			c.db = nil
+		}
+	}()
+	st, found, err := c.db.Load(ctx)
+	if err != nil {
+		// A damaged file only costs a replay: the events are the truth.
+		c.logger.Warn("projection state unreadable; replaying from the start", "err", err)
+		return c.resetState(ctx, path)
+	}
+	migrate := false
+	if found {
+		c.state = st
+	} else if legacy != "" {
+		b, rerr := os.ReadFile(legacy)
+		switch {
+		case errors.Is(rerr, os.ErrNotExist):
+		case rerr != nil:
+			return fmt.Errorf("read projection snapshot: %w", rerr)
+		default:
+			if old, uerr := state.UnmarshalState(b); uerr != nil {
+				c.logger.Warn("projection snapshot unreadable; replaying from the start", "err", uerr)
+			} else {
+				c.state, migrate = old, true
+			}
+		}
+	}
+	foreign, err := c.replaceForeign(ctx)
 	if err != nil {
 		return err
 	}
-	if !ok {
-		c.logger.Warn("projection snapshot does not match the store; replaying from the start", "checkpoint", c.state.Position)
-		c.state = state.NewState()
+	switch {
+	case foreign && found:
+		return c.resetState(ctx, path)
+	case foreign, !found && !migrate:
+		c.state = state.NewStateOn(c.db)
+		c.state.TrackChanges()
 	}
+	if migrate && !foreign {
+		// Write the old snapshot whole, once; from then on checkpoints are incremental.
+		all, err := c.state.Changes(true)
+		if err != nil {
+			return err
+		}
+		if err := c.db.Checkpoint(ctx, c.state, all); err != nil {
+			return err
+		}
+		c.state.Checkpointed(c.db)
+		c.state.TrackChanges()
+		c.logger.Info("projection.json migrated to the state database", "position", c.state.Position, "path", path)
+	}
+	if legacy != "" && (migrate || foreign) {
+		if err := os.Remove(legacy); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove migrated projection snapshot: %w", err)
+		}
+	}
+	return nil
+}
+
+// resetState replaces the state database with an empty one and starts from an empty state.
+func (c *Current) resetState(ctx context.Context, path string) error {
+	if err := c.db.Close(); err != nil {
+		return err
+	}
+	if err := removeStateDB(path); err != nil {
+		return err
+	}
+	db, err := OpenStateDB(ctx, path)
+	if err != nil {
+		return err
+	}
+	c.db = db
+	c.state = state.NewStateOn(db)
+	c.state.TrackChanges()
 	return nil
 }
 
@@ -204,6 +298,7 @@ func (c *Current) drain(ctx context.Context, sub eventstore.Subscription) error 
 			}
 		}
 		pos := c.state.Position
+		lerr := c.state.LayerError()
 		ch := c.changed
 		c.changed = make(chan struct{})
 		c.mu.Unlock()
@@ -215,6 +310,9 @@ func (c *Current) drain(ctx context.Context, sub eventstore.Subscription) error 
 		if err != nil {
 			return err
 		}
+		if lerr != nil {
+			return fmt.Errorf("applied-layer index: %w", lerr)
+		}
 		if time.Since(c.lastSave) >= c.every {
 			c.lastSave = time.Now()
 			if serr := c.saveFromDrain(); serr != nil {
@@ -225,12 +323,16 @@ func (c *Current) drain(ctx context.Context, sub eventstore.Subscription) error 
 }
 
 // saveFromDrain persists the state from the goroutine that applies events. That goroutine is
-// the state's only writer, so it can encode the state without the lock, and readers never wait
-// for a snapshot however large the state grows.
+// the state's only writer, so it can write the checkpoint without the lock; readers wait only
+// while the state swaps its fresh layers for the database's, after the commit.
 func (c *Current) saveFromDrain() error {
 	c.saveMu.Lock()
 	defer c.saveMu.Unlock()
-	return c.saveLocked(c.state)
+	return c.saveLocked(c.state, func(swap func()) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		swap()
+	})
 }
 
 // wakeUpTo publishes pos to WaitFor and wakes the waiters it satisfies.
@@ -264,10 +366,16 @@ func (c *Current) stop(err error) {
 }
 
 // Err is why the projection stopped following the store, or nil while it follows it. A
-// projection that stopped no longer moves: readiness checks report it.
+// projection that stopped no longer moves: readiness checks report it. A failed lookup in the
+// applied-layer index counts as a stop from the moment it happened (drain stops on it).
 func (c *Current) Err() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if c.err == nil {
+		if lerr := c.state.LayerError(); lerr != nil {
+			return fmt.Errorf("applied-layer index: %w", lerr)
+		}
+	}
 	return c.err
 }
 
@@ -370,54 +478,38 @@ func (h *positionWaiters) Pop() any {
 	return w
 }
 
-// Save persists the state and its checkpoint if it moved since the last save. The file is
-// replaced atomically, so a crash leaves the old checkpoint or the new one. Run saves on its
-// own; Save is for callers that hold the projection stopped or want a checkpoint now.
+// Save persists what changed in the state since the last checkpoint, with the checkpoint, if
+// it moved since the last save: one transaction, so a crash leaves the old checkpoint or the
+// new one, and the layers applied up to it. Run saves on its own; Save is for callers that
+// hold the projection stopped or want a checkpoint now.
 func (c *Current) Save() error {
 	c.saveMu.Lock()
 	defer c.saveMu.Unlock()
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.saveLocked(c.state)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.saveLocked(c.state, func(swap func()) { swap() })
 }
 
-// saveLocked writes st, which no one changes meanwhile; the caller holds saveMu.
-func (c *Current) saveLocked(st *state.State) error {
-	if c.snapshotPath == "" || st.Position == c.savedAt {
+// saveLocked writes what st changed, which no one changes meanwhile; the caller holds saveMu.
+// exclusive runs its argument with st held exclusively (no reader).
+func (c *Current) saveLocked(st *state.State, exclusive func(func())) error {
+	if c.db == nil || st.Position == c.savedAt {
 		return nil
 	}
-	b, err := state.MarshalState(st)
-	if err != nil {
-		return fmt.Errorf("encode projection: %w", err)
+	if err := st.LayerError(); err != nil {
+		// A lookup that failed answered "known": nothing decided since may be persisted.
+		return fmt.Errorf("projection not persisted: applied-layer index: %w", err)
 	}
-	if err := writeFileAtomic(c.snapshotPath, b); err != nil {
+	changes, err := st.Changes(false)
+	if err != nil {
 		return err
 	}
+	// Not the caller's context: the last checkpoint is written on the way out, after it ended.
+	if err := c.db.Checkpoint(context.Background(), st, changes); err != nil {
+		return err
+	}
+	exclusive(func() { st.Checkpointed(c.db) })
 	c.savedAt = st.Position
-	return nil
-}
-
-// writeFileAtomic writes b to path through a synced temporary file and a rename.
-func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write snapshot: %w", err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(b)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write snapshot %s: %w", path, werr)
-	}
 	return nil
 }
 

@@ -35,7 +35,7 @@ func appendEvent(t *testing.T, s eventstore.Store, stream, typ string, data any)
 // runCurrent starts a projection and returns a function that stops it and waits for it.
 func runCurrent(t testing.TB, store eventstore.Store, snapshot string) (*projections.Current, func()) {
 	t.Helper()
-	c, err := projections.NewCurrent(context.Background(), store, projections.CurrentOptions{SnapshotPath: snapshot, SnapshotEvery: time.Hour})
+	c, err := projections.NewCurrent(context.Background(), store, projections.CurrentOptions{StatePath: statePathNextTo(snapshot), SnapshotPath: snapshot, SnapshotEvery: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,4 +205,13 @@ func TestWaitForWakesByPosition(t *testing.T) {
 	if err := c.WaitFor(context.Background(), c.Position()+1); err == nil {
 		t.Fatal("WaitFor on a stopped projection returned nil")
 	}
+}
+
+// statePathNextTo is the state database in the data directory of a legacy snapshot path ("":
+// none, a projection that persists nothing).
+func statePathNextTo(snapshot string) string {
+	if snapshot == "" {
+		return ""
+	}
+	return filepath.Join(filepath.Dir(snapshot), projections.StateFile)
 }

@@ -98,7 +98,7 @@ func BenchmarkReplayAndRestart(b *testing.B) {
 	restart := func(b *testing.B, snapshot string) {
 		for b.Loop() {
 			runCtx, cancel := context.WithCancel(ctx)
-			proj, err := projections.NewCurrent(runCtx, store, projections.CurrentOptions{SnapshotPath: snapshot, SnapshotEvery: time.Hour})
+			proj, err := projections.NewCurrent(runCtx, store, projections.CurrentOptions{StatePath: snapshot, SnapshotEvery: time.Hour})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -115,7 +115,7 @@ func BenchmarkReplayAndRestart(b *testing.B) {
 	}
 	b.Run("restart-without-checkpoint", func(b *testing.B) { restart(b, "") })
 
-	snapshot := filepath.Join(dir, "projection.json")
+	snapshot := filepath.Join(dir, projections.StateFile)
 	st, err := projections.Rebuild(ctx, store, nil)
 	if err != nil {
 		b.Fatal(err)

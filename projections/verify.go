@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 
 	"github.com/google/uuid"
 
@@ -146,30 +145,16 @@ func fold(ctx context.Context, r AllReader, st *state.State, progress func(event
 	}
 }
 
-// LoadSnapshot reads a persisted state (as Current saves it).
+// LoadSnapshot reads the persisted state (the state database Current writes) into a state
+// that holds everything in memory, its applied layers included. A missing file is an error
+// matching os.ErrNotExist.
 func LoadSnapshot(path string) (*state.State, error) {
-	b, err := readFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return state.UnmarshalState(b)
+	return LoadState(context.Background(), path)
 }
 
-// SaveSnapshot persists a state where Current looks for it, replacing the file atomically.
+// SaveSnapshot replaces the state database at path with st, whole, where Current looks for it.
 func SaveSnapshot(path string, st *state.State) error {
-	b, err := state.MarshalState(st)
-	if err != nil {
-		return fmt.Errorf("encode projection: %w", err)
-	}
-	return writeFileAtomic(path, b)
-}
-
-func readFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read projection snapshot: %w", err)
-	}
-	return b, nil
+	return SaveState(context.Background(), path, st)
 }
 
 // CheckpointInStore reports whether the store holds the event a state says it reflects last,

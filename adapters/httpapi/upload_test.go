@@ -586,9 +586,10 @@ func runUploadRace(t *testing.T, open func(testing.TB) eventstore.Store, instanc
 		t.Fatal(err)
 	}
 	u.env.Projection.Read(func(st *state.State) {
-		for _, info := range st.Upload(ownerOf).Layers {
+		_ = st.Layers(ownerOf.String(), func(_ string, info state.LayerInfo) bool {
 			depth = max(depth, info.Depth)
-		}
+			return true
+		})
 	})
 	want := map[int64]int64{}
 	for _, id := range objs {

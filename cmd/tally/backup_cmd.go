@@ -18,6 +18,7 @@ import (
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/adapters/httpapi"
 	"github.com/tallyledger/tally/cmd/tally/internal/backup"
+	"github.com/tallyledger/tally/projections"
 )
 
 // newBackupFunc is what GET /admin/v1/backup runs in tally serve on the embedded store: one
@@ -50,6 +51,9 @@ func newBackupFunc(dataDir string, store *embedded.Store, rsaKeyFiles []string, 
 			CopyStore: func(ctx context.Context, path string) (uint64, error) {
 				p, err := store.BackupTo(ctx, path)
 				return uint64(p), err
+			},
+			CopyState: func(ctx context.Context, path string) (bool, error) {
+				return projections.CopyState(ctx, filepath.Join(dataDir, projections.StateFile), path)
 			},
 			Notes: notes,
 		})

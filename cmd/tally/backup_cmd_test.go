@@ -177,7 +177,7 @@ func TestBackupWhileServingThenRestoreAndVerify(t *testing.T) {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}
 	seen := checkTreeOwnerOnly(t, restored)
-	for _, want := range []string{"admin.token", "rsa-private.pem", "projection.json", "events/events.db"} {
+	for _, want := range []string{"admin.token", "rsa-private.pem", "readmodels/state.db", "events/events.db"} {
 		if !seen[want] {
 			t.Errorf("restored directory lacks %s (has %v)", want, seen)
 		}

@@ -196,7 +196,7 @@ func TestServeKeepsSecretsSecret(t *testing.T) {
 			return err
 		}
 		sawName = sawName || bytes.Contains(b, []byte(tokenName))
-		sawSnapshot = sawSnapshot || d.Name() == "projection.json"
+		sawSnapshot = sawSnapshot || d.Name() == "state.db"
 		for what, s := range secrets {
 			if bytes.Contains(b, []byte(s)) {
 				t.Errorf("the %s appears in %s", what, path)

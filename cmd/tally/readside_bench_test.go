@@ -62,12 +62,12 @@ func BenchmarkReadSideOnHistory(b *testing.B) {
 	_ = m.Close()
 	// The current-state snapshot, as tally replay writes it: serve starts from it as a
 	// deployment that has run does, instead of folding the whole history first.
-	if _, err := os.Stat(filepath.Join(dir, "projection.json")); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, projections.StateFile)); err != nil {
 		st, err := projections.Rebuild(ctx, store, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := projections.SaveSnapshot(filepath.Join(dir, "projection.json"), st); err != nil {
+		if err := projections.SaveSnapshot(filepath.Join(dir, projections.StateFile), st); err != nil {
 			b.Fatal(err)
 		}
 	}

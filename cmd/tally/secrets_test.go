@@ -71,7 +71,7 @@ func TestServeDataDirIsOwnerOnlyUnderAnyUmask(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if seen := checkTreeOwnerOnly(t, dataDir); !seen["projection.json"] {
+	if seen := checkTreeOwnerOnly(t, dataDir); !seen["readmodels/state.db"] {
 		t.Errorf("no projection snapshot after stopping (saw %v)", seen)
 	}
 }

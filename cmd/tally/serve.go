@@ -209,7 +209,9 @@ func serve(ctx context.Context, logger *slog.Logger, g *globalFlags, cfg serveCo
 	started := time.Now()
 	proj, err := projections.NewCurrent(ctx, store, projections.CurrentOptions{
 		// The file tally replay writes and tally verify reads.
-		SnapshotPath: filepath.Join(g.DataDir, auditcli.SnapshotFile),
+		StatePath: filepath.Join(g.DataDir, auditcli.SnapshotFile),
+		// What an earlier build kept instead: read once, then replaced by the state database.
+		SnapshotPath: filepath.Join(g.DataDir, auditcli.LegacySnapshotFile),
 		Logger:       logger.With("component", "projection"),
 	})
 	if err != nil {

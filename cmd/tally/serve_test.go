@@ -222,7 +222,7 @@ func TestServeOnEachStore(t *testing.T) {
 			if out, err := offline("verify"); err != nil {
 				t.Fatalf("verify on a healthy store: %v\n%s", err, out)
 			}
-			snapshot := filepath.Join(dataDir, "projection.json")
+			snapshot := filepath.Join(dataDir, "readmodels/state.db")
 			b, err := os.ReadFile(snapshot)
 			if err != nil {
 				t.Fatal(err)

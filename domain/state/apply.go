@@ -42,6 +42,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 			return err
 		}
 		s.Products[e.ProductID] = domain.Product{ID: e.ProductID, Name: e.Name, Created: e.At}
+		s.markProduct(e.ProductID)
 		s.seenID(domain.CategoryProduct, e.ProductID)
 	case domain.EventKeyCreated:
 		var e domain.KeyCreated
@@ -50,6 +51,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 		}
 		s.Keys[e.KeyID] = domain.LicenseKey{ID: e.KeyID, ProductID: e.ProductID, Key: e.Key, Created: e.At}
 		s.keyByString[domain.NormalizeKeyString(e.Key)] = e.KeyID
+		s.markKey(e.KeyID)
 		s.seenID(domain.CategoryKey, e.KeyID)
 	case domain.EventTokenCreated:
 		var e domain.TokenCreated
@@ -65,6 +67,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 			ProductLock: e.ProductLock, KeyLock: e.KeyLock, FeatureLock: e.FeatureLock, Created: e.At,
 		}
 		s.tokenByHash[h] = e.TokenID
+		s.markToken(e.TokenID)
 	case domain.EventTokenRevoked:
 		var e domain.TokenRevoked
 		if err := json.Unmarshal(ev.Data, &e); err != nil {
@@ -73,6 +76,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 		if t, ok := s.Tokens[e.TokenID]; ok {
 			t.Revoked = true
 			s.Tokens[e.TokenID] = t
+			s.markToken(e.TokenID)
 		}
 	case domain.EventDataObjectAdded:
 		var e domain.DataObjectAdded
@@ -84,6 +88,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 			IntValue: e.IntValue, Revision: ev.Revision,
 		}}
 		s.own(e.Owner, e.ObjectID)
+		s.markObject(e.ObjectID)
 		s.seenID(domain.CategoryDataObject, e.ObjectID)
 	case domain.EventIntValueSet:
 		var e domain.IntValueSet
@@ -122,7 +127,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 	case domain.EventDataObjectRemoved:
 		if o := s.object(ev); o != nil {
 			o.Removed = true
-			delete(s.owned[o.Owner], o.ID)
+			s.disown(o.Owner, o.ID)
 		}
 	case domain.EventUploadPrepared:
 		e, err := domain.DecodeUploadPrepared(ev.Data)
@@ -156,6 +161,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 		}
 		u.Revision, u.Exists = ev.Revision, true
 		s.Aborted[e.UploadID] = true
+		s.markAborted(e.UploadID)
 		if u.Prepared != nil && u.Prepared.UploadID == e.UploadID {
 			s.dropPending(u.Prepared)
 			u.Prepared = nil
@@ -183,6 +189,7 @@ func (s *State) object(ev eventstore.RecordedEvent) *Object {
 		return nil
 	}
 	o.Revision = ev.Revision
+	s.markObject(id)
 	return o
 }
 
@@ -190,9 +197,10 @@ func (s *State) uploadStream(owner domain.Owner, revision uint64) *Upload {
 	key := owner.String()
 	u, ok := s.Uploads[key]
 	if !ok {
-		u = &Upload{Owner: owner, Layers: map[string]LayerInfo{}}
+		u = &Upload{Owner: owner}
 		s.Uploads[key] = u
 	}
+	s.markUpload(key)
 	u.Revision, u.Exists = revision, true
 	return u
 }
@@ -203,6 +211,7 @@ func (s *State) uploadOf(ev eventstore.RecordedEvent) *Upload {
 	if !ok {
 		return nil
 	}
+	s.markUpload(owner.String())
 	return s.Uploads[owner.String()]
 }
 
@@ -212,22 +221,21 @@ func (s *State) commit(u *Upload) {
 	s.takePending(p, func(o *Object, c PendingChange) {
 		o.IntValue = int32(int64(o.IntValue) + int64(c.Dir)*c.Amount)
 	})
-	for i, l := range p.Layers {
-		info := LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
+	// The layers' records are whole before they are added: a layer set only ever adds.
+	infos := make([]LayerInfo, len(p.Layers))
+	for i := range p.Layers {
+		infos[i] = LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
 		if i < len(p.Timestamps) {
-			info.Timestamp = p.Timestamps[i]
+			infos[i].Timestamp = p.Timestamps[i]
 		}
-		u.Layers[l] = info
 	}
 	for _, sk := range p.Skipped {
 		if sk.Index >= 0 && sk.Index < len(p.Layers) {
-			info := u.Layers[p.Layers[sk.Index]]
-			info.Skipped = sk.Reason
-			u.Layers[p.Layers[sk.Index]] = info
+			infos[sk.Index].Skipped = sk.Reason
 		}
 	}
-	clearResolved(u)
-	s.rememberDigests(u, p)
+	s.rememberDigests(u, p, infos)
+	s.clearResolved(u)
 	u.Prepared = nil
 }
 
@@ -243,6 +251,7 @@ func (s *State) takePending(p *domain.UploadPrepared, use func(*Object, PendingC
 		if !ok {
 			continue
 		}
+		s.markObject(o.ID)
 		kept := o.Pending[:0]
 		for _, c := range o.Pending {
 			if c.UploadID == p.UploadID {

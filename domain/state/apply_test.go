@@ -83,7 +83,7 @@ func TestUploadEventsCountOnlyOnceCommitted(t *testing.T) {
 	if a, b := st.Objects[1].IntValue, st.Objects[2].IntValue; a != 15 || b != -3 {
 		t.Fatalf("values after commit = %d, %d; want 15, -3", a, b)
 	}
-	if info, ok := st.Uploads[owner.String()].Layers[layer(1)]; !ok || info.Depth != 2 {
+	if info, ok := layersOf(t, st, owner)[layer(1)]; !ok || info.Depth != 2 {
 		t.Fatalf("layer 1 = %+v, %v; want depth 2", info, ok)
 	}
 
@@ -101,7 +101,7 @@ func TestUploadEventsCountOnlyOnceCommitted(t *testing.T) {
 	if _, ok := st.Layer(owner, [32]byte{}); ok {
 		t.Fatal("unexpected layer")
 	}
-	if n := len(st.Uploads[owner.String()].Layers); n != 2 {
+	if n := len(layersOf(t, st, owner)); n != 2 {
 		t.Fatalf("%d applied layers, want 2 (aborted layers are not applied)", n)
 	}
 	if st.Objects[2].Revision != 2 {

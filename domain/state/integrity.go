@@ -107,6 +107,7 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 			s.Anomalies = map[string][]*IntegrityAnomaly{}
 		}
 		s.Anomalies[owner.String()] = append(s.Anomalies[owner.String()], &IntegrityAnomaly{UploadIntegrityAnomaly: e})
+		s.markAnomalies(owner.String())
 	case domain.EventUploadIntegrityAcknowledged:
 		var e domain.UploadIntegrityAcknowledged
 		if err := json.Unmarshal(ev.Data, &e); err != nil {
@@ -120,6 +121,7 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 		for _, a := range s.Anomalies[owner.String()] {
 			if a.AnomalyID == e.AnomalyID {
 				a.Acknowledged, a.AckReason = true, e.Reason
+				s.markAnomalies(owner.String())
 				return true, nil
 			}
 		}
@@ -132,6 +134,7 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 		if p, ok := s.Products[e.ProductID]; ok {
 			p.OnTamper = e.Policy
 			s.Products[e.ProductID] = p
+			s.markProduct(e.ProductID)
 		}
 	default:
 		return false, nil
@@ -139,50 +142,31 @@ func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err e
 	return true, nil
 }
 
-// reindexDepths derives the depths of the applied layers per owner.
-func (s *State) reindexDepths() {
-	s.depths = map[string]map[int64]struct{}{}
-	for key, u := range s.Uploads {
-		for _, info := range u.Layers {
-			s.sawDepth(key, info.Depth)
-		}
-	}
-}
-
-func (s *State) sawDepth(owner string, depth int64) {
-	m := s.depths[owner]
-	if m == nil {
-		m = map[int64]struct{}{}
-		s.depths[owner] = m
-	}
-	m[depth] = struct{}{}
-}
-
 // HasLayerAtDepth reports whether the owner applied a layer at that depth of a log (of any of
 // its logs: an owner may upload several).
 func (s *State) HasLayerAtDepth(o domain.Owner, depth int64) bool {
-	_, ok := s.depths[o.String()][depth]
-	return ok
+	return s.layers.hasDepth(o.String(), depth)
 }
 
 // rememberDigests records the digests an upload's layers were applied with, and the identity
 // version 2 of the layer it stopped at when that was known by its legacy identity only.
-func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared) {
+// infos are the new layers' records (by index in p.Layers) without their digests.
+func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared, infos []LayerInfo) {
+	owner := u.Owner.String()
 	for i, l := range p.Layers {
-		info := u.Layers[l]
-		s.sawDepth(u.Owner.String(), info.Depth)
+		info := infos[i]
 		if i < len(p.Digests) {
 			info.Digest = p.Digests[i]
 		}
 		if i == len(p.Layers)-1 {
 			info.FileDigest = p.FileDigest
 		}
-		u.Layers[l] = info
+		s.layers.put(owner, l, info)
 	}
 	if b := p.Base; b != nil {
-		if info, ok := u.Layers[b.Legacy]; ok {
+		if info, ok := s.layers.get(owner, b.Legacy); ok {
 			info.Digest = b.Digest
-			u.Layers[b.Layer] = info
+			s.layers.put(owner, b.Layer, info)
 		}
 	}
 }

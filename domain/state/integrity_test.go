@@ -28,7 +28,7 @@ func TestIntegrityFold(t *testing.T) {
 	})
 	h.add(stream, domain.EventUploadCommitted, domain.UploadCommitted{UploadID: up})
 	st := h.fold()
-	u := st.Uploads[owner.String()]
+	u := layersOf(t, st, owner)
 	want := map[string]LayerInfo{
 		"legacy1": {Depth: 1, Timestamp: 5},
 		"new1":    {Depth: 1, Timestamp: 5, Digest: "d1"},
@@ -36,8 +36,8 @@ func TestIntegrityFold(t *testing.T) {
 		"new3":    {Depth: 3, Timestamp: 7, Digest: "d3", FileDigest: "f3"},
 	}
 	for l, info := range want {
-		if u.Layers[l] != info {
-			t.Errorf("layer %s: %+v, want %+v", l, u.Layers[l], info)
+		if u[l] != info {
+			t.Errorf("layer %s: %+v, want %+v", l, u[l], info)
 		}
 	}
 	if !st.HasLayerAtDepth(owner, 3) || st.HasLayerAtDepth(owner, 4) {

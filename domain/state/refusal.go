@@ -83,14 +83,14 @@ func (s *State) uploadAt(ev eventstore.RecordedEvent) *Upload {
 
 // clearResolved forgets the refusal and the resolution whose refused version is now known: an
 // upload made its newest layer known, so that version flows again.
-func clearResolved(u *Upload) {
+func (s *State) clearResolved(u *Upload) {
 	if r := u.Refusal; r != nil {
-		if _, known := u.Layers[r.NewestLayer]; known || r.NewestLayer == "" {
+		if _, known := s.layerInfo(u.Owner, r.NewestLayer); known || r.NewestLayer == "" {
 			u.Refusal = nil
 		}
 	}
 	if r := u.Resolution; r != nil {
-		if _, known := u.Layers[r.NewestLayer]; known {
+		if _, known := s.layerInfo(u.Owner, r.NewestLayer); known {
 			u.Resolution = nil
 		}
 	}

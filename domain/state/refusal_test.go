@@ -56,9 +56,9 @@ func TestRefusalLifecycleFolds(t *testing.T) {
 	if _, ok := st.OpenResolution(owner); ok {
 		t.Fatal("the resolution is still open after its newest layer became known")
 	}
-	u := st.Upload(owner)
-	if u.Layers["l6"] != (LayerInfo{Depth: 6, Timestamp: 6, Skipped: domain.RefusalInvalidObject}) || u.Layers["l7"] != (LayerInfo{Depth: 7, Timestamp: 7}) {
-		t.Fatalf("layers %+v", u.Layers)
+	u := layersOf(t, st, owner)
+	if u["l6"] != (LayerInfo{Depth: 6, Timestamp: 6, Skipped: domain.RefusalInvalidObject}) || u["l7"] != (LayerInfo{Depth: 7, Timestamp: 7}) {
+		t.Fatalf("layers %+v", u)
 	}
 	if o, _ := st.Object(1); o.IntValue != 1 {
 		t.Fatalf("y = %d, want 1", o.IntValue)

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -56,8 +57,8 @@ type Upload struct {
 	Exists   bool   `json:"exists"`
 	// Prepared is the upload in progress, if any.
 	Prepared *domain.UploadPrepared `json:"prepared,omitempty"`
-	// Layers maps hex layer identities to what is known of them, for committed uploads only.
-	Layers map[string]LayerInfo `json:"layers"`
+	// The layers of committed uploads are not here but in the State's layer set (layers.go):
+	// Layer, KnownLayer, Layers.
 	// Refusal is the owner's newest refused log version while none of its uploads has made
 	// its newest layer known (refusal.go).
 	Refusal *Refusal `json:"refusal,omitempty"`
@@ -65,25 +66,26 @@ type Upload struct {
 	Resolution *domain.UploadResolutionDecided `json:"resolution,omitempty"`
 }
 
-// State is the current state folded from events. Its exported fields are what a snapshot
-// persists; the indexes are derived again after loading.
+// State is the current state folded from events. Its exported fields and its layers are what a
+// checkpoint persists; the indexes are derived again after loading.
 type State struct {
 	Position eventstore.Position `json:"position"`
 	// LastEvent locates the event at Position, so that a snapshot can be checked against the
 	// store it claims to reflect with a plain stream read.
-	LastEvent   EventRef                            `json:"lastEvent"`
-	Events      uint64                              `json:"events"`
-	Products    map[int64]domain.Product            `json:"products"`
-	Keys        map[int64]domain.LicenseKey         `json:"keys"`
-	Tokens      map[uuid.UUID]domain.Token          `json:"tokens"`
-	Objects     map[int64]*Object                   `json:"objects"`
-	Uploads     map[string]*Upload                  `json:"uploads"` // by Owner.String()
-	Aborted     map[uuid.UUID]bool                  `json:"aborted"` // aborted uploads, to ignore their late events
-	keyByString map[string]int64                    // normalized key string -> key id
-	tokenByHash map[[32]byte]uuid.UUID              // secret hash -> token id
-	owned       map[domain.Owner]map[int64]struct{} // live objects per owner
-	depths      map[string]map[int64]struct{}       // depths of the applied layers, by owner (integrity.go)
-	maxIDs      map[string]int64                    // largest id of products, keys and objects, by stream category
+	LastEvent   EventRef                    `json:"lastEvent"`
+	Events      uint64                      `json:"events"`
+	Products    map[int64]domain.Product    `json:"products"`
+	Keys        map[int64]domain.LicenseKey `json:"keys"`
+	Tokens      map[uuid.UUID]domain.Token  `json:"tokens"`
+	Objects     map[int64]*Object           `json:"objects"`
+	Uploads     map[string]*Upload          `json:"uploads"` // by Owner.String()
+	Aborted     map[uuid.UUID]bool          `json:"aborted"` // aborted uploads, to ignore their late events
+	keyByString map[string]int64            // normalized key string -> key id
+	tokenByHash map[[32]byte]uuid.UUID      // secret hash -> token id
+	owned       map[domain.Owner][]int64    // live objects per owner, ascending ids (a slice: a third of a map's bytes)
+	maxIDs      map[string]int64            // largest id of products, keys and objects, by stream category
+	layers      *layerSet                   // the applied usage-log layers (layers.go)
+	marks       *changeMarks                // what changed since the last checkpoint, if tracked (changes.go)
 
 	// Anomalies are the usage-log integrity anomalies by owner (Owner.String()), oldest first.
 	Anomalies map[string][]*IntegrityAnomaly `json:"anomalies,omitempty"`
@@ -96,9 +98,15 @@ type EventRef struct {
 	ID       uuid.UUID `json:"id"`
 }
 
-// NewState returns an empty state, as before the first event.
-func NewState() *State {
+// NewState returns an empty state, as before the first event, holding its layers in memory.
+func NewState() *State { return NewStateOn(nil) }
+
+// NewStateOn returns an empty state whose layers persisted by a checkpoint are in layers (nil:
+// every layer stays in memory). A caller that loads a checkpoint fills the exported fields and
+// calls Reindex.
+func NewStateOn(layers LayerStore) *State {
 	s := &State{
+		layers:   newLayerSet(layers),
 		Products: map[int64]domain.Product{},
 		Keys:     map[int64]domain.LicenseKey{},
 		Tokens:   map[uuid.UUID]domain.Token{},
@@ -110,6 +118,9 @@ func NewState() *State {
 	return s
 }
 
+// Reindex derives the lookup indexes from the exported fields, after a caller filled them.
+func (s *State) Reindex() { s.reindex() }
+
 // reindex derives the lookup indexes from the primary maps.
 func (s *State) reindex() {
 	s.keyByString = make(map[string]int64, len(s.Keys))
@@ -120,14 +131,16 @@ func (s *State) reindex() {
 	for id, t := range s.Tokens {
 		s.tokenByHash[t.SecretHash] = id
 	}
-	s.owned = map[domain.Owner]map[int64]struct{}{}
+	s.owned = map[domain.Owner][]int64{}
 	s.maxIDs = map[string]int64{}
-	s.reindexDepths()
 	for id, o := range s.Objects {
 		if !o.Removed {
-			s.own(o.Owner, id)
+			s.owned[o.Owner] = append(s.owned[o.Owner], id)
 		}
 		s.seenID(domain.CategoryDataObject, id)
+	}
+	for _, ids := range s.owned {
+		slices.Sort(ids)
 	}
 	for id := range s.Products {
 		s.seenID(domain.CategoryProduct, id)
@@ -138,22 +151,65 @@ func (s *State) reindex() {
 }
 
 func (s *State) own(o domain.Owner, id int64) {
-	m := s.owned[o]
-	if m == nil {
-		m = map[int64]struct{}{}
-		s.owned[o] = m
+	ids := s.owned[o]
+	if i, found := slices.BinarySearch(ids, id); !found {
+		s.owned[o] = slices.Insert(ids, i, id)
 	}
-	m[id] = struct{}{}
 }
 
-// MarshalState encodes a state for a snapshot.
-func MarshalState(s *State) ([]byte, error) { return json.Marshal(s) }
+func (s *State) disown(o domain.Owner, id int64) {
+	ids := s.owned[o]
+	if i, found := slices.BinarySearch(ids, id); found {
+		s.owned[o] = slices.Delete(ids, i, i+1)
+	}
+}
 
-// UnmarshalState decodes a snapshot and rebuilds its indexes.
+// stateJSON is a State in JSON with its layers in their uploads, the format of the
+// projection.json an earlier build wrote as its checkpoint.
+type stateJSON struct {
+	*State
+	Uploads map[string]uploadJSON `json:"uploads"`
+}
+
+type uploadJSON struct {
+	*Upload
+	Layers map[string]LayerInfo `json:"layers"`
+}
+
+// MarshalState encodes a whole state, layers included, as JSON: a deep copy for tests and
+// tools, and the format of an earlier build's projection.json.
+func MarshalState(s *State) ([]byte, error) {
+	w := stateJSON{State: s, Uploads: make(map[string]uploadJSON, len(s.Uploads))}
+	for key, u := range s.Uploads {
+		layers := map[string]LayerInfo{}
+		if err := s.layers.each(key, func(id string, info LayerInfo) bool {
+			layers[id] = info
+			return true
+		}); err != nil {
+			return nil, fmt.Errorf("encode projection: %w", err)
+		}
+		w.Uploads[key] = uploadJSON{Upload: u, Layers: layers}
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalState decodes what MarshalState wrote (or an earlier build's projection.json) into
+// a state holding its layers in memory, and rebuilds its indexes.
 func UnmarshalState(b []byte) (*State, error) {
 	s := NewState()
-	if err := json.Unmarshal(b, s); err != nil {
+	w := stateJSON{State: s}
+	if err := json.Unmarshal(b, &w); err != nil {
 		return nil, fmt.Errorf("decode projection snapshot: %w", err)
+	}
+	s.Uploads = make(map[string]*Upload, len(w.Uploads))
+	for key, u := range w.Uploads {
+		if u.Upload == nil {
+			u.Upload = &Upload{}
+		}
+		s.Uploads[key] = u.Upload
+		for id, info := range u.Layers {
+			s.layers.put(key, id, info)
+		}
 	}
 	s.reindex()
 	return s, nil
@@ -205,11 +261,7 @@ func (s *State) Object(id int64) (*Object, bool) {
 
 // ObjectsOf returns the live objects of an owner, by id.
 func (s *State) ObjectsOf(o domain.Owner) []*Object {
-	ids := make([]int64, 0, len(s.owned[o]))
-	for id := range s.owned[o] {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	ids := s.owned[o]
 	out := make([]*Object, len(ids))
 	for i, id := range ids {
 		out[i] = s.Objects[id]
@@ -231,14 +283,12 @@ func (s *State) AllObjects() []*Object {
 
 // ObjectByName returns the live object of an owner with that name (the lowest id if several).
 func (s *State) ObjectByName(o domain.Owner, name string) (*Object, bool) {
-	var best *Object
-	for id := range s.owned[o] {
-		obj := s.Objects[id]
-		if obj.Name == name && (best == nil || obj.ID < best.ID) {
-			best = obj
+	for _, id := range s.owned[o] { // ascending: the first match is the lowest id
+		if obj := s.Objects[id]; obj.Name == name {
+			return obj, true
 		}
 	}
-	return best, best != nil
+	return nil, false
 }
 
 // Upload returns the state of an owner's upload stream (a zero one if it has none).
@@ -251,12 +301,7 @@ func (s *State) Upload(o domain.Owner) *Upload {
 
 // Layer returns what is known of an applied layer of an owner.
 func (s *State) Layer(o domain.Owner, layer [32]byte) (LayerInfo, bool) {
-	u, ok := s.Uploads[o.String()]
-	if !ok {
-		return LayerInfo{}, false
-	}
-	info, ok := u.Layers[hex.EncodeToString(layer[:])]
-	return info, ok
+	return s.layerInfo(o, hex.EncodeToString(layer[:]))
 }
 
 // MaxID returns the largest id seen in a stream category.
@@ -381,14 +426,7 @@ func Diff(a, b *State) []string {
 		if u.Revision != v.Revision || u.Exists != v.Exists || (u.Prepared == nil) != (v.Prepared == nil) {
 			add("uploads of owner %s: revision %d vs %d", key, u.Revision, v.Revision)
 		}
-		if len(u.Layers) != len(v.Layers) {
-			add("uploads of owner %s: %d vs %d applied layers", key, len(u.Layers), len(v.Layers))
-		}
-		for l, info := range u.Layers {
-			if v.Layers[l] != info {
-				add("uploads of owner %s: layer %s differs", key, l)
-			}
-		}
+		diffLayers(a, b, key, add)
 		out = append(out, diffRefusals(key, u, v)...)
 	}
 	for key := range b.Uploads {
@@ -407,4 +445,33 @@ func methodNames(ms []domain.Method) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// diffLayers compares the applied layers of an owner in two states, one layer at a time (a
+// state's layers may be on disk and are never all loaded at once).
+func diffLayers(a, b *State, owner string, add func(format string, args ...any)) {
+	count := func(s *State) int {
+		n := 0
+		if err := s.layers.each(owner, func(string, LayerInfo) bool { n++; return true }); err != nil {
+			add("uploads of owner %s: layers unreadable: %v", owner, err)
+		}
+		return n
+	}
+	if x, y := count(a), count(b); x != y {
+		add("uploads of owner %s: %d vs %d applied layers", owner, x, y)
+	}
+	differ := 0
+	err := a.layers.each(owner, func(id string, info LayerInfo) bool {
+		if other, ok := b.layers.get(owner, id); !ok || other != info {
+			add("uploads of owner %s: layer %s differs", owner, id)
+			if differ++; differ >= 100 {
+				add("uploads of owner %s: more layers may differ", owner)
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		add("uploads of owner %s: layers unreadable: %v", owner, err)
+	}
 }

@@ -108,10 +108,10 @@ func (c *clock) get() time.Time {
 
 // Start runs a current-state projection over the store and a ledger with an injected clock;
 // both stop when the test ends.
-func Start(t testing.TB, store eventstore.Store, snapshotPath string) *Env {
+func Start(t testing.TB, store eventstore.Store, statePath string) *Env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	proj, err := projections.NewCurrent(ctx, store, projections.CurrentOptions{SnapshotPath: snapshotPath})
+	proj, err := projections.NewCurrent(ctx, store, projections.CurrentOptions{StatePath: statePath})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -149,7 +150,11 @@ func (e *Env) AnotherInstance() *Env {
 func (e *Env) start() {
 	t := e.t
 	t.Helper()
-	proj, err := projections.NewCurrent(context.Background(), e.Store, projections.CurrentOptions{Logger: e.opts.Logger})
+	// Each instance persists its state in a data directory of its own, checkpointing after
+	// nearly every batch, so that the tests decide against layers in the state database too.
+	proj, err := projections.NewCurrent(context.Background(), e.Store, projections.CurrentOptions{
+		Logger: e.opts.Logger, StatePath: filepath.Join(t.TempDir(), projections.StateFile), SnapshotEvery: time.Millisecond,
+	})
 	if err != nil {
 		t.Fatalf("projection: %v", err)
 	}

@@ -3,9 +3,11 @@ package auditcli_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http/httptest"
 	"os"
@@ -90,21 +92,19 @@ func TestVerifyPassesOnAHealthyDataDirAndNamesATamperedObject(t *testing.T) {
 	}
 	// Tamper with the persisted projection: one object's value.
 	path := filepath.Join(dir, auditcli.SnapshotFile)
-	b, err := os.ReadFile(path)
+	target := strconv.FormatInt(w.Objects[2].ID, 10)
+	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var snap map[string]any
-	if err := json.Unmarshal(b, &snap); err != nil {
-		t.Fatal(err)
+	res, err := db.Exec(`UPDATE objects SET record = json_set(record, '$.intValue', json_extract(record, '$.intValue') + 1000) WHERE id = ?`, w.Objects[2].ID)
+	if err == nil {
+		var n int64
+		if n, err = res.RowsAffected(); err == nil && n != 1 {
+			err = fmt.Errorf("%d rows tampered with", n)
+		}
 	}
-	target := strconv.FormatInt(w.Objects[2].ID, 10)
-	obj := snap["objects"].(map[string]any)[target].(map[string]any)
-	obj["intValue"] = obj["intValue"].(float64) + 1000
-	if b, err = json.Marshal(snap); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o600); err != nil {
+	if err := errors.Join(err, db.Close()); err != nil {
 		t.Fatal(err)
 	}
 	out, err = run(t, "verify", "--data-dir", dir)

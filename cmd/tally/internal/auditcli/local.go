@@ -18,9 +18,13 @@ import (
 	"github.com/tallyledger/tally/projections"
 )
 
-// SnapshotFile is the name of the current-state projection's snapshot in the data directory,
-// as tally serve keeps it.
-const SnapshotFile = "projection.json"
+// SnapshotFile is the current-state projection's persisted state (the state database) in the
+// data directory, as tally serve keeps it.
+const SnapshotFile = projections.StateFile
+
+// LegacySnapshotFile is the JSON snapshot earlier builds kept instead; tally serve reads it
+// once when the state database has no checkpoint yet, then removes it.
+const LegacySnapshotFile = "projection.json"
 
 // Local says how replay and verify reach the data directly.
 type Local struct {

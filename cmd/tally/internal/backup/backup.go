@@ -4,7 +4,8 @@
 //
 // The archive holds, in this order:
 //
-//	projection.json               the projection snapshot (if any), read before the store is copied
+//	projection.json               an earlier build's projection snapshot (if any), read before the store is copied
+//	readmodels/state.db           the current-state projection (if any), copied before the store is copied
 //	admin.token                   the admin credential (if any)
 //	rsa-private.pem               the server's RSA keys (the current one, then rsa-private-*.pem)
 //	events/events.db              a consistent copy of the event store (SQLite VACUUM INTO)
@@ -47,6 +48,7 @@ const (
 	ManifestName = "MANIFEST.json"
 	StoreName    = "events/events.db"
 	SnapshotName = "projection.json"
+	StateName    = "readmodels/state.db"
 	TokenName    = "admin.token"
 )
 
@@ -83,6 +85,10 @@ type Source struct {
 	// CopyStore writes a consistent copy of the event store to path (which does not exist) and
 	// returns the position of its last event.
 	CopyStore func(ctx context.Context, path string) (uint64, error)
+	// CopyState, if not nil, writes a consistent copy of the current-state projection's
+	// database to path and reports whether there was one. Write calls it before CopyStore, so
+	// that the copy's checkpoint is never past the store's copy.
+	CopyState func(ctx context.Context, path string) (bool, error)
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 	// Notes go into the manifest as they are.
@@ -114,6 +120,18 @@ func Write(ctx context.Context, w io.Writer, src Source) (Manifest, error) {
 		contents[name] = b
 		present = append(present, name)
 	}
+	var stateTmp string
+	if src.CopyState != nil {
+		stateTmp = filepath.Join(src.DataDir, strings.Replace(TempPattern, "*", uuid.NewString(), 1))
+		defer os.Remove(stateTmp)
+		ok, err := src.CopyState(ctx, stateTmp)
+		if err != nil {
+			return Manifest{}, fmt.Errorf("backup: projection state: %w", err)
+		}
+		if !ok {
+			stateTmp = ""
+		}
+	}
 	tmp := filepath.Join(src.DataDir, strings.Replace(TempPattern, "*", uuid.NewString(), 1))
 	defer os.Remove(tmp)
 	position, err := src.CopyStore(ctx, tmp)
@@ -126,6 +144,13 @@ func Write(ctx context.Context, w io.Writer, src Source) (Manifest, error) {
 	tw := tar.NewWriter(gz)
 	for _, name := range present {
 		f, err := addFile(tw, name, int64(len(contents[name])), m.Created, bytes.NewReader(contents[name]))
+		if err != nil {
+			return Manifest{}, err
+		}
+		m.Files = append(m.Files, f)
+	}
+	if stateTmp != "" {
+		f, err := addCopy(tw, StateName, stateTmp, m.Created)
 		if err != nil {
 			return Manifest{}, err
 		}
@@ -156,6 +181,20 @@ func Write(ctx context.Context, w io.Writer, src Source) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("backup: %w", err)
 	}
 	return m, nil
+}
+
+// addCopy adds the file at path to the archive under name.
+func addCopy(tw *tar.Writer, name, path string, mod time.Time) (File, error) {
+	r, err := os.Open(path)
+	if err != nil {
+		return File{}, fmt.Errorf("backup: %w", err)
+	}
+	defer r.Close()
+	fi, err := r.Stat()
+	if err != nil {
+		return File{}, fmt.Errorf("backup: %w", err)
+	}
+	return addFile(tw, name, fi.Size(), mod, r)
 }
 
 // dataDirKeys lists the RSA key files of a data directory, the current one first.
@@ -247,7 +286,10 @@ func Restore(r io.Reader, dir string) (m Manifest, err error) {
 		return Manifest{}, err
 	}
 	// The files are synced as they are written; their names too.
-	for _, d := range []string{filepath.Join(dir, filepath.Dir(StoreName)), dir} {
+	for _, d := range []string{filepath.Join(dir, filepath.Dir(StoreName)), filepath.Join(dir, filepath.Dir(StateName)), dir} {
+		if _, err := os.Stat(d); errors.Is(err, fs.ErrNotExist) {
+			continue // no state in this archive
+		}
 		if err := SyncDir(d); err != nil {
 			return Manifest{}, err
 		}
@@ -299,7 +341,7 @@ func prepareEmptyDir(dir string) (created bool, err error) {
 // key files, nothing with a path of its own (no "..", no absolute paths).
 func allowedName(name string) bool {
 	switch name {
-	case StoreName, SnapshotName, TokenName:
+	case StoreName, SnapshotName, StateName, TokenName:
 		return true
 	}
 	return keyName.MatchString(name)

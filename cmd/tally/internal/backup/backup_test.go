@@ -111,3 +111,69 @@ func TestArchiveOrderAndModes(t *testing.T) {
 		}
 	}
 }
+
+// TestStateCopyIsMadeBeforeTheStoreAndRestored: the projection's state database is copied
+// before the store is (so its checkpoint is never past the store's copy), archived as
+// readmodels/state.db and restored owner-only; without one, the archive simply lacks it.
+func TestStateCopyIsMadeBeforeTheStoreAndRestored(t *testing.T) {
+	dir := t.TempDir()
+	stateCopied := false
+	var buf bytes.Buffer
+	m, err := backup.Write(context.Background(), &buf, backup.Source{
+		DataDir: dir,
+		CopyState: func(_ context.Context, path string) (bool, error) {
+			stateCopied = true
+			return true, os.WriteFile(path, []byte("the state at 5"), 0o600)
+		},
+		CopyStore: func(_ context.Context, path string) (uint64, error) {
+			if !stateCopied {
+				return 0, errors.New("the store is copied before the state")
+			}
+			return 8, os.WriteFile(path, []byte("the store at 8"), 0o600)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{}
+	for _, f := range m.Files {
+		names = append(names, f.Name)
+	}
+	if len(names) != 2 || names[0] != backup.StateName || names[1] != backup.StoreName {
+		t.Fatalf("archived %v", names)
+	}
+	restored := filepath.Join(t.TempDir(), "restored")
+	if _, err := backup.Restore(bytes.NewReader(buf.Bytes()), restored); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(restored, backup.StateName))
+	if err != nil || string(b) != "the state at 5" {
+		t.Fatalf("restored state %q, %v", b, err)
+	}
+	for _, p := range []string{filepath.Join(restored, backup.StateName), filepath.Dir(filepath.Join(restored, backup.StateName))} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := os.FileMode(0o600); fi.IsDir() {
+			if fi.Mode().Perm() != 0o700 {
+				t.Errorf("%s: mode %v", p, fi.Mode().Perm())
+			}
+		} else if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v", p, fi.Mode().Perm())
+		}
+	}
+	if stale, _ := filepath.Glob(filepath.Join(dir, backup.TempPattern)); len(stale) != 0 {
+		t.Fatalf("copies left behind: %v", stale)
+	}
+
+	buf.Reset()
+	m, err = backup.Write(context.Background(), &buf, backup.Source{
+		DataDir:   dir,
+		CopyState: func(context.Context, string) (bool, error) { return false, nil },
+		CopyStore: func(_ context.Context, path string) (uint64, error) { return 8, os.WriteFile(path, []byte("s"), 0o600) },
+	})
+	if err != nil || len(m.Files) != 1 {
+		t.Fatalf("without a state: %v, %+v", err, m.Files)
+	}
+}

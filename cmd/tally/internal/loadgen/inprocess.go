@@ -94,7 +94,7 @@ func StartOn(ctx context.Context, store eventstore.Store, opts ServerOptions) (*
 		return nil, err
 	}
 	s.Projection, err = projections.NewCurrent(ctx, store, projections.CurrentOptions{
-		SnapshotPath: filepath.Join(opts.Dir, "projection.json"), Logger: opts.Logger,
+		StatePath: filepath.Join(opts.Dir, projections.StateFile), Logger: opts.Logger,
 	})
 	if err != nil {
 		_ = store.Close()

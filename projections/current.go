@@ -394,6 +394,26 @@ func (c *Current) Read(fn func(*state.State)) {
 	fn(c.state)
 }
 
+// ReadFrozen runs fn with the state under a read lock, like Read, and returns the state's
+// applied layers as they were then (in memory: those since the last checkpoint; on disk: a read
+// transaction begun under the lock), readable after the lock is gone until release is called.
+// Comparing millions of layers then holds nothing still.
+func (c *Current) ReadFrozen(ctx context.Context, fn func(*state.State)) (layers *state.FrozenLayers, release func(), err error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var store state.LayerStore
+	release = func() {}
+	if c.db != nil {
+		snap, err := c.db.SnapshotLayers(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		store, release = snap, func() { _ = snap.Close() }
+	}
+	fn(c.state)
+	return c.state.FreezeLayers(store), release, nil
+}
+
 // WaitUntil blocks until cond holds for the state, ctx ends, or the projection stops.
 func (c *Current) WaitUntil(ctx context.Context, cond func(*state.State) bool) error {
 	for {

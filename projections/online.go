@@ -16,7 +16,7 @@ import (
 type LiveState interface {
 	Position() eventstore.Position
 	WaitFor(ctx context.Context, pos eventstore.Position) error
-	Read(fn func(*state.State))
+	ReadFrozen(ctx context.Context, fn func(*state.State)) (*state.FrozenLayers, func(), error)
 }
 
 var _ LiveState = (*Current)(nil)
@@ -125,7 +125,7 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 		}
 	}
 	var ferr error
-	live.Read(func(ls *state.State) {
+	layers, release, err := live.ReadFrozen(ctx, func(ls *state.State) {
 		held := time.Now()
 		defer func() { v.Paused = time.Since(held) }()
 		if ls.Position < st.Position { // positions only grow; a projection that went back is wrong
@@ -138,15 +138,24 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 		}
 		v.PausedEvents = st.Events - before
 		v.Position = ls.Position
-		for _, d := range state.Diff(ls, st) {
+		for _, d := range state.DiffExceptLayers(ls, st) {
 			v.Problems = append(v.Problems, "projection vs replay: "+d)
 		}
 		if ls.Events != st.Events {
 			v.Problems = append(v.Problems, fmt.Sprintf("projection vs replay: %d vs %d events", ls.Events, st.Events))
 		}
 	})
+	if err != nil {
+		return nil, fmt.Errorf("verify: hold the projection: %w", err)
+	}
+	defer release()
 	if ferr != nil {
 		return nil, fmt.Errorf("verify: %w", ferr)
+	}
+	// The applied layers as they were at that position, compared after the projection moved on:
+	// they may be millions, on disk.
+	for _, d := range state.DiffLayers(layers, st) {
+		v.Problems = append(v.Problems, "projection vs replay: "+d)
 	}
 	for i, m := range opts.Models {
 		if !seen[i] {

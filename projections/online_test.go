@@ -164,8 +164,8 @@ type heldProjection struct {
 	during func()
 }
 
-func (h heldProjection) Read(fn func(*state.State)) {
-	h.Current.Read(func(s *state.State) { h.during(); fn(s) })
+func (h heldProjection) ReadFrozen(ctx context.Context, fn func(*state.State)) (*state.FrozenLayers, func(), error) {
+	return h.Current.ReadFrozen(ctx, func(s *state.State) { h.during(); fn(s) })
 }
 
 // missingEvent hides one event of the store from subscribers: a projection following it misses

@@ -535,3 +535,80 @@ func CopyState(ctx context.Context, from, to string) (bool, error) {
 	}
 	return true, nil
 }
+
+// LayerSnapshot is the state database's layers as they were when it was taken (one read
+// transaction): what an online verification compares while checkpoints go on.
+type LayerSnapshot struct {
+	tx *sql.Tx
+}
+
+// SnapshotLayers begins a read transaction and pins its snapshot at once (SQLite takes it at
+// the first read). Release it with Close.
+func (d *StateDB) SnapshotLayers(ctx context.Context) (*LayerSnapshot, error) {
+	tx, err := d.readDB.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("state database: snapshot: %w", err)
+	}
+	var one int
+	if err := tx.QueryRowContext(ctx, `SELECT 1 FROM layers LIMIT 1`).Scan(&one); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		_ = tx.Rollback()
+		return nil, fmt.Errorf("state database: snapshot: %w", err)
+	}
+	return &LayerSnapshot{tx: tx}, nil
+}
+
+// Close ends the snapshot's read transaction.
+func (s *LayerSnapshot) Close() error { return s.tx.Rollback() }
+
+// Layer implements state.LayerStore.
+func (s *LayerSnapshot) Layer(owner, id string) (state.LayerInfo, bool, error) {
+	var info state.LayerInfo
+	var digest, fileDigest any
+	err := s.tx.QueryRow(`SELECT depth, timestamp, skipped, digest, file_digest FROM layers WHERE owner = ? AND layer = ?`, owner, packID(id)).
+		Scan(&info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest)
+	if errors.Is(err, sql.ErrNoRows) {
+		return state.LayerInfo{}, false, nil
+	}
+	if err != nil {
+		return state.LayerInfo{}, false, fmt.Errorf("state database snapshot: layer: %w", err)
+	}
+	info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
+	return info, true, nil
+}
+
+// HasDepth implements state.LayerStore.
+func (s *LayerSnapshot) HasDepth(owner string, depth int64) (bool, error) {
+	var one int
+	err := s.tx.QueryRow(`SELECT 1 FROM layers WHERE owner = ? AND depth = ? LIMIT 1`, owner, depth).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("state database snapshot: layer depth: %w", err)
+	}
+	return true, nil
+}
+
+// EachLayer implements state.LayerStore.
+func (s *LayerSnapshot) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
+	rows, err := s.tx.Query(`SELECT layer, depth, timestamp, skipped, digest, file_digest FROM layers WHERE owner = ?`, owner)
+	if err != nil {
+		return fmt.Errorf("state database snapshot: layers: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var info state.LayerInfo
+		var id, digest, fileDigest any
+		if err := rows.Scan(&id, &info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest); err != nil {
+			return fmt.Errorf("state database snapshot: layers: %w", err)
+		}
+		info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
+		if !fn(unpackID(id), info) {
+			return nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("state database snapshot: layers: %w", err)
+	}
+	return nil
+}

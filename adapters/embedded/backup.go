@@ -54,7 +54,7 @@ func (s *Store) BackupTo(ctx context.Context, path string) (eventstore.Position,
 // query_only, which refuses VACUUM INTO, and the writer's must not wait for a copy. The
 // connection only reads the database; it writes the copy.
 func (s *Store) vacuumInto(ctx context.Context, path string) error {
-	db, err := sql.Open("sqlite", dsn(filepath.Join(s.dir, DatabaseFile), false))
+	db, err := sql.Open("sqlite", dsn(filepath.Join(s.dir, DatabaseFile), false, false))
 	if err != nil {
 		return fmt.Errorf("open a connection for the copy: %w", err)
 	}

@@ -49,6 +49,7 @@ type options struct {
 	pageSize   int
 	tailEvents int
 	tailBytes  int
+	bulk       bool
 }
 
 // WithMaxBatch caps how many appends one group commit takes (default 1024).
@@ -252,17 +253,23 @@ const walCheckpointPages = 10000
 
 // dsn builds the connection string: WAL so readers never block the writer and see only
 // committed (and, with synchronous=FULL, fsynced) transactions.
-func dsn(path string, readOnly bool) string {
+func dsn(path string, readOnly, bulk bool) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
-	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "synchronous(FULL)")
-	q.Add("_pragma", "cache_size(-16384)") // 16 MiB a connection
-	// Checkpoint the WAL every walCheckpointPages pages instead of SQLite's 1000: each commit
-	// rewrites the same few hot pages (the table's last leaf, the streams' index leaves), and a
-	// checkpoint copies a page once however often the WAL holds it, so rarer checkpoints copy
-	// far less per event.
-	q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", walCheckpointPages))
+	if bulk {
+		for _, pragma := range bulkPragmas(readOnly) {
+			q.Add("_pragma", pragma)
+		}
+	} else {
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Add("_pragma", "synchronous(FULL)")
+		q.Add("_pragma", "cache_size(-16384)") // 16 MiB a connection
+		// Checkpoint the WAL every walCheckpointPages pages instead of SQLite's 1000: each
+		// commit rewrites the same few hot pages (the table's last leaf, the streams' index
+		// leaves), and a checkpoint copies a page once however often the WAL holds it, so
+		// rarer checkpoints copy far less per event.
+		q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", walCheckpointPages))
+	}
 	if readOnly {
 		q.Add("_pragma", "query_only(1)")
 	}
@@ -283,7 +290,7 @@ func (s *Store) openDatabases(ctx context.Context) error {
 		}
 	}
 	var err error
-	if s.writeDB, err = sql.Open("sqlite", dsn(path, false)); err != nil {
+	if s.writeDB, err = sql.Open("sqlite", dsn(path, false, s.opts.bulk)); err != nil {
 		return fmt.Errorf("open event database %s: %w", path, err)
 	}
 	s.writeDB.SetMaxOpenConns(1)
@@ -293,7 +300,7 @@ func (s *Store) openDatabases(ctx context.Context) error {
 	if err := migrate(ctx, s.writeDB); err != nil {
 		return fmt.Errorf("event database %s: %w", path, err)
 	}
-	if s.readDB, err = sql.Open("sqlite", dsn(path, true)); err != nil {
+	if s.readDB, err = sql.Open("sqlite", dsn(path, true, s.opts.bulk)); err != nil {
 		return fmt.Errorf("open event database %s for reading: %w", path, err)
 	}
 	s.readDB.SetMaxOpenConns(s.opts.readConns)
@@ -361,7 +368,11 @@ func (s *Store) Close() error {
 		close(s.closing)
 		s.sendMu.Unlock()
 		<-s.writerDone
-		s.closeErr = errors.Join(s.closeDatabases(), unlockDir(s.lock))
+		var synced error
+		if s.opts.bulk {
+			synced = s.syncBulkLoad()
+		}
+		s.closeErr = errors.Join(synced, s.closeDatabases(), unlockDir(s.lock))
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("close event store: %w", s.closeErr)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -73,7 +74,13 @@ type writer struct {
 	store *Store
 	conn  *sql.Conn
 
-	headStmt, rangeStmt, insertStmt *sql.Stmt
+	headStmt, rangeStmt *sql.Stmt
+
+	// rows holds the open transaction's events not yet inserted, rowColumns values each:
+	// they go in with multi-row INSERTs (flushRows), since one statement per event costs most
+	// of a commit in the driver's per-call work. inserts caches a statement per row count.
+	rows    []any
+	inserts map[int]*sql.Stmt
 
 	// heads caches stream heads as of the open transaction; it is dropped when a transaction
 	// rolls back, since it may hold uncommitted heads.
@@ -98,7 +105,7 @@ func newWriter(ctx context.Context, s *Store) (*writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("event store writer connection: %w", err)
 	}
-	w := &writer{store: s, conn: conn, heads: make(map[string]streamHead)}
+	w := &writer{store: s, conn: conn, heads: make(map[string]streamHead), inserts: make(map[int]*sql.Stmt)}
 	prepare := func(query string) *sql.Stmt {
 		if err != nil {
 			return nil
@@ -109,7 +116,6 @@ func newWriter(ctx context.Context, s *Store) (*writer, error) {
 	}
 	w.headStmt = prepare(`SELECT revision, position FROM events WHERE stream = ? ORDER BY revision DESC LIMIT 1`)
 	w.rangeStmt = prepare(`SELECT id, position FROM events WHERE stream = ? AND revision >= ? AND revision <= ? ORDER BY revision`)
-	w.insertStmt = prepare(`INSERT INTO events (position, stream, revision, id, type, data, metadata, recorded) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err == nil {
 		var last sql.NullInt64
 		err = conn.QueryRowContext(ctx, `SELECT max(position) FROM events`).Scan(&last)
@@ -123,10 +129,13 @@ func newWriter(ctx context.Context, s *Store) (*writer, error) {
 }
 
 func (w *writer) close() {
-	for _, stmt := range []*sql.Stmt{w.headStmt, w.rangeStmt, w.insertStmt} {
+	for _, stmt := range []*sql.Stmt{w.headStmt, w.rangeStmt} {
 		if stmt != nil {
 			_ = stmt.Close()
 		}
+	}
+	for _, stmt := range w.inserts {
+		_ = stmt.Close()
 	}
 	_ = w.conn.Close()
 }
@@ -208,6 +217,9 @@ func (w *writer) commitBatch() {
 			}
 		}
 	}
+	if err == nil && written > 0 {
+		err = w.flushRows(ctx)
+	}
 	if err == nil {
 		if written > 0 {
 			err = w.exec(ctx, "COMMIT")
@@ -215,6 +227,7 @@ func (w *writer) commitBatch() {
 			err = w.exec(ctx, "ROLLBACK") // nothing to make durable
 		}
 	}
+	w.rows = w.rows[:0]
 	if err != nil {
 		_ = w.exec(ctx, "ROLLBACK")
 		clear(w.heads)
@@ -321,8 +334,11 @@ func (w *writer) apply(ctx context.Context, req *appendRequest, nextPosition *ev
 		if id == uuid.Nil {
 			id = uuid.New() // as KurrentDB's client does
 		}
-		if _, err := w.insertStmt.ExecContext(ctx, int64(position), req.stream, int64(revision), id[:], ev.Type, nonNil(ev.Data), nonNil(ev.Metadata), recorded); err != nil {
-			return eventstore.AppendResult{}, 0, fmt.Errorf("insert event %d of %q: %w", revision, req.stream, err)
+		w.rows = append(w.rows, int64(position), req.stream, int64(revision), id[:], ev.Type, nonNil(ev.Data), nonNil(ev.Metadata), recorded)
+		if len(w.rows) == rowsPerInsert*rowColumns {
+			if err := w.flushRows(ctx); err != nil {
+				return eventstore.AppendResult{}, 0, err
+			}
 		}
 		if w.keeping {
 			w.kept = append(w.kept, eventstore.RecordedEvent{
@@ -345,6 +361,10 @@ func (w *writer) apply(ctx context.Context, req *appendRequest, nextPosition *ev
 // already following that revision is a retry of a committed append: it succeeds with the
 // original result and writes nothing. Anything else is refused.
 func (w *writer) idempotent(ctx context.Context, req *appendRequest, head streamHead) (eventstore.AppendResult, int, error) {
+	// The events it compares with may be among those of this transaction not yet inserted.
+	if err := w.flushRows(ctx); err != nil {
+		return eventstore.AppendResult{}, 0, err
+	}
 	refuse := &eventstore.WrongExpectedVersionError{
 		Stream: req.stream, Expected: req.expected,
 		Actual: head.revision, ActualExists: head.exists, ActualKnown: true,
@@ -405,6 +425,47 @@ func (w *writer) head(ctx context.Context, stream string) (streamHead, error) {
 	}
 	w.heads[stream] = head
 	return head, nil
+}
+
+// rowColumns is how many values an event's row takes; rowsPerInsert how many rows one INSERT
+// carries at most (8 × 64 = 512 bound parameters, well under SQLite's limit of 32,766).
+const (
+	rowColumns    = 8
+	rowsPerInsert = 64
+)
+
+// flushRows inserts the buffered rows. A failure fails the whole transaction (the caller rolls
+// it back), as a failed single-row insert did.
+func (w *writer) flushRows(ctx context.Context) error {
+	rows := w.rows
+	defer func() { clear(w.rows[:cap(w.rows)]); w.rows = w.rows[:0] }() // drop the callers' payloads
+	for len(rows) > 0 {
+		n := min(len(rows)/rowColumns, rowsPerInsert)
+		stmt, err := w.insertRows(ctx, n)
+		if err != nil {
+			return err
+		}
+		if _, err := stmt.ExecContext(ctx, rows[:n*rowColumns]...); err != nil {
+			return fmt.Errorf("insert %d events: %w", n, err)
+		}
+		rows = rows[n*rowColumns:]
+	}
+	return nil
+}
+
+// insertRows returns the prepared INSERT of n rows.
+func (w *writer) insertRows(ctx context.Context, n int) (*sql.Stmt, error) {
+	if stmt := w.inserts[n]; stmt != nil {
+		return stmt, nil
+	}
+	const one = "(?, ?, ?, ?, ?, ?, ?, ?)"
+	query := "INSERT OR FAIL INTO events (position, stream, revision, id, type, data, metadata, recorded) VALUES " + strings.Repeat(one+", ", n-1) + one
+	stmt, err := w.conn.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, fmt.Errorf("prepare insert of %d events: %w", n, err)
+	}
+	w.inserts[n] = stmt
+	return stmt, nil
 }
 
 func bytesEqualID(stored []byte, id uuid.UUID) bool {

@@ -55,8 +55,12 @@ run that lost data exits non-zero.
 --workload history writes a realistic year of ledger history (uploads with backdated log
 timestamps, direct increments and decrements, corrections, sets, removals; 1,000 keys and 10,000
 data objects from a million events on; one hot object with a tenth of the events) straight into
-the embedded store of --bench-dir, through its append API, and leaves a data directory that
-tally serve --data-dir opens as is (admin token in admin.token). It reports events/s.
+the embedded store of --bench-dir, through its append API in the store's bulk-load mode (no
+fsync per commit, the pages written straight into the database file, everything synced once at
+the end), and leaves a data directory that tally serve --data-dir opens as is (admin token in
+admin.token); the time reported includes that final sync. It reports events/s. A run that is
+interrupted leaves a directory to delete, not one to serve. The usage read model is not built:
+tally serve builds it from the events when it starts (see docs/performance.md for how long).
 
 Without --target it starts a server in this process on the embedded store, in a temporary
 directory or in --bench-dir when that is given; it then fakes the uploads' history by writing
@@ -86,7 +90,7 @@ keeps every event, so their history stays; the test product and its keys stay to
 	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload, mix, or history (write a year of ledger history into --bench-dir, see --events)")
 	f.IntVar(&bc.Events, "events", 1000000, "--workload history: about how many events to write")
 	f.Uint64Var(&bc.Seed, "seed", 1, "--workload history: seed of the generated history")
-	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients")
+	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients (--workload history: concurrent appenders, default 96)")
 	f.DurationVar(&lc.Duration, "duration", 0, "length of the timed phase (0: until --requests and --uploads are done)")
 	f.IntVar(&lc.Requests, "requests", 0, "number of increment calls (0: until --duration ends)")
 	f.IntVar(&lc.Objects, "objects", 0, "data objects the increment clients share (default: one per client)")
@@ -105,7 +109,11 @@ func runBench(cmd *cobra.Command, g *globalFlags, bc benchConfig, lc loadgen.Con
 		return fmt.Errorf("--format %q: want table or json", bc.Format)
 	}
 	if lc.Workload == workloadHistory {
-		return runHistory(cmd, bc)
+		workers := 0 // the generator's default
+		if cmd.Flags().Changed("clients") {
+			workers = lc.Clients
+		}
+		return runHistory(cmd, bc, workers)
 	}
 	progress := func(format string, args ...any) {
 		if !bc.Quiet {
@@ -260,7 +268,7 @@ func refuseLedgerWithData(ctx context.Context, admin *httpapi.AdminClient) error
 }
 
 // runHistory is tally bench --workload history.
-func runHistory(cmd *cobra.Command, bc benchConfig) error {
+func runHistory(cmd *cobra.Command, bc benchConfig, workers int) error {
 	if bc.BenchDir == "" {
 		return errors.New("--workload history: --bench-dir names the data directory to write (it must not hold a store yet)")
 	}
@@ -276,7 +284,7 @@ func runHistory(cmd *cobra.Command, bc benchConfig) error {
 	if err != nil {
 		return err
 	}
-	res, err := historygen.Generate(cmd.Context(), historygen.Config{Dir: bc.BenchDir, Events: bc.Events, Seed: bc.Seed, Progress: progress})
+	res, err := historygen.Generate(cmd.Context(), historygen.Config{Dir: bc.BenchDir, Events: bc.Events, Seed: bc.Seed, Workers: workers, Progress: progress})
 	if perr := stop(); err == nil {
 		err = perr
 	}
@@ -292,8 +300,8 @@ func runHistory(cmd *cobra.Command, bc benchConfig) error {
 			EventsPerSecond float64 `json:"eventsPerSecond"`
 		}{res, res.EventsPerSecond()})
 	}
-	_, err = fmt.Fprintf(out, "history: %d events in %s (%.0f events/s): %d keys, %d data objects, hot object %d with %d events, %d uploads (%d aborted), %d removed\ndata directory %s (admin token in %s)\n",
-		res.Events, res.Took.Round(time.Millisecond), res.EventsPerSecond(), res.Keys, res.Objects, res.HotObject, res.HotEvents, res.Uploads, res.Aborted, res.Removed,
+	_, err = fmt.Fprintf(out, "history: %d events in %s (%.0f events/s, %d commits): %d keys, %d data objects, hot object %d with %d events, %d uploads (%d aborted), %d removed\ndata directory %s (admin token in %s)\n",
+		res.Events, res.Took.Round(time.Millisecond), res.EventsPerSecond(), res.Commits, res.Keys, res.Objects, res.HotObject, res.HotEvents, res.Uploads, res.Aborted, res.Removed,
 		bc.BenchDir, filepath.Join(bc.BenchDir, historygen.AdminTokenFile))
 	return err
 }

@@ -1,6 +1,8 @@
 package state
 
 import (
+	"fmt"
+	"sort"
 	"sync"
 
 	"github.com/tallyledger/tally/domain"
@@ -183,4 +185,51 @@ func (s *State) DetachLayers() error {
 	}
 	s.layers = detached
 	return nil
+}
+
+// FrozenLayers are a state's applied layers as they were at one moment, readable while the
+// state moves on.
+type FrozenLayers struct {
+	owners []string
+	set    *layerSet
+}
+
+// FreezeLayers copies the layers the state holds in memory; the older ones are read through
+// store, which must show the state's layer store as it is now and not move (a read transaction
+// begun while the state is held still; nil for a state without a layer store). The caller holds
+// the state still while FreezeLayers runs.
+func (s *State) FreezeLayers(store LayerStore) *FrozenLayers {
+	set := newLayerSet(nil)
+	if s.layers.store != nil {
+		set.store = store
+	}
+	for owner, m := range s.layers.fresh {
+		for id, info := range m {
+			set.put(owner, id, info)
+		}
+	}
+	return &FrozenLayers{owners: s.uploadOwners(), set: set}
+}
+
+// uploadOwners lists the owners with an upload stream, in order.
+func (s *State) uploadOwners() []string {
+	owners := make([]string, 0, len(s.Uploads))
+	for owner := range s.Uploads {
+		owners = append(owners, owner)
+	}
+	sort.Strings(owners)
+	return owners
+}
+
+// DiffLayers lists the differences between frozen layers and a state's, for the owners both
+// have an upload stream for (Diff reports the others), one layer at a time.
+func DiffLayers(a *FrozenLayers, b *State) []string {
+	var out []string
+	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+	for _, owner := range a.owners {
+		if _, ok := b.Uploads[owner]; ok {
+			diffLayers(a.set, b.layers, owner, add)
+		}
+	}
+	return out
 }

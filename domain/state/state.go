@@ -340,6 +340,13 @@ func (s *State) PendingEvents(p domain.UploadPrepared) int {
 
 // Diff lists the differences between two states (as "what: a vs b" lines), for verify.
 func Diff(a, b *State) []string {
+	return append(DiffExceptLayers(a, b), DiffLayers(&FrozenLayers{owners: a.uploadOwners(), set: a.layers}, b)...)
+}
+
+// DiffExceptLayers is Diff without the applied layers, which may be on disk and take long to
+// compare: a caller that holds a live state still compares the rest at once and the layers of a
+// FreezeLayers copy afterwards.
+func DiffExceptLayers(a, b *State) []string {
 	var out []string
 	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
 	ids := map[int64]bool{}
@@ -428,7 +435,6 @@ func Diff(a, b *State) []string {
 		if u.Revision != v.Revision || u.Exists != v.Exists || (u.Prepared == nil) != (v.Prepared == nil) {
 			add("uploads of owner %s: revision %d vs %d", key, u.Revision, v.Revision)
 		}
-		diffLayers(a, b, key, add)
 		out = append(out, diffRefusals(key, u, v)...)
 	}
 	for key := range b.Uploads {
@@ -451,10 +457,10 @@ func methodNames(ms []domain.Method) []string {
 
 // diffLayers compares the applied layers of an owner in two states, one layer at a time (a
 // state's layers may be on disk and are never all loaded at once).
-func diffLayers(a, b *State, owner string, add func(format string, args ...any)) {
-	count := func(s *State) int {
+func diffLayers(a, b *layerSet, owner string, add func(format string, args ...any)) {
+	count := func(s *layerSet) int {
 		n := 0
-		if err := s.layers.each(owner, func(string, LayerInfo) bool { n++; return true }); err != nil {
+		if err := s.each(owner, func(string, LayerInfo) bool { n++; return true }); err != nil {
 			add("uploads of owner %s: layers unreadable: %v", owner, err)
 		}
 		return n
@@ -463,8 +469,8 @@ func diffLayers(a, b *State, owner string, add func(format string, args ...any))
 		add("uploads of owner %s: %d vs %d applied layers", owner, x, y)
 	}
 	differ := 0
-	err := a.layers.each(owner, func(id string, info LayerInfo) bool {
-		if other, ok := b.layers.get(owner, id); !ok || other != info {
+	err := a.each(owner, func(id string, info LayerInfo) bool {
+		if other, ok := b.get(owner, id); !ok || other != info {
 			add("uploads of owner %s: layer %s differs", owner, id)
 			if differ++; differ >= 100 {
 				add("uploads of owner %s: more layers may differ", owner)

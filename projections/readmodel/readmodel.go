@@ -120,7 +120,9 @@ const (
 // Options configure a Model.
 type Options struct {
 	Logger *slog.Logger
-	// BatchEvents bounds the events folded in one transaction while catching up (default 65536).
+	// BatchEvents bounds the events folded in one transaction while catching up (default
+	// 65536; the catch-up holds up to three batches at once, one folding, one queued, one
+	// being written).
 	BatchEvents int
 	// BeforeCommit, if set, is called before each transaction commits, with the position it
 	// would reach; an error rolls the transaction back and stops Run with it. Tests use it to
@@ -190,6 +192,9 @@ func Open(ctx context.Context, store eventstore.Store, path string, opts Options
 	return m, nil
 }
 
+// cacheKiB is the page cache of each connection.
+const cacheKiB = 32 << 10
+
 func dsn(path string, readOnly bool) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
@@ -197,9 +202,12 @@ func dsn(path string, readOnly bool) string {
 	// NORMAL: a crash may lose the last transactions, never half of one; the checkpoint goes
 	// back with the rows, and the fold resumes from it.
 	q.Add("_pragma", "synchronous(NORMAL)")
-	q.Add("_pragma", "cache_size(-32768)")
+	q.Add("_pragma", fmt.Sprintf("cache_size(%d)", -cacheKiB))
 	if readOnly {
 		q.Add("_pragma", "query_only(1)")
+	} else {
+		// The multi-row upserts keep a statement journal: in memory it costs no system calls.
+		q.Add("_pragma", "temp_store(MEMORY)")
 	}
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 }
@@ -339,15 +347,9 @@ func (m *Model) Run(ctx context.Context) error {
 }
 
 func (m *Model) run(ctx context.Context) error {
-	// Catch up page by page: one transaction per BatchEvents events.
-	for {
-		n, err := m.catchUp(ctx)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			break
-		}
+	// Catch up: one transaction per BatchEvents events, reading, folding and writing at once.
+	if err := m.catchUp(ctx); err != nil {
+		return err
 	}
 	position := func() eventstore.Position { return m.fold.position }
 	err := projections.Follow(ctx, m.store, position, m.drain, m.logger.With("component", "readmodel"))
@@ -355,31 +357,6 @@ func (m *Model) run(ctx context.Context) error {
 		return fmt.Errorf("read model: %w", err)
 	}
 	return err
-}
-
-// catchUp folds up to BatchEvents stored events in one transaction and returns how many.
-func (m *Model) catchUp(ctx context.Context) (int, error) {
-	const page = 4096
-	b := m.fold.begin()
-	n := 0
-	for n < m.opts.BatchEvents {
-		want := min(page, m.opts.BatchEvents-n)
-		evs, err := m.store.ReadAll(ctx, m.fold.position, want)
-		if err != nil {
-			return 0, fmt.Errorf("read model: read the store: %w", err)
-		}
-		for _, ev := range evs {
-			m.apply(b, ev)
-		}
-		n += len(evs)
-		if len(evs) < want {
-			break
-		}
-	}
-	if n == 0 {
-		return 0, nil
-	}
-	return n, m.commit(ctx, b)
 }
 
 // drain folds live events: the events the subscription already holds go in one transaction.
@@ -422,22 +399,36 @@ func (m *Model) apply(b *batch, ev eventstore.RecordedEvent) {
 // commit writes a batch and its checkpoint in one transaction. On failure the fold in memory
 // is ahead of the file, so it is reloaded from the file before Run returns the error.
 func (m *Model) commit(ctx context.Context, b *batch) error {
-	if len(b.newObjs) > 0 {
+	b.seal(m.fold)
+	if err := m.commitSealed(ctx, b); err != nil {
+		m.reload(ctx)
+		return err
+	}
+	return nil
+}
+
+// reload puts the fold back to what the file holds, after a transaction failed.
+func (m *Model) reload(ctx context.Context) {
+	f, ok, lerr := loadFold(context.WithoutCancel(ctx), m.writeDB, m.store)
+	if lerr == nil && ok {
+		m.fold = f
+	}
+}
+
+// commitSealed writes a sealed batch and its checkpoint in one transaction and publishes the
+// checkpoint. It reads nothing of the fold, which may already be folding the next batch.
+func (m *Model) commitSealed(ctx context.Context, b *batch) error {
+	if len(b.newInfos) > 0 {
 		m.infoMu.Lock()
-		for id := range b.newObjs {
-			m.infos[id] = m.fold.objects[id].info
+		for _, info := range b.newInfos {
+			m.infos[info.ObjectID] = info
 		}
 		m.infoMu.Unlock()
 	}
-	err := m.write(ctx, b)
-	if err != nil {
-		f, ok, lerr := loadFold(context.WithoutCancel(ctx), m.writeDB, m.store)
-		if lerr == nil && ok {
-			m.fold = f
-		}
+	if err := m.write(ctx, b); err != nil {
 		return fmt.Errorf("read model: commit at %d: %w", b.position, err)
 	}
-	m.publish(m.fold.position)
+	m.publish(b.checkpoint.position)
 	return nil
 }
 
@@ -447,11 +438,11 @@ func (m *Model) write(ctx context.Context, b *batch) error {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }()
-	if err := b.write(ctx, tx, m.fold); err != nil {
+	if err := b.write(ctx, tx); err != nil {
 		return err
 	}
 	if m.opts.BeforeCommit != nil {
-		if err := m.opts.BeforeCommit(m.fold.position); err != nil {
+		if err := m.opts.BeforeCommit(b.checkpoint.position); err != nil {
 			return err
 		}
 	}
@@ -638,6 +629,63 @@ type batch struct {
 	uploads  map[uuid.UUID]bool // uploads with pending changes added in this batch
 	decided  []uuid.UUID        // uploads decided in this batch with changes in the file
 	aborted  []uuid.UUID
+
+	// Set by seal from the fold, so that the batch can be written while the fold goes on.
+	newInfos   []projections.UsageObject
+	objects    []objectRow
+	pendings   []pendingRow
+	checkpoint checkpoint
+}
+
+// objectRow is an object's row as of the end of a batch.
+type objectRow struct {
+	id          int64
+	info        projections.UsageObject
+	value       int64
+	stringValue string
+	removed     bool
+	revision    uint64
+}
+
+// pendingRow is a change of an undecided upload that the file does not hold yet.
+type pendingRow struct {
+	upload uuid.UUID
+	seq    int
+	change pendingChange
+}
+
+// checkpoint is the meta row: the last event folded.
+type checkpoint struct {
+	position eventstore.Position
+	last     eventstore.RecordedEvent
+	events   int64
+}
+
+// seal copies from the fold what the batch's transaction writes besides the batch's own
+// increments: the changed objects' rows, the new pending changes of undecided uploads (which
+// the fold then counts as persisted: if the transaction fails the fold is reloaded from the
+// file) and the checkpoint.
+func (b *batch) seal(f *fold) {
+	for id := range b.newObjs {
+		b.newInfos = append(b.newInfos, f.objects[id].info)
+	}
+	b.objects = make([]objectRow, 0, len(b.dirty))
+	for id := range b.dirty {
+		o := f.objects[id]
+		b.objects = append(b.objects, objectRow{id: id, info: o.info, value: o.value, stringValue: o.stringValue, removed: o.removed, revision: o.revision})
+	}
+	sort.Slice(b.objects, func(i, j int) bool { return b.objects[i].id < b.objects[j].id })
+	for id := range b.uploads {
+		p := f.pending[id]
+		if p == nil {
+			continue // decided in this batch
+		}
+		for i := p.persisted; i < len(p.changes); i++ {
+			b.pendings = append(b.pendings, pendingRow{upload: id, seq: i, change: p.changes[i]})
+		}
+		p.persisted = len(p.changes)
+	}
+	b.checkpoint = checkpoint{position: f.position, last: f.last, events: f.events}
 }
 
 func (f *fold) begin() *batch {
@@ -845,9 +893,10 @@ func (f *fold) apply(b *batch, ev eventstore.RecordedEvent) error {
 // the time of a batch in the driver's per-call work.
 const rowsPerStatement = 64
 
-// execRows inserts rows of cols values each with statements of up to rowsPerStatement rows:
-// head is "INSERT INTO t (columns)", tail what follows the VALUES (an ON CONFLICT clause).
-func execRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, rows [][]any) error {
+// execRows inserts rows of cols values each (rows holds them one row after the other) with
+// statements of up to rowsPerStatement rows: head is "INSERT INTO t (columns)", tail what
+// follows the VALUES (an ON CONFLICT clause).
+func execRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, rows []any) error {
 	one := "(" + strings.Repeat("?, ", cols-1) + "?)"
 	query := func(n int) string {
 		return head + " VALUES " + strings.Repeat(one+", ", n-1) + one + " " + tail
@@ -858,13 +907,9 @@ func execRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, rows
 			full.Close()
 		}
 	}()
-	args := make([]any, 0, cols*rowsPerStatement)
 	for len(rows) > 0 {
-		n := min(len(rows), rowsPerStatement)
-		args = args[:0]
-		for _, r := range rows[:n] {
-			args = append(args, r...)
-		}
+		n := min(len(rows)/cols, rowsPerStatement)
+		args := rows[:n*cols]
 		var err error
 		if n == rowsPerStatement {
 			if full == nil {
@@ -879,13 +924,13 @@ func execRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, rows
 		if err != nil {
 			return err
 		}
-		rows = rows[n:]
+		rows = rows[n*cols:]
 	}
 	return nil
 }
 
-// write puts a batch and the checkpoint in tx.
-func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
+// write puts a sealed batch and the checkpoint in tx.
+func (b *batch) write(ctx context.Context, tx *sql.Tx) error {
 	// A context that cannot be cancelled: the driver then skips its per-statement interrupt
 	// watcher. Cancelling mid-batch would only roll back the transaction anyway.
 	ctx = context.WithoutCancel(ctx)
@@ -898,7 +943,7 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 			return fmt.Errorf("keys: %w", err)
 		}
 	}
-	if len(b.dirty) > 0 {
+	if len(b.objects) > 0 {
 		st, err := tx.PrepareContext(ctx, `INSERT INTO objects (object_id, name, owner_type, owner_id, product_id, key_id, key, value, string_value, removed, revision)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (object_id) DO UPDATE SET value = excluded.value, string_value = excluded.string_value, removed = excluded.removed, revision = excluded.revision,
@@ -906,9 +951,8 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 		if err != nil {
 			return err
 		}
-		for id := range b.dirty {
-			o := f.objects[id]
-			if _, err := st.ExecContext(ctx, id, o.info.Name, int64(o.info.Owner.Type), o.info.Owner.ID, o.info.ProductID, o.info.KeyID, o.info.Key,
+		for _, o := range b.objects {
+			if _, err := st.ExecContext(ctx, o.id, o.info.Name, int64(o.info.Owner.Type), o.info.Owner.ID, o.info.ProductID, o.info.KeyID, o.info.Key,
 				o.value, o.stringValue, o.removed, int64(o.revision)); err != nil {
 				st.Close()
 				return fmt.Errorf("objects: %w", err)
@@ -936,11 +980,11 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 		return a.t < c.t
 	})
 	for l := levelQuarter; l < levels; l++ {
-		var rows [][]any
+		var rows []any
 		for _, k := range keys {
 			if k.level == l {
 				s := b.buckets[k]
-				rows = append(rows, []any{k.axis, k.object, k.t, s.inc, s.dec, s.corr, s.entries, s.sets, s.adj, s.n})
+				rows = append(rows, int64(k.axis), k.object, k.t, s.inc, s.dec, s.corr, s.entries, s.sets, s.adj, s.n)
 			}
 		}
 		err := execRows(ctx, tx, `INSERT INTO `+levelTables[l]+` (axis, object_id, t, inc, dec, corr, entries, sets, adj, n)`,
@@ -961,9 +1005,9 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 			}
 			return a.position < c.position
 		})
-		rows := make([][]any, 0, len(b.values))
+		rows := make([]any, 0, 7*len(b.values))
 		for _, v := range b.values {
-			rows = append(rows, []any{v.objectID, v.recorded, int64(v.position), int64(v.intValue), v.stringValue, v.removed, int64(v.revision)})
+			rows = append(rows, v.objectID, v.recorded, int64(v.position), int64(v.intValue), v.stringValue, v.removed, int64(v.revision))
 		}
 		if err := execRows(ctx, tx, `INSERT OR REPLACE INTO value_at (object_id, recorded, position, int_value, string_value, removed, revision)`, "", 7, rows); err != nil {
 			return fmt.Errorf("value_at: %w", err)
@@ -974,26 +1018,23 @@ func (b *batch) write(ctx context.Context, tx *sql.Tx, f *fold) error {
 			return fmt.Errorf("pending: %w", err)
 		}
 	}
-	for id := range b.uploads {
-		p := f.pending[id]
-		if p == nil {
-			continue // decided in this batch
+	if len(b.pendings) > 0 {
+		rows := make([]any, 0, 5*len(b.pendings))
+		for _, r := range b.pendings {
+			rows = append(rows, r.upload[:], r.seq, r.change.objectID, r.change.delta, r.change.logTime)
 		}
-		for i := p.persisted; i < len(p.changes); i++ {
-			c := p.changes[i]
-			if err := exec(`INSERT INTO pending (upload_id, seq, object_id, delta, log_time) VALUES (?, ?, ?, ?, ?)`, id[:], i, c.objectID, c.delta, c.logTime); err != nil {
-				return fmt.Errorf("pending: %w", err)
-			}
+		if err := execRows(ctx, tx, `INSERT INTO pending (upload_id, seq, object_id, delta, log_time)`, "", 5, rows); err != nil {
+			return fmt.Errorf("pending: %w", err)
 		}
-		p.persisted = len(p.changes) // a failed commit reloads the fold from the file
 	}
 	for _, id := range b.aborted {
 		if err := exec(`INSERT OR IGNORE INTO aborted (upload_id) VALUES (?)`, id[:]); err != nil {
 			return fmt.Errorf("aborted: %w", err)
 		}
 	}
+	c := b.checkpoint
 	if err := exec(`UPDATE meta SET position = ?, last_stream = ?, last_revision = ?, last_id = ?, events = ? WHERE id = 1`,
-		int64(f.position), f.last.Stream, int64(f.last.Revision), f.last.ID[:], f.events); err != nil {
+		int64(c.position), c.last.Stream, int64(c.last.Revision), c.last.ID[:], c.events); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
 	return nil

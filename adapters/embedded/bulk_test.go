@@ -1,0 +1,173 @@
+package embedded_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/tallyledger/tally/adapters/embedded"
+	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/domain/eventstore/storetest"
+)
+
+// The bulk-load mode keeps the whole contract: expected revisions, idempotent re-appends,
+// positions in commit order, reads and subscriptions.
+func TestContractBulkLoad(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) eventstore.Store {
+		return openStore(t, t.TempDir(), embedded.WithBulkLoad(), embedded.WithSubscriptionTail(0, 0))
+	})
+}
+
+// Multi-row inserts cross statement boundaries (64 rows) within one append and across the
+// appends of one group commit.
+func TestContractBulkLoadWithTailAndLargeBatches(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) eventstore.Store {
+		return openStore(t, t.TempDir(), embedded.WithBulkLoad(), embedded.WithMaxBatch(4096))
+	})
+}
+
+// TestBulkLoadIsDurableAfterClose loads events from many goroutines in bulk mode, closes the
+// store, and checks that the WAL is empty (everything is in the synced database file) and
+// that a store opened in the default mode reads every event back: positions dense from 1 in
+// commit order, each stream's revisions dense from 0 in its append order, nothing refused that
+// was expected by construction.
+func TestBulkLoadIsDurableAfterClose(t *testing.T) {
+	dir := t.TempDir()
+	store, err := embedded.Open(t.Context(), dir, embedded.WithBulkLoad(), embedded.WithMaxBatch(4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const streams, appends, perAppend = 40, 25, 7 // 7 events an append: statements end mid-append
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	want := make([][]uuid.UUID, streams)
+	for s := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			expected := eventstore.NoStream()
+			for a := range appends {
+				evs := make([]eventstore.EventData, perAppend)
+				for i := range evs {
+					evs[i] = eventstore.EventData{ID: uuid.New(), Type: "Loaded", Data: fmt.Appendf(nil, `{"s":%d,"a":%d,"i":%d}`, s, a, i), Metadata: []byte(`{}`)}
+					want[s] = append(want[s], evs[i].ID)
+				}
+				res, err := store.Append(t.Context(), fmt.Sprintf("bulk-%d", s), expected, evs...)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if res.NextExpectedRevision != uint64((a+1)*perAppend-1) {
+					errs <- fmt.Errorf("stream %d append %d: next revision %d", s, a, res.NextExpectedRevision)
+					return
+				}
+				expected = eventstore.Exact(res.NextExpectedRevision)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// A wrong expected revision is still refused, and writes nothing.
+	if _, err := store.Append(t.Context(), "bulk-0", eventstore.Exact(3), eventstore.EventData{ID: uuid.New(), Type: "Loaded"}); !errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+		t.Fatalf("append at a stale revision: %v, want a refusal", err)
+	}
+	if err := store.Close(); err != nil {
+		t.Fatalf("close the bulk load: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, embedded.DatabaseFile+"-wal")); err == nil && fi.Size() != 0 {
+		t.Errorf("the WAL holds %d bytes after Close: not everything is in the database file", fi.Size())
+	}
+	reopened := openStore(t, dir)
+	all, err := reopened.ReadAll(t.Context(), eventstore.Start, streams*appends*perAppend+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != streams*appends*perAppend {
+		t.Fatalf("read %d events back, want %d", len(all), streams*appends*perAppend)
+	}
+	next := map[string]uint64{}
+	for i, ev := range all {
+		if ev.Position != eventstore.Position(i+1) {
+			t.Fatalf("event %d at position %d: positions are not dense", i, ev.Position)
+		}
+		if ev.Revision != next[ev.Stream] {
+			t.Fatalf("%s: revision %d after %d", ev.Stream, ev.Revision, next[ev.Stream])
+		}
+		next[ev.Stream]++
+	}
+	for s := range streams {
+		got, err := reopened.ReadStream(t.Context(), fmt.Sprintf("bulk-%d", s), eventstore.Forwards, 0, appends*perAppend+1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want[s]) {
+			t.Fatalf("stream %d: %d events, want %d", s, len(got), len(want[s]))
+		}
+		for i, ev := range got {
+			if ev.ID != want[s][i] {
+				t.Fatalf("stream %d revision %d: id %s, want %s", s, i, ev.ID, want[s][i])
+			}
+		}
+	}
+}
+
+// TestBulkLoadOntoAnExistingStore bulk-loads onto a store the default mode wrote (its database
+// in WAL mode), and the default mode then reads both parts and appends after them.
+func TestBulkLoadOntoAnExistingStore(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	ev := func() eventstore.EventData {
+		return eventstore.EventData{ID: uuid.New(), Type: "Loaded", Data: []byte(`{}`)}
+	}
+	open := func(opts ...embedded.Option) *embedded.Store {
+		s, err := embedded.Open(ctx, dir, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	appendTo := func(s *embedded.Store, expected eventstore.ExpectedRevision, n int) eventstore.AppendResult {
+		evs := make([]eventstore.EventData, n)
+		for i := range evs {
+			evs[i] = ev()
+		}
+		res, err := s.Append(ctx, "existing", expected, evs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	s := open()
+	res := appendTo(s, eventstore.NoStream(), 3)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(embedded.WithBulkLoad())
+	if _, err := s.Append(ctx, "existing", eventstore.NoStream(), ev()); !errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+		t.Fatalf("bulk append as a new stream onto an existing one: %v", err)
+	}
+	res = appendTo(s, eventstore.Exact(res.NextExpectedRevision), 200)
+	if res.Position != 203 || res.NextExpectedRevision != 202 {
+		t.Fatalf("bulk append: %+v", res)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, dir)
+	res = appendTo(s, eventstore.Exact(res.NextExpectedRevision), 1)
+	all, err := s.ReadAll(ctx, eventstore.Start, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 204 || res.Position != 204 {
+		t.Fatalf("after the bulk load: %d events, last append at %d", len(all), res.Position)
+	}
+}

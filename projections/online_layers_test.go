@@ -11,6 +11,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/tallyledger/tally/adapters/embedded"
+	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 	"github.com/tallyledger/tally/projections/audittest"
 )
@@ -71,5 +72,60 @@ func TestVerifyOnlineComparesLayersOnDisk(t *testing.T) {
 	got := strings.Join(v.Problems, "\n")
 	if len(v.Problems) != 1 || !strings.Contains(got, "projection vs replay: uploads of owner") || !strings.Contains(got, "differs") {
 		t.Fatalf("problems = %q, want the one changed layer", got)
+	}
+}
+
+// TestALayerSnapshotReadsWhatTheDatabaseReads: a snapshot answers every field of a layer as the
+// database's own lookups do, and does not see a layer written after it was taken.
+func TestALayerSnapshotReadsWhatTheDatabaseReads(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := projections.OpenStateDB(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	raw, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	id, digest := strings.Repeat("ab", 32), strings.Repeat("cd", 32)
+	insert := `INSERT INTO layers (owner, layer, depth, timestamp, skipped, digest, file_digest, length) VALUES (?, unhex(?), ?, ?, ?, unhex(?), unhex(?), ?)`
+	if _, err := raw.Exec(insert, "key-1", id, 7, 1700000000, "", digest, digest, 336); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := db.SnapshotLayers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Close()
+	later := strings.Repeat("ef", 32)
+	if _, err := raw.Exec(insert, "key-1", later, 8, 1700000001, "", digest, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	want, ok, err := db.Layer("key-1", id)
+	if err != nil || !ok || want.Length != 336 || want.Digest != digest || want.Depth != 7 {
+		t.Fatalf("database: %+v %v %v", want, ok, err)
+	}
+	got, ok, err := snap.Layer("key-1", id)
+	if err != nil || !ok || got != want {
+		t.Fatalf("snapshot: %+v %v %v, want %+v", got, ok, err, want)
+	}
+	if _, ok, err := snap.Layer("key-1", later); ok || err != nil {
+		t.Fatalf("the snapshot sees a layer written after it: %v %v", ok, err)
+	}
+	if ok, err := snap.HasDepth("key-1", 7); !ok || err != nil {
+		t.Fatalf("depth 7: %v %v", ok, err)
+	}
+	var seen []string
+	if err := snap.EachLayer("key-1", func(l string, info state.LayerInfo) bool {
+		if info != want {
+			t.Errorf("each: %+v, want %+v", info, want)
+		}
+		seen = append(seen, l)
+		return true
+	}); err != nil || len(seen) != 1 || seen[0] != id {
+		t.Fatalf("each: %v %v", seen, err)
 	}
 }

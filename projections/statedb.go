@@ -155,11 +155,11 @@ func openStateDB(ctx context.Context, path string) (*StateDB, bool, error) {
 	d.readDB.SetMaxIdleConns(4)
 	d.readDB.SetConnMaxIdleTime(0)
 	d.readDB.SetConnMaxLifetime(0)
-	if d.layer, err = d.readDB.PrepareContext(ctx, `SELECT depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ? AND layer = ?`); err != nil {
+	if d.layer, err = d.readDB.PrepareContext(ctx, selectLayer); err != nil {
 		_ = d.Close()
 		return nil, false, fmt.Errorf("state database %s: %w", path, err)
 	}
-	if d.depth, err = d.readDB.PrepareContext(ctx, `SELECT 1 FROM layers WHERE owner = ? AND depth = ? LIMIT 1`); err != nil {
+	if d.depth, err = d.readDB.PrepareContext(ctx, selectDepth); err != nil {
 		_ = d.Close()
 		return nil, false, fmt.Errorf("state database %s: %w", path, err)
 	}
@@ -209,11 +209,34 @@ func unpackID(v any) string {
 	return ""
 }
 
+// The layer queries, shared by the database's read connections and its snapshots.
+const (
+	selectLayer  = `SELECT depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ? AND layer = ?`
+	selectDepth  = `SELECT 1 FROM layers WHERE owner = ? AND depth = ? LIMIT 1`
+	selectLayers = `SELECT layer, depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ?`
+)
+
 // Layer implements state.LayerStore.
 func (d *StateDB) Layer(owner, id string) (state.LayerInfo, bool, error) {
+	return scanLayer(d.layer.QueryRow(owner, packID(id)))
+}
+
+// HasDepth implements state.LayerStore.
+func (d *StateDB) HasDepth(owner string, depth int64) (bool, error) {
+	return scanFound(d.depth.QueryRow(owner, depth))
+}
+
+// EachLayer implements state.LayerStore.
+func (d *StateDB) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
+	rows, err := d.readDB.Query(selectLayers, owner)
+	return eachLayer(rows, err, fn)
+}
+
+// scanLayer reads the answer of selectLayer.
+func scanLayer(row *sql.Row) (state.LayerInfo, bool, error) {
 	var info state.LayerInfo
 	var digest, fileDigest any
-	err := d.layer.QueryRow(owner, packID(id)).Scan(&info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest, &info.Length)
+	err := row.Scan(&info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest, &info.Length)
 	if errors.Is(err, sql.ErrNoRows) {
 		return state.LayerInfo{}, false, nil
 	}
@@ -224,10 +247,10 @@ func (d *StateDB) Layer(owner, id string) (state.LayerInfo, bool, error) {
 	return info, true, nil
 }
 
-// HasDepth implements state.LayerStore.
-func (d *StateDB) HasDepth(owner string, depth int64) (bool, error) {
+// scanFound reads the answer of selectDepth.
+func scanFound(row *sql.Row) (bool, error) {
 	var one int
-	err := d.depth.QueryRow(owner, depth).Scan(&one)
+	err := row.Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -237,9 +260,8 @@ func (d *StateDB) HasDepth(owner string, depth int64) (bool, error) {
 	return true, nil
 }
 
-// EachLayer implements state.LayerStore.
-func (d *StateDB) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
-	rows, err := d.readDB.Query(`SELECT layer, depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ?`, owner)
+// eachLayer calls fn with each row of selectLayers until it returns false.
+func eachLayer(rows *sql.Rows, err error, fn func(id string, info state.LayerInfo) bool) error {
 	if err != nil {
 		return fmt.Errorf("state database: layers: %w", err)
 	}
@@ -562,53 +584,16 @@ func (s *LayerSnapshot) Close() error { return s.tx.Rollback() }
 
 // Layer implements state.LayerStore.
 func (s *LayerSnapshot) Layer(owner, id string) (state.LayerInfo, bool, error) {
-	var info state.LayerInfo
-	var digest, fileDigest any
-	err := s.tx.QueryRow(`SELECT depth, timestamp, skipped, digest, file_digest FROM layers WHERE owner = ? AND layer = ?`, owner, packID(id)).
-		Scan(&info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest)
-	if errors.Is(err, sql.ErrNoRows) {
-		return state.LayerInfo{}, false, nil
-	}
-	if err != nil {
-		return state.LayerInfo{}, false, fmt.Errorf("state database snapshot: layer: %w", err)
-	}
-	info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
-	return info, true, nil
+	return scanLayer(s.tx.QueryRow(selectLayer, owner, packID(id)))
 }
 
 // HasDepth implements state.LayerStore.
 func (s *LayerSnapshot) HasDepth(owner string, depth int64) (bool, error) {
-	var one int
-	err := s.tx.QueryRow(`SELECT 1 FROM layers WHERE owner = ? AND depth = ? LIMIT 1`, owner, depth).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("state database snapshot: layer depth: %w", err)
-	}
-	return true, nil
+	return scanFound(s.tx.QueryRow(selectDepth, owner, depth))
 }
 
 // EachLayer implements state.LayerStore.
 func (s *LayerSnapshot) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
-	rows, err := s.tx.Query(`SELECT layer, depth, timestamp, skipped, digest, file_digest FROM layers WHERE owner = ?`, owner)
-	if err != nil {
-		return fmt.Errorf("state database snapshot: layers: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var info state.LayerInfo
-		var id, digest, fileDigest any
-		if err := rows.Scan(&id, &info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest); err != nil {
-			return fmt.Errorf("state database snapshot: layers: %w", err)
-		}
-		info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
-		if !fn(unpackID(id), info) {
-			return nil
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("state database snapshot: layers: %w", err)
-	}
-	return nil
+	rows, err := s.tx.Query(selectLayers, owner)
+	return eachLayer(rows, err, fn)
 }

@@ -118,6 +118,24 @@ func TestALayerSnapshotReadsWhatTheDatabaseReads(t *testing.T) {
 	if ok, err := snap.HasDepth("key-1", 7); !ok || err != nil {
 		t.Fatalf("depth 7: %v %v", ok, err)
 	}
+	atDepth := func(store interface {
+		EachLayerAt(string, int64, func(string, state.LayerInfo) bool) error
+	}, depth int64) []string {
+		var ids []string
+		if err := store.EachLayerAt("key-1", depth, func(l string, _ state.LayerInfo) bool { ids = append(ids, l); return true }); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	if got := atDepth(snap, 7); len(got) != 1 || got[0] != id {
+		t.Fatalf("snapshot at depth 7: %v", got)
+	}
+	if got := atDepth(snap, 8); len(got) != 0 {
+		t.Fatalf("snapshot at depth 8 (written after it): %v", got)
+	}
+	if got := atDepth(db, 8); len(got) != 1 || got[0] != later {
+		t.Fatalf("database at depth 8: %v", got)
+	}
 	var seen []string
 	if err := snap.EachLayer("key-1", func(l string, info state.LayerInfo) bool {
 		if info != want {

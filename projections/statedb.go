@@ -211,9 +211,10 @@ func unpackID(v any) string {
 
 // The layer queries, shared by the database's read connections and its snapshots.
 const (
-	selectLayer  = `SELECT depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ? AND layer = ?`
-	selectDepth  = `SELECT 1 FROM layers WHERE owner = ? AND depth = ? LIMIT 1`
-	selectLayers = `SELECT layer, depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ?`
+	selectLayer    = `SELECT depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ? AND layer = ?`
+	selectDepth    = `SELECT 1 FROM layers WHERE owner = ? AND depth = ? LIMIT 1`
+	selectLayers   = `SELECT layer, depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ?`
+	selectLayersAt = selectLayers + ` AND depth = ?` // the layers_depth index
 )
 
 // Layer implements state.LayerStore.
@@ -229,6 +230,12 @@ func (d *StateDB) HasDepth(owner string, depth int64) (bool, error) {
 // EachLayer implements state.LayerStore.
 func (d *StateDB) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
 	rows, err := d.readDB.Query(selectLayers, owner)
+	return eachLayer(rows, err, fn)
+}
+
+// EachLayerAt implements state.LayerStore.
+func (d *StateDB) EachLayerAt(owner string, depth int64, fn func(id string, info state.LayerInfo) bool) error {
+	rows, err := d.readDB.Query(selectLayersAt, owner, depth)
 	return eachLayer(rows, err, fn)
 }
 
@@ -595,5 +602,11 @@ func (s *LayerSnapshot) HasDepth(owner string, depth int64) (bool, error) {
 // EachLayer implements state.LayerStore.
 func (s *LayerSnapshot) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
 	rows, err := s.tx.Query(selectLayers, owner)
+	return eachLayer(rows, err, fn)
+}
+
+// EachLayerAt implements state.LayerStore.
+func (s *LayerSnapshot) EachLayerAt(owner string, depth int64, fn func(id string, info state.LayerInfo) bool) error {
+	rows, err := s.tx.Query(selectLayersAt, owner, depth)
 	return eachLayer(rows, err, fn)
 }

@@ -166,18 +166,10 @@ type LayerAtDepth struct {
 // LayersAt returns the identities the owner's applied layers at that depth are known by, in
 // no particular order. A layer applied before identity version 2 and re-identified since is
 // listed under both identities; the legacy one has no Digest (docs/uploads.md, "Tampering").
-// The depth index answers whether there are any; listing them reads the owner's layers (only
-// the fork rule asks, when the depth is taken).
 func (s *State) LayersAt(o domain.Owner, depth int64) []LayerAtDepth {
-	owner := o.String()
-	if !s.layers.hasDepth(owner, depth) {
-		return nil
-	}
 	var out []LayerAtDepth
-	if err := s.layers.each(owner, func(id string, info LayerInfo) bool {
-		if info.Depth == depth {
-			out = append(out, LayerAtDepth{ID: id, LayerInfo: info})
-		}
+	if err := s.layers.eachOf(o.String(), depth, func(id string, info LayerInfo) bool {
+		out = append(out, LayerAtDepth{ID: id, LayerInfo: info})
 		return true
 	}); err != nil {
 		s.layers.fail(err)

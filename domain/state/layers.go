@@ -24,6 +24,9 @@ type LayerStore interface {
 	// EachLayer calls fn with every layer of the owner, in no particular order, until fn
 	// returns false.
 	EachLayer(owner string, fn func(id string, info LayerInfo) bool) error
+	// EachLayerAt is EachLayer for the layers at one depth (an index probe, not a walk of the
+	// owner's layers).
+	EachLayerAt(owner string, depth int64, fn func(id string, info LayerInfo) bool) error
 }
 
 // LayerRecord is one applied layer with its owner (Owner.String()) and identity.
@@ -117,10 +120,15 @@ func (l *layerSet) hasDepth(owner string, depth int64) bool {
 
 // each calls fn with every layer of the owner once (a fresh record hides a stored one).
 func (l *layerSet) each(owner string, fn func(id string, info LayerInfo) bool) error {
+	return l.eachOf(owner, -1, fn)
+}
+
+// eachOf is each for the layers at one depth, or at every depth when depth is -1.
+func (l *layerSet) eachOf(owner string, depth int64, fn func(id string, info LayerInfo) bool) error {
 	fresh := l.fresh[owner]
 	if l.store != nil {
 		stopped := false
-		err := l.store.EachLayer(owner, func(id string, info LayerInfo) bool {
+		visit := func(id string, info LayerInfo) bool {
 			if _, hidden := fresh[id]; hidden {
 				return true
 			}
@@ -129,12 +137,21 @@ func (l *layerSet) each(owner string, fn func(id string, info LayerInfo) bool) e
 				return false
 			}
 			return true
-		})
+		}
+		var err error
+		if depth < 0 {
+			err = l.store.EachLayer(owner, visit)
+		} else {
+			err = l.store.EachLayerAt(owner, depth, visit)
+		}
 		if err != nil || stopped {
 			return err
 		}
 	}
 	for id, info := range fresh {
+		if depth >= 0 && info.Depth != depth {
+			continue
+		}
 		if !fn(id, info) {
 			return nil
 		}

@@ -438,11 +438,17 @@ func (w *worker) direct(ctx context.Context, o *object, n int) error {
 		evs = append(evs, ev)
 		v = after
 	}
+	return w.appendTo(ctx, o, v, evs...)
+}
+
+// appendTo appends events to o's stream after the revision the worker knows, which leave o
+// at value after.
+func (w *worker) appendTo(ctx context.Context, o *object, after int32, evs ...eventstore.EventData) error {
 	res, err := w.append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), evs...)
 	if err != nil {
 		return err
 	}
-	o.value, o.revision = v, res.NextExpectedRevision
+	o.value, o.revision = after, res.NextExpectedRevision
 	return nil
 }
 
@@ -457,12 +463,7 @@ func (w *worker) correct(ctx context.Context, o *object) error {
 	if err != nil {
 		return err
 	}
-	res, err := w.append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), ev)
-	if err != nil {
-		return err
-	}
-	o.value, o.revision = after, res.NextExpectedRevision
-	return nil
+	return w.appendTo(ctx, o, after, ev)
 }
 
 func (w *worker) set(ctx context.Context, o *object) error {
@@ -471,12 +472,7 @@ func (w *worker) set(ctx context.Context, o *object) error {
 	if err != nil {
 		return err
 	}
-	res, err := w.append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), ev)
-	if err != nil {
-		return err
-	}
-	o.value, o.revision = after, res.NextExpectedRevision
-	return nil
+	return w.appendTo(ctx, o, after, ev)
 }
 
 // upload appends what the ledger appends for an uploaded usage log of n new layers, one entry

@@ -13,7 +13,13 @@ import (
 	"github.com/tallyledger/tally/domain/eventstore"
 )
 
-const eventColumns = `position, stream, revision, id, type, data, metadata, recorded`
+// eventColumns are an event's columns with its metadata body, joined from the metadata row it
+// shares (NULL, read as nil, for empty metadata); streamID is a stream name's id, NULL for a
+// name the database does not hold.
+const (
+	eventColumns = `e.position, e.stream, e.revision, e.id, e.type, e.data, m.body, e.recorded FROM events e LEFT JOIN metadata m ON m.id = e.metadata`
+	streamID     = `(SELECT id FROM streams WHERE name = ?)`
+)
 
 // readStatements are prepared once on the read pool.
 type readStatements struct {
@@ -30,10 +36,10 @@ func (r *readStatements) prepare(ctx context.Context, db *sql.DB) error {
 		stmt, err = db.PrepareContext(ctx, query)
 		return stmt
 	}
-	r.forwards = prepare(`SELECT ` + eventColumns + ` FROM events WHERE stream = ? AND revision >= ? ORDER BY revision LIMIT ?`)
-	r.backwards = prepare(`SELECT ` + eventColumns + ` FROM events WHERE stream = ? AND revision <= ? ORDER BY revision DESC LIMIT ?`)
-	r.all = prepare(`SELECT ` + eventColumns + ` FROM events WHERE position > ? ORDER BY position LIMIT ?`)
-	r.exists = prepare(`SELECT 1 FROM events WHERE stream = ? LIMIT 1`)
+	r.forwards = prepare(`SELECT ` + eventColumns + ` WHERE e.stream = ` + streamID + ` AND e.revision >= ? ORDER BY e.revision LIMIT ?`)
+	r.backwards = prepare(`SELECT ` + eventColumns + ` WHERE e.stream = ` + streamID + ` AND e.revision <= ? ORDER BY e.revision DESC LIMIT ?`)
+	r.all = prepare(`SELECT ` + eventColumns + ` WHERE e.position > ? ORDER BY e.position LIMIT ?`)
+	r.exists = prepare(`SELECT 1 FROM events WHERE stream = ` + streamID + ` LIMIT 1`)
 	if err != nil {
 		return fmt.Errorf("prepare reads: %w", err)
 	}
@@ -111,15 +117,23 @@ func (s *Store) query(ctx context.Context, stmt *sql.Stmt, capacity int, args ..
 	}
 	defer rows.Close()
 	events := make([]eventstore.RecordedEvent, 0, capacity)
+	streams, types := s.streams.load(), s.types.load()
 	for rows.Next() {
 		var (
 			ev                 eventstore.RecordedEvent
 			position, revision int64
+			stream, typ        int64
 			recorded           int64
 			id                 []byte
 		)
-		if err := rows.Scan(&position, &ev.Stream, &revision, &id, &ev.Type, &ev.Data, &ev.Metadata, &recorded); err != nil {
+		if err := rows.Scan(&position, &stream, &revision, &id, &typ, &ev.Data, &ev.Metadata, &recorded); err != nil {
 			return nil, s.closedError(err)
+		}
+		if ev.Stream, streams, err = s.streams.name(streams, stream); err != nil {
+			return nil, fmt.Errorf("event at position %d: %w", position, err)
+		}
+		if ev.Type, types, err = s.types.name(types, typ); err != nil {
+			return nil, fmt.Errorf("event at position %d: %w", position, err)
 		}
 		if ev.ID, err = uuid.FromBytes(id); err != nil {
 			return nil, fmt.Errorf("event at position %d: %w", position, err)

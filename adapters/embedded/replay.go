@@ -22,7 +22,9 @@ const replayQuery = `SELECT position, stream, revision, id, type, data FROM even
 // several ranges at once on the read pool's connections. Rows are read through the SQLite
 // driver's own interface, not database/sql's Scan: the driver already hands out fresh values,
 // and the conversions and locking of Scan cost more than the SQLite read of a small event
-// (docs/encoding.md, "Replay").
+// (docs/encoding.md, "Replay"). Streams and types are read as their integer ids and named from
+// the store's cache: every event of a stream shares one string, and no name is read or
+// allocated per row.
 func (s *Store) ReadRangeForReplay(ctx context.Context, after, upTo eventstore.Position, buf []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
 	if s.isClosing() {
 		return nil, fmt.Errorf("read range: %w", eventstore.ErrClosed)
@@ -41,7 +43,7 @@ func (s *Store) ReadRangeForReplay(ctx context.Context, after, upTo eventstore.P
 		if !ok {
 			return fmt.Errorf("the SQLite driver's connection (%T) does not query", dc)
 		}
-		events, err = readReplayRows(ctx, q, after, upTo, buf[:0])
+		events, err = s.readReplayRows(ctx, q, after, upTo, buf[:0])
 		return err
 	})
 	if err != nil {
@@ -50,7 +52,7 @@ func (s *Store) ReadRangeForReplay(ctx context.Context, after, upTo eventstore.P
 	return events, nil
 }
 
-func readReplayRows(ctx context.Context, q driver.QueryerContext, after, upTo eventstore.Position, events []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
+func (s *Store) readReplayRows(ctx context.Context, q driver.QueryerContext, after, upTo eventstore.Position, events []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
 	rows, err := q.QueryContext(ctx, replayQuery, []driver.NamedValue{
 		{Ordinal: 1, Value: clampInt64(uint64(after))}, {Ordinal: 2, Value: clampInt64(uint64(upTo))},
 	})
@@ -62,7 +64,7 @@ func readReplayRows(ctx context.Context, q driver.QueryerContext, after, upTo ev
 		events = make([]eventstore.RecordedEvent, 0, min(upTo-after, 1<<16))
 	}
 	row := make([]driver.Value, 6)
-	var lastStream string
+	streams, types := s.streams.load(), s.types.load()
 	for {
 		if err := rows.Next(row); errors.Is(err, io.EOF) {
 			return events, nil
@@ -70,18 +72,22 @@ func readReplayRows(ctx context.Context, q driver.QueryerContext, after, upTo ev
 			return nil, err
 		}
 		position, ok1 := row[0].(int64)
-		stream, ok2 := row[1].(string)
+		streamID, ok2 := row[1].(int64)
 		revision, ok3 := row[2].(int64)
 		id, ok4 := row[3].([]byte)
-		typ, ok5 := row[4].(string)
+		typeID, ok5 := row[4].(int64)
 		data, ok6 := row[5].([]byte) // nil for an empty body
 		if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || (!ok6 && row[5] != nil) {
 			return nil, fmt.Errorf("event row after position %d has unexpected column types %T %T %T %T %T %T", after, row[0], row[1], row[2], row[3], row[4], row[5])
 		}
-		if stream == lastStream { // share one string per run of a stream's events
-			stream = lastStream
+		// The names are the cache's strings, shared by every event of a stream or type.
+		var stream, typ string
+		if stream, streams, err = s.streams.name(streams, streamID); err != nil {
+			return nil, fmt.Errorf("event at position %d: %w", position, err)
 		}
-		lastStream = stream
+		if typ, types, err = s.types.name(types, typeID); err != nil {
+			return nil, fmt.Errorf("event at position %d: %w", position, err)
+		}
 		ev := eventstore.RecordedEvent{Position: eventstore.Position(position), Stream: stream, Revision: uint64(revision), Type: typ, Data: data}
 		if ev.ID, err = uuid.FromBytes(id); err != nil {
 			return nil, fmt.Errorf("event at position %d: %w", position, err)

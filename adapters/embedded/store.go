@@ -12,6 +12,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -30,8 +31,9 @@ const DatabaseFile = "events.db"
 // lockFile is the file in the data directory that holds the exclusive flock.
 const lockFile = "LOCK"
 
-// schemaVersion is stored in PRAGMA user_version; a database from a newer Tally is refused.
-const schemaVersion = 1
+// schemaVersion is stored in PRAGMA user_version; a database from a newer Tally is refused, one
+// from an older one is migrated when it is opened (migrate.go).
+const schemaVersion = 2
 
 // queueLength is how many appends may wait for the writer before Append blocks on the queue.
 const queueLength = 4096
@@ -50,6 +52,19 @@ type options struct {
 	tailEvents int
 	tailBytes  int
 	bulk       bool
+	logger     *slog.Logger
+	// migrationProgress is how many events a migration copies between two progress lines.
+	migrationProgress int
+}
+
+// WithLogger sets where the store logs what it does at Open beyond opening (a migration of an
+// older database and its progress); the default is slog.Default().
+func WithLogger(logger *slog.Logger) Option {
+	return func(o *options) {
+		if logger != nil {
+			o.logger = logger
+		}
+	}
 }
 
 // WithMaxBatch caps how many appends one group commit takes (default 1024).
@@ -101,6 +116,9 @@ type Store struct {
 	readDB  *sql.DB // pool for ReadStream, ReadAll and subscriptions
 	reads   readStatements
 
+	// streams and types turn the integer ids of event rows back into names (names.go).
+	streams, types *nameTable
+
 	// queue carries appends to the writer; sendMu (read-locked by senders) keeps Close from
 	// closing it under a sender.
 	queue      chan *appendRequest
@@ -128,9 +146,12 @@ var _ eventstore.Store = (*Store)(nil)
 // Open opens (creating if needed) the store whose database lives in dir/events.db. It takes an
 // exclusive lock on dir; a dir already open elsewhere gives an error matching ErrLocked.
 func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
-	o := options{maxBatch: 1024, readConns: 4, pageSize: 512, tailEvents: 8192, tailBytes: 8 << 20}
+	o := options{maxBatch: 1024, readConns: 4, pageSize: 512, tailEvents: 8192, tailBytes: 8 << 20, migrationProgress: 1 << 20}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.logger == nil {
+		o.logger = slog.Default()
 	}
 	if err := makePrivateDir(dir); err != nil {
 		return nil, fmt.Errorf("open event store: %w", err)
@@ -147,6 +168,8 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
 		writerDone: make(chan struct{}),
 		wake:       make(chan struct{}),
 		tail:       memoryTail{maxEvents: o.tailEvents, maxBytes: o.tailBytes},
+		streams:    newNameTable("streams"),
+		types:      newNameTable("event_types"),
 		opts:       o,
 	}
 	if err := s.openDatabases(ctx); err != nil {
@@ -289,6 +312,9 @@ func (s *Store) openDatabases(ctx context.Context) error {
 			return fmt.Errorf("event database: %w", err)
 		}
 	}
+	if err := s.prepareSchema(ctx, path); err != nil {
+		return fmt.Errorf("event database %s: %w", path, err)
+	}
 	var err error
 	if s.writeDB, err = sql.Open("sqlite", dsn(path, false, s.opts.bulk)); err != nil {
 		return fmt.Errorf("open event database %s: %w", path, err)
@@ -297,8 +323,10 @@ func (s *Store) openDatabases(ctx context.Context) error {
 	s.writeDB.SetMaxIdleConns(1)
 	s.writeDB.SetConnMaxLifetime(0)
 	s.writeDB.SetConnMaxIdleTime(0)
-	if err := migrate(ctx, s.writeDB); err != nil {
-		return fmt.Errorf("event database %s: %w", path, err)
+	// The writer's connection opens before any reader's: in a bulk load it leaves WAL mode,
+	// which it can only while no other connection is open.
+	if err := s.writeDB.PingContext(ctx); err != nil {
+		return fmt.Errorf("open event database %s: %w", path, err)
 	}
 	if s.readDB, err = sql.Open("sqlite", dsn(path, true, s.opts.bulk)); err != nil {
 		return fmt.Errorf("open event database %s for reading: %w", path, err)
@@ -323,38 +351,6 @@ func (s *Store) closeDatabases() error {
 		errs = append(errs, s.writeDB.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// migrate creates the schema. Positions are rowids given out by the single writer in commit
-// order; events are never deleted, so a position is never reused and always increases.
-func migrate(ctx context.Context, db *sql.DB) error {
-	var version int
-	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
-		return fmt.Errorf("read schema version: %w", err)
-	}
-	if version > schemaVersion {
-		return fmt.Errorf("schema version %d is newer than this build's %d", version, schemaVersion)
-	}
-	if version == schemaVersion {
-		return nil
-	}
-	const schema = `
-CREATE TABLE IF NOT EXISTS events (
-	position INTEGER PRIMARY KEY,
-	stream   TEXT    NOT NULL,
-	revision INTEGER NOT NULL,
-	id       BLOB    NOT NULL,
-	type     TEXT    NOT NULL,
-	data     BLOB    NOT NULL,
-	metadata BLOB    NOT NULL,
-	recorded INTEGER NOT NULL,
-	UNIQUE (stream, revision)
-);
-PRAGMA user_version = 1;`
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		return fmt.Errorf("create schema: %w", err)
-	}
-	return nil
 }
 
 // Close stops taking appends, lets the writer commit those already queued (their callers get

@@ -290,6 +290,7 @@ func TestLaggingSubscriberUnderConcurrentAppends(t *testing.T) {
 
 // poisonType is an event type that a trigger, installed by the test, makes every insert of
 // fail: a real database error in the middle of a group commit, which rolls the batch back.
+// Event rows hold their type as an id (schema version 2): the trigger looks the name up.
 const poisonType = "Poison"
 
 func poisonStore(ctx context.Context, t *testing.T, dir string) {
@@ -299,7 +300,7 @@ func poisonStore(ctx context.Context, t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if _, err := db.ExecContext(ctx, `CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.type = '`+poisonType+`'
+	if _, err := db.ExecContext(ctx, `CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.type = (SELECT id FROM event_types WHERE name = '`+poisonType+`')
 BEGIN SELECT RAISE(ABORT, 'poisoned event'); END`); err != nil {
 		t.Fatalf("install trigger: %v", err)
 	}

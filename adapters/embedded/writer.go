@@ -76,11 +76,19 @@ type writer struct {
 
 	headStmt, rangeStmt *sql.Stmt
 
-	// rows holds the open transaction's events not yet inserted, rowColumns values each:
-	// they go in with multi-row INSERTs (flushRows), since one statement per event costs most
-	// of a commit in the driver's per-call work. inserts caches a statement per row count.
-	rows    []any
-	inserts map[int]*sql.Stmt
+	// events, metadata and the name tables' inserts hold the open transaction's rows not yet
+	// inserted: they go in with multi-row INSERTs (flushRows), since one statement per event
+	// costs most of a commit in the driver's per-call work.
+	events, metadata *batchInsert
+	streamNames      *batchInsert
+	typeNames        *batchInsert
+
+	// streams and types give the ids of names, new ones included (names.go).
+	streams, types *nameWriter
+	// sharedMetadata maps the metadata bodies the open transaction stored to their row (the
+	// position of the first event that carried it), so that the events of an append, and
+	// any other event of the transaction with the same metadata, share it.
+	sharedMetadata map[string]sharedBody
 
 	// heads caches stream heads as of the open transaction; it is dropped when a transaction
 	// rolls back, since it may hold uncommitted heads.
@@ -100,12 +108,30 @@ type writer struct {
 	arena     []byte
 }
 
+// sharedBody is a metadata body the open transaction stored: its row, and its copy in the arena
+// when the transaction's events are kept for the tail.
+type sharedBody struct {
+	row  int64
+	kept []byte
+}
+
 func newWriter(ctx context.Context, s *Store) (*writer, error) {
 	conn, err := s.writeDB.Conn(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("event store writer connection: %w", err)
 	}
-	w := &writer{store: s, conn: conn, heads: make(map[string]streamHead), inserts: make(map[int]*sql.Stmt)}
+	w := &writer{
+		store: s, conn: conn, heads: make(map[string]streamHead), sharedMetadata: make(map[string]sharedBody),
+		events:      newBatchInsert(conn, "events", "position, stream, revision, id, type, data, metadata, recorded"),
+		metadata:    newBatchInsert(conn, "metadata", "id, body"),
+		streamNames: newBatchInsert(conn, "streams", "id, name"),
+		typeNames:   newBatchInsert(conn, "event_types", "id, name"),
+	}
+	if err = errors.Join(s.streams.readAll(ctx, conn), s.types.readAll(ctx, conn)); err != nil {
+		w.close()
+		return nil, fmt.Errorf("event store writer: %w", err)
+	}
+	w.streams, w.types = newNameWriter(s.streams), newNameWriter(s.types)
 	prepare := func(query string) *sql.Stmt {
 		if err != nil {
 			return nil
@@ -134,8 +160,8 @@ func (w *writer) close() {
 			_ = stmt.Close()
 		}
 	}
-	for _, stmt := range w.inserts {
-		_ = stmt.Close()
+	for _, insert := range []*batchInsert{w.events, w.metadata, w.streamNames, w.typeNames} {
+		insert.close()
 	}
 	_ = w.conn.Close()
 }
@@ -227,10 +253,14 @@ func (w *writer) commitBatch() {
 			err = w.exec(ctx, "ROLLBACK") // nothing to make durable
 		}
 	}
-	w.rows = w.rows[:0]
+	for _, insert := range []*batchInsert{w.events, w.metadata, w.streamNames, w.typeNames} {
+		insert.discard()
+	}
+	clear(w.sharedMetadata)
 	if err != nil {
 		_ = w.exec(ctx, "ROLLBACK")
 		clear(w.heads)
+		w.forgetNames(ctx)
 		err = fmt.Errorf("event store commit: %w", w.store.closedError(err))
 		for i := range w.replies {
 			if w.replies[i].err == nil || errors.Is(w.replies[i].err, eventstore.ErrWrongExpectedVersion) {
@@ -239,7 +269,13 @@ func (w *writer) commitBatch() {
 			}
 		}
 		w.store.stats.failed.Add(uint64(len(w.batch)))
-	} else if written > 0 {
+	} else {
+		// Names are given ids only for events written, so a batch that wrote none (and
+		// rolled back) gave none out.
+		w.streams.commit()
+		w.types.commit()
+	}
+	if err == nil && written > 0 {
 		after := w.lastPosition
 		w.lastPosition = nextPosition - 1
 		var kept []eventstore.RecordedEvent
@@ -269,6 +305,18 @@ func (w *writer) commitBatch() {
 		req.done <- reply
 		w.batch[i] = nil
 	}
+}
+
+// forgetNames drops the names the failed transaction gave ids to. It reads the name tables
+// again, as the database now holds them, rather than trusting memory: a COMMIT that failed may
+// have become durable all the same. If even that read fails, the names are taken out of memory.
+func (w *writer) forgetNames(ctx context.Context) {
+	if err := errors.Join(w.store.streams.readAll(ctx, w.conn), w.store.types.readAll(ctx, w.conn)); err != nil {
+		w.streams.rollback()
+		w.types.rollback()
+		return
+	}
+	w.streams, w.types = newNameWriter(w.store.streams), newNameWriter(w.store.types)
 }
 
 // startKeeping decides whether the batch's events go to the in-memory tail, from an upper
@@ -329,20 +377,21 @@ func (w *writer) apply(ctx context.Context, req *appendRequest, nextPosition *ev
 		revision = head.revision + 1
 	}
 	position := *nextPosition
+	stream := w.streams.id(req.stream)
 	for _, ev := range req.events {
 		id := ev.ID
 		if id == uuid.Nil {
 			id = uuid.New() // as KurrentDB's client does
 		}
-		w.rows = append(w.rows, int64(position), req.stream, int64(revision), id[:], ev.Type, nonNil(ev.Data), nonNil(ev.Metadata), recorded)
-		if len(w.rows) == rowsPerInsert*rowColumns {
+		metadata, keptMetadata := w.shareMetadata(ev.Metadata, position)
+		if w.events.add(int64(position), stream, int64(revision), id[:], w.types.id(ev.Type), nonNil(ev.Data), metadata, recorded) {
 			if err := w.flushRows(ctx); err != nil {
 				return eventstore.AppendResult{}, 0, err
 			}
 		}
 		if w.keeping {
 			w.kept = append(w.kept, eventstore.RecordedEvent{
-				ID: id, Type: ev.Type, Data: w.keep(ev.Data), Metadata: w.keep(ev.Metadata),
+				ID: id, Type: ev.Type, Data: w.keep(ev.Data), Metadata: keptMetadata,
 				Stream: req.stream, Revision: revision, Position: position, Recorded: recordedTime,
 			})
 			w.keptBytes += len(ev.Data) + len(ev.Metadata) + len(req.stream) + len(ev.Type)
@@ -354,6 +403,26 @@ func (w *writer) apply(ctx context.Context, req *appendRequest, nextPosition *ev
 	head = streamHead{revision: revision - 1, position: position - 1, exists: true}
 	w.heads[req.stream] = head
 	return eventstore.AppendResult{NextExpectedRevision: head.revision, Position: head.position}, len(req.events), nil
+}
+
+// shareMetadata returns the metadata reference of an event at position: nil for empty
+// metadata, else the row of the transaction's first event with the same body, which it stores
+// if this event is that first one. keptCopy is the body's copy for the tail (nil when empty or
+// not keeping), one per body too.
+func (w *writer) shareMetadata(body []byte, position eventstore.Position) (ref any, keptCopy []byte) {
+	if len(body) == 0 {
+		return nil, nil
+	}
+	if shared, ok := w.sharedMetadata[string(body)]; ok {
+		return shared.row, shared.kept
+	}
+	shared := sharedBody{row: int64(position)}
+	if w.keeping {
+		shared.kept = w.keep(body)
+	}
+	w.metadata.add(shared.row, body) // inserted with the events (flushRows)
+	w.sharedMetadata[string(body)] = shared
+	return shared.row, shared.kept
 }
 
 // idempotent handles an append whose expected revision does not match. As in KurrentDB, an
@@ -382,7 +451,8 @@ func (w *writer) idempotent(ctx context.Context, req *appendRequest, head stream
 	if n == 0 || !head.exists || head.revision < first || head.revision-first+1 < n {
 		return eventstore.AppendResult{}, 0, refuse
 	}
-	rows, err := w.rangeStmt.QueryContext(ctx, req.stream, int64(first), int64(first+n-1))
+	stream, _ := w.streams.lookup(req.stream) // the stream exists (head.exists)
+	rows, err := w.rangeStmt.QueryContext(ctx, stream, int64(first), int64(first+n-1))
 	if err != nil {
 		return eventstore.AppendResult{}, 0, fmt.Errorf("read %q for idempotency: %w", req.stream, err)
 	}
@@ -413,9 +483,14 @@ func (w *writer) head(ctx context.Context, stream string) (streamHead, error) {
 	if head, ok := w.heads[stream]; ok {
 		return head, nil
 	}
-	var revision, position int64
-	err := w.headStmt.QueryRowContext(ctx, stream).Scan(&revision, &position)
 	var head streamHead
+	id, ok := w.streams.lookup(stream)
+	if !ok { // a stream with no id has no events
+		w.heads[stream] = head
+		return head, nil
+	}
+	var revision, position int64
+	err := w.headStmt.QueryRowContext(ctx, id).Scan(&revision, &position)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 	case err != nil:
@@ -427,45 +502,98 @@ func (w *writer) head(ctx context.Context, stream string) (streamHead, error) {
 	return head, nil
 }
 
-// rowColumns is how many values an event's row takes; rowsPerInsert how many rows one INSERT
-// carries at most (8 × 64 = 512 bound parameters, well under SQLite's limit of 32,766).
-const (
-	rowColumns    = 8
-	rowsPerInsert = 64
-)
-
-// flushRows inserts the buffered rows. A failure fails the whole transaction (the caller rolls
-// it back), as a failed single-row insert did.
+// flushRows inserts the buffered rows, names first (an event row's trigger may look its type
+// up). A failure fails the whole transaction (the caller rolls it back), as a failed single-row
+// insert did.
 func (w *writer) flushRows(ctx context.Context) error {
-	rows := w.rows
-	defer func() { clear(w.rows[:cap(w.rows)]); w.rows = w.rows[:0] }() // drop the callers' payloads
-	for len(rows) > 0 {
-		n := min(len(rows)/rowColumns, rowsPerInsert)
-		stmt, err := w.insertRows(ctx, n)
-		if err != nil {
+	for _, names := range []struct {
+		insert *batchInsert
+		names  *nameWriter
+	}{{w.streamNames, w.streams}, {w.typeNames, w.types}} {
+		for i := 0; i < len(names.names.rows); i += 2 {
+			names.insert.add(names.names.rows[i], names.names.rows[i+1])
+		}
+		clear(names.names.rows)
+		names.names.rows = names.names.rows[:0]
+	}
+	for _, insert := range []*batchInsert{w.streamNames, w.typeNames, w.metadata, w.events} {
+		if err := insert.flush(ctx); err != nil {
 			return err
 		}
-		if _, err := stmt.ExecContext(ctx, rows[:n*rowColumns]...); err != nil {
-			return fmt.Errorf("insert %d events: %w", n, err)
-		}
-		rows = rows[n*rowColumns:]
 	}
 	return nil
 }
 
-// insertRows returns the prepared INSERT of n rows.
-func (w *writer) insertRows(ctx context.Context, n int) (*sql.Stmt, error) {
-	if stmt := w.inserts[n]; stmt != nil {
+// maxParameters is how many values one INSERT binds at most, well under SQLite's limit of
+// 32,766: 64 event rows.
+const maxParameters = 512
+
+// batchInsert buffers rows for one table and inserts them with multi-row INSERTs, a prepared
+// statement per row count.
+type batchInsert struct {
+	conn    *sql.Conn
+	table   string
+	columns string
+	width   int // values per row
+	rows    []any
+	stmts   map[int]*sql.Stmt
+}
+
+func newBatchInsert(conn *sql.Conn, table, columns string) *batchInsert {
+	return &batchInsert{conn: conn, table: table, columns: columns, width: strings.Count(columns, ",") + 1, stmts: make(map[int]*sql.Stmt)}
+}
+
+// add buffers one row (width values) and reports whether the buffer holds a full statement.
+func (b *batchInsert) add(values ...any) (full bool) {
+	b.rows = append(b.rows, values...)
+	return len(b.rows) >= maxParameters/b.width*b.width
+}
+
+// flush inserts the buffered rows.
+func (b *batchInsert) flush(ctx context.Context) error {
+	rows := b.rows
+	defer b.discard()
+	perInsert := maxParameters / b.width
+	for len(rows) > 0 {
+		n := min(len(rows)/b.width, perInsert)
+		stmt, err := b.statement(ctx, n)
+		if err != nil {
+			return err
+		}
+		if _, err := stmt.ExecContext(ctx, rows[:n*b.width]...); err != nil {
+			return fmt.Errorf("insert %d rows into %s: %w", n, b.table, err)
+		}
+		rows = rows[n*b.width:]
+	}
+	return nil
+}
+
+// discard drops the buffered rows (and the callers' payloads they hold).
+func (b *batchInsert) discard() {
+	clear(b.rows)
+	b.rows = b.rows[:0]
+}
+
+// statement returns the prepared INSERT of n rows.
+func (b *batchInsert) statement(ctx context.Context, n int) (*sql.Stmt, error) {
+	if stmt := b.stmts[n]; stmt != nil {
 		return stmt, nil
 	}
-	const one = "(?, ?, ?, ?, ?, ?, ?, ?)"
-	query := "INSERT OR FAIL INTO events (position, stream, revision, id, type, data, metadata, recorded) VALUES " + strings.Repeat(one+", ", n-1) + one
-	stmt, err := w.conn.PrepareContext(ctx, query)
+	one := "(?" + strings.Repeat(", ?", b.width-1) + ")"
+	query := "INSERT OR FAIL INTO " + b.table + " (" + b.columns + ") VALUES " + strings.Repeat(one+", ", n-1) + one
+	stmt, err := b.conn.PrepareContext(ctx, query)
 	if err != nil {
-		return nil, fmt.Errorf("prepare insert of %d events: %w", n, err)
+		return nil, fmt.Errorf("prepare insert of %d rows into %s: %w", n, b.table, err)
 	}
-	w.inserts[n] = stmt
+	b.stmts[n] = stmt
 	return stmt, nil
+}
+
+func (b *batchInsert) close() {
+	for _, stmt := range b.stmts {
+		_ = stmt.Close()
+	}
+	clear(b.stmts)
 }
 
 func bytesEqualID(stored []byte, id uuid.UUID) bool {

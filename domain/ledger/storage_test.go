@@ -29,7 +29,7 @@ func TestUploadEntryStorage(t *testing.T) {
 		objects   = 10
 		uploads   = 8
 		perUpload = 100
-		limit     = 300.0
+		limit     = 250.0
 	)
 	ctx := context.Background()
 	key, err := usagelog.GenerateKey()

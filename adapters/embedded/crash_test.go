@@ -31,6 +31,13 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(migrateChildEnv); dir != "" {
+		if err := runMigrateChild(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "migrating child:", err)
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
 	if dir := os.Getenv(crashChildEnv); dir != "" {
 		run, _ := strconv.Atoi(os.Getenv(crashRunEnv))
 		if err := runCrashChild(dir, run); err != nil {

@@ -269,6 +269,8 @@ func copyV1(ctx context.Context, path, target string, logger *slog.Logger, progr
 	if _, err := newConn.ExecContext(ctx, streamIndex+";\n"+fmt.Sprintf("PRAGMA user_version = %d;\n", schemaVersion)+"COMMIT;"); err != nil {
 		return 0, fmt.Errorf("build the stream index: %w", err)
 	}
+	c.events.close() // its statements go before their connection
+	c.metaRows.close()
 	if err := errors.Join(newConn.Close(), newDB.Close()); err != nil {
 		return 0, fmt.Errorf("close the new database: %w", err)
 	}

@@ -57,8 +57,8 @@ type options struct {
 	migrationProgress int
 }
 
-// WithLogger sets where the store logs what it does at Open beyond opening (a migration of an
-// older database and its progress); the default is slog.Default().
+// WithLogger sets where the store logs what it does at Open beyond opening: the migration of a
+// database from an older build, and its progress. The default logs nothing.
 func WithLogger(logger *slog.Logger) Option {
 	return func(o *options) {
 		if logger != nil {
@@ -151,7 +151,7 @@ func Open(ctx context.Context, dir string, opts ...Option) (*Store, error) {
 		opt(&o)
 	}
 	if o.logger == nil {
-		o.logger = slog.Default()
+		o.logger = slog.New(slog.DiscardHandler)
 	}
 	if err := makePrivateDir(dir); err != nil {
 		return nil, fmt.Errorf("open event store: %w", err)

@@ -570,7 +570,7 @@ func catchUpToHead(ctx context.Context, store eventstore.Store, proj *projection
 func openStore(ctx context.Context, logger *slog.Logger, dataDir string, cfg serveConfig) (eventstore.Store, error) {
 	switch cfg.Store {
 	case "embedded":
-		s, err := embedded.Open(ctx, embeddedStoreDir(dataDir))
+		s, err := embedded.Open(ctx, embeddedStoreDir(dataDir), embedded.WithLogger(logger.With("component", "eventstore")))
 		if err != nil {
 			return nil, fmt.Errorf("open embedded store: %w", err)
 		}

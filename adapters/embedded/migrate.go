@@ -186,7 +186,9 @@ func copyV1(ctx context.Context, path, target string, logger *slog.Logger, progr
 	}
 	defer oldDB.Close()
 	q := url.Values{}
-	for _, pragma := range []string{"journal_mode(OFF)", "synchronous(OFF)", "cache_size(-65536)", "temp_store(MEMORY)"} {
+	// The index is built by a sort that spills to temporary files past the page cache (the
+	// default temp_store), so that the memory a migration takes does not grow with the store.
+	for _, pragma := range []string{"journal_mode(OFF)", "synchronous(OFF)", "cache_size(-65536)"} {
 		q.Add("_pragma", pragma)
 	}
 	newDB, err := sql.Open("sqlite", "file:"+(&url.URL{Path: target}).EscapedPath()+"?"+q.Encode())

@@ -358,12 +358,6 @@ func TestMigrationFromSchema1GivesIdenticalReads(t *testing.T) {
 			// last migrated append of that stream (same IDs: the original result, nothing
 			// written), and a new stream.
 			last := want[len(want)-1]
-			var tail []eventstore.RecordedEvent
-			for _, ev := range want {
-				if ev.Stream == last.Stream {
-					tail = append(tail, ev)
-				}
-			}
 			retry := eventstore.EventData{ID: last.ID, Type: last.Type, Data: last.Data, Metadata: last.Metadata}
 			expected := eventstore.NoStream()
 			if last.Revision > 0 {

@@ -2,7 +2,9 @@ package projections
 
 import (
 	"context"
+	"encoding/hex"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -56,5 +58,24 @@ func TestALayerIndexThatFailsAnswersKnownAndIsNeverPersisted(t *testing.T) {
 	}
 	if err := c.Err(); err == nil {
 		t.Fatal("the projection does not report the failed lookup")
+	}
+}
+
+// TestPackIDKeepsOnlyCanonicalHexAsBytes: an identity is stored as 32 bytes only when it is
+// what hex.EncodeToString gives back for them, so that unpackID returns it unchanged.
+func TestPackIDKeepsOnlyCanonicalHexAsBytes(t *testing.T) {
+	var raw [32]byte
+	for i := range raw {
+		raw[i] = byte(i*37 + 5)
+	}
+	canonical := hex.EncodeToString(raw[:])
+	for _, id := range []string{canonical, strings.ToUpper(canonical), canonical[:63], canonical + "0", canonical[:62] + "g0", "", "legacy-id"} {
+		packed := packID(id)
+		if got := unpackID(packed); got != id {
+			t.Errorf("%q: packed and unpacked gives %q", id, got)
+		}
+		if _, isBytes := packed.([]byte); isBytes != (id == canonical) {
+			t.Errorf("%q: stored as bytes %v", id, isBytes)
+		}
 	}
 }

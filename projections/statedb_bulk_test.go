@@ -4,11 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 )
@@ -102,4 +104,43 @@ func TestReplayReplacesAStateDatabaseACrashLeftWithItsLog(t *testing.T) {
 			t.Errorf("the projection differs from the replay: %v", d)
 		}
 	})
+}
+
+// TestReplayStateWritesWhatItFolds: ReplayState, which hands the layers of each chunk of
+// events to the writer while it folds the next and looks older ones up in the new file,
+// leaves the state a replay gives (records, layers and checkpoint) with no layer of it in
+// memory at the end beyond the last chunk's, whatever the chunk; a projection starts on the
+// file at its checkpoint.
+func TestReplayStateWritesWhatItFolds(t *testing.T) {
+	ctx := context.Background()
+	store, rebuilt := seededState(t, "")
+	for _, chunk := range []eventstore.Position{1, 7, 64, 0} {
+		t.Run(fmt.Sprint(chunk), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), projections.StateFile)
+			calls := 0
+			st, err := projections.ReplayState(ctx, store, path, projections.ReplayOptions{Chunk: chunk, Progress: func(int) { calls++ }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if calls == 0 {
+				t.Error("no progress reported")
+			}
+			if st.Events != rebuilt.Events || st.Position != rebuilt.Position || len(st.Objects) != len(rebuilt.Objects) {
+				t.Errorf("replayed %d events to %d, want %d to %d", st.Events, st.Position, rebuilt.Events, rebuilt.Position)
+			}
+			if chunk > 0 && chunk < 64 && st.LayersInMemory() != 0 {
+				t.Errorf("%d layers in memory after the replay", st.LayersInMemory())
+			}
+			loaded, err := projections.LoadSnapshot(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := state.Diff(loaded, rebuilt); len(d) != 0 {
+				t.Fatalf("written state differs from a replay: %v", d)
+			}
+			if countLayers(t, loaded) != countLayers(t, rebuilt) || loaded.Position != rebuilt.Position || loaded.Events != rebuilt.Events || loaded.LastEvent != rebuilt.LastEvent {
+				t.Fatalf("written at %d (%d events), want %d (%d)", loaded.Position, loaded.Events, rebuilt.Position, rebuilt.Events)
+			}
+		})
+	}
 }

@@ -90,16 +90,15 @@ func NewReplayCommand(l Local) *cobra.Command {
 			defer store.Close()
 			tick, done := progress(cmd.ErrOrStderr(), "replaying")
 			started := time.Now()
-			st, err := projections.Rebuild(ctx, store, tick)
+			path := filepath.Join(l.DataDir(), SnapshotFile)
+			// The fold writes the applied layers into the new file as it goes, so that they
+			// are never all in memory (docs/performance.md).
+			st, err := projections.ReplayState(ctx, store, path, projections.ReplayOptions{Progress: tick})
 			done()
 			if err != nil {
 				return err
 			}
 			took := time.Since(started)
-			path := filepath.Join(l.DataDir(), SnapshotFile)
-			if err := projections.SaveSnapshot(path, st); err != nil {
-				return err
-			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "replayed %d events in %s (%.0f events/s); %d data objects; snapshot at position %d written to %s\n",
 				st.Events, took.Round(time.Millisecond), float64(st.Events)/took.Seconds(), len(st.Objects), st.Position, path)
 			return err

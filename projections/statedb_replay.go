@@ -28,10 +28,19 @@ type ReplayOptions struct {
 // the state database at path, as SaveState does (a new file renamed over the old one once
 // whole and synced), without holding every applied layer in memory: the fold hands the layers
 // of each chunk of events to a goroutine that inserts them into the new file while it folds
-// the next chunk, and looks older layers up there.
+// the next chunk, and looks older layers up there. Chunks are ranges of positions, which only
+// the embedded store numbers densely (a replayReader); another store (KurrentDB: positions
+// are offsets in its log) is folded whole, then written as SaveState does.
 func ReplayState(ctx context.Context, store eventstore.Store, path string, opts ReplayOptions) (*state.State, error) {
 	if opts.Chunk <= 0 {
 		opts.Chunk = 1 << 18
+	}
+	if _, dense := store.(replayReader); !dense {
+		st, err := Rebuild(ctx, store, opts.Progress)
+		if err != nil {
+			return nil, err
+		}
+		return st, SaveState(ctx, path, st)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("state database directory: %w", err)

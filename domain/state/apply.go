@@ -221,20 +221,7 @@ func (s *State) commit(u *Upload) {
 	s.takePending(p, func(o *Object, c PendingChange) {
 		o.IntValue = int32(int64(o.IntValue) + int64(c.Dir)*c.Amount)
 	})
-	// The layers' records are whole before they are added: a layer set only ever adds.
-	infos := make([]LayerInfo, len(p.Layers))
-	for i := range p.Layers {
-		infos[i] = LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
-		if i < len(p.Timestamps) {
-			infos[i].Timestamp = p.Timestamps[i]
-		}
-	}
-	for _, sk := range p.Skipped {
-		if sk.Index >= 0 && sk.Index < len(p.Layers) {
-			infos[sk.Index].Skipped = sk.Reason
-		}
-	}
-	s.rememberDigests(u, p, infos)
+	s.rememberLayers(u, p)
 	s.clearResolved(u)
 	u.Prepared = nil
 }

@@ -177,20 +177,41 @@ func (s *State) LayersAt(o domain.Owner, depth int64) []LayerAtDepth {
 	return out
 }
 
-// rememberDigests records the digests an upload's layers were applied with, and the identity
-// version 2 of the layer it stopped at when that was known by its legacy identity only.
-// infos are the new layers' records (by index in p.Layers) without their digests.
-func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared, infos []LayerInfo) {
+// rememberLayers records the layers of a committed upload, each whole before it is added (a
+// layer set only ever adds): depth, timestamp, skip reason and the digests it was applied
+// with, and the identity version 2 of the layer it stopped at when that was known by its
+// legacy identity only.
+func (s *State) rememberLayers(u *Upload, p *domain.UploadPrepared) {
 	owner := u.Owner.String()
+	ol := s.layers.owner(owner)
+	var skipped map[int]string
+	for _, sk := range p.Skipped {
+		if sk.Index >= 0 && sk.Index < len(p.Layers) {
+			if skipped == nil {
+				skipped = map[int]string{}
+			}
+			skipped[sk.Index] = sk.Reason // the last one for an index wins, as it always did
+		}
+	}
 	for i, l := range p.Layers {
-		info := infos[i]
+		info := LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
+		if i < len(p.Timestamps) {
+			info.Timestamp = p.Timestamps[i]
+		}
+		if skipped != nil {
+			info.Skipped = skipped[i]
+		}
 		if i < len(p.Digests) {
 			info.Digest = p.Digests[i]
 		}
 		if i == len(p.Layers)-1 {
 			info.FileDigest, info.Length = p.FileDigest, p.Length
 		}
-		s.layers.put(owner, l, info)
+		if raw, ok := parseHash(l); ok {
+			ol.putRaw(raw, info)
+		} else {
+			s.layers.put(owner, l, info)
+		}
 	}
 	if b := p.Base; b != nil {
 		s.addAlias(u, *b)

@@ -5,7 +5,6 @@
 package state
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -303,7 +302,7 @@ func (s *State) Upload(o domain.Owner) *Upload {
 
 // Layer returns what is known of an applied layer of an owner.
 func (s *State) Layer(o domain.Owner, layer [32]byte) (LayerInfo, bool) {
-	return s.layerInfo(o, hex.EncodeToString(layer[:]))
+	return s.layers.getRaw(o.String(), layer)
 }
 
 // MaxID returns the largest id seen in a stream category.

@@ -193,24 +193,45 @@ func (s *State) rememberLayers(u *Upload, p *domain.UploadPrepared) {
 			skipped[sk.Index] = sk.Reason // the last one for an index wins, as it always did
 		}
 	}
-	for i, l := range p.Layers {
-		info := LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
-		if i < len(p.Timestamps) {
-			info.Timestamp = p.Timestamps[i]
+	if h := u.preparedHashes(); h != nil {
+		// From a binary body: every hash is 64 lowercase hex digits and here raw already.
+		for i := range p.Layers {
+			rec := layerRec{depth: p.BaseDepth + int64(i) + 1}
+			if i < len(p.Timestamps) {
+				rec.timestamp = p.Timestamps[i]
+			}
+			if i < len(h.Digests) {
+				rec.digest, rec.flags = h.Digests[i], recDigest
+			}
+			if i == len(p.Layers)-1 {
+				rec.length = p.Length
+				if h.HasFileDigest {
+					ol.putFileDigest(h.Layers[i], h.FileDigest, &rec)
+				}
+			}
+			if reason := skipped[i]; reason != "" {
+				ol.putRare(h.Layers[i], rareFields{skipped: reason}, &rec)
+			}
+			ol.recs[h.Layers[i]] = rec
 		}
-		if skipped != nil {
+	} else {
+		for i, l := range p.Layers {
+			info := LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
+			if i < len(p.Timestamps) {
+				info.Timestamp = p.Timestamps[i]
+			}
 			info.Skipped = skipped[i]
-		}
-		if i < len(p.Digests) {
-			info.Digest = p.Digests[i]
-		}
-		if i == len(p.Layers)-1 {
-			info.FileDigest, info.Length = p.FileDigest, p.Length
-		}
-		if raw, ok := parseHash(l); ok {
-			ol.putRaw(raw, info)
-		} else {
-			s.layers.put(owner, l, info)
+			if i < len(p.Digests) {
+				info.Digest = p.Digests[i]
+			}
+			if i == len(p.Layers)-1 {
+				info.FileDigest, info.Length = p.FileDigest, p.Length
+			}
+			if raw, ok := parseHash(l); ok {
+				ol.putRaw(raw, info)
+			} else {
+				s.layers.put(owner, l, info)
+			}
 		}
 	}
 	if b := p.Base; b != nil {

@@ -142,25 +142,35 @@ func (ol *ownerLayers) putRaw(id [32]byte, info LayerInfo) {
 	}
 	if info.FileDigest != "" {
 		if d, ok := parseHash(info.FileDigest); ok {
-			if ol.fileDigests == nil {
-				ol.fileDigests = map[[32]byte][32]byte{}
-			}
-			ol.fileDigests[id] = d
-			rec.flags |= recFileDigest
+			ol.putFileDigest(id, d, &rec)
 		} else {
 			rare.fileDigest = info.FileDigest
 		}
 	}
 	rare.skipped = info.Skipped
 	if rare != (rareFields{}) {
-		if ol.rare == nil {
-			ol.rare = map[[32]byte]rareFields{}
-		}
-		ol.rare[id] = rare
-		rec.flags |= recRare
+		ol.putRare(id, rare, &rec)
 	}
 	// A replaced record's entries beside it stay, unread: its flags no longer point at them.
 	ol.recs[id] = rec
+}
+
+// putFileDigest keeps the file digest of the layer id whose record rec is.
+func (ol *ownerLayers) putFileDigest(id, digest [32]byte, rec *layerRec) {
+	if ol.fileDigests == nil {
+		ol.fileDigests = map[[32]byte][32]byte{}
+	}
+	ol.fileDigests[id] = digest
+	rec.flags |= recFileDigest
+}
+
+// putRare keeps the rare fields of the layer id whose record rec is.
+func (ol *ownerLayers) putRare(id [32]byte, rare rareFields, rec *layerRec) {
+	if ol.rare == nil {
+		ol.rare = map[[32]byte]rareFields{}
+	}
+	ol.rare[id] = rare
+	rec.flags |= recRare
 }
 
 // info rebuilds the LayerInfo of a record.

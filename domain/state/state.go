@@ -65,6 +65,29 @@ type Upload struct {
 	Refusal *Refusal `json:"refusal,omitempty"`
 	// Resolution is an operator's decision on a refused log, until its newest layer is known.
 	Resolution *domain.UploadResolutionDecided `json:"resolution,omitempty"`
+	// decoded is what setPrepared made Prepared from, with its raw hashes, so that its commit
+	// indexes the layers without reading hex back (preparedHashes).
+	decoded *preparedUpload
+}
+
+// setPrepared makes p (nil: none) the upload in progress.
+func (u *Upload) setPrepared(p *preparedUpload) {
+	u.decoded = p
+	if p == nil {
+		u.Prepared = nil
+		return
+	}
+	u.Prepared = &p.prepared
+}
+
+// preparedHashes returns the raw hashes of Prepared, if it came from a binary body through
+// setPrepared (and was not replaced since).
+func (u *Upload) preparedHashes() *domain.PreparedHashes {
+	if d := u.decoded; d != nil && u.Prepared == &d.prepared && d.hashes != nil &&
+		len(d.hashes.Layers) == len(u.Prepared.Layers) && len(d.hashes.Digests) == len(u.Prepared.Digests) {
+		return d.hashes
+	}
+	return nil
 }
 
 // State is the current state folded from events. Its exported fields and its layers are what a

@@ -449,14 +449,31 @@ func (s *arrayScanner) int32() int32 {
 }
 
 func (s *arrayScanner) string() string {
-	if !s.next() {
+	raw, escaped := s.quoted()
+	if s.err != nil {
 		return ""
+	}
+	if !escaped {
+		return string(raw[1 : len(raw)-1])
+	}
+	var out string
+	if err := json.Unmarshal(raw, &out); err != nil {
+		s.fail("bad string")
+	}
+	return out
+}
+
+// quoted reads a string element as it is written, quotes included, and reports whether it has
+// escapes.
+func (s *arrayScanner) quoted() (raw []byte, escaped bool) {
+	if !s.next() {
+		return nil, false
 	}
 	if s.b[s.i] != '"' {
 		s.fail("expected a string")
-		return ""
+		return nil, false
 	}
-	start, escaped := s.i, false
+	start := s.i
 	for s.i++; s.i < len(s.b) && s.b[s.i] != '"'; s.i++ {
 		if s.b[s.i] == '\\' {
 			escaped = true
@@ -465,26 +482,30 @@ func (s *arrayScanner) string() string {
 	}
 	if s.i >= len(s.b) {
 		s.fail("unterminated string")
-		return ""
+		return nil, false
 	}
 	s.i++
-	if !escaped {
-		return string(s.b[start+1 : s.i-1])
-	}
-	var out string
-	if err := json.Unmarshal(s.b[start:s.i], &out); err != nil {
-		s.fail("bad string")
-	}
-	return out
+	return s.b[start:s.i], escaped
 }
 
+// uuid reads a UUID in 22 characters of base64, from the body's bytes when the string has no
+// escapes (the form the codec writes).
 func (s *arrayScanner) uuid() uuid.UUID {
 	var id uuid.UUID
-	str := s.string()
+	raw, escaped := s.quoted()
 	if s.err != nil {
 		return id
 	}
-	if n, err := base64.RawURLEncoding.Decode(id[:], []byte(str)); err != nil || n != len(id) || len(str) != 22 {
+	text := raw[1 : len(raw)-1]
+	if escaped {
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			s.fail("bad string")
+			return id
+		}
+		text = []byte(str)
+	}
+	if n, err := base64.RawURLEncoding.Decode(id[:], text); err != nil || n != len(id) || len(text) != 22 {
 		s.fail("bad upload id")
 	}
 	return id

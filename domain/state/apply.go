@@ -204,7 +204,7 @@ func (s *State) object(ev eventstore.RecordedEvent) *Object {
 }
 
 func (s *State) uploadStream(owner domain.Owner, revision uint64) *Upload {
-	key := owner.String()
+	key := s.ownerKey(owner)
 	u, ok := s.Uploads[key]
 	if !ok {
 		u = &Upload{Owner: owner}
@@ -217,12 +217,13 @@ func (s *State) uploadStream(owner domain.Owner, revision uint64) *Upload {
 
 // uploadOf finds the upload stream record of an upload event by its stream name.
 func (s *State) uploadOf(ev eventstore.RecordedEvent) *Upload {
-	owner, ok := domain.ParseUploadStream(ev.Stream)
+	owner, ok := s.streamOwner(ev.Stream)
 	if !ok {
 		return nil
 	}
-	s.markUpload(owner.String())
-	return s.Uploads[owner.String()]
+	key := s.ownerKey(owner)
+	s.markUpload(key)
+	return s.Uploads[key]
 }
 
 // commit makes a prepared upload's pending changes count and remembers its layers.

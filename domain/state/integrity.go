@@ -182,7 +182,7 @@ func (s *State) LayersAt(o domain.Owner, depth int64) []LayerAtDepth {
 // with, and the identity version 2 of the layer it stopped at when that was known by its
 // legacy identity only.
 func (s *State) rememberLayers(u *Upload, p *domain.UploadPrepared) {
-	owner := u.Owner.String()
+	owner := s.ownerKey(u.Owner)
 	ol := s.layers.owner(owner)
 	var skipped map[int]string
 	for _, sk := range p.Skipped {

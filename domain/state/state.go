@@ -110,9 +110,47 @@ type State struct {
 	maxIDs      map[string]int64            // largest id of products, keys and objects, by stream category
 	layers      *layerSet                   // the applied usage-log layers (layers.go)
 	marks       *changeMarks                // what changed since the last checkpoint, if tracked (changes.go)
+	names       ownerNames                  // upload streams' owners and owners' keys met by Apply
 
 	// Anomalies are the usage-log integrity anomalies by owner (Owner.String()), oldest first.
 	Anomalies map[string][]*IntegrityAnomaly `json:"anomalies,omitempty"`
+}
+
+// ownerNames remembers the owners of the upload streams Apply met and the owners' keys
+// (Owner.String()), so that a replay parses each stream name and formats each key once: fmt's
+// Sscanf and Sprintf cost more than the rest of an upload's fold. Only Apply uses them (under
+// the projection's write lock); the maps are as many as the owners.
+type ownerNames struct {
+	byStream map[string]domain.Owner
+	keys     map[domain.Owner]string
+}
+
+// streamOwner is domain.ParseUploadStream, remembered.
+func (s *State) streamOwner(stream string) (domain.Owner, bool) {
+	if o, ok := s.names.byStream[stream]; ok {
+		return o, true
+	}
+	o, ok := domain.ParseUploadStream(stream)
+	if ok {
+		if s.names.byStream == nil {
+			s.names.byStream = map[string]domain.Owner{}
+		}
+		s.names.byStream[stream] = o
+	}
+	return o, ok
+}
+
+// ownerKey is o.String(), remembered.
+func (s *State) ownerKey(o domain.Owner) string {
+	if k, ok := s.names.keys[o]; ok {
+		return k
+	}
+	k := o.String()
+	if s.names.keys == nil {
+		s.names.keys = map[domain.Owner]string{}
+	}
+	s.names.keys[o] = k
+	return k
 }
 
 // EventRef locates one event.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -115,6 +116,20 @@ func TestLayerSetKeepsEveryInfoExactly(t *testing.T) {
 	}
 	if !maps.Equal(fromChanges, want) || len(c.Layers) != len(want)+1 {
 		t.Errorf("Changes: %v", fromChanges)
+	}
+	fromAll := map[string]LayerInfo{}
+	var order []string
+	if err := st.AllLayers(func(l LayerRecord) error {
+		if l.Owner == owner.String() {
+			fromAll[l.ID] = l.Info
+			order = append(order, l.ID)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(fromAll, want) || !slices.IsSorted(order) {
+		t.Errorf("AllLayers: %v in order %v", fromAll, order)
 	}
 	frozen := st.FreezeLayers(nil)
 	st.layers.put(owner.String(), hexID(13), LayerInfo{Depth: 13})

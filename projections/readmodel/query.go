@@ -302,23 +302,16 @@ func mergeRanges(rs []bucketRange, l level) []bucketRange {
 // scan calls fn for each bucket of range r on axis, for the objects of filter (every object
 // when all).
 func scan(ctx context.Context, tx *sql.Tx, r bucketRange, axis int, all bool, filter string, fn func(id, t int64, s sums)) error {
-	table := levelTables[r.level]
-	hint := ""
-	if all && r.level >= levelDay {
-		// Every object, a time range: the time index, not a scan of every object's buckets.
-		hint = " INDEXED BY " + table + "_by_time"
-	}
-	rows, err := tx.QueryContext(ctx, `SELECT object_id, t, inc, dec, corr, entries, sets, adj, n FROM `+table+hint+
-		` WHERE axis = ? AND t >= ? AND t < ?`+filter, axis, r.lo, r.hi)
+	rows, err := tx.QueryContext(ctx, bucketQuery("b.object_id, b.t, b.inc, b.dec, b.corr, b.entries, b.sets, b.adj, b.n", r.level, all, filter), axis, r.lo, r.hi)
 	if err != nil {
-		return fmt.Errorf("read model %s: %w", table, err)
+		return fmt.Errorf("read model %s: %w", levelTables[r.level], err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var id, t int64
 		var s sums
 		if err := rows.Scan(&id, &t, &s.inc, &s.dec, &s.corr, &s.entries, &s.sets, &s.adj, &s.n); err != nil {
-			return fmt.Errorf("read model %s: %w", table, err)
+			return fmt.Errorf("read model %s: %w", levelTables[r.level], err)
 		}
 		fn(id, t, s)
 	}
@@ -329,25 +322,36 @@ func scan(ctx context.Context, tx *sql.Tx, r bucketRange, axis int, all bool, fi
 // of each bucket of range r on axis, for the objects of filter (every object when all): what
 // the value before a report's start needs, in two columns instead of nine.
 func scanNet(ctx context.Context, tx *sql.Tx, r bucketRange, axis int, all bool, filter string, fn func(id, net int64)) error {
-	table := levelTables[r.level]
-	hint := ""
-	if all && r.level >= levelDay {
-		hint = " INDEXED BY " + table + "_by_time"
-	}
-	rows, err := tx.QueryContext(ctx, `SELECT object_id, inc - dec + corr + adj FROM `+table+hint+
-		` WHERE axis = ? AND t >= ? AND t < ?`+filter, axis, r.lo, r.hi)
+	rows, err := tx.QueryContext(ctx, bucketQuery("b.object_id, b.inc - b.dec + b.corr + b.adj", r.level, all, filter), axis, r.lo, r.hi)
 	if err != nil {
-		return fmt.Errorf("read model %s: %w", table, err)
+		return fmt.Errorf("read model %s: %w", levelTables[r.level], err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var id, net int64
 		if err := rows.Scan(&id, &net); err != nil {
-			return fmt.Errorf("read model %s: %w", table, err)
+			return fmt.Errorf("read model %s: %w", levelTables[r.level], err)
 		}
 		fn(id, net)
 	}
 	return rows.Err()
+}
+
+// bucketQuery is the query of columns cols (of the bucket table as b) of the buckets of level l
+// with axis = ?1 and ?2 <= t < ?3, for the objects of filter (every object when all).
+func bucketQuery(cols string, l level, all bool, filter string) string {
+	table := levelTables[l]
+	switch {
+	case all && l >= levelDay:
+		// Every object, a time range: the time index, not a scan of every object's buckets.
+		return `SELECT ` + cols + ` FROM ` + table + ` AS b INDEXED BY ` + table + `_by_time WHERE b.axis = ?1 AND b.t >= ?2 AND b.t < ?3`
+	case all:
+		// The fine levels have no time index (it would cost every fold a second index write):
+		// one seek of the primary key per object (CROSS JOIN keeps the objects outside), not a
+		// scan of every bucket of every object, which for the quarters is most of the file.
+		return `SELECT ` + cols + ` FROM objects AS o CROSS JOIN ` + table + ` AS b WHERE b.axis = ?1 AND b.object_id = o.object_id AND b.t >= ?2 AND b.t < ?3`
+	}
+	return `SELECT ` + cols + ` FROM ` + table + ` AS b WHERE b.axis = ?1 AND b.t >= ?2 AND b.t < ?3` + filter
 }
 
 // ValueAt answers a data object's value as of at with one probe of the value-as-of index: the

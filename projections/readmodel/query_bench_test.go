@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 )
 
 // BenchmarkBillingRunOnHistory answers the monthly billing run (last month by month over every
-// data object) from the read model of a ledger made by tally bench --workload history
+// data object, in UTC and in Asia/Kathmandu) from the read model of a ledger made by tally bench --workload history
 // (TALLY_HISTORY_DIR names its data directory; skipped without it), and encodes the report as
 // GET /v1/usage does, in this process, without HTTP: the query side's own cost, to profile
 // with -cpuprofile and -memprofile. It opens the directory's readmodels/usage.db as serve
@@ -48,19 +49,27 @@ func BenchmarkBillingRunOnHistory(b *testing.B) {
 		b.Fatal(err)
 	}
 	now := time.Now().UTC()
-	lastMonth := time.Date(now.Year(), now.Month()-1, 1, 0, 0, 0, 0, time.UTC)
-	q := projections.UsageQuery{From: lastMonth, To: lastMonth.AddDate(0, 1, 0), By: projections.ByMonth}
-	rows := 0
-	b.ReportAllocs()
-	for b.Loop() {
-		rep, err := m.Usage(ctx, q)
+	for _, zone := range []string{"UTC", "Asia/Kathmandu"} {
+		loc, err := time.LoadLocation(zone)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := json.NewEncoder(io.Discard).Encode(rep); err != nil {
-			b.Fatal(err)
-		}
-		rows = len(rep.Rows)
+		lastMonth := time.Date(now.Year(), now.Month()-1, 1, 0, 0, 0, 0, loc)
+		q := projections.UsageQuery{From: lastMonth, To: lastMonth.AddDate(0, 1, 0), Location: loc, By: projections.ByMonth}
+		b.Run(strings.ReplaceAll(zone, "/", "-"), func(b *testing.B) {
+			rows := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				rep, err := m.Usage(ctx, q)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := json.NewEncoder(io.Discard).Encode(rep); err != nil {
+					b.Fatal(err)
+				}
+				rows = len(rep.Rows)
+			}
+			b.ReportMetric(float64(rows), "rows")
+		})
 	}
-	b.ReportMetric(float64(rows), "rows")
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -46,12 +47,17 @@ import (
 // month by month over every object); a data object's value as of a random time of the past
 // year on the hot object.
 //
-// Each case's warm-up answer is checked against the OpenAPI document, outside the timing: the
-// tests' in-process server (startServe) runs that check inside every request's handler, which
-// is why this benchmark once measured it instead of the server (docs/performance.md); its cost
-// on the billing answer is reported as openapi-check-ms.
+// Each case's warm-up answer is checked against the OpenAPI document, outside the timing; the
+// check's cost on the billing answer is reported as openapi-check-ms. The tests' in-process
+// server (startServe) runs that check inside every request's handler, before the answer's end
+// is sent: this benchmark used to start that server and so measured the check with the server
+// (docs/performance.md). TALLY_READSIDE_SERVER=in-process runs serve in this process instead of
+// its own, and in-process-checked runs it as the tests do, check included, which reproduces the
+// old figures. TALLY_READSIDE_BINARY names a tally binary to start instead of building this
+// one's (another build's server, the same client and method).
 //
-//	TALLY_HISTORY_DIR=/tmp/h1m go test -run '^$' -bench ReadSideOnHistory -benchtime 1x ./cmd/tally
+//	TALLY_HISTORY_DIR=/tmp/h10m go test -run '^$' -bench ReadSideOnHistory -benchtime 1x -timeout 60m ./cmd/tally
+//	TALLY_HISTORY_KEEP_READMODEL=1 TALLY_HISTORY_DIR=/tmp/h10m go test -run '^$' -bench ReadSideOnHistory -benchtime 1x ./cmd/tally
 func BenchmarkReadSideOnHistory(b *testing.B) {
 	dir := os.Getenv("TALLY_HISTORY_DIR")
 	if dir == "" {
@@ -65,7 +71,19 @@ func BenchmarkReadSideOnHistory(b *testing.B) {
 		b.Fatal(err)
 	}
 	token := strings.TrimSpace(string(tok))
-	srv := startServeProcess(ctx, b, buildTally(b), dir)
+	var srv *readServer
+	switch mode := os.Getenv("TALLY_READSIDE_SERVER"); mode {
+	case "", "process":
+		bin := os.Getenv("TALLY_READSIDE_BINARY")
+		if bin == "" {
+			bin = buildTally(b)
+		}
+		srv = startServeProcess(ctx, b, bin, dir)
+	case "in-process", "in-process-checked":
+		srv = startServeHere(b, dir, mode == "in-process-checked")
+	default:
+		b.Fatalf("TALLY_READSIDE_SERVER=%q: want process, in-process or in-process-checked", mode)
+	}
 	validator, err := openapitest.Shared()
 	if err != nil {
 		b.Fatal(err)
@@ -149,18 +167,20 @@ func BenchmarkReadSideOnHistory(b *testing.B) {
 				}
 				_ = json.Unmarshal(body, &rows)
 
-				cpuBefore := srv.cpu(b)
+				cpuBefore, measured := srv.cpu(b)
 				ds := make([]time.Duration, 0, c.n)
 				for range c.n {
 					d, _, _, _ := get(b, c.path())
 					ds = append(ds, d)
 				}
-				cpu := srv.cpu(b) - cpuBefore
+				cpuAfter, _ := srv.cpu(b)
 				sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 				p := func(q float64) float64 { return float64(ds[int(q*float64(len(ds)-1))].Microseconds()) / 1000 }
 				b.ReportMetric(p(0.5), "p50-ms")
 				b.ReportMetric(p(0.99), "p99-ms")
-				b.ReportMetric(float64(cpu.Microseconds())/1000/float64(c.n), "server-cpu-ms/req")
+				if measured {
+					b.ReportMetric(float64((cpuAfter-cpuBefore).Microseconds())/1000/float64(c.n), "server-cpu-ms/req")
+				}
 				b.ReportMetric(float64(len(body))/1000, "answer-kB")
 				if len(rows.Rows) > 0 {
 					b.ReportMetric(float64(len(rows.Rows)), "rows")
@@ -171,7 +191,9 @@ func BenchmarkReadSideOnHistory(b *testing.B) {
 			}
 		})
 	}
-	b.Logf("server RSS after the runs: %.1f MB", float64(srv.rss(b))/(1<<20))
+	if rss, ok := srv.rss(b); ok {
+		b.Logf("server RSS after the runs: %.1f MB", float64(rss)/(1<<20))
+	}
 	srv.stop(b)
 }
 
@@ -236,18 +258,53 @@ func catchUpReadModel(ctx context.Context, b *testing.B, dir string, keep bool) 
 	b.ReportMetric(float64(events)/took.Seconds(), "catchup-events/s")
 }
 
-// serveProcess is a tally serve running in a process of its own.
-type serveProcess struct {
-	cmd    *exec.Cmd
-	admin  string       // the admin listener's base URL
-	logs   *syncBuffer  // its log (JSON lines)
-	exited chan error   // its exit, sent once
-	wait   func() error // waits for its exit
+// readServer is the server the read-side benchmark asks: a tally serve in a process of its own,
+// or serve running in the benchmark's process.
+type readServer struct {
+	admin string // the admin listener's base URL
+	// process is the server's own process (nil: serve runs in this one).
+	process *exec.Cmd
+	logs    *syncBuffer  // its log
+	exited  chan error   // its exit, sent once
+	wait    func() error // waits for its exit
+	stopIt  func() error // stops serve in this process
+}
+
+// startServeHere runs serve in the benchmark's process, as the tests do, and with checked as the
+// tests do (startServe): every answer checked against the OpenAPI document in the handler,
+// before the answer's end is sent. This is how the benchmark measured before it started the
+// server in a process of its own; TALLY_READSIDE_SERVER=in-process or in-process-checked
+// reproduce those figures.
+func startServeHere(b *testing.B, dir string, checked bool) *readServer {
+	b.Helper()
+	g := &globalFlags{DataDir: dir}
+	cfg := serveConfig{Addr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Store: "embedded", MaxBodyBytes: 1 << 20, UploadLease: time.Minute}
+	logs := &syncBuffer{}
+	started := time.Now()
+	if checked {
+		urls, stop := startServe(b, g, cfg, logs)
+		b.Logf("serve (in this process, answers checked in the handler) ready in %s", time.Since(started).Round(time.Millisecond))
+		return &readServer{admin: urls.Admin, logs: logs, stopIt: stop}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	cfg.onReady = func(_, admin string) { ready <- "http://" + admin }
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, slog.New(slog.NewTextHandler(logs, nil)), g, cfg) }()
+	select {
+	case admin := <-ready:
+		b.Logf("serve (in this process) ready in %s", time.Since(started).Round(time.Millisecond))
+		return &readServer{admin: admin, logs: logs, stopIt: func() error { cancel(); return <-done }}
+	case err := <-done:
+		cancel()
+		b.Fatalf("serve ended before it was ready: %v\n%s", err, logs.String())
+	}
+	return nil
 }
 
 // startServeProcess starts bin serve on dir with both listeners on free ports and returns once
 // it logs that it is ready (its log says where it listens).
-func startServeProcess(ctx context.Context, b *testing.B, bin, dir string) *serveProcess {
+func startServeProcess(ctx context.Context, b *testing.B, bin, dir string) *readServer {
 	b.Helper()
 	cmd := exec.CommandContext(ctx, bin, "serve", "--data-dir", dir, "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json")
 	stderr, err := cmd.StderrPipe()
@@ -258,7 +315,7 @@ func startServeProcess(ctx context.Context, b *testing.B, bin, dir string) *serv
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	p := &serveProcess{cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	p := &readServer{process: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
 	admin, ready := make(chan string, 1), make(chan struct{})
 	go func() {
 		lines := bufio.NewScanner(stderr)
@@ -296,14 +353,19 @@ func startServeProcess(ctx context.Context, b *testing.B, bin, dir string) *serv
 		b.Fatalf("tally serve not ready in 10 minutes:\n%s", p.logs.String())
 	}
 	p.admin = <-admin
-	b.Logf("tally serve (pid %d) ready in %s, RSS %.1f MB", cmd.Process.Pid, time.Since(started).Round(time.Millisecond), float64(p.rss(b))/(1<<20))
+	rss, _ := p.rss(b)
+	b.Logf("tally serve (pid %d) ready in %s, RSS %.1f MB", cmd.Process.Pid, time.Since(started).Round(time.Millisecond), float64(rss)/(1<<20))
 	return p
 }
 
-// cpu is the process's CPU time so far, user and system, from /proc (in ticks of 10 ms).
-func (p *serveProcess) cpu(b *testing.B) time.Duration {
+// cpu is the server process's CPU time so far, user and system, from /proc (in ticks of 10 ms);
+// false if the server runs in this process.
+func (p *readServer) cpu(b *testing.B) (time.Duration, bool) {
 	b.Helper()
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if p.process == nil {
+		return 0, false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.process.Process.Pid))
 	if err != nil {
 		b.Fatalf("the server's CPU time: %v", err)
 	}
@@ -315,13 +377,17 @@ func (p *serveProcess) cpu(b *testing.B) time.Duration {
 	if err := errors.Join(err1, err2); err != nil {
 		b.Fatalf("the server's CPU time: %v", err)
 	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond
+	return time.Duration(utime+stime) * 10 * time.Millisecond, true
 }
 
-// rss is the process's resident set size in bytes (VmRSS).
-func (p *serveProcess) rss(b *testing.B) int64 {
+// rss is the server process's resident set size in bytes (VmRSS); false if the server runs in
+// this process.
+func (p *readServer) rss(b *testing.B) (int64, bool) {
 	b.Helper()
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if p.process == nil {
+		return 0, false
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.process.Process.Pid))
 	if err != nil {
 		b.Fatalf("the server's RSS: %v", err)
 	}
@@ -331,17 +397,23 @@ func (p *serveProcess) rss(b *testing.B) int64 {
 			if err != nil {
 				b.Fatalf("the server's RSS: %q: %v", line, err)
 			}
-			return kb << 10
+			return kb << 10, true
 		}
 	}
 	b.Fatal("the server's RSS: no VmRSS line")
-	return 0
+	return 0, false
 }
 
 // stop stops the server as SIGTERM does and fails unless it ends cleanly.
-func (p *serveProcess) stop(b *testing.B) {
+func (p *readServer) stop(b *testing.B) {
 	b.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if p.process == nil {
+		if err := p.stopIt(); err != nil {
+			b.Fatalf("serve: %v", err)
+		}
+		return
+	}
+	if err := p.process.Process.Signal(syscall.SIGTERM); err != nil {
 		b.Fatalf("stop tally serve: %v", err)
 	}
 	if err := p.wait(); err != nil {

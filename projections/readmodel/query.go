@@ -1,11 +1,13 @@
 package readmodel
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -270,15 +272,8 @@ func (m *Model) selectObjects(include func(projections.UsageObject) bool) ([]*re
 	}
 	all := len(out) == len(m.infos)
 	m.infoMu.RUnlock()
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i].info, out[j].info
-		if a.ProductID != b.ProductID {
-			return a.ProductID < b.ProductID
-		}
-		if a.KeyID != b.KeyID {
-			return a.KeyID < b.KeyID
-		}
-		return a.ObjectID < b.ObjectID
+	slices.SortFunc(out, func(a, b *reportObject) int {
+		return cmp.Or(cmp.Compare(a.info.ProductID, b.info.ProductID), cmp.Compare(a.info.KeyID, b.info.KeyID), cmp.Compare(a.info.ObjectID, b.info.ObjectID))
 	})
 	return out, all
 }

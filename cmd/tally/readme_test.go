@@ -16,7 +16,7 @@ import (
 
 // buildTally builds the tally binary (with the race detector when the test runs with it, so
 // that the build reuses the test's compiled packages) and returns its path.
-func buildTally(t *testing.T) string {
+func buildTally(t testing.TB) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {

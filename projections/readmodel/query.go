@@ -1,11 +1,13 @@
 package readmodel
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -101,17 +103,6 @@ func (m *Model) Usage(ctx context.Context, q projections.UsageQuery) (*projectio
 		return nil, fmt.Errorf("read model objects: %w", err)
 	}
 
-	// The changes before From: the object's value minus its changes from From on.
-	for _, r := range suffix(from) {
-		err := scan(ctx, tx, r, axis, all, filter, func(id, _ int64, s sums) {
-			if o := byID[id]; o != nil {
-				o.after += s.inc - s.dec + s.corr + s.adj
-			}
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
 	// The periods, each as whole buckets, coarsest where they fit.
 	var ranges []bucketRange
 	for i := range periods {
@@ -142,40 +133,47 @@ func (m *Model) Usage(ctx context.Context, q projections.UsageQuery) (*projectio
 						return
 					}
 				}
-				start := l.start(t)
-				i := sort.Search(len(bounds), func(i int) bool { return bounds[i] > start }) - 1
-				if i < 0 {
-					i = 0
+				i := 0
+				if len(bounds) > 1 {
+					start := l.start(t)
+					i = max(sort.Search(len(bounds), func(i int) bool { return bounds[i] > start })-1, 0)
 				}
-				if o.periods == nil {
-					o.periods = map[int]*sums{}
-				}
-				acc := o.periods[i]
-				if acc == nil {
-					acc = &sums{}
-					o.periods[i] = acc
-				}
-				acc.add(s)
+				o.add(i, len(periods), s)
 			})
 			if err != nil {
 				return nil, err
 			}
 		}
 	}
+	// The changes from To on, which with the periods' own make the changes from From on: the
+	// value before From is the object's value minus them.
+	for _, r := range suffix(to) {
+		err := scanNet(ctx, tx, r, axis, all, filter, func(id, net int64) {
+			if o := byID[id]; o != nil {
+				o.later += net
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	rows := 0
 	for _, o := range objs {
-		if len(o.periods) == 0 || !o.committed {
+		if o.committed {
+			rows += o.rows()
+		}
+	}
+	rep.Rows = make([]projections.UsageRow, 0, rows)
+	for _, o := range objs {
+		if !o.committed || o.rows() == 0 {
 			continue
 		}
-		idx := make([]int, 0, len(o.periods))
-		for i := range o.periods {
-			idx = append(idx, i)
-		}
-		sort.Ints(idx)
-		value := o.value - o.after
-		for _, i := range idx {
-			s := o.periods[i]
+		after := o.later // the changes from From on
+		o.each(func(_ int, s *sums) { after += s.inc - s.dec + s.corr + s.adj })
+		value := o.value - after
+		o.each(func(i int, s *sums) {
 			if s.n == 0 {
-				continue
+				return
 			}
 			p := periods[i]
 			r := projections.UsageRow{
@@ -187,7 +185,7 @@ func (m *Model) Usage(ctx context.Context, q projections.UsageQuery) (*projectio
 			r.Closing = r.Opening + r.Net + r.Adjustments
 			value = r.Closing
 			rep.Rows = append(rep.Rows, r)
-		}
+		})
 	}
 	return rep, nil
 }
@@ -195,10 +193,71 @@ func (m *Model) Usage(ctx context.Context, q projections.UsageQuery) (*projectio
 // reportObject is one object of a report being built.
 type reportObject struct {
 	info      projections.UsageObject
-	committed bool          // the snapshot holds the object
-	value     int64         // the sum of all its changes
-	after     int64         // the sum of its changes at or after From
-	periods   map[int]*sums // by period index
+	committed bool  // the snapshot holds the object
+	value     int64 // the sum of all its changes
+	later     int64 // the sum of its changes at or after To
+	// The sums of its buckets by period index: dense (one per period) for reports of few
+	// periods, where most objects have most periods, else only the periods it has.
+	dense  []sums
+	sparse map[int]*sums
+}
+
+// densePeriods is the most periods a report keeps dense sums for: a month by day or a year by
+// month is dense; a year by hour, where an object has a few of 8,760 hours, is not.
+const densePeriods = 64
+
+// add adds a bucket's sums to period i of a report of n periods.
+func (o *reportObject) add(i, n int, s sums) {
+	if n <= densePeriods {
+		if o.dense == nil {
+			o.dense = make([]sums, n)
+		}
+		o.dense[i].add(s)
+		return
+	}
+	if o.sparse == nil {
+		o.sparse = map[int]*sums{}
+	}
+	acc := o.sparse[i]
+	if acc == nil {
+		acc = &sums{}
+		o.sparse[i] = acc
+	}
+	acc.add(s)
+}
+
+// rows is how many periods have a bucket of the object (at most its rows in the report).
+func (o *reportObject) rows() int {
+	if o.dense == nil {
+		return len(o.sparse)
+	}
+	n := 0
+	for i := range o.dense {
+		if o.dense[i] != (sums{}) {
+			n++
+		}
+	}
+	return n
+}
+
+// each calls fn for the periods that have buckets of the object, in period order.
+func (o *reportObject) each(fn func(i int, s *sums)) {
+	if o.dense != nil {
+		for i := range o.dense {
+			if o.dense[i] != (sums{}) {
+				fn(i, &o.dense[i])
+			}
+		}
+		return
+	}
+	idx := make([]int, 0, len(o.sparse))
+	for i := range o.sparse {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	for _, i := range idx {
+		fn(i, o.sparse[i])
+	}
 }
 
 // selectObjects returns the objects the report covers, in the report's order (product, key,
@@ -213,15 +272,8 @@ func (m *Model) selectObjects(include func(projections.UsageObject) bool) ([]*re
 	}
 	all := len(out) == len(m.infos)
 	m.infoMu.RUnlock()
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i].info, out[j].info
-		if a.ProductID != b.ProductID {
-			return a.ProductID < b.ProductID
-		}
-		if a.KeyID != b.KeyID {
-			return a.KeyID < b.KeyID
-		}
-		return a.ObjectID < b.ObjectID
+	slices.SortFunc(out, func(a, b *reportObject) int {
+		return cmp.Or(cmp.Compare(a.info.ProductID, b.info.ProductID), cmp.Compare(a.info.KeyID, b.info.KeyID), cmp.Compare(a.info.ObjectID, b.info.ObjectID))
 	})
 	return out, all
 }
@@ -245,27 +297,56 @@ func mergeRanges(rs []bucketRange, l level) []bucketRange {
 // scan calls fn for each bucket of range r on axis, for the objects of filter (every object
 // when all).
 func scan(ctx context.Context, tx *sql.Tx, r bucketRange, axis int, all bool, filter string, fn func(id, t int64, s sums)) error {
-	table := levelTables[r.level]
-	hint := ""
-	if all && r.level >= levelDay {
-		// Every object, a time range: the time index, not a scan of every object's buckets.
-		hint = " INDEXED BY " + table + "_by_time"
-	}
-	rows, err := tx.QueryContext(ctx, `SELECT object_id, t, inc, dec, corr, entries, sets, adj, n FROM `+table+hint+
-		` WHERE axis = ? AND t >= ? AND t < ?`+filter, axis, r.lo, r.hi)
+	rows, err := tx.QueryContext(ctx, bucketQuery("b.object_id, b.t, b.inc, b.dec, b.corr, b.entries, b.sets, b.adj, b.n", r.level, all, filter), axis, r.lo, r.hi)
 	if err != nil {
-		return fmt.Errorf("read model %s: %w", table, err)
+		return fmt.Errorf("read model %s: %w", levelTables[r.level], err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var id, t int64
 		var s sums
 		if err := rows.Scan(&id, &t, &s.inc, &s.dec, &s.corr, &s.entries, &s.sets, &s.adj, &s.n); err != nil {
-			return fmt.Errorf("read model %s: %w", table, err)
+			return fmt.Errorf("read model %s: %w", levelTables[r.level], err)
 		}
 		fn(id, t, s)
 	}
 	return rows.Err()
+}
+
+// scanNet calls fn with the net change (increments − decrements + corrections + adjustments)
+// of each bucket of range r on axis, for the objects of filter (every object when all): what
+// the value before a report's start needs, in two columns instead of nine.
+func scanNet(ctx context.Context, tx *sql.Tx, r bucketRange, axis int, all bool, filter string, fn func(id, net int64)) error {
+	rows, err := tx.QueryContext(ctx, bucketQuery("b.object_id, b.inc - b.dec + b.corr + b.adj", r.level, all, filter), axis, r.lo, r.hi)
+	if err != nil {
+		return fmt.Errorf("read model %s: %w", levelTables[r.level], err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, net int64
+		if err := rows.Scan(&id, &net); err != nil {
+			return fmt.Errorf("read model %s: %w", levelTables[r.level], err)
+		}
+		fn(id, net)
+	}
+	return rows.Err()
+}
+
+// bucketQuery is the query of columns cols (of the bucket table as b) of the buckets of level l
+// with axis = ?1 and ?2 <= t < ?3, for the objects of filter (every object when all).
+func bucketQuery(cols string, l level, all bool, filter string) string {
+	table := levelTables[l]
+	switch {
+	case all && l >= levelDay:
+		// Every object, a time range: the time index, not a scan of every object's buckets.
+		return `SELECT ` + cols + ` FROM ` + table + ` AS b INDEXED BY ` + table + `_by_time WHERE b.axis = ?1 AND b.t >= ?2 AND b.t < ?3`
+	case all:
+		// The fine levels have no time index (it would cost every fold a second index write):
+		// one seek of the primary key per object (CROSS JOIN keeps the objects outside), not a
+		// scan of every bucket of every object, which for the quarters is most of the file.
+		return `SELECT ` + cols + ` FROM objects AS o CROSS JOIN ` + table + ` AS b WHERE b.axis = ?1 AND b.object_id = o.object_id AND b.t >= ?2 AND b.t < ?3`
+	}
+	return `SELECT ` + cols + ` FROM ` + table + ` AS b WHERE b.axis = ?1 AND b.t >= ?2 AND b.t < ?3` + filter
 }
 
 // ValueAt answers a data object's value as of at with one probe of the value-as-of index: the

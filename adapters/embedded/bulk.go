@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/tallyledger/tally/domain/eventstore"
 )
 
 // WithBulkLoad opens the store for loading many events at once into a data directory that
@@ -78,4 +80,68 @@ func syncFile(path string) error {
 		return err
 	}
 	return errors.Join(f.Sync(), f.Close())
+}
+
+// PendingAppend is an append queued by AppendNoWait: its result comes with the commit that
+// takes it.
+type PendingAppend struct {
+	req   *appendRequest
+	reply *appendReply
+}
+
+// AppendNoWait queues an append for the writer as Append does, but returns as soon as it is
+// queued (it blocks only while the queue is full) instead of waiting for its commit: a bulk
+// loader that knows each stream's revisions in advance can then prepare its next appends while
+// the writer commits these, and keep the queue full, so that each commit takes many appends.
+// Appends queued by one goroutine are applied in the order it queued them; Wait gives each
+// one's result, exactly as Append would have returned it (a wrong expected revision is refused
+// and writes nothing). Only a store opened WithBulkLoad takes them: a caller that does not wait
+// for its commit has no use for the default mode's durability per commit.
+func (s *Store) AppendNoWait(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (*PendingAppend, error) {
+	if !s.opts.bulk {
+		return nil, errors.New("append without waiting: the store is not in bulk-load mode")
+	}
+	if stream == "" {
+		return nil, errors.New("append: empty stream name")
+	}
+	req := &appendRequest{ctx: ctx, stream: stream, expected: expected, events: events, done: make(chan appendReply, 1)}
+	s.sendMu.RLock()
+	defer s.sendMu.RUnlock()
+	if s.closed {
+		return nil, fmt.Errorf("append to %q: %w", stream, eventstore.ErrClosed)
+	}
+	select {
+	case s.queue <- req:
+		return &PendingAppend{req: req}, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("append to %q: %w", stream, ctx.Err())
+	}
+}
+
+// Done reports whether the append's result is in (Wait then returns at once).
+func (p *PendingAppend) Done() bool {
+	if p.reply != nil {
+		return true
+	}
+	select {
+	case r := <-p.req.done:
+		p.reply = &r
+		return true
+	default:
+		return false
+	}
+}
+
+// Wait returns the append's result once its commit is over, or ctx's error if ctx ends first
+// (the append may then still be committed). It may be called again and returns the same.
+func (p *PendingAppend) Wait(ctx context.Context) (eventstore.AppendResult, error) {
+	if p.reply == nil {
+		select {
+		case r := <-p.req.done:
+			p.reply = &r
+		case <-ctx.Done():
+			return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w", p.req.stream, ctx.Err())
+		}
+	}
+	return p.reply.result, p.reply.err
 }

@@ -171,3 +171,109 @@ func TestBulkLoadOntoAnExistingStore(t *testing.T) {
 		t.Fatalf("after the bulk load: %d events, last append at %d", len(all), res.Position)
 	}
 }
+
+// TestAppendNoWaitQueuesInOrder queues many appends per stream from several goroutines
+// without waiting for their commits, then checks each result against the one Append gives
+// (each stream's revisions dense in queue order, positions in commit order), that an append
+// at a wrong expected revision among them is refused without writing anything or disturbing
+// the appends queued after it, and that a default-mode store reads every event back.
+func TestAppendNoWaitQueuesInOrder(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	store, err := embedded.Open(ctx, dir, embedded.WithBulkLoad(), embedded.WithMaxBatch(1<<16), embedded.WithSubscriptionTail(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const streams, appends, perAppend = 8, 300, 3
+	type queued struct {
+		pending  *embedded.PendingAppend
+		wantNext uint64
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	want := make([][]uuid.UUID, streams)
+	var refused [streams]*embedded.PendingAppend
+	for s := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stream := fmt.Sprintf("nowait-%d", s)
+			var all []queued
+			expected := eventstore.NoStream()
+			for a := range appends {
+				if a == appends/2 { // a stale expected revision in the middle of the stream's appends
+					p, err := store.AppendNoWait(ctx, stream, eventstore.Exact(0), eventstore.EventData{ID: uuid.New(), Type: "Stale"})
+					if err != nil {
+						errs <- err
+						return
+					}
+					refused[s] = p
+				}
+				evs := make([]eventstore.EventData, perAppend)
+				for i := range evs {
+					evs[i] = eventstore.EventData{ID: uuid.New(), Type: "Loaded", Data: fmt.Appendf(nil, `{"a":%d}`, a)}
+					want[s] = append(want[s], evs[i].ID)
+				}
+				p, err := store.AppendNoWait(ctx, stream, expected, evs...)
+				if err != nil {
+					errs <- err
+					return
+				}
+				next := uint64((a+1)*perAppend - 1)
+				all = append(all, queued{p, next})
+				expected = eventstore.Exact(next)
+			}
+			var last eventstore.Position
+			for a, q := range all {
+				res, err := q.pending.Wait(ctx)
+				if err != nil {
+					errs <- fmt.Errorf("%s append %d: %w", stream, a, err)
+					return
+				}
+				if res.NextExpectedRevision != q.wantNext || res.Position <= last {
+					errs <- fmt.Errorf("%s append %d: %+v after position %d, want next revision %d", stream, a, res, last, q.wantNext)
+					return
+				}
+				if !q.pending.Done() {
+					errs <- fmt.Errorf("%s append %d: not done after Wait", stream, a)
+					return
+				}
+				last = res.Position
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for s, p := range refused {
+		if _, err := p.Wait(ctx); !errors.Is(err, eventstore.ErrWrongExpectedVersion) {
+			t.Fatalf("stream %d: the stale append gave %v, want a refusal", s, err)
+		}
+	}
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AppendNoWait(ctx, "nowait-0", eventstore.Any()); !errors.Is(err, eventstore.ErrClosed) {
+		t.Fatalf("append without waiting after Close: %v", err)
+	}
+	reopened := openStore(t, dir)
+	if _, err := reopened.AppendNoWait(ctx, "nowait-0", eventstore.Any(), eventstore.EventData{ID: uuid.New(), Type: "Loaded"}); err == nil {
+		t.Fatal("a default-mode store took an append without waiting")
+	}
+	for s := range streams {
+		got, err := reopened.ReadStream(ctx, fmt.Sprintf("nowait-%d", s), eventstore.Forwards, 0, appends*perAppend+10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want[s]) {
+			t.Fatalf("stream %d: %d events, want %d", s, len(got), len(want[s]))
+		}
+		for i, ev := range got {
+			if ev.ID != want[s][i] || ev.Revision != uint64(i) {
+				t.Fatalf("stream %d event %d: id %s revision %d, want %s", s, i, ev.ID, ev.Revision, want[s][i])
+			}
+		}
+	}
+}

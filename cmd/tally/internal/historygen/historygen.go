@@ -199,6 +199,8 @@ type worker struct {
 	keys      []*key
 	// budget is how many events this worker writes; done how many it has.
 	budget, done int64
+	// pending are the worker's appends whose results it has not checked yet, oldest first.
+	pending []*embedded.PendingAppend
 }
 
 func (g *generator) newWorker(n int, budget int64, keys []*key) *worker {
@@ -219,14 +221,37 @@ func (w *worker) event(typ string, body any, meta []byte) (eventstore.EventData,
 	return eventstore.EventData{ID: w.ids.next(), Type: typ, Data: b, Metadata: meta}, nil
 }
 
-func (w *worker) append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, evs ...eventstore.EventData) (eventstore.AppendResult, error) {
-	res, err := w.g.store.Append(ctx, stream, expected, evs...)
+// send queues an append without waiting for its commit (the store is in bulk-load mode):
+// the worker knows every revision in advance, since it alone writes its keys' streams, so it
+// goes on generating while the store commits. Its appends reach the store in the order it sends
+// them; their results are checked as they come in (reap) and all of them at the end.
+func (w *worker) send(ctx context.Context, stream string, expected eventstore.ExpectedRevision, evs ...eventstore.EventData) error {
+	p, err := w.g.store.AppendNoWait(ctx, stream, expected, evs...)
 	if err != nil {
-		return res, fmt.Errorf("append to %s: %w", stream, err)
+		return fmt.Errorf("append to %s: %w", stream, err)
 	}
+	w.pending = append(w.pending, p)
 	w.done += int64(len(evs))
 	w.g.events.Add(int64(len(evs)))
-	return res, nil
+	return w.reap(ctx, false)
+}
+
+// reap checks the results of the worker's appends that are in, oldest first, or of all of them
+// (waiting for each) when all is set.
+func (w *worker) reap(ctx context.Context, all bool) error {
+	i := 0
+	for ; i < len(w.pending); i++ {
+		p := w.pending[i]
+		if !all && !p.Done() {
+			break
+		}
+		if _, err := p.Wait(ctx); err != nil {
+			return err
+		}
+	}
+	clear(w.pending[:i])
+	w.pending = w.pending[i:]
+	return nil
 }
 
 // now is the worker's simulated clock: it crosses the year as the worker's budget is spent.
@@ -287,13 +312,14 @@ func (g *generator) run(ctx context.Context) (Result, error) {
 			return res, err
 		}
 	}
-	if err := parallel(ctx, 64, len(firsts), func(ctx context.Context, i int) error {
-		_, err := setup.g.store.Append(ctx, firsts[i].stream, eventstore.NoStream(), firsts[i].ev)
-		return err
-	}); err != nil {
+	for _, f := range firsts {
+		if err := setup.send(ctx, f.stream, eventstore.NoStream(), f.ev); err != nil {
+			return res, fmt.Errorf("catalogue: %w", err)
+		}
+	}
+	if err := setup.reap(ctx, true); err != nil {
 		return res, fmt.Errorf("catalogue: %w", err)
 	}
-	g.events.Add(int64(len(firsts)))
 	cfg.Progress("catalogue: %d products, %d keys, %d data objects", products, len(keys), len(objects))
 
 	// The hot object is the first of the first key; one worker owns that key and spends a
@@ -326,10 +352,13 @@ func (g *generator) run(ctx context.Context) (Result, error) {
 		}
 	}()
 	err := parallel(ctx, len(workers), len(workers), func(ctx context.Context, i int) error {
+		var err error
 		if i == 0 {
-			return workers[0].runHot(ctx, hot)
+			err = workers[0].runHot(ctx, hot)
+		} else {
+			err = workers[i].run(ctx)
 		}
-		return workers[i].run(ctx)
+		return errors.Join(err, workers[i].reap(ctx, true))
 	})
 	close(stop)
 	if err != nil {
@@ -444,11 +473,10 @@ func (w *worker) direct(ctx context.Context, o *object, n int) error {
 // appendTo appends events to o's stream after the revision the worker knows, which leave o
 // at value after.
 func (w *worker) appendTo(ctx context.Context, o *object, after int32, evs ...eventstore.EventData) error {
-	res, err := w.append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), evs...)
-	if err != nil {
+	if err := w.send(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), evs...); err != nil {
 		return err
 	}
-	o.value, o.revision = after, res.NextExpectedRevision
+	o.value, o.revision = after, o.revision+uint64(len(evs))
 	return nil
 }
 
@@ -530,27 +558,20 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 	if k.uploads {
 		expected = eventstore.Exact(k.uploadRev)
 	}
-	res, err := w.append(ctx, domain.UploadStream(owner), expected, pev)
-	if err != nil {
+	if err := w.send(ctx, domain.UploadStream(owner), expected, pev); err != nil {
 		return err
 	}
-	k.uploads, k.uploadRev = true, res.NextExpectedRevision
-	// The objects' events go in at once, as the store commits concurrent appends together
-	// (the ledger appends them one object after the other; the order between objects is
-	// immaterial, each stream's own order is kept).
-	if err := parallel(ctx, len(order), len(order), func(ctx context.Context, i int) error {
-		o := order[i]
-		r, err := w.g.store.Append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), byObject[o.id]...)
-		if err != nil {
-			return fmt.Errorf("append to %s: %w", domain.DataObjectStream(o.id), err)
+	if k.uploads {
+		k.uploadRev++
+	}
+	k.uploads = true
+	for _, o := range order {
+		evs := byObject[o.id]
+		if err := w.send(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), evs...); err != nil {
+			return err
 		}
-		o.revision = r.NextExpectedRevision
-		return nil
-	}); err != nil {
-		return err
+		o.revision += uint64(len(evs))
 	}
-	w.done += int64(n)
-	w.g.events.Add(int64(n))
 	var dev eventstore.EventData
 	if abort {
 		dev, err = w.event(domain.EventUploadAborted, domain.UploadAborted{UploadID: id, Reason: "the client went away", At: w.now()}, w.meta)
@@ -560,10 +581,10 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 	if err != nil {
 		return err
 	}
-	if res, err = w.append(ctx, domain.UploadStream(owner), eventstore.Exact(k.uploadRev), dev); err != nil {
+	if err := w.send(ctx, domain.UploadStream(owner), eventstore.Exact(k.uploadRev), dev); err != nil {
 		return err
 	}
-	k.uploadRev = res.NextExpectedRevision
+	k.uploadRev++
 	w.g.uploads.Add(1)
 	if abort {
 		w.g.aborted.Add(1)

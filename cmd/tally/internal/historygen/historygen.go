@@ -104,6 +104,18 @@ type generator struct {
 	span    time.Duration
 	events  atomic.Int64
 	uploads atomic.Int64
+	// uploadStreams counts the keys whose upload stream exists; once every key has one, every
+	// stream of the history exists and the store builds its stream index at the end instead
+	// of event by event (deferIndexes).
+	uploadStreams atomic.Int64
+
+	// The workers keep pace (see pace): work counts the events they have sent, of workTotal
+	// (their budgets); paceCond is broadcast each time work crosses a multiple of paceStep.
+	work      atomic.Int64
+	workTotal int64
+	paceStep  int64
+	paceMu    sync.Mutex
+	paceCond  *sync.Cond
 	aborted atomic.Int64
 	token   uuid.UUID
 }
@@ -201,6 +213,10 @@ type worker struct {
 	budget, done int64
 	// pending are the worker's appends whose results it has not checked yet, oldest first.
 	pending []*embedded.PendingAppend
+	// paced is set for the workers that spend the history's budget (see pace); opened counts
+	// the keys whose first upload the worker has made.
+	paced  bool
+	opened int
 }
 
 func (g *generator) newWorker(n int, budget int64, keys []*key) *worker {
@@ -221,6 +237,21 @@ func (w *worker) event(typ string, body any, meta []byte) (eventstore.EventData,
 	return eventstore.EventData{ID: w.ids.next(), Type: typ, Data: b, Metadata: meta}, nil
 }
 
+// deferIndexes has the store build its indexes when it closes instead of inserting into them
+// event by event, once the append that creates the last stream of the history (the last
+// key's upload stream) is in: the store's writer then knows every stream's head and reads
+// none from the index.
+func (g *generator) deferIndexes(ctx context.Context, last *embedded.PendingAppend) error {
+	if _, err := last.Wait(ctx); err != nil {
+		return err
+	}
+	if err := g.store.DeferIndexes(ctx); err != nil {
+		return err
+	}
+	g.cfg.Progress("every stream exists at %d events: the store builds its indexes at the end", g.events.Load())
+	return nil
+}
+
 // send queues an append without waiting for its commit (the store is in bulk-load mode):
 // the worker knows every revision in advance, since it alone writes its keys' streams, so it
 // goes on generating while the store commits. Its appends reach the store in the order it sends
@@ -231,9 +262,46 @@ func (w *worker) send(ctx context.Context, stream string, expected eventstore.Ex
 		return fmt.Errorf("append to %s: %w", stream, err)
 	}
 	w.pending = append(w.pending, p)
-	w.done += int64(len(evs))
-	w.g.events.Add(int64(len(evs)))
+	n := int64(len(evs))
+	w.done += n
+	w.g.events.Add(n)
+	if w.paced {
+		if work := w.g.work.Add(n); work/w.g.paceStep != (work-n)/w.g.paceStep {
+			w.g.paceMu.Lock()
+			w.g.paceCond.Broadcast()
+			w.g.paceMu.Unlock()
+		}
+	}
 	return w.reap(ctx, false)
+}
+
+// paceSlack is how far (a fraction of its budget) a worker may run ahead of the workers as a
+// whole before it waits for them.
+const paceSlack = 0.0025
+
+// pace waits while the worker is ahead of the others. The store takes appends in the order
+// they are queued, and a worker that queues faster than the others would otherwise spend its
+// budget (its keys' year) in the first positions of the log and a slow one in the last: kept in
+// step, every worker's clock is about the same at the same position, as the log of a real
+// ledger is about in time order. Some worker is always at or behind the average (the average
+// is theirs, weighted by budget), so some worker always runs.
+func (w *worker) pace(ctx context.Context) error {
+	g := w.g
+	ahead := func() bool {
+		return float64(w.done)/float64(w.budget) > float64(g.work.Load())/float64(g.workTotal)+paceSlack
+	}
+	if !ahead() {
+		return nil
+	}
+	g.paceMu.Lock()
+	defer g.paceMu.Unlock()
+	for ahead() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		g.paceCond.Wait()
+	}
+	return nil
 }
 
 // reap checks the results of the worker's appends that are in, oldest first, or of all of them
@@ -338,6 +406,20 @@ func (g *generator) run(ctx context.Context) (Result, error) {
 		}
 		workers = append(workers, g.newWorker(i+1, (remaining-hotBudget)/int64(n), mine))
 	}
+	for _, w := range workers {
+		w.paced = true
+		g.workTotal += w.budget
+	}
+	g.paceStep = max(1, g.workTotal/4096)
+	g.paceCond = sync.NewCond(&g.paceMu)
+	workCtx, cancelWork := context.WithCancel(ctx)
+	defer cancelWork()
+	// A worker waiting for the others wakes when the work stops.
+	defer context.AfterFunc(workCtx, func() {
+		g.paceMu.Lock()
+		g.paceCond.Broadcast()
+		g.paceMu.Unlock()
+	})()
 	stop := make(chan struct{})
 	go func() {
 		t := time.NewTicker(2 * time.Second)
@@ -351,14 +433,17 @@ func (g *generator) run(ctx context.Context) (Result, error) {
 			}
 		}
 	}()
-	err := parallel(ctx, len(workers), len(workers), func(ctx context.Context, i int) error {
+	err := parallel(workCtx, len(workers), len(workers), func(ctx context.Context, i int) error {
 		var err error
 		if i == 0 {
 			err = workers[0].runHot(ctx, hot)
 		} else {
 			err = workers[i].run(ctx)
 		}
-		return errors.Join(err, workers[i].reap(ctx, true))
+		if err = errors.Join(err, workers[i].reap(ctx, true)); err != nil {
+			cancelWork() // wakes the workers waiting in pace
+		}
+		return err
 	})
 	close(stop)
 	if err != nil {
@@ -402,9 +487,19 @@ func (w *worker) run(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if err := w.pace(ctx); err != nil {
+			return err
+		}
 		k := w.keys[w.rng.IntN(len(w.keys))]
+		r := w.rng.IntN(100)
+		if w.opened < len(w.keys) {
+			// Each key's first operation is an upload of its license server's log: every
+			// upload stream exists from the start of the year.
+			k, r = w.keys[w.opened], 0
+			w.opened++
+		}
 		var err error
-		switch r := w.rng.IntN(100); {
+		switch {
 		case r < 22:
 			// A key's log counts a few of its objects (features, seats).
 			first := w.rng.IntN(len(k.objects))
@@ -433,8 +528,11 @@ func (w *worker) runHot(ctx context.Context, hot *object) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if err := w.pace(ctx); err != nil {
+			return err
+		}
 		var err error
-		if w.rng.IntN(2) == 0 {
+		if w.rng.IntN(2) == 0 || !k.uploads {
 			err = w.upload(ctx, k, []*object{hot}, int(min(w.budget-w.done, int64(50+w.rng.IntN(400)))))
 		} else {
 			err = w.direct(ctx, hot, int(min(w.budget-w.done, int64(100+w.rng.IntN(900)))))
@@ -563,6 +661,10 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 	}
 	if k.uploads {
 		k.uploadRev++
+	} else if w.g.uploadStreams.Add(1) == int64(w.g.cfg.Keys) {
+		if err := w.g.deferIndexes(ctx, w.pending[len(w.pending)-1]); err != nil {
+			return err
+		}
 	}
 	k.uploads = true
 	for _, o := range order {

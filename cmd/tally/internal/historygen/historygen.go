@@ -116,8 +116,8 @@ type generator struct {
 	paceStep  int64
 	paceMu    sync.Mutex
 	paceCond  *sync.Cond
-	aborted atomic.Int64
-	token   uuid.UUID
+	aborted   atomic.Int64
+	token     uuid.UUID
 }
 
 // Generate writes the history and closes the store.

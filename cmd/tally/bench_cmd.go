@@ -91,7 +91,7 @@ keeps every event, so their history stays; the test product and its keys stay to
 	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload, mix, or history (write a year of ledger history into --bench-dir, see --events)")
 	f.IntVar(&bc.Events, "events", 1000000, "--workload history: about how many events to write")
 	f.Uint64Var(&bc.Seed, "seed", 1, "--workload history: seed of the generated history")
-	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients (--workload history: concurrent appenders, default 96)")
+	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients (--workload history: concurrent generators, default 8)")
 	f.DurationVar(&lc.Duration, "duration", 0, "length of the timed phase (0: until --requests and --uploads are done)")
 	f.IntVar(&lc.Requests, "requests", 0, "number of increment calls (0: until --duration ends)")
 	f.IntVar(&lc.Objects, "objects", 0, "data objects the increment clients share (default: one per client)")

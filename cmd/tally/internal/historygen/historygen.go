@@ -51,8 +51,9 @@ type Config struct {
 	Keys, Objects int
 	// End is the end of the year of history (default: now, to the second).
 	End time.Time
-	// Workers append concurrently (default 96): the store commits their appends together,
-	// and the more of them wait, the fewer (larger) commits a load takes.
+	// Workers generate and queue appends concurrently (default 8), each on its own keys. They
+	// do not wait for their commits (the store takes thousands of queued appends in each), so
+	// a few keep the store busy; more only wake each other more often to keep pace.
 	Workers  int
 	Progress func(format string, args ...any)
 }
@@ -138,7 +139,7 @@ func Generate(ctx context.Context, cfg Config) (Result, error) {
 		cfg.End = time.Now().UTC().Truncate(time.Second)
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 96
+		cfg.Workers = 8
 	}
 	if cfg.Progress == nil {
 		cfg.Progress = func(string, ...any) {}

@@ -258,9 +258,16 @@ func (g *generator) deferIndexes(ctx context.Context, last *embedded.PendingAppe
 // goes on generating while the store commits. Its appends reach the store in the order it sends
 // them; their results are checked as they come in (reap) and all of them at the end.
 func (w *worker) send(ctx context.Context, stream string, expected eventstore.ExpectedRevision, evs ...eventstore.EventData) error {
+	_, err := w.sendPending(ctx, stream, expected, evs...)
+	return err
+}
+
+// sendPending is send that also returns the queued append (its result may already have been
+// checked and dropped from pending).
+func (w *worker) sendPending(ctx context.Context, stream string, expected eventstore.ExpectedRevision, evs ...eventstore.EventData) (*embedded.PendingAppend, error) {
 	p, err := w.g.store.AppendNoWait(ctx, stream, expected, evs...)
 	if err != nil {
-		return fmt.Errorf("append to %s: %w", stream, err)
+		return nil, fmt.Errorf("append to %s: %w", stream, err)
 	}
 	w.pending = append(w.pending, p)
 	n := int64(len(evs))
@@ -273,7 +280,7 @@ func (w *worker) send(ctx context.Context, stream string, expected eventstore.Ex
 			w.g.paceMu.Unlock()
 		}
 	}
-	return w.reap(ctx, false)
+	return p, w.reap(ctx, false)
 }
 
 // paceSlack is how far (a fraction of its budget) a worker may run ahead of the workers as a
@@ -657,13 +664,14 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 	if k.uploads {
 		expected = eventstore.Exact(k.uploadRev)
 	}
-	if err := w.send(ctx, domain.UploadStream(owner), expected, pev); err != nil {
+	prepared, err := w.sendPending(ctx, domain.UploadStream(owner), expected, pev)
+	if err != nil {
 		return err
 	}
 	if k.uploads {
 		k.uploadRev++
 	} else if w.g.uploadStreams.Add(1) == int64(w.g.cfg.Keys) {
-		if err := w.g.deferIndexes(ctx, w.pending[len(w.pending)-1]); err != nil {
+		if err := w.g.deferIndexes(ctx, prepared); err != nil {
 			return err
 		}
 	}

@@ -6,9 +6,12 @@
 // operators' corrections, SetIntValue calls and, last, a few removals — with one hot data object
 // holding a tenth of all events. Every event is what the ledger would append (same types,
 // bodies, revisions, value before and after), so the projections fold it and tally verify
-// passes; it goes through the store's Append in large batches from many goroutines, bypassing
-// HTTP and the ledger's per-call work, on a store opened in its bulk-load mode
-// (embedded.WithBulkLoad: no fsync per commit, one sync when the store closes).
+// passes; it goes through the store's append API, bypassing HTTP and the ledger's per-call work,
+// on a store opened in its bulk-load mode (embedded.WithBulkLoad: no fsync per commit, one sync
+// when the store closes). A few generators, kept in step, queue their appends without waiting
+// for the commits (AppendNoWait), so that generating runs on one core while the store writes on
+// the other; once every stream exists the store builds its indexes at the end instead of event
+// by event (DeferIndexes).
 package historygen
 
 import (

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/tallyledger/tally/domain/eventstore"
 )
@@ -87,10 +88,20 @@ func syncFile(path string) error {
 }
 
 // PendingAppend is an append queued by AppendNoWait: its result comes with the commit that
-// takes it.
+// takes it. It is safe for concurrent use.
 type PendingAppend struct {
 	req   *appendRequest
-	reply *appendReply
+	once  sync.Once
+	got   chan struct{} // closed once reply holds the writer's answer
+	reply appendReply
+}
+
+// take keeps the writer's answer, received by whichever caller got it from the request.
+func (p *PendingAppend) take(r appendReply) {
+	p.once.Do(func() {
+		p.reply = r
+		close(p.got)
+	})
 }
 
 // AppendNoWait queues an append for the writer as Append does, but returns as soon as it is
@@ -116,7 +127,7 @@ func (s *Store) AppendNoWait(ctx context.Context, stream string, expected events
 	}
 	select {
 	case s.queue <- req:
-		return &PendingAppend{req: req}, nil
+		return &PendingAppend{req: req, got: make(chan struct{})}, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("append to %q: %w", stream, ctx.Err())
 	}
@@ -124,12 +135,11 @@ func (s *Store) AppendNoWait(ctx context.Context, stream string, expected events
 
 // Done reports whether the append's result is in (Wait then returns at once).
 func (p *PendingAppend) Done() bool {
-	if p.reply != nil {
-		return true
-	}
 	select {
+	case <-p.got:
+		return true
 	case r := <-p.req.done:
-		p.reply = &r
+		p.take(r)
 		return true
 	default:
 		return false
@@ -137,15 +147,15 @@ func (p *PendingAppend) Done() bool {
 }
 
 // Wait returns the append's result once its commit is over, or ctx's error if ctx ends first
-// (the append may then still be committed). It may be called again and returns the same.
+// (the append may then still be committed). It may be called again, and from several
+// goroutines at once: each gets the same result.
 func (p *PendingAppend) Wait(ctx context.Context) (eventstore.AppendResult, error) {
-	if p.reply == nil {
-		select {
-		case r := <-p.req.done:
-			p.reply = &r
-		case <-ctx.Done():
-			return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w", p.req.stream, ctx.Err())
-		}
+	select {
+	case <-p.got:
+	case r := <-p.req.done:
+		p.take(r)
+	case <-ctx.Done():
+		return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w", p.req.stream, ctx.Err())
 	}
 	return p.reply.result, p.reply.err
 }

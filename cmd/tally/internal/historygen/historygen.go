@@ -112,6 +112,12 @@ type generator struct {
 	// stream of the history exists and the store builds its stream index at the end instead
 	// of event by event (deferIndexes).
 	uploadStreams atomic.Int64
+	// deferred gets the result of deferIndexes, which runs on a goroutine of its own (it waits
+	// for the store's writer to catch up, and the generator that started it must not fall
+	// behind meanwhile); workCtx and cancelWork are the generators' context.
+	deferred   chan error
+	workCtx    context.Context
+	cancelWork context.CancelFunc
 
 	// The workers keep pace (see pace): work counts the events they have sent, of workTotal
 	// (their budgets); paceCond is broadcast each time work crosses a multiple of paceStep.
@@ -120,6 +126,8 @@ type generator struct {
 	paceStep  int64
 	paceMu    sync.Mutex
 	paceCond  *sync.Cond
+	// woken is work at the last broadcast (guarded by paceMu).
+	woken int64
 	aborted   atomic.Int64
 	token     uuid.UUID
 }
@@ -279,7 +287,7 @@ func (w *worker) sendPending(ctx context.Context, stream string, expected events
 	if w.paced {
 		if work := w.g.work.Add(n); work/w.g.paceStep != (work-n)/w.g.paceStep {
 			w.g.paceMu.Lock()
-			w.g.paceCond.Broadcast()
+			w.g.wake()
 			w.g.paceMu.Unlock()
 		}
 	}
@@ -310,9 +318,21 @@ func (w *worker) pace(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		// The work done since the last broadcast may be what another waiter waits for: wake
+		// them before sleeping. Then when all are asleep, each has looked at the same work and
+		// found itself ahead of it, which the average forbids: they never all sleep.
+		if g.work.Load() != g.woken {
+			g.wake()
+		}
 		g.paceCond.Wait()
 	}
 	return nil
+}
+
+// wake wakes the generators waiting in pace; paceMu is held.
+func (g *generator) wake() {
+	g.woken = g.work.Load()
+	g.paceCond.Broadcast()
 }
 
 // reap checks the results of the worker's appends that are in, oldest first, or of all of them
@@ -425,6 +445,7 @@ func (g *generator) run(ctx context.Context) (Result, error) {
 	g.paceCond = sync.NewCond(&g.paceMu)
 	workCtx, cancelWork := context.WithCancel(ctx)
 	defer cancelWork()
+	g.workCtx, g.cancelWork, g.deferred = workCtx, cancelWork, make(chan error, 1)
 	// A worker waiting for the others wakes when the work stops.
 	defer context.AfterFunc(workCtx, func() {
 		g.paceMu.Lock()
@@ -454,9 +475,16 @@ func (g *generator) run(ctx context.Context) (Result, error) {
 		if err = errors.Join(err, workers[i].reap(ctx, true)); err != nil {
 			cancelWork() // wakes the workers waiting in pace
 		}
+		// Its last events may be what the others wait for.
+		g.paceMu.Lock()
+		g.wake()
+		g.paceMu.Unlock()
 		return err
 	})
 	close(stop)
+	if g.uploadStreams.Load() >= int64(cfg.Keys) {
+		err = errors.Join(err, <-g.deferred)
+	}
 	if err != nil {
 		return res, err
 	}
@@ -535,6 +563,11 @@ func (w *worker) run(ctx context.Context) error {
 // hundreds of layers.
 func (w *worker) runHot(ctx context.Context, hot *object) error {
 	k := w.keys[0]
+	// In a small history a run of hundreds of events would be a large part of the budget, and
+	// the positions it takes at once would push the other generators' events later in the log
+	// than their time in the year: runs take at most 1/50 of the budget (from 50,000 events on,
+	// the cap is above every run).
+	maxRun := max(1, w.budget/50)
 	for w.done < w.budget {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -544,9 +577,9 @@ func (w *worker) runHot(ctx context.Context, hot *object) error {
 		}
 		var err error
 		if w.rng.IntN(2) == 0 || !k.uploads {
-			err = w.upload(ctx, k, []*object{hot}, int(min(w.budget-w.done, int64(50+w.rng.IntN(400)))))
+			err = w.upload(ctx, k, []*object{hot}, int(min(w.budget-w.done, maxRun, int64(50+w.rng.IntN(400)))))
 		} else {
-			err = w.direct(ctx, hot, int(min(w.budget-w.done, int64(100+w.rng.IntN(900)))))
+			err = w.direct(ctx, hot, int(min(w.budget-w.done, maxRun, int64(100+w.rng.IntN(900)))))
 		}
 		if err != nil {
 			return err
@@ -674,9 +707,13 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 	if k.uploads {
 		k.uploadRev++
 	} else if w.g.uploadStreams.Add(1) == int64(w.g.cfg.Keys) {
-		if err := w.g.deferIndexes(ctx, prepared); err != nil {
-			return err
-		}
+		go func() {
+			err := w.g.deferIndexes(w.g.workCtx, prepared)
+			if err != nil {
+				w.g.cancelWork()
+			}
+			w.g.deferred <- err
+		}()
 	}
 	k.uploads = true
 	for _, o := range order {

@@ -127,9 +127,9 @@ type generator struct {
 	paceMu    sync.Mutex
 	paceCond  *sync.Cond
 	// woken is work at the last broadcast (guarded by paceMu).
-	woken int64
-	aborted   atomic.Int64
-	token     uuid.UUID
+	woken   int64
+	aborted atomic.Int64
+	token   uuid.UUID
 }
 
 // Generate writes the history and closes the store.

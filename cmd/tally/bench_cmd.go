@@ -57,8 +57,8 @@ run that lost data exits non-zero.
 timestamps, direct increments and decrements, corrections, sets, removals; 1,000 keys and 10,000
 data objects from a million events on; one hot object with a tenth of the events) straight into
 the embedded store of --bench-dir, through its append API in the store's bulk-load mode (no
-fsync per commit, the pages written straight into the database file, everything synced once at
-the end), and leaves a data directory that tally serve --data-dir opens as is (admin token in
+fsync per commit, the pages written straight into the database file, the stream index built
+once at the end, everything synced once at the end), and leaves a data directory that tally serve --data-dir opens as is (admin token in
 admin.token); the time reported includes that final sync. It reports events/s. A run that is
 interrupted leaves a directory to delete, not one to serve. The usage read model is not built:
 tally serve builds it from the events when it starts (see docs/performance.md for how long).

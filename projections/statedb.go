@@ -190,13 +190,38 @@ func (d *StateDB) Close() error {
 // packID stores a canonical hex identity or digest as its 32 bytes (a BLOB) and anything else
 // as text: SQLite never finds a BLOB equal to a TEXT, so the two cannot collide.
 func packID(s string) any {
-	if len(s) == 64 {
-		var b [32]byte
-		if _, err := hex.Decode(b[:], []byte(s)); err == nil && hex.EncodeToString(b[:]) == s {
-			return b[:]
-		}
+	if b, ok := canonicalHex(s); ok {
+		return b[:]
 	}
 	return s
+}
+
+// canonicalHex decodes a 64-digit lower-case hex string (what hex.EncodeToString gives back
+// unchanged); false for anything else.
+func canonicalHex(s string) ([32]byte, bool) {
+	var b [32]byte
+	if len(s) != 64 {
+		return b, false
+	}
+	for i := range b {
+		hi, ok1 := hexDigit(s[2*i])
+		lo, ok2 := hexDigit(s[2*i+1])
+		if !ok1 || !ok2 {
+			return b, false
+		}
+		b[i] = hi<<4 | lo
+	}
+	return b, true
+}
+
+func hexDigit(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }
 
 func unpackID(v any) string {
@@ -496,22 +521,6 @@ func writeChanges(ctx context.Context, tx *sql.Tx, c state.Changes) error {
 		}
 	}
 	return nil
-}
-
-// SaveState replaces the state database at path with st, whole (tally replay).
-func SaveState(ctx context.Context, path string, st *state.State) error {
-	if err := removeStateDB(path); err != nil {
-		return err
-	}
-	d, err := OpenStateDB(ctx, path)
-	if err != nil {
-		return err
-	}
-	c, err := st.Changes(true)
-	if err == nil {
-		err = d.Checkpoint(ctx, st, c)
-	}
-	return errors.Join(err, d.Close())
 }
 
 // LoadState reads the state database at path into a state that holds everything in memory,

@@ -301,3 +301,31 @@ func TestClientCommandsAgainstTheAuditAPI(t *testing.T) {
 		t.Errorf("wrong admin token: %v", err)
 	}
 }
+
+// TestVerifyNamesAChangedLayerOfTheStateDatabase: verify compares the applied layers the state
+// database holds (read in one pass, not loaded) with the replay's, and names a changed one.
+func TestVerifyNamesAChangedLayerOfTheStateDatabase(t *testing.T) {
+	dir, _ := seededDataDir(t)
+	path := filepath.Join(dir, auditcli.SnapshotFile)
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var owner string
+	var layer []byte
+	err = db.QueryRow(`SELECT owner, layer FROM layers ORDER BY owner DESC, layer DESC LIMIT 1`).Scan(&owner, &layer)
+	if err == nil {
+		_, err = db.Exec(`UPDATE layers SET depth = depth + 1 WHERE owner = ? AND layer = ?`, owner, layer)
+	}
+	if err := errors.Join(err, db.Close()); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "verify", "--data-dir", dir)
+	if err == nil {
+		t.Fatalf("a changed layer verified:\n%s", out)
+	}
+	want := fmt.Sprintf("projection vs replay: uploads of owner %s: layer %x differs", owner, layer)
+	if !strings.Contains(out, want) {
+		t.Errorf("output does not name the layer (%s):\n%s", want, out)
+	}
+}

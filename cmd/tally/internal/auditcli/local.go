@@ -90,16 +90,15 @@ func NewReplayCommand(l Local) *cobra.Command {
 			defer store.Close()
 			tick, done := progress(cmd.ErrOrStderr(), "replaying")
 			started := time.Now()
-			st, err := projections.Rebuild(ctx, store, tick)
+			path := filepath.Join(l.DataDir(), SnapshotFile)
+			// The fold writes the applied layers into the new file as it goes, so that they
+			// are never all in memory (docs/performance.md).
+			st, err := projections.ReplayState(ctx, store, path, projections.ReplayOptions{Progress: tick})
 			done()
 			if err != nil {
 				return err
 			}
 			took := time.Since(started)
-			path := filepath.Join(l.DataDir(), SnapshotFile)
-			if err := projections.SaveSnapshot(path, st); err != nil {
-				return err
-			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "replayed %d events in %s (%.0f events/s); %d data objects; snapshot at position %d written to %s\n",
 				st.Events, took.Round(time.Millisecond), float64(st.Events)/took.Seconds(), len(st.Objects), st.Position, path)
 			return err
@@ -149,7 +148,7 @@ func NewVerifyCommand(l Local, c Client) *cobra.Command {
 				return err
 			}
 			path := filepath.Join(l.DataDir(), SnapshotFile)
-			live, err := projections.LoadSnapshot(path)
+			live, err := projections.OpenStoredState(ctx, path)
 			switch {
 			case errors.Is(err, os.ErrNotExist):
 				fmt.Fprintf(out, "no projection snapshot at %s: checked the events only\n", path)
@@ -157,6 +156,7 @@ func NewVerifyCommand(l Local, c Client) *cobra.Command {
 				problems = append(problems, fmt.Sprintf("projection snapshot %s: %v", path, err))
 			default:
 				more, err := compareLive(ctx, store, live, rebuilt)
+				err = errors.Join(err, live.Close())
 				if err != nil {
 					return err
 				}
@@ -179,20 +179,28 @@ func NewVerifyCommand(l Local, c Client) *cobra.Command {
 }
 
 // compareLive catches the persisted projection up with the store, as tally serve would on
-// start, and lists how it differs from the replay ("live vs replay").
-func compareLive(ctx context.Context, store eventstore.Store, live, rebuilt *state.State) ([]string, error) {
-	ok, err := projections.CheckpointInStore(ctx, store, live)
+// start, and lists how it differs from the replay ("live vs replay"). Its applied layers stay
+// in the state database and are compared in one pass over it.
+func compareLive(ctx context.Context, store eventstore.Store, live *projections.StoredState, rebuilt *state.State) ([]string, error) {
+	ok, err := projections.CheckpointInStore(ctx, store, live.State)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		return []string{fmt.Sprintf("projection: checkpoint %d is not an event of this store", live.Position)}, nil
+		return []string{fmt.Sprintf("projection: checkpoint %d is not an event of this store", live.State.Position)}, nil
 	}
-	if err := projections.CatchUp(ctx, store, live); err != nil {
+	if err := projections.CatchUp(ctx, store, live.State); err != nil {
 		return nil, err
 	}
-	var out []string
-	for _, d := range state.Diff(live, rebuilt) {
+	if err := live.State.LayerError(); err != nil {
+		return nil, fmt.Errorf("projection snapshot: applied-layer index: %w", err)
+	}
+	diff, err := live.Diff(ctx, rebuilt)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(diff))
+	for _, d := range diff {
 		out = append(out, "projection vs replay: "+d)
 	}
 	return out, nil

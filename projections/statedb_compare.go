@@ -1,0 +1,270 @@
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tallyledger/tally/domain"
+	"github.com/tallyledger/tally/domain/state"
+)
+
+// StoredState is the persisted state opened for a comparison (tally verify): its records in
+// memory, its applied layers left in the state database, read in one pass by Diff instead of
+// being loaded whole.
+type StoredState struct {
+	db *StateDB
+	// State is the persisted state; events folded into it (CatchUp) keep their layers in
+	// memory, the persisted ones are read from the database.
+	State *state.State
+}
+
+// OpenStoredState opens the state database at path. A missing file, or one without a
+// checkpoint, is an error matching os.ErrNotExist. Close it when done.
+func OpenStoredState(ctx context.Context, path string) (*StoredState, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("read projection state: %w", err)
+	}
+	db, err := OpenStateDB(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	st, ok, err := db.Load(ctx)
+	if err == nil && !ok {
+		err = fmt.Errorf("read projection state %s: no checkpoint: %w", path, os.ErrNotExist)
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return &StoredState{db: db, State: st}, nil
+}
+
+// Close closes the state database; the state's layers are unreadable from then on.
+func (s *StoredState) Close() error { return s.db.Close() }
+
+// Diff lists the differences between the stored state and b as state.Diff(s.State, b) does,
+// the same lines for the same differences, reading the stored layers in key order in one pass
+// over the layers table: per owner, the counts when they differ, then each layer of the stored
+// state that b lacks or holds otherwise (at most 100 per owner). b is a state whose layers are
+// in memory (a replay).
+func (s *StoredState) Diff(ctx context.Context, b *state.State) ([]string, error) {
+	a := s.State
+	out := state.DiffExceptLayers(a, b)
+	// The layers a folded since its checkpoint are in memory; they hide stored ones.
+	changes, err := a.Changes(false)
+	if err != nil {
+		return nil, err
+	}
+	fresh := map[string]map[string]state.LayerInfo{}
+	for _, l := range changes.Layers {
+		if fresh[l.Owner] == nil {
+			fresh[l.Owner] = map[string]state.LayerInfo{}
+		}
+		fresh[l.Owner][l.ID] = l.Info
+	}
+	owners := make([]string, 0, len(a.Uploads))
+	for owner := range a.Uploads {
+		if _, ok := b.Uploads[owner]; ok {
+			owners = append(owners, owner)
+		}
+	}
+	sort.Strings(owners)
+	// Two ranges of owners read at once, on two connections: reading the rows costs more than
+	// comparing them, and it spreads over the cores this way.
+	halves := [][]string{owners[:len(owners)/2], owners[len(owners)/2:]}
+	lines := make([][]string, len(halves))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, part := range halves {
+		g.Go(func() error {
+			var err error
+			lines[i], err = s.diffLayers(gctx, part, b, fresh)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	for _, l := range lines {
+		out = append(out, l...)
+	}
+	return out, nil
+}
+
+// diffLayers compares the layers of owners (in order) with b's, reading the stored ones in one
+// query over the owners' range of the layers table, in key order.
+func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.State, fresh map[string]map[string]state.LayerInfo) ([]string, error) {
+	if len(owners) == 0 {
+		return nil, nil
+	}
+	rows, err := s.db.readDB.QueryContext(ctx, `SELECT owner, layer, depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner >= ? AND owner <= ? ORDER BY owner, layer`,
+		owners[0], owners[len(owners)-1])
+	if err != nil {
+		return nil, fmt.Errorf("state database: layers: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	next := 0 // the first owner not finished
+	var cur *layerComparison
+	var readErr error // a read that failed: the owners not finished are unreadable
+	finish := func(before string, all bool) {
+		for next < len(owners) && (all || owners[next] < before) {
+			c := cur
+			if c == nil || c.name != owners[next] {
+				c = newLayerComparison(owners[next], b, fresh[owners[next]])
+			}
+			out = append(out, c.finish(readErr)...)
+			cur = nil
+			next++
+		}
+	}
+	var (
+		owner                  sql.RawBytes
+		id, digest, fileDigest any
+		info                   state.LayerInfo
+	)
+	for rows.Next() {
+		if err := rows.Scan(&owner, &id, &info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest, &info.Length); err != nil {
+			readErr = fmt.Errorf("state database: layers: %w", err)
+			break
+		}
+		if cur != nil && cur.name == string(owner) {
+			info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
+			cur.stored(id, info)
+			continue
+		}
+		finish(string(owner), false)
+		if next == len(owners) {
+			break
+		}
+		if owners[next] != string(owner) {
+			continue // an owner b has no upload stream for: DiffExceptLayers reports it
+		}
+		if cur == nil {
+			cur = newLayerComparison(owners[next], b, fresh[owners[next]])
+		}
+		info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
+		cur.stored(id, info)
+	}
+	if readErr == nil {
+		if err := rows.Err(); err != nil {
+			readErr = fmt.Errorf("state database: layers: %w", err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	finish("", true)
+	return out, nil
+}
+
+// layerComparison compares one owner's layers in the stored state (a) with b's, as state.Diff's
+// layer comparison does: the counts, then each layer of a that b lacks or holds otherwise.
+type layerComparison struct {
+	name   string
+	owner  domain.Owner
+	parsed bool // name is owner.String(): b is asked by raw identity
+	b      *state.State
+	byID   map[string]state.LayerInfo // b's layers of the owner, for identities that are not raw
+	fresh  map[string]state.LayerInfo // a's layers of the owner since its checkpoint
+	count  int
+	lines  []string
+	differ int
+}
+
+func newLayerComparison(name string, b *state.State, fresh map[string]state.LayerInfo) *layerComparison {
+	c := &layerComparison{name: name, b: b, fresh: fresh}
+	c.owner, c.parsed = parseOwnerKey(name)
+	return c
+}
+
+// parseOwnerKey reads back domain.Owner.String().
+func parseOwnerKey(s string) (domain.Owner, bool) {
+	t, id, ok := strings.Cut(s, "-")
+	if !ok {
+		return domain.Owner{}, false
+	}
+	tv, err1 := strconv.ParseInt(t, 10, 64)
+	iv, err2 := strconv.ParseInt(id, 10, 64)
+	o := domain.Owner{Type: domain.OwnerType(tv), ID: iv}
+	return o, err1 == nil && err2 == nil && o.String() == s
+}
+
+// stored compares one stored layer, its identity as the database holds it (packID).
+func (c *layerComparison) stored(packed any, info state.LayerInfo) {
+	raw, _ := packed.([]byte)
+	if len(raw) != 32 {
+		raw = nil
+	}
+	if len(c.fresh) > 0 {
+		if _, hidden := c.fresh[unpackID(packed)]; hidden {
+			return
+		}
+	}
+	c.compare(func() string { return unpackID(packed) }, raw, info)
+}
+
+// compare counts one layer of a and compares it with b's.
+func (c *layerComparison) compare(id func() string, raw []byte, info state.LayerInfo) {
+	c.count++
+	if c.differ > 100 {
+		return
+	}
+	var other state.LayerInfo
+	var ok bool
+	if raw != nil && c.parsed {
+		other, ok = c.b.Layer(c.owner, [32]byte(raw))
+	} else {
+		other, ok = c.lookup(id())
+	}
+	if !ok || other != info {
+		c.lines = append(c.lines, fmt.Sprintf("uploads of owner %s: layer %s differs", c.name, id()))
+		if c.differ++; c.differ >= 100 {
+			c.lines = append(c.lines, fmt.Sprintf("uploads of owner %s: more layers may differ", c.name))
+			c.differ = 101
+		}
+	}
+}
+
+// lookup is b's record of one of the owner's layers by its identity's text, for an identity
+// that is not 32 bytes or an owner b cannot be asked by raw identity.
+func (c *layerComparison) lookup(id string) (state.LayerInfo, bool) {
+	if c.byID == nil {
+		c.byID = map[string]state.LayerInfo{}
+		_ = c.b.Layers(c.name, func(id string, info state.LayerInfo) bool {
+			c.byID[id] = info
+			return true
+		})
+	}
+	info, ok := c.byID[id]
+	return info, ok
+}
+
+// finish compares the fresh layers and returns the owner's lines, the counts first.
+func (c *layerComparison) finish(readErr error) []string {
+	for id, info := range c.fresh {
+		var raw []byte
+		if b, ok := canonicalHex(id); ok {
+			raw = b[:]
+		}
+		c.compare(func() string { return id }, raw, info)
+	}
+	var out []string
+	if readErr != nil {
+		out = append(out, fmt.Sprintf("uploads of owner %s: layers unreadable: %v", c.name, readErr))
+	}
+	n := 0
+	if err := c.b.Layers(c.name, func(string, state.LayerInfo) bool { n++; return true }); err != nil {
+		out = append(out, fmt.Sprintf("uploads of owner %s: layers unreadable: %v", c.name, err))
+	}
+	if c.count != n {
+		out = append(out, fmt.Sprintf("uploads of owner %s: %d vs %d applied layers", c.name, c.count, n))
+	}
+	return append(out, c.lines...)
+}

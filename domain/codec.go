@@ -115,8 +115,34 @@ func DecodeUploadPrepared(data []byte) (UploadPrepared, error) {
 		}
 		return p, nil
 	}
-	err := decodeUploadPrepared(data, &p)
+	err := decodeUploadPrepared(data, &p, nil)
 	return p, err
+}
+
+// PreparedHashes are the layer identities and digests of a binary UploadPrepared body as the
+// raw 32-byte values it holds, in the order of UploadPrepared.Layers: what a replay indexes
+// layers by, without reading the hex strings back.
+type PreparedHashes struct {
+	Layers  [][32]byte
+	Digests [][32]byte // empty when the body has none
+	// FileDigest is UploadPrepared.FileDigest raw when HasFileDigest.
+	FileDigest    [32]byte
+	HasFileDigest bool
+}
+
+// DecodeUploadPreparedHashes is DecodeUploadPrepared that also returns the raw hashes of a
+// binary body (nil for a JSON body, whose strings may be in any form).
+func DecodeUploadPreparedHashes(data []byte) (UploadPrepared, *PreparedHashes, error) {
+	var p UploadPrepared
+	if !IsBinary(data) {
+		err := json.Unmarshal(data, &p)
+		return p, nil, err
+	}
+	h := &PreparedHashes{}
+	if err := decodeUploadPrepared(data, &p, h); err != nil {
+		return p, nil, err
+	}
+	return p, h, nil
 }
 
 // PreparedUploadID returns the upload id of an UploadPrepared body without decoding its
@@ -423,14 +449,31 @@ func (s *arrayScanner) int32() int32 {
 }
 
 func (s *arrayScanner) string() string {
-	if !s.next() {
+	raw, escaped := s.quoted()
+	if s.err != nil {
 		return ""
+	}
+	if !escaped {
+		return string(raw[1 : len(raw)-1])
+	}
+	var out string
+	if err := json.Unmarshal(raw, &out); err != nil {
+		s.fail("bad string")
+	}
+	return out
+}
+
+// quoted reads a string element as it is written, quotes included, and reports whether it has
+// escapes.
+func (s *arrayScanner) quoted() (raw []byte, escaped bool) {
+	if !s.next() {
+		return nil, false
 	}
 	if s.b[s.i] != '"' {
 		s.fail("expected a string")
-		return ""
+		return nil, false
 	}
-	start, escaped := s.i, false
+	start := s.i
 	for s.i++; s.i < len(s.b) && s.b[s.i] != '"'; s.i++ {
 		if s.b[s.i] == '\\' {
 			escaped = true
@@ -439,26 +482,30 @@ func (s *arrayScanner) string() string {
 	}
 	if s.i >= len(s.b) {
 		s.fail("unterminated string")
-		return ""
+		return nil, false
 	}
 	s.i++
-	if !escaped {
-		return string(s.b[start+1 : s.i-1])
-	}
-	var out string
-	if err := json.Unmarshal(s.b[start:s.i], &out); err != nil {
-		s.fail("bad string")
-	}
-	return out
+	return s.b[start:s.i], escaped
 }
 
+// uuid reads a UUID in 22 characters of base64, from the body's bytes when the string has no
+// escapes (the form the codec writes).
 func (s *arrayScanner) uuid() uuid.UUID {
 	var id uuid.UUID
-	str := s.string()
+	raw, escaped := s.quoted()
 	if s.err != nil {
 		return id
 	}
-	if n, err := base64.RawURLEncoding.Decode(id[:], []byte(str)); err != nil || n != len(id) || len(str) != 22 {
+	text := raw[1 : len(raw)-1]
+	if escaped {
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			s.fail("bad string")
+			return id
+		}
+		text = []byte(str)
+	}
+	if n, err := base64.RawURLEncoding.Decode(id[:], text); err != nil || n != len(id) || len(text) != 22 {
 		s.fail("bad upload id")
 	}
 	return id
@@ -572,18 +619,21 @@ func appendUploadPrepared(b []byte, p *UploadPrepared) ([]byte, bool) {
 	return b, true
 }
 
-func decodeUploadPrepared(data []byte, p *UploadPrepared) error {
+// decodeUploadPrepared reads the binary form into p, and the raw hashes into h if not nil.
+// The hex strings of Layers (and of Digests) share one allocation: a replay decodes millions.
+func decodeUploadPrepared(data []byte, p *UploadPrepared, h *PreparedHashes) error {
 	r := binReader{b: data}
 	r.header(kindUploadPrepared)
 	flags := r.byte()
+	var rawLayers, rawDigests *[][32]byte // where the raw hashes go, if wanted
+	if h != nil {
+		rawLayers, rawDigests = &h.Layers, &h.Digests
+	}
 	p.UploadID = r.uuid()
 	p.Owner.Type = OwnerType(r.uvarint())
 	p.Owner.ID = r.varint()
 	if n := r.count(32); n > 0 {
-		p.Layers = make([]string, n)
-		for i := range p.Layers {
-			p.Layers[i] = r.hash()
-		}
+		p.Layers = r.hashes(n, rawLayers)
 	}
 	if n := r.count(1); n > 0 {
 		p.Timestamps = make([]int64, n)
@@ -617,13 +667,13 @@ func decodeUploadPrepared(data []byte, p *UploadPrepared) error {
 		}
 	}
 	if flags&preparedDigests != 0 {
-		p.Digests = make([]string, len(p.Layers))
-		for i := range p.Digests {
-			p.Digests[i] = r.hash()
-		}
+		p.Digests = r.hashes(len(p.Layers), rawDigests)
 	}
 	if flags&preparedFileDigest != 0 {
 		p.FileDigest = r.hash()
+		if h != nil && r.err == nil {
+			h.FileDigest, h.HasFileDigest = [32]byte(r.b[r.i-32:r.i]), true
+		}
 	}
 	if flags&preparedLength != 0 {
 		p.Length = int64(r.uvarint())
@@ -751,6 +801,27 @@ func (r *binReader) hash() string {
 		return hex.EncodeToString(b)
 	}
 	return ""
+}
+
+// hashes reads n hashes as hex strings cut from one string, and as raw values into *raw when
+// raw is not nil.
+func (r *binReader) hashes(n int, raw *[][32]byte) []string {
+	b := r.take(32 * n)
+	if b == nil {
+		return nil
+	}
+	all := hex.EncodeToString(b)
+	out := make([]string, n)
+	for i := range out {
+		out[i] = all[64*i : 64*i+64]
+	}
+	if raw != nil {
+		*raw = make([][32]byte, n)
+		for i := range *raw {
+			(*raw)[i] = [32]byte(b[32*i : 32*i+32])
+		}
+	}
+	return out
 }
 
 func (r *binReader) time() time.Time {

@@ -537,7 +537,7 @@ func (c *Current) saveLocked(st *state.State, exclusive func(func())) error {
 // after each batch with the number of events folded so far.
 func Rebuild(ctx context.Context, store AllReader, progress func(events int)) (*state.State, error) {
 	st := state.NewState()
-	if err := fold(ctx, store, st, progress, st.ApplyOrSkip); err != nil {
+	if err := fold(ctx, store, st, progress, st.ApplyDecodedOrSkip); err != nil {
 		return nil, err
 	}
 	return st, nil

@@ -90,9 +90,9 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 		}
 		models[m.Position] = append(models[m.Position], i)
 	}
-	apply := func(ev eventstore.RecordedEvent) {
-		v.Problems = append(v.Problems, verifyApply(st, ev, pending)...)
-		for _, i := range models[ev.Position] {
+	apply := func(d *state.Decoded) {
+		v.Problems = verifyApply(st, d, pending, v.Problems)
+		for _, i := range models[d.Event.Position] {
 			seen[i] = true
 			if m := opts.Models[i]; uint64(m.Events) != st.Events {
 				v.Problems = append(v.Problems, fmt.Sprintf("read model %s: %d events folded up to position %d, the store holds %d", m.Name, m.Events, m.Position, st.Events))

@@ -27,8 +27,9 @@ const (
 
 // foldAhead folds the events after st's position up to the store's head at the start, reading
 // ranges ahead in parallel while the calling goroutine folds them in order: decoding SQLite
-// rows costs more than folding them, and it spreads over the cores this way.
-func foldAhead(ctx context.Context, r replayReader, st *state.State, n *int, progress func(events int), apply func(eventstore.RecordedEvent)) error {
+// rows and the events' bodies (state.Decode) costs more than folding them, and it spreads over
+// the cores this way.
+func foldAhead(ctx context.Context, r replayReader, st *state.State, n *int, progress func(events int), apply func(*state.Decoded)) error {
 	head, err := r.Head(ctx)
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)
@@ -39,16 +40,24 @@ func foldAhead(ctx context.Context, r replayReader, st *state.State, n *int, pro
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // an error stops the readers still running
 	type result struct {
-		events []eventstore.RecordedEvent
+		events []state.Decoded
 		err    error
 	}
+	// buffers are a reader's slices, reused: the events of a replay are allocated once (a fold
+	// keeps no pointer into them).
+	type buffers struct {
+		read    []eventstore.RecordedEvent
+		decoded []state.Decoded
+	}
 	ranges := make(chan chan result, replayWindow) // in position order
-	// Slices of folded ranges go back to the readers: the event structs of a replay are
-	// allocated once (a fold takes each event by value and keeps no pointer into the slice).
-	free := make(chan []eventstore.RecordedEvent, replayWindow+replayReaders+1)
+	// Slices of folded ranges go back to the readers.
+	free := make(chan []state.Decoded, replayWindow+replayReaders+1)
 	go func() {
 		defer close(ranges)
-		readers := make(chan struct{}, replayReaders)
+		readers := make(chan *buffers, replayReaders) // a token per reader, with its read buffer
+		for range replayReaders {
+			readers <- &buffers{}
+		}
 		for lo := st.Position; lo < head; lo += min(replayRange, head-lo) {
 			hi := lo + min(replayRange, head-lo)
 			out := make(chan result, 1) // never blocks the reader
@@ -57,20 +66,26 @@ func foldAhead(ctx context.Context, r replayReader, st *state.State, n *int, pro
 			case <-ctx.Done():
 				return
 			}
+			var buf *buffers
 			select {
-			case readers <- struct{}{}:
+			case buf = <-readers:
 			case <-ctx.Done():
 				return
 			}
-			var buf []eventstore.RecordedEvent
+			buf.decoded = nil
 			select {
-			case buf = <-free:
+			case buf.decoded = <-free:
 			default:
 			}
 			go func() {
-				evs, err := r.ReadRangeForReplay(ctx, lo, hi, buf)
-				<-readers
-				out <- result{evs, err}
+				var res result
+				buf.read, res.err = r.ReadRangeForReplay(ctx, lo, hi, buf.read)
+				if res.err == nil {
+					res.events = state.DecodeInto(buf.decoded[:0], buf.read)
+				}
+				clear(buf.read) // the bodies are the decoded events' now
+				readers <- buf
+				out <- res
 			}()
 		}
 	}()
@@ -84,18 +99,19 @@ func foldAhead(ctx context.Context, r replayReader, st *state.State, n *int, pro
 		if res.err != nil {
 			return fmt.Errorf("replay: %w", res.err)
 		}
-		for _, ev := range res.events {
-			apply(ev)
-		}
-		select {
-		case free <- res.events:
-		default:
+		for i := range res.events {
+			apply(&res.events[i])
 		}
 		if len(res.events) > 0 {
 			*n += len(res.events)
 			if progress != nil {
 				progress(*n)
 			}
+		}
+		clear(res.events) // drop the bodies before the slice waits for reuse
+		select {
+		case free <- res.events:
+		default:
 		}
 	}
 	return ctx.Err()

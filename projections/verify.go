@@ -2,7 +2,6 @@ package projections
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -13,12 +12,62 @@ import (
 	"github.com/tallyledger/tally/domain/state"
 )
 
-// recordedAfter is the value an event recorded as its result, to be checked when it counts.
+// recordedAfter is the value an event recorded as its result, to be checked when it counts,
+// with what names the event in a problem.
 type recordedAfter struct {
 	objectID int64
 	delta    int64
 	after    int32
-	ev       eventstore.RecordedEvent
+	typ      string
+	revision uint64
+	position eventstore.Position
+}
+
+func (r recordedAfter) mismatch(folded int32) string {
+	return fmt.Sprintf("data object %d: %s at revision %d (position %d) recorded after=%d, replay gives %d",
+		r.objectID, r.typ, r.revision, r.position, r.after, folded)
+}
+
+// objectValue is a data object's value while a commit's changes are walked.
+type objectValue struct {
+	objectID int64
+	value    int32
+}
+
+// objectValues are the values of the objects a commit touches: a list searched in order while
+// short, indexed by a map past maxListed.
+type objectValues struct {
+	list  []objectValue
+	index map[int64]int // position in list
+}
+
+const maxListed = 32
+
+func (o *objectValues) find(objectID int64) *int32 {
+	if o.index != nil {
+		if i, ok := o.index[objectID]; ok {
+			return &o.list[i].value
+		}
+		return nil
+	}
+	for i := range o.list {
+		if o.list[i].objectID == objectID {
+			return &o.list[i].value
+		}
+	}
+	return nil
+}
+
+func (o *objectValues) add(objectID int64, value int32) {
+	o.list = append(o.list, objectValue{objectID, value})
+	if o.index == nil && len(o.list) > maxListed {
+		o.index = make(map[int64]int, 2*len(o.list))
+		for i, v := range o.list {
+			o.index[v.objectID] = i
+		}
+	} else if o.index != nil {
+		o.index[objectID] = len(o.list) - 1
+	}
 }
 
 // RebuildVerified folds every event of the store into a fresh state, as Rebuild does, and
@@ -31,8 +80,8 @@ func RebuildVerified(ctx context.Context, r AllReader, progress func(events int)
 	st := state.NewState()
 	var problems []string
 	pending := map[uuid.UUID][]recordedAfter{}
-	err := fold(ctx, r, st, progress, func(ev eventstore.RecordedEvent) {
-		problems = append(problems, verifyApply(st, ev, pending)...)
+	err := fold(ctx, r, st, progress, func(d *state.Decoded) {
+		problems = verifyApply(st, d, pending, problems)
 	})
 	if err != nil {
 		return nil, nil, err
@@ -40,71 +89,62 @@ func RebuildVerified(ctx context.Context, r AllReader, progress func(events int)
 	return st, problems, nil
 }
 
-func verifyApply(st *state.State, ev eventstore.RecordedEvent, pending map[uuid.UUID][]recordedAfter) []string {
-	var problems []string
-	mismatch := func(e eventstore.RecordedEvent, objectID int64, recorded, folded int32) {
-		problems = append(problems, fmt.Sprintf("data object %d: %s at revision %d (position %d) recorded after=%d, replay gives %d",
-			objectID, e.Type, e.Revision, e.Position, recorded, folded))
-	}
-	objectID, isObject := domain.ParseDataObjectStream(ev.Stream)
-	var commitValues map[int64]int32
+// verifyApply folds d into st, checking the values it records, and appends what differs to
+// problems. It reads the body Decode decoded for the fold, and allocates nothing for an event
+// that needs no check.
+func verifyApply(st *state.State, d *state.Decoded, pending map[uuid.UUID][]recordedAfter, problems []string) []string {
+	ev := &d.Event
 	var committed []recordedAfter
-	var check *recordedAfter
-	switch ev.Type {
-	case domain.EventIntValueSet:
-		var d domain.IntValueSet
-		if json.Unmarshal(ev.Data, &d) == nil && isObject {
-			check = &recordedAfter{objectID: objectID, after: d.After, ev: ev}
+	var check recordedAfter
+	checking := false
+	if set, ok, err := d.IntValueSet(); ok && err == nil {
+		if objectID, isObject := domain.ParseDataObjectStream(ev.Stream); isObject {
+			check, checking = recordedAfter{objectID: objectID, after: set.After, typ: ev.Type, revision: ev.Revision, position: ev.Position}, true
 		}
-	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		d, err := domain.DecodeValueChanged(ev.Data)
-		if err != nil || !isObject {
-			break
+	} else if c, ok, err := d.ValueChanged(); ok && err == nil {
+		if objectID, isObject := domain.ParseDataObjectStream(ev.Stream); isObject {
+			delta := int64(domain.DirectionOf(ev.Type)) * c.Amount
+			r := recordedAfter{objectID: objectID, delta: delta, after: c.After, typ: ev.Type, revision: ev.Revision, position: ev.Position}
+			switch {
+			case c.Upload == nil:
+				check, checking = r, true
+			case !st.Aborted[c.Upload.UploadID]:
+				pending[c.Upload.UploadID] = append(pending[c.Upload.UploadID], r)
+			}
 		}
-		delta := int64(domain.DirectionOf(ev.Type)) * d.Amount
-		c := recordedAfter{objectID: objectID, delta: delta, after: d.After, ev: ev}
-		switch {
-		case d.Upload == nil:
-			check = &c
-		case !st.Aborted[d.Upload.UploadID]:
-			pending[d.Upload.UploadID] = append(pending[d.Upload.UploadID], c)
-		}
-	case domain.EventUploadCommitted, domain.EventUploadAborted:
-		uploadID, _, err := domain.DecodeUploadDecision(ev.Type, ev.Data)
-		if err != nil {
-			break
-		}
+	} else if uploadID, ok, err := d.UploadDecision(); ok && err == nil {
 		if ev.Type == domain.EventUploadCommitted {
 			committed = pending[uploadID]
-			commitValues = map[int64]int32{}
-			for _, c := range committed {
-				if o, ok := st.Objects[c.objectID]; ok {
-					commitValues[c.objectID] = o.IntValue
-				}
-			}
 		}
 		delete(pending, uploadID)
 	}
-	if err := st.Apply(ev); err != nil {
-		problems = append(problems, fmt.Sprintf("event at position %d cannot be folded: %v", ev.Position, err))
-		return problems
+	// The values before a commit of the objects its changes touch (a commit touches a few
+	// objects: a slice, on the stack when small, beats a map; a map past a few dozen).
+	var before [8]objectValue
+	running := objectValues{list: before[:0]}
+	for _, c := range committed {
+		if o, ok := st.Objects[c.objectID]; ok && running.find(c.objectID) == nil {
+			running.add(c.objectID, o.IntValue)
+		}
 	}
-	if check != nil {
+	if err := st.ApplyDecoded(d); err != nil {
+		return append(problems, fmt.Sprintf("event at position %d cannot be folded: %v", ev.Position, err))
+	}
+	if checking {
 		if o, ok := st.Objects[check.objectID]; ok && o.IntValue != check.after {
-			mismatch(check.ev, check.objectID, check.after, o.IntValue)
+			problems = append(problems, check.mismatch(o.IntValue))
 		}
 	}
 	// The commit counted the upload's changes; walk them in order from the values before it.
-	running := commitValues
 	for _, c := range committed {
-		v, ok := running[c.objectID]
-		if !ok {
+		value := running.find(c.objectID)
+		if value == nil {
 			continue
 		}
-		v = int32(int64(v) + c.delta)
-		running[c.objectID] = v
+		v := int32(int64(*value) + c.delta)
+		*value = v
 		if v != c.after {
-			mismatch(c.ev, c.objectID, c.after, v)
+			problems = append(problems, c.mismatch(v))
 		}
 	}
 	return problems
@@ -112,7 +152,7 @@ func verifyApply(st *state.State, ev eventstore.RecordedEvent, pending map[uuid.
 
 // CatchUp folds into st every event of the store after st's position.
 func CatchUp(ctx context.Context, r AllReader, st *state.State) error {
-	return fold(ctx, r, st, nil, st.ApplyOrSkip)
+	return fold(ctx, r, st, nil, st.ApplyDecodedOrSkip)
 }
 
 // fold hands every event after st's position to apply, which must fold it into st, calling
@@ -120,7 +160,7 @@ func CatchUp(ctx context.Context, r AllReader, st *state.State) error {
 // that reads ranges for a replay (replayReader) is read ahead by several goroutines up to its
 // head at the start, and its events come without metadata (docs/encoding.md); then, and for
 // other stores, fold reads pages until the store has no more.
-func fold(ctx context.Context, r AllReader, st *state.State, progress func(events int), apply func(eventstore.RecordedEvent)) error {
+func fold(ctx context.Context, r AllReader, st *state.State, progress func(events int), apply func(*state.Decoded)) error {
 	n := 0
 	if rr, ok := r.(replayReader); ok {
 		if err := foldAhead(ctx, rr, st, &n, progress, apply); err != nil {
@@ -136,7 +176,8 @@ func fold(ctx context.Context, r AllReader, st *state.State, progress func(event
 			return nil
 		}
 		for _, ev := range evs {
-			apply(ev)
+			d := state.Decode(ev)
+			apply(&d)
 		}
 		n += len(evs)
 		if progress != nil {

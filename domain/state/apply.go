@@ -13,22 +13,33 @@ import (
 // it does not know, move the position and change nothing else. An event it cannot decode is
 // reported after moving the position, so one bad event cannot stop the projection.
 func (s *State) Apply(ev eventstore.RecordedEvent) error {
-	if ev.Position > s.Position {
-		s.Position = ev.Position
-		s.LastEvent = EventRef{Stream: ev.Stream, Revision: ev.Revision, ID: ev.ID}
-	}
-	s.Events++
-	if err := s.apply(ev); err != nil {
-		return fmt.Errorf("project %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
-	}
-	return nil
+	d := Decode(ev)
+	return s.ApplyDecoded(&d)
 }
 
 // ApplyOrSkip folds ev into s. An event Apply cannot read only moves the position, as in the
 // live projection.
 func (s *State) ApplyOrSkip(ev eventstore.RecordedEvent) { _ = s.Apply(ev) }
 
-func (s *State) apply(ev eventstore.RecordedEvent) error {
+// ApplyDecoded is Apply for an event Decode decoded.
+func (s *State) ApplyDecoded(d *Decoded) error {
+	ev := d.Event
+	if ev.Position > s.Position {
+		s.Position = ev.Position
+		s.LastEvent = EventRef{Stream: ev.Stream, Revision: ev.Revision, ID: ev.ID}
+	}
+	s.Events++
+	if err := s.apply(d); err != nil {
+		return fmt.Errorf("project %s %d@%s: %w", ev.Type, ev.Revision, ev.Stream, err)
+	}
+	return nil
+}
+
+// ApplyDecodedOrSkip is ApplyOrSkip for an event Decode decoded.
+func (s *State) ApplyDecodedOrSkip(d *Decoded) { _ = s.ApplyDecoded(d) }
+
+func (s *State) apply(d *Decoded) error {
+	ev := d.Event
 	if ok, err := s.applyRefusalEvent(ev); ok {
 		return err
 	}
@@ -91,8 +102,8 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 		s.markObject(e.ObjectID)
 		s.seenID(domain.CategoryDataObject, e.ObjectID)
 	case domain.EventIntValueSet:
-		var e domain.IntValueSet
-		if err := json.Unmarshal(ev.Data, &e); err != nil {
+		e, err := d.set, d.err
+		if err != nil {
 			return err
 		}
 		if o := s.object(ev); o != nil {
@@ -107,7 +118,7 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 			o.StringValue = e.After
 		}
 	case domain.EventIncrementApplied, domain.EventDecrementApplied:
-		e, err := domain.DecodeValueChanged(ev.Data)
+		e, err := d.change, d.err
 		if err != nil {
 			return err
 		}
@@ -130,14 +141,13 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 			s.disown(o.Owner, o.ID)
 		}
 	case domain.EventUploadPrepared:
-		e, err := domain.DecodeUploadPrepared(ev.Data)
-		if err != nil {
-			return err
+		if d.err != nil {
+			return d.err
 		}
-		u := s.uploadStream(e.Owner, ev.Revision)
-		u.Prepared = &e
+		u := s.uploadStream(d.prepared.prepared.Owner, ev.Revision)
+		u.setPrepared(d.prepared)
 	case domain.EventUploadCommitted:
-		e, err := domain.DecodeUploadCommitted(ev.Data)
+		uploadID, err := d.decided, d.err
 		if err != nil {
 			return err
 		}
@@ -146,13 +156,13 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 			return nil
 		}
 		u.Revision, u.Exists = ev.Revision, true
-		if u.Prepared == nil || u.Prepared.UploadID != e.UploadID {
-			return fmt.Errorf("commit of upload %s that is not prepared", e.UploadID)
+		if u.Prepared == nil || u.Prepared.UploadID != uploadID {
+			return fmt.Errorf("commit of upload %s that is not prepared", uploadID)
 		}
 		s.commit(u)
 	case domain.EventUploadAborted:
-		var e domain.UploadAborted
-		if err := json.Unmarshal(ev.Data, &e); err != nil {
+		uploadID, err := d.decided, d.err
+		if err != nil {
 			return err
 		}
 		u := s.uploadOf(ev)
@@ -160,11 +170,11 @@ func (s *State) apply(ev eventstore.RecordedEvent) error {
 			return nil
 		}
 		u.Revision, u.Exists = ev.Revision, true
-		s.Aborted[e.UploadID] = true
-		s.markAborted(e.UploadID)
-		if u.Prepared != nil && u.Prepared.UploadID == e.UploadID {
+		s.Aborted[uploadID] = true
+		s.markAborted(uploadID)
+		if u.Prepared != nil && u.Prepared.UploadID == uploadID {
 			s.dropPending(u.Prepared)
-			u.Prepared = nil
+			u.setPrepared(nil)
 		}
 	default:
 		return nil
@@ -194,7 +204,7 @@ func (s *State) object(ev eventstore.RecordedEvent) *Object {
 }
 
 func (s *State) uploadStream(owner domain.Owner, revision uint64) *Upload {
-	key := owner.String()
+	key := s.ownerKey(owner)
 	u, ok := s.Uploads[key]
 	if !ok {
 		u = &Upload{Owner: owner}
@@ -207,12 +217,13 @@ func (s *State) uploadStream(owner domain.Owner, revision uint64) *Upload {
 
 // uploadOf finds the upload stream record of an upload event by its stream name.
 func (s *State) uploadOf(ev eventstore.RecordedEvent) *Upload {
-	owner, ok := domain.ParseUploadStream(ev.Stream)
+	owner, ok := s.streamOwner(ev.Stream)
 	if !ok {
 		return nil
 	}
-	s.markUpload(owner.String())
-	return s.Uploads[owner.String()]
+	key := s.ownerKey(owner)
+	s.markUpload(key)
+	return s.Uploads[key]
 }
 
 // commit makes a prepared upload's pending changes count and remembers its layers.
@@ -221,22 +232,9 @@ func (s *State) commit(u *Upload) {
 	s.takePending(p, func(o *Object, c PendingChange) {
 		o.IntValue = int32(int64(o.IntValue) + int64(c.Dir)*c.Amount)
 	})
-	// The layers' records are whole before they are added: a layer set only ever adds.
-	infos := make([]LayerInfo, len(p.Layers))
-	for i := range p.Layers {
-		infos[i] = LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
-		if i < len(p.Timestamps) {
-			infos[i].Timestamp = p.Timestamps[i]
-		}
-	}
-	for _, sk := range p.Skipped {
-		if sk.Index >= 0 && sk.Index < len(p.Layers) {
-			infos[sk.Index].Skipped = sk.Reason
-		}
-	}
-	s.rememberDigests(u, p, infos)
+	s.rememberLayers(u, p)
 	s.clearResolved(u)
-	u.Prepared = nil
+	u.setPrepared(nil)
 }
 
 // dropPending forgets an aborted upload's pending changes.

@@ -159,10 +159,11 @@ func (s *State) Changes(all bool) (Changes, error) {
 		}
 	}
 	if !all {
-		for owner, m := range s.layers.fresh {
-			for id, info := range m {
+		for owner, ol := range s.layers.fresh {
+			ol.each(-1, func(id string, info LayerInfo) bool {
 				c.Layers = append(c.Layers, LayerRecord{Owner: owner, ID: id, Info: info})
-			}
+				return true
+			})
 		}
 		sortLayers(c.Layers)
 	}

@@ -177,20 +177,62 @@ func (s *State) LayersAt(o domain.Owner, depth int64) []LayerAtDepth {
 	return out
 }
 
-// rememberDigests records the digests an upload's layers were applied with, and the identity
-// version 2 of the layer it stopped at when that was known by its legacy identity only.
-// infos are the new layers' records (by index in p.Layers) without their digests.
-func (s *State) rememberDigests(u *Upload, p *domain.UploadPrepared, infos []LayerInfo) {
-	owner := u.Owner.String()
-	for i, l := range p.Layers {
-		info := infos[i]
-		if i < len(p.Digests) {
-			info.Digest = p.Digests[i]
+// rememberLayers records the layers of a committed upload, each whole before it is added (a
+// layer set only ever adds): depth, timestamp, skip reason and the digests it was applied
+// with, and the identity version 2 of the layer it stopped at when that was known by its
+// legacy identity only.
+func (s *State) rememberLayers(u *Upload, p *domain.UploadPrepared) {
+	owner := s.ownerKey(u.Owner)
+	ol := s.layers.owner(owner)
+	var skipped map[int]string
+	for _, sk := range p.Skipped {
+		if sk.Index >= 0 && sk.Index < len(p.Layers) {
+			if skipped == nil {
+				skipped = map[int]string{}
+			}
+			skipped[sk.Index] = sk.Reason // the last one for an index wins, as it always did
 		}
-		if i == len(p.Layers)-1 {
-			info.FileDigest, info.Length = p.FileDigest, p.Length
+	}
+	if h := u.preparedHashes(); h != nil {
+		// From a binary body: every hash is 64 lowercase hex digits and here raw already.
+		for i := range p.Layers {
+			rec := layerRec{depth: p.BaseDepth + int64(i) + 1}
+			if i < len(p.Timestamps) {
+				rec.timestamp = p.Timestamps[i]
+			}
+			if i < len(h.Digests) {
+				rec.digest, rec.flags = h.Digests[i], recDigest
+			}
+			if i == len(p.Layers)-1 {
+				rec.length = p.Length
+				if h.HasFileDigest {
+					ol.putFileDigest(h.Layers[i], h.FileDigest, &rec)
+				}
+			}
+			if reason := skipped[i]; reason != "" {
+				ol.putRare(h.Layers[i], rareFields{skipped: reason}, &rec)
+			}
+			ol.recs[h.Layers[i]] = rec
 		}
-		s.layers.put(owner, l, info)
+	} else {
+		for i, l := range p.Layers {
+			info := LayerInfo{Depth: p.BaseDepth + int64(i) + 1}
+			if i < len(p.Timestamps) {
+				info.Timestamp = p.Timestamps[i]
+			}
+			info.Skipped = skipped[i]
+			if i < len(p.Digests) {
+				info.Digest = p.Digests[i]
+			}
+			if i == len(p.Layers)-1 {
+				info.FileDigest, info.Length = p.FileDigest, p.Length
+			}
+			if raw, ok := parseHash(l); ok {
+				ol.putRaw(raw, info)
+			} else {
+				s.layers.put(owner, l, info)
+			}
+		}
 	}
 	if b := p.Base; b != nil {
 		s.addAlias(u, *b)

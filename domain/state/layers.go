@@ -1,7 +1,9 @@
 package state
 
 import (
+	"encoding/hex"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
 
@@ -40,17 +42,206 @@ type LayerRecord struct {
 // (fresh), the older ones in store. Lookups consult fresh first. Apply adds to fresh under the
 // projection's write lock and readers look up under its read lock; the first error of the store
 // is kept (errMu) because readers may meet it concurrently.
+//
+// A replay holds millions of fresh layers, so they are kept compact (docs/encoding.md,
+// "Replay"): per owner, one map from the identity's 32 raw bytes to a fixed-size record without
+// pointers (the garbage collector never scans it), instead of maps keyed by 64-character hex
+// strings. What does not fit that form (an identity or digest that is not 64 lowercase hex
+// digits, a skip reason) is kept beside it as it came, so every LayerInfo reads back exactly as
+// it was put.
 type layerSet struct {
-	store  LayerStore
-	fresh  map[string]map[string]LayerInfo // by owner, then identity
-	depths map[string]map[int64]struct{}   // depths of the fresh layers, by owner
+	store LayerStore
+	fresh map[string]*ownerLayers // by owner
 
 	errMu sync.Mutex
 	err   error
 }
 
+// ownerLayers are one owner's fresh layers.
+type ownerLayers struct {
+	recs map[[32]byte]layerRec // by raw identity
+	// Beside recs, for the records whose flags say so.
+	fileDigests map[[32]byte][32]byte
+	rare        map[[32]byte]rareFields
+	// odd holds the layers whose identity is not 64 lowercase hex digits, as put.
+	odd map[string]LayerInfo
+}
+
+// layerRec is a LayerInfo in fixed size: its digest raw, its file digest and rare fields
+// beside it (ownerLayers) when the flags say so.
+type layerRec struct {
+	digest    [32]byte
+	depth     int64
+	timestamp int64
+	length    int64
+	flags     uint8
+}
+
+const (
+	recDigest     = 1 << iota // digest holds LayerInfo.Digest
+	recFileDigest             // fileDigests holds LayerInfo.FileDigest
+	recRare                   // rare holds the fields below
+)
+
+// rareFields are the parts of a LayerInfo the record cannot hold: a skip reason, and a digest
+// or file digest that is not 64 lowercase hex digits.
+type rareFields struct {
+	skipped, digest, fileDigest string
+}
+
 func newLayerSet(store LayerStore) *layerSet {
-	return &layerSet{store: store, fresh: map[string]map[string]LayerInfo{}, depths: map[string]map[int64]struct{}{}}
+	return &layerSet{store: store, fresh: map[string]*ownerLayers{}}
+}
+
+// owner returns an owner's fresh layers, made on first use.
+func (l *layerSet) owner(owner string) *ownerLayers {
+	ol := l.fresh[owner]
+	if ol == nil {
+		ol = &ownerLayers{recs: map[[32]byte]layerRec{}}
+		l.fresh[owner] = ol
+	}
+	return ol
+}
+
+// parseHash reads a 64-digit lowercase hex string (the form the codec writes), and reports
+// whether s was one: only then does hex.EncodeToString give s back.
+func parseHash(s string) (h [32]byte, ok bool) {
+	if len(s) != 64 {
+		return h, false
+	}
+	for i := range h {
+		hi, lo := hexDigit(s[2*i]), hexDigit(s[2*i+1])
+		if hi > 15 || lo > 15 {
+			return h, false
+		}
+		h[i] = hi<<4 | lo
+	}
+	return h, true
+}
+
+func hexDigit(c byte) byte {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0'
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10
+	}
+	return 255
+}
+
+// putRaw adds or replaces a layer under its raw identity.
+func (ol *ownerLayers) putRaw(id [32]byte, info LayerInfo) {
+	rec := layerRec{depth: info.Depth, timestamp: info.Timestamp, length: info.Length}
+	var rare rareFields
+	if info.Digest != "" {
+		if d, ok := parseHash(info.Digest); ok {
+			rec.digest, rec.flags = d, rec.flags|recDigest
+		} else {
+			rare.digest = info.Digest
+		}
+	}
+	if info.FileDigest != "" {
+		if d, ok := parseHash(info.FileDigest); ok {
+			ol.putFileDigest(id, d, &rec)
+		} else {
+			rare.fileDigest = info.FileDigest
+		}
+	}
+	rare.skipped = info.Skipped
+	if rare != (rareFields{}) {
+		ol.putRare(id, rare, &rec)
+	}
+	// A replaced record's entries beside it stay, unread: its flags no longer point at them.
+	ol.recs[id] = rec
+}
+
+// putFileDigest keeps the file digest of the layer id whose record rec is.
+func (ol *ownerLayers) putFileDigest(id, digest [32]byte, rec *layerRec) {
+	if ol.fileDigests == nil {
+		ol.fileDigests = map[[32]byte][32]byte{}
+	}
+	ol.fileDigests[id] = digest
+	rec.flags |= recFileDigest
+}
+
+// putRare keeps the rare fields of the layer id whose record rec is.
+func (ol *ownerLayers) putRare(id [32]byte, rare rareFields, rec *layerRec) {
+	if ol.rare == nil {
+		ol.rare = map[[32]byte]rareFields{}
+	}
+	ol.rare[id] = rare
+	rec.flags |= recRare
+}
+
+// info rebuilds the LayerInfo of a record.
+func (ol *ownerLayers) info(id [32]byte, rec layerRec) LayerInfo {
+	info := LayerInfo{Depth: rec.depth, Timestamp: rec.timestamp, Length: rec.length}
+	if rec.flags&recDigest != 0 {
+		info.Digest = hex.EncodeToString(rec.digest[:])
+	}
+	if rec.flags&recFileDigest != 0 {
+		d := ol.fileDigests[id]
+		info.FileDigest = hex.EncodeToString(d[:])
+	}
+	if rec.flags&recRare != 0 {
+		r := ol.rare[id]
+		info.Skipped = r.skipped
+		if r.digest != "" {
+			info.Digest = r.digest
+		}
+		if r.fileDigest != "" {
+			info.FileDigest = r.fileDigest
+		}
+	}
+	return info
+}
+
+// lookup returns a fresh layer by its identity as a string.
+func (ol *ownerLayers) lookup(id string) (LayerInfo, bool) {
+	if ol == nil {
+		return LayerInfo{}, false
+	}
+	if raw, ok := parseHash(id); ok {
+		rec, ok := ol.recs[raw]
+		if !ok {
+			return LayerInfo{}, false
+		}
+		return ol.info(raw, rec), true
+	}
+	info, ok := ol.odd[id]
+	return info, ok
+}
+
+func (ol *ownerLayers) len() int { return len(ol.recs) + len(ol.odd) }
+
+// each calls fn with every layer of ol at depth (every depth when depth is -1) until fn
+// returns false, and reports whether it stopped.
+func (ol *ownerLayers) each(depth int64, fn func(id string, info LayerInfo) bool) bool {
+	if ol == nil {
+		return false
+	}
+	for id, rec := range ol.recs {
+		if depth >= 0 && rec.depth != depth {
+			continue
+		}
+		if !fn(hex.EncodeToString(id[:]), ol.info(id, rec)) {
+			return true
+		}
+	}
+	for id, info := range ol.odd {
+		if depth >= 0 && info.Depth != depth {
+			continue
+		}
+		if !fn(id, info) {
+			return true
+		}
+	}
+	return false
+}
+
+// clone copies ol.
+func (ol *ownerLayers) clone() *ownerLayers {
+	return &ownerLayers{recs: maps.Clone(ol.recs), fileDigests: maps.Clone(ol.fileDigests), rare: maps.Clone(ol.rare), odd: maps.Clone(ol.odd)}
 }
 
 // fail keeps the first error of the store.
@@ -72,9 +263,27 @@ func (l *layerSet) failure() error {
 // known: the answer that can never apply an entry twice. The error is kept, and the projection
 // stops on it (LayerError) without persisting anything decided from that answer.
 func (l *layerSet) get(owner, id string) (LayerInfo, bool) {
-	if info, ok := l.fresh[owner][id]; ok {
+	if info, ok := l.fresh[owner].lookup(id); ok {
 		return info, true
 	}
+	return l.stored(owner, id)
+}
+
+// getRaw is get for an identity as raw bytes.
+func (l *layerSet) getRaw(owner string, id [32]byte) (LayerInfo, bool) {
+	if ol := l.fresh[owner]; ol != nil {
+		if rec, ok := ol.recs[id]; ok {
+			return ol.info(id, rec), true
+		}
+	}
+	if l.store == nil {
+		return LayerInfo{}, false
+	}
+	return l.stored(owner, hex.EncodeToString(id[:]))
+}
+
+// stored asks the store for a layer that is not fresh.
+func (l *layerSet) stored(owner, id string) (LayerInfo, bool) {
 	if l.store == nil {
 		return LayerInfo{}, false
 	}
@@ -87,24 +296,23 @@ func (l *layerSet) get(owner, id string) (LayerInfo, bool) {
 }
 
 func (l *layerSet) put(owner, id string, info LayerInfo) {
-	m := l.fresh[owner]
-	if m == nil {
-		m = map[string]LayerInfo{}
-		l.fresh[owner] = m
+	ol := l.owner(owner)
+	if raw, ok := parseHash(id); ok {
+		ol.putRaw(raw, info)
+		return
 	}
-	m[id] = info
-	d := l.depths[owner]
-	if d == nil {
-		d = map[int64]struct{}{}
-		l.depths[owner] = d
+	if ol.odd == nil {
+		ol.odd = map[string]LayerInfo{}
 	}
-	d[info.Depth] = struct{}{}
+	ol.odd[id] = info
 }
 
 // hasDepth is HasLayerAtDepth; a store error answers true (a suspected replay is only
-// flagged, never counted) and stops the projection.
+// flagged, never counted) and stops the projection. The fresh layers are walked: no command
+// asks this on a hot path, and an index of depths would cost every replay a map insert per
+// layer.
 func (l *layerSet) hasDepth(owner string, depth int64) bool {
-	if _, ok := l.depths[owner][depth]; ok {
+	if l.fresh[owner].each(depth, func(string, LayerInfo) bool { return false }) {
 		return true
 	}
 	if l.store == nil {
@@ -129,7 +337,7 @@ func (l *layerSet) eachOf(owner string, depth int64, fn func(id string, info Lay
 	if l.store != nil {
 		stopped := false
 		visit := func(id string, info LayerInfo) bool {
-			if _, hidden := fresh[id]; hidden {
+			if _, hidden := fresh.lookup(id); hidden {
 				return true
 			}
 			if !fn(id, info) {
@@ -148,14 +356,7 @@ func (l *layerSet) eachOf(owner string, depth int64, fn func(id string, info Lay
 			return err
 		}
 	}
-	for id, info := range fresh {
-		if depth >= 0 && info.Depth != depth {
-			continue
-		}
-		if !fn(id, info) {
-			return nil
-		}
-	}
+	fresh.each(depth, fn)
 	return nil
 }
 
@@ -179,8 +380,8 @@ func (s *State) layerInfo(o domain.Owner, id string) (LayerInfo, bool) {
 // without a layer store, else those committed since the last checkpoint.
 func (s *State) LayersInMemory() int {
 	n := 0
-	for _, m := range s.layers.fresh {
-		n += len(m)
+	for _, ol := range s.layers.fresh {
+		n += ol.len()
 	}
 	return n
 }
@@ -220,10 +421,8 @@ func (s *State) FreezeLayers(store LayerStore) *FrozenLayers {
 	if s.layers.store != nil {
 		set.store = store
 	}
-	for owner, m := range s.layers.fresh {
-		for id, info := range m {
-			set.put(owner, id, info)
-		}
+	for owner, ol := range s.layers.fresh {
+		set.fresh[owner] = ol.clone()
 	}
 	return &FrozenLayers{owners: s.uploadOwners(), set: set}
 }

@@ -74,7 +74,7 @@ func (s *State) applyRefusalEvent(ev eventstore.RecordedEvent) (bool, error) {
 // uploadAt returns the upload-stream record of an event of that stream, creating it, and
 // moves its revision.
 func (s *State) uploadAt(ev eventstore.RecordedEvent) *Upload {
-	owner, ok := domain.ParseUploadStream(ev.Stream)
+	owner, ok := s.streamOwner(ev.Stream)
 	if !ok {
 		return nil
 	}

@@ -5,7 +5,6 @@
 package state
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -66,6 +65,29 @@ type Upload struct {
 	Refusal *Refusal `json:"refusal,omitempty"`
 	// Resolution is an operator's decision on a refused log, until its newest layer is known.
 	Resolution *domain.UploadResolutionDecided `json:"resolution,omitempty"`
+	// decoded is what setPrepared made Prepared from, with its raw hashes, so that its commit
+	// indexes the layers without reading hex back (preparedHashes).
+	decoded *preparedUpload
+}
+
+// setPrepared makes p (nil: none) the upload in progress.
+func (u *Upload) setPrepared(p *preparedUpload) {
+	u.decoded = p
+	if p == nil {
+		u.Prepared = nil
+		return
+	}
+	u.Prepared = &p.prepared
+}
+
+// preparedHashes returns the raw hashes of Prepared, if it came from a binary body through
+// setPrepared (and was not replaced since).
+func (u *Upload) preparedHashes() *domain.PreparedHashes {
+	if d := u.decoded; d != nil && u.Prepared == &d.prepared && d.hashes != nil &&
+		len(d.hashes.Layers) == len(u.Prepared.Layers) && len(d.hashes.Digests) == len(u.Prepared.Digests) {
+		return d.hashes
+	}
+	return nil
 }
 
 // State is the current state folded from events. Its exported fields and its layers are what a
@@ -88,9 +110,47 @@ type State struct {
 	maxIDs      map[string]int64            // largest id of products, keys and objects, by stream category
 	layers      *layerSet                   // the applied usage-log layers (layers.go)
 	marks       *changeMarks                // what changed since the last checkpoint, if tracked (changes.go)
+	names       ownerNames                  // upload streams' owners and owners' keys met by Apply
 
 	// Anomalies are the usage-log integrity anomalies by owner (Owner.String()), oldest first.
 	Anomalies map[string][]*IntegrityAnomaly `json:"anomalies,omitempty"`
+}
+
+// ownerNames remembers the owners of the upload streams Apply met and the owners' keys
+// (Owner.String()), so that a replay parses each stream name and formats each key once: fmt's
+// Sscanf and Sprintf cost more than the rest of an upload's fold. Only Apply uses them (under
+// the projection's write lock); the maps are as many as the owners.
+type ownerNames struct {
+	byStream map[string]domain.Owner
+	keys     map[domain.Owner]string
+}
+
+// streamOwner is domain.ParseUploadStream, remembered.
+func (s *State) streamOwner(stream string) (domain.Owner, bool) {
+	if o, ok := s.names.byStream[stream]; ok {
+		return o, true
+	}
+	o, ok := domain.ParseUploadStream(stream)
+	if ok {
+		if s.names.byStream == nil {
+			s.names.byStream = map[string]domain.Owner{}
+		}
+		s.names.byStream[stream] = o
+	}
+	return o, ok
+}
+
+// ownerKey is o.String(), remembered.
+func (s *State) ownerKey(o domain.Owner) string {
+	if k, ok := s.names.keys[o]; ok {
+		return k
+	}
+	k := o.String()
+	if s.names.keys == nil {
+		s.names.keys = map[domain.Owner]string{}
+	}
+	s.names.keys[o] = k
+	return k
 }
 
 // EventRef locates one event.
@@ -303,7 +363,7 @@ func (s *State) Upload(o domain.Owner) *Upload {
 
 // Layer returns what is known of an applied layer of an owner.
 func (s *State) Layer(o domain.Owner, layer [32]byte) (LayerInfo, bool) {
-	return s.layerInfo(o, hex.EncodeToString(layer[:]))
+	return s.layers.getRaw(o.String(), layer)
 }
 
 // MaxID returns the largest id seen in a stream category.

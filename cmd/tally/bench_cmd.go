@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"time"
 
@@ -56,8 +57,8 @@ run that lost data exits non-zero.
 timestamps, direct increments and decrements, corrections, sets, removals; 1,000 keys and 10,000
 data objects from a million events on; one hot object with a tenth of the events) straight into
 the embedded store of --bench-dir, through its append API in the store's bulk-load mode (no
-fsync per commit, the pages written straight into the database file, everything synced once at
-the end), and leaves a data directory that tally serve --data-dir opens as is (admin token in
+fsync per commit, the pages written straight into the database file, the stream index built
+once at the end, everything synced once at the end), and leaves a data directory that tally serve --data-dir opens as is (admin token in
 admin.token); the time reported includes that final sync. It reports events/s. A run that is
 interrupted leaves a directory to delete, not one to serve. The usage read model is not built:
 tally serve builds it from the events when it starts (see docs/performance.md for how long).
@@ -90,7 +91,7 @@ keeps every event, so their history stays; the test product and its keys stay to
 	f.StringVar(&lc.Workload, "workload", loadgen.WorkloadIncrement, "increment, upload, mix, or history (write a year of ledger history into --bench-dir, see --events)")
 	f.IntVar(&bc.Events, "events", 1000000, "--workload history: about how many events to write")
 	f.Uint64Var(&bc.Seed, "seed", 1, "--workload history: seed of the generated history")
-	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients (--workload history: concurrent appenders, default 96)")
+	f.IntVar(&lc.Clients, "clients", 64, "concurrent clients (--workload history: concurrent generators, default 8)")
 	f.DurationVar(&lc.Duration, "duration", 0, "length of the timed phase (0: until --requests and --uploads are done)")
 	f.IntVar(&lc.Requests, "requests", 0, "number of increment calls (0: until --duration ends)")
 	f.IntVar(&lc.Objects, "objects", 0, "data objects the increment clients share (default: one per client)")
@@ -280,6 +281,10 @@ func runHistory(cmd *cobra.Command, bc benchConfig, workers int) error {
 			fmt.Fprintf(cmd.ErrOrStderr(), "bench: "+format+"\n", args...)
 		}
 	}
+	// The generator's garbage is short-lived and its live heap small (a few hundred MB at 10M
+	// events): collecting four times less often took about a tenth off its CPU time at 2M
+	// events (docs/performance.md). The command owns the process, so it may set this.
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	stop, err := startProfiles(bc.CPUProf, bc.MemProf)
 	if err != nil {
 		return err

@@ -6,9 +6,12 @@
 // operators' corrections, SetIntValue calls and, last, a few removals — with one hot data object
 // holding a tenth of all events. Every event is what the ledger would append (same types,
 // bodies, revisions, value before and after), so the projections fold it and tally verify
-// passes; it goes through the store's Append in large batches from many goroutines, bypassing
-// HTTP and the ledger's per-call work, on a store opened in its bulk-load mode
-// (embedded.WithBulkLoad: no fsync per commit, one sync when the store closes).
+// passes; it goes through the store's append API, bypassing HTTP and the ledger's per-call work,
+// on a store opened in its bulk-load mode (embedded.WithBulkLoad: no fsync per commit, one sync
+// when the store closes). A few generators, kept in step, queue their appends without waiting
+// for the commits (AppendNoWait), so that generating runs on one core while the store writes on
+// the other; once every stream exists the store builds its indexes at the end instead of event
+// by event (DeferIndexes).
 package historygen
 
 import (
@@ -51,8 +54,9 @@ type Config struct {
 	Keys, Objects int
 	// End is the end of the year of history (default: now, to the second).
 	End time.Time
-	// Workers append concurrently (default 96): the store commits their appends together,
-	// and the more of them wait, the fewer (larger) commits a load takes.
+	// Workers generate and queue appends concurrently (default 8), each on its own keys. They
+	// do not wait for their commits (the store takes thousands of queued appends in each), so
+	// a few keep the store busy; more only wake each other more often to keep pace.
 	Workers  int
 	Progress func(format string, args ...any)
 }
@@ -104,6 +108,26 @@ type generator struct {
 	span    time.Duration
 	events  atomic.Int64
 	uploads atomic.Int64
+	// uploadStreams counts the keys whose upload stream exists; once every key has one, every
+	// stream of the history exists and the store builds its stream index at the end instead
+	// of event by event (deferIndexes).
+	uploadStreams atomic.Int64
+	// deferred gets the result of deferIndexes, which runs on a goroutine of its own (it waits
+	// for the store's writer to catch up, and the generator that started it must not fall
+	// behind meanwhile); workCtx and cancelWork are the generators' context.
+	deferred   chan error
+	workCtx    context.Context
+	cancelWork context.CancelFunc
+
+	// The workers keep pace (see pace): work counts the events they have sent, of workTotal
+	// (their budgets); paceCond is broadcast each time work crosses a multiple of paceStep.
+	work      atomic.Int64
+	workTotal int64
+	paceStep  int64
+	paceMu    sync.Mutex
+	paceCond  *sync.Cond
+	// woken is work at the last broadcast (guarded by paceMu).
+	woken   int64
 	aborted atomic.Int64
 	token   uuid.UUID
 }
@@ -126,7 +150,7 @@ func Generate(ctx context.Context, cfg Config) (Result, error) {
 		cfg.End = time.Now().UTC().Truncate(time.Second)
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 96
+		cfg.Workers = 8
 	}
 	if cfg.Progress == nil {
 		cfg.Progress = func(string, ...any) {}
@@ -199,6 +223,12 @@ type worker struct {
 	keys      []*key
 	// budget is how many events this worker writes; done how many it has.
 	budget, done int64
+	// pending are the worker's appends whose results it has not checked yet, oldest first.
+	pending []*embedded.PendingAppend
+	// paced is set for the workers that spend the history's budget (see pace); opened counts
+	// the keys whose first upload the worker has made.
+	paced  bool
+	opened int
 }
 
 func (g *generator) newWorker(n int, budget int64, keys []*key) *worker {
@@ -219,14 +249,108 @@ func (w *worker) event(typ string, body any, meta []byte) (eventstore.EventData,
 	return eventstore.EventData{ID: w.ids.next(), Type: typ, Data: b, Metadata: meta}, nil
 }
 
-func (w *worker) append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, evs ...eventstore.EventData) (eventstore.AppendResult, error) {
-	res, err := w.g.store.Append(ctx, stream, expected, evs...)
-	if err != nil {
-		return res, fmt.Errorf("append to %s: %w", stream, err)
+// deferIndexes has the store build its indexes when it closes instead of inserting into them
+// event by event, once the append that creates the last stream of the history (the last
+// key's upload stream) is in: the store's writer then knows every stream's head and reads
+// none from the index.
+func (g *generator) deferIndexes(ctx context.Context, last *embedded.PendingAppend) error {
+	if _, err := last.Wait(ctx); err != nil {
+		return err
 	}
-	w.done += int64(len(evs))
-	w.g.events.Add(int64(len(evs)))
-	return res, nil
+	if err := g.store.DeferIndexes(ctx); err != nil {
+		return err
+	}
+	g.cfg.Progress("every stream exists at %d events: the store builds its indexes at the end", g.events.Load())
+	return nil
+}
+
+// send queues an append without waiting for its commit (the store is in bulk-load mode):
+// the worker knows every revision in advance, since it alone writes its keys' streams, so it
+// goes on generating while the store commits. Its appends reach the store in the order it sends
+// them; their results are checked as they come in (reap) and all of them at the end.
+func (w *worker) send(ctx context.Context, stream string, expected eventstore.ExpectedRevision, evs ...eventstore.EventData) error {
+	_, err := w.sendPending(ctx, stream, expected, evs...)
+	return err
+}
+
+// sendPending is send that also returns the queued append (its result may already have been
+// checked and dropped from pending).
+func (w *worker) sendPending(ctx context.Context, stream string, expected eventstore.ExpectedRevision, evs ...eventstore.EventData) (*embedded.PendingAppend, error) {
+	p, err := w.g.store.AppendNoWait(ctx, stream, expected, evs...)
+	if err != nil {
+		return nil, fmt.Errorf("append to %s: %w", stream, err)
+	}
+	w.pending = append(w.pending, p)
+	n := int64(len(evs))
+	w.done += n
+	w.g.events.Add(n)
+	if w.paced {
+		if work := w.g.work.Add(n); work/w.g.paceStep != (work-n)/w.g.paceStep {
+			w.g.paceMu.Lock()
+			w.g.wake()
+			w.g.paceMu.Unlock()
+		}
+	}
+	return p, w.reap(ctx, false)
+}
+
+// paceSlack is how far (a fraction of its budget) a worker may run ahead of the workers as a
+// whole before it waits for them.
+const paceSlack = 0.0025
+
+// pace waits while the worker is ahead of the others. The store takes appends in the order
+// they are queued, and a worker that queues faster than the others would otherwise spend its
+// budget (its keys' year) in the first positions of the log and a slow one in the last: kept in
+// step, every worker's clock is about the same at the same position, as the log of a real
+// ledger is about in time order. Some worker is always at or behind the average (the average
+// is theirs, weighted by budget), so some worker always runs.
+func (w *worker) pace(ctx context.Context) error {
+	g := w.g
+	ahead := func() bool {
+		return float64(w.done)/float64(w.budget) > float64(g.work.Load())/float64(g.workTotal)+paceSlack
+	}
+	if !ahead() {
+		return nil
+	}
+	g.paceMu.Lock()
+	defer g.paceMu.Unlock()
+	for ahead() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// The work done since the last broadcast may be what another waiter waits for: wake
+		// them before sleeping. Then when all are asleep, each has looked at the same work and
+		// found itself ahead of it, which the average forbids: they never all sleep.
+		if g.work.Load() != g.woken {
+			g.wake()
+		}
+		g.paceCond.Wait()
+	}
+	return nil
+}
+
+// wake wakes the generators waiting in pace; paceMu is held.
+func (g *generator) wake() {
+	g.woken = g.work.Load()
+	g.paceCond.Broadcast()
+}
+
+// reap checks the results of the worker's appends that are in, oldest first, or of all of them
+// (waiting for each) when all is set.
+func (w *worker) reap(ctx context.Context, all bool) error {
+	i := 0
+	for ; i < len(w.pending); i++ {
+		p := w.pending[i]
+		if !all && !p.Done() {
+			break
+		}
+		if _, err := p.Wait(ctx); err != nil {
+			return err
+		}
+	}
+	clear(w.pending[:i])
+	w.pending = w.pending[i:]
+	return nil
 }
 
 // now is the worker's simulated clock: it crosses the year as the worker's budget is spent.
@@ -287,13 +411,14 @@ func (g *generator) run(ctx context.Context) (Result, error) {
 			return res, err
 		}
 	}
-	if err := parallel(ctx, 64, len(firsts), func(ctx context.Context, i int) error {
-		_, err := setup.g.store.Append(ctx, firsts[i].stream, eventstore.NoStream(), firsts[i].ev)
-		return err
-	}); err != nil {
+	for _, f := range firsts {
+		if err := setup.send(ctx, f.stream, eventstore.NoStream(), f.ev); err != nil {
+			return res, fmt.Errorf("catalogue: %w", err)
+		}
+	}
+	if err := setup.reap(ctx, true); err != nil {
 		return res, fmt.Errorf("catalogue: %w", err)
 	}
-	g.events.Add(int64(len(firsts)))
 	cfg.Progress("catalogue: %d products, %d keys, %d data objects", products, len(keys), len(objects))
 
 	// The hot object is the first of the first key; one worker owns that key and spends a
@@ -312,6 +437,21 @@ func (g *generator) run(ctx context.Context) (Result, error) {
 		}
 		workers = append(workers, g.newWorker(i+1, (remaining-hotBudget)/int64(n), mine))
 	}
+	for _, w := range workers {
+		w.paced = true
+		g.workTotal += w.budget
+	}
+	g.paceStep = max(1, g.workTotal/4096)
+	g.paceCond = sync.NewCond(&g.paceMu)
+	workCtx, cancelWork := context.WithCancel(ctx)
+	defer cancelWork()
+	g.workCtx, g.cancelWork, g.deferred = workCtx, cancelWork, make(chan error, 1)
+	// A worker waiting for the others wakes when the work stops.
+	defer context.AfterFunc(workCtx, func() {
+		g.paceMu.Lock()
+		g.paceCond.Broadcast()
+		g.paceMu.Unlock()
+	})()
 	stop := make(chan struct{})
 	go func() {
 		t := time.NewTicker(2 * time.Second)
@@ -325,13 +465,26 @@ func (g *generator) run(ctx context.Context) (Result, error) {
 			}
 		}
 	}()
-	err := parallel(ctx, len(workers), len(workers), func(ctx context.Context, i int) error {
+	err := parallel(workCtx, len(workers), len(workers), func(ctx context.Context, i int) error {
+		var err error
 		if i == 0 {
-			return workers[0].runHot(ctx, hot)
+			err = workers[0].runHot(ctx, hot)
+		} else {
+			err = workers[i].run(ctx)
 		}
-		return workers[i].run(ctx)
+		if err = errors.Join(err, workers[i].reap(ctx, true)); err != nil {
+			cancelWork() // wakes the workers waiting in pace
+		}
+		// Its last events may be what the others wait for.
+		g.paceMu.Lock()
+		g.wake()
+		g.paceMu.Unlock()
+		return err
 	})
 	close(stop)
+	if g.uploadStreams.Load() >= int64(cfg.Keys) {
+		err = errors.Join(err, <-g.deferred)
+	}
 	if err != nil {
 		return res, err
 	}
@@ -373,9 +526,19 @@ func (w *worker) run(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if err := w.pace(ctx); err != nil {
+			return err
+		}
 		k := w.keys[w.rng.IntN(len(w.keys))]
+		r := w.rng.IntN(100)
+		if w.opened < len(w.keys) {
+			// Each key's first operation is an upload of its license server's log: every
+			// upload stream exists from the start of the year.
+			k, r = w.keys[w.opened], 0
+			w.opened++
+		}
 		var err error
-		switch r := w.rng.IntN(100); {
+		switch {
 		case r < 22:
 			// A key's log counts a few of its objects (features, seats).
 			first := w.rng.IntN(len(k.objects))
@@ -400,15 +563,23 @@ func (w *worker) run(ctx context.Context) error {
 // hundreds of layers.
 func (w *worker) runHot(ctx context.Context, hot *object) error {
 	k := w.keys[0]
+	// In a small history a run of hundreds of events would be a large part of the budget, and
+	// the positions it takes at once would push the other generators' events later in the log
+	// than their time in the year: runs take at most 1/50 of the budget (from 50,000 events on,
+	// the cap is above every run).
+	maxRun := max(1, w.budget/50)
 	for w.done < w.budget {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if err := w.pace(ctx); err != nil {
+			return err
+		}
 		var err error
-		if w.rng.IntN(2) == 0 {
-			err = w.upload(ctx, k, []*object{hot}, int(min(w.budget-w.done, int64(50+w.rng.IntN(400)))))
+		if w.rng.IntN(2) == 0 || !k.uploads {
+			err = w.upload(ctx, k, []*object{hot}, int(min(w.budget-w.done, maxRun, int64(50+w.rng.IntN(400)))))
 		} else {
-			err = w.direct(ctx, hot, int(min(w.budget-w.done, int64(100+w.rng.IntN(900)))))
+			err = w.direct(ctx, hot, int(min(w.budget-w.done, maxRun, int64(100+w.rng.IntN(900)))))
 		}
 		if err != nil {
 			return err
@@ -444,11 +615,10 @@ func (w *worker) direct(ctx context.Context, o *object, n int) error {
 // appendTo appends events to o's stream after the revision the worker knows, which leave o
 // at value after.
 func (w *worker) appendTo(ctx context.Context, o *object, after int32, evs ...eventstore.EventData) error {
-	res, err := w.append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), evs...)
-	if err != nil {
+	if err := w.send(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), evs...); err != nil {
 		return err
 	}
-	o.value, o.revision = after, res.NextExpectedRevision
+	o.value, o.revision = after, o.revision+uint64(len(evs))
 	return nil
 }
 
@@ -530,27 +700,29 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 	if k.uploads {
 		expected = eventstore.Exact(k.uploadRev)
 	}
-	res, err := w.append(ctx, domain.UploadStream(owner), expected, pev)
+	prepared, err := w.sendPending(ctx, domain.UploadStream(owner), expected, pev)
 	if err != nil {
 		return err
 	}
-	k.uploads, k.uploadRev = true, res.NextExpectedRevision
-	// The objects' events go in at once, as the store commits concurrent appends together
-	// (the ledger appends them one object after the other; the order between objects is
-	// immaterial, each stream's own order is kept).
-	if err := parallel(ctx, len(order), len(order), func(ctx context.Context, i int) error {
-		o := order[i]
-		r, err := w.g.store.Append(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), byObject[o.id]...)
-		if err != nil {
-			return fmt.Errorf("append to %s: %w", domain.DataObjectStream(o.id), err)
-		}
-		o.revision = r.NextExpectedRevision
-		return nil
-	}); err != nil {
-		return err
+	if k.uploads {
+		k.uploadRev++
+	} else if w.g.uploadStreams.Add(1) == int64(w.g.cfg.Keys) {
+		go func() {
+			err := w.g.deferIndexes(w.g.workCtx, prepared)
+			if err != nil {
+				w.g.cancelWork()
+			}
+			w.g.deferred <- err
+		}()
 	}
-	w.done += int64(n)
-	w.g.events.Add(int64(n))
+	k.uploads = true
+	for _, o := range order {
+		evs := byObject[o.id]
+		if err := w.send(ctx, domain.DataObjectStream(o.id), eventstore.Exact(o.revision), evs...); err != nil {
+			return err
+		}
+		o.revision += uint64(len(evs))
+	}
 	var dev eventstore.EventData
 	if abort {
 		dev, err = w.event(domain.EventUploadAborted, domain.UploadAborted{UploadID: id, Reason: "the client went away", At: w.now()}, w.meta)
@@ -560,10 +732,10 @@ func (w *worker) upload(ctx context.Context, k *key, objs []*object, n int) erro
 	if err != nil {
 		return err
 	}
-	if res, err = w.append(ctx, domain.UploadStream(owner), eventstore.Exact(k.uploadRev), dev); err != nil {
+	if err := w.send(ctx, domain.UploadStream(owner), eventstore.Exact(k.uploadRev), dev); err != nil {
 		return err
 	}
-	k.uploadRev = res.NextExpectedRevision
+	k.uploadRev++
 	w.g.uploads.Add(1)
 	if abort {
 		w.g.aborted.Add(1)

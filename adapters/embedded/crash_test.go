@@ -147,6 +147,21 @@ func dataIDs(events []eventstore.EventData) []uuid.UUID {
 	return ids
 }
 
+// crashSeed is the seed of a test's random kills: crashSeedEnv's value when set (to replay a
+// failed run), else a new one; it is logged either way.
+func crashSeed(t *testing.T) uint64 {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv(crashSeedEnv); s != "" {
+		var err error
+		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+			t.Fatalf("%s: %v", crashSeedEnv, err)
+		}
+	}
+	t.Logf("seed %d (replay with %s=%d)", seed, crashSeedEnv, seed)
+	return seed
+}
+
 // TestCrashRecovery kills an appending child process with SIGKILL at random moments and checks,
 // after each kill, that the store on disk holds every acknowledged append exactly as
 // acknowledged, no append in part, and streams without holes or duplicates.
@@ -158,14 +173,7 @@ func TestCrashRecovery(t *testing.T) {
 	if os.Getenv("TALLY_LONG") != "" {
 		kills = 200
 	}
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv(crashSeedEnv); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatalf("%s: %v", crashSeedEnv, err)
-		}
-	}
-	t.Logf("seed %d (replay with %s=%d)", seed, crashSeedEnv, seed)
+	seed := crashSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 0))
 	dir := t.TempDir()
 	var acked []ack

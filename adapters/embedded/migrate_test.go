@@ -462,14 +462,7 @@ func TestInterruptedMigrationLeavesAUsableStore(t *testing.T) {
 	if os.Getenv("TALLY_LONG") != "" {
 		kills = 60
 	}
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv(crashSeedEnv); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatalf("%s: %v", crashSeedEnv, err)
-		}
-	}
-	t.Logf("seed %d (replay with %s=%d)", seed, crashSeedEnv, seed)
+	seed := crashSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	v1 := filepath.Join(t.TempDir(), "v1")
 	writeV1Store(t, v1, v1Workload(rand.New(rand.NewPCG(13, 3)), 200), false) // about 2,600 events

@@ -11,6 +11,21 @@ import (
 	"github.com/tallyledger/tally/projections/readmodel"
 )
 
+// historyStore opens the event store of the ledger TALLY_HISTORY_DIR names (made by tally
+// bench --workload history), closed when b ends, or skips b when it is not set.
+func historyStore(ctx context.Context, b *testing.B) (dir string, store *embedded.Store) {
+	dir = os.Getenv("TALLY_HISTORY_DIR")
+	if dir == "" {
+		b.Skip("TALLY_HISTORY_DIR is not set")
+	}
+	store, err := embedded.Open(ctx, filepath.Join(dir, "events"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = store.Close() })
+	return dir, store
+}
+
 // BenchmarkCatchUpOnHistory builds the usage read model from zero on a ledger made by tally
 // bench --workload history (TALLY_HISTORY_DIR names its data directory; skipped without it),
 // into a file of its own (the directory's read model is left alone), and reports events/s.
@@ -18,16 +33,8 @@ import (
 //
 //	TALLY_HISTORY_DIR=/tmp/h1m go test -run '^$' -bench CatchUpOnHistory -benchtime 1x ./projections/readmodel
 func BenchmarkCatchUpOnHistory(b *testing.B) {
-	dir := os.Getenv("TALLY_HISTORY_DIR")
-	if dir == "" {
-		b.Skip("TALLY_HISTORY_DIR is not set")
-	}
 	ctx := context.Background()
-	store, err := embedded.Open(ctx, filepath.Join(dir, "events"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
+	_, store := historyStore(ctx, b)
 	for range b.N {
 		path := filepath.Join(b.TempDir(), "usage.db")
 		mctx, cancel := context.WithCancel(ctx)

@@ -4,13 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/projections"
 	"github.com/tallyledger/tally/projections/readmodel"
 )
@@ -25,16 +23,8 @@ import (
 //
 //	TALLY_HISTORY_DIR=/tmp/h1m go test -run '^$' -bench BillingRunOnHistory ./projections/readmodel
 func BenchmarkBillingRunOnHistory(b *testing.B) {
-	dir := os.Getenv("TALLY_HISTORY_DIR")
-	if dir == "" {
-		b.Skip("TALLY_HISTORY_DIR is not set")
-	}
 	ctx := context.Background()
-	store, err := embedded.Open(ctx, filepath.Join(dir, "events"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
+	dir, store := historyStore(ctx, b)
 	mctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m, err := readmodel.Open(mctx, store, filepath.Join(dir, readmodel.File), readmodel.Options{})

@@ -31,7 +31,9 @@ func auditLocal(g *globalFlags) auditcli.Local {
 	return auditcli.Local{
 		DataDir: func() string { return g.DataDir },
 		Open: func(ctx context.Context, kind, kurrentURL string) (eventstore.Store, error) {
-			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			// Info, not only warnings: opening a store of an earlier schema migrates it, which
+			// takes minutes on a large store and logs its progress at Info (docs/operations.md).
+			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			return openStore(ctx, logger, g.DataDir, serveConfig{Store: kind, KurrentURL: kurrentURL})
 		},
 		InUse: func(err error) bool { return errors.Is(err, embedded.ErrLocked) },

@@ -254,13 +254,43 @@ func (d *StateDB) HasDepth(owner string, depth int64) (bool, error) {
 
 // EachLayer implements state.LayerStore.
 func (d *StateDB) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
-	rows, err := d.readDB.Query(selectLayers, owner)
-	return eachLayer(rows, err, fn)
+	return layerQueries{d.readDB}.EachLayer(owner, fn)
 }
 
 // EachLayerAt implements state.LayerStore.
 func (d *StateDB) EachLayerAt(owner string, depth int64, fn func(id string, info state.LayerInfo) bool) error {
-	rows, err := d.readDB.Query(selectLayersAt, owner, depth)
+	return layerQueries{d.readDB}.EachLayerAt(owner, depth, fn)
+}
+
+// layerQueries answers state.LayerStore's questions from a layers table through q: a pool of
+// connections (a replay's new file) or one read transaction (a snapshot). StateDB answers the
+// two lookups of an upload's decision with statements prepared once instead.
+type layerQueries struct {
+	q interface {
+		Query(query string, args ...any) (*sql.Rows, error)
+		QueryRow(query string, args ...any) *sql.Row
+	}
+}
+
+// Layer implements state.LayerStore.
+func (l layerQueries) Layer(owner, id string) (state.LayerInfo, bool, error) {
+	return scanLayer(l.q.QueryRow(selectLayer, owner, packID(id)))
+}
+
+// HasDepth implements state.LayerStore.
+func (l layerQueries) HasDepth(owner string, depth int64) (bool, error) {
+	return scanFound(l.q.QueryRow(selectDepth, owner, depth))
+}
+
+// EachLayer implements state.LayerStore.
+func (l layerQueries) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
+	rows, err := l.q.Query(selectLayers, owner)
+	return eachLayer(rows, err, fn)
+}
+
+// EachLayerAt implements state.LayerStore.
+func (l layerQueries) EachLayerAt(owner string, depth int64, fn func(id string, info state.LayerInfo) bool) error {
+	rows, err := l.q.Query(selectLayersAt, owner, depth)
 	return eachLayer(rows, err, fn)
 }
 
@@ -577,7 +607,8 @@ func CopyState(ctx context.Context, from, to string) (bool, error) {
 // LayerSnapshot is the state database's layers as they were when it was taken (one read
 // transaction): what an online verification compares while checkpoints go on.
 type LayerSnapshot struct {
-	tx *sql.Tx
+	layerQueries // on tx
+	tx           *sql.Tx
 }
 
 // SnapshotLayers begins a read transaction and pins its snapshot at once (SQLite takes it at
@@ -592,30 +623,8 @@ func (d *StateDB) SnapshotLayers(ctx context.Context) (*LayerSnapshot, error) {
 		_ = tx.Rollback()
 		return nil, fmt.Errorf("state database: snapshot: %w", err)
 	}
-	return &LayerSnapshot{tx: tx}, nil
+	return &LayerSnapshot{layerQueries: layerQueries{tx}, tx: tx}, nil
 }
 
 // Close ends the snapshot's read transaction.
 func (s *LayerSnapshot) Close() error { return s.tx.Rollback() }
-
-// Layer implements state.LayerStore.
-func (s *LayerSnapshot) Layer(owner, id string) (state.LayerInfo, bool, error) {
-	return scanLayer(s.tx.QueryRow(selectLayer, owner, packID(id)))
-}
-
-// HasDepth implements state.LayerStore.
-func (s *LayerSnapshot) HasDepth(owner string, depth int64) (bool, error) {
-	return scanFound(s.tx.QueryRow(selectDepth, owner, depth))
-}
-
-// EachLayer implements state.LayerStore.
-func (s *LayerSnapshot) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
-	rows, err := s.tx.Query(selectLayers, owner)
-	return eachLayer(rows, err, fn)
-}
-
-// EachLayerAt implements state.LayerStore.
-func (s *LayerSnapshot) EachLayerAt(owner string, depth int64, fn func(id string, info state.LayerInfo) bool) error {
-	rows, err := s.tx.Query(selectLayersAt, owner, depth)
-	return eachLayer(rows, err, fn)
-}

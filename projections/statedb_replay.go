@@ -243,7 +243,7 @@ func (w *writtenLayers) Layer(owner, id string) (state.LayerInfo, bool, error) {
 			return l.Info, true, nil
 		}
 	}
-	return scanLayer(w.db.QueryRow(selectLayer, owner, packID(id)))
+	return layerQueries{w.db}.Layer(owner, id)
 }
 
 // HasDepth implements state.LayerStore.
@@ -251,7 +251,7 @@ func (w *writtenLayers) HasDepth(owner string, depth int64) (bool, error) {
 	if len(w.pendingOf(owner, depth)) > 0 {
 		return true, nil
 	}
-	return scanFound(w.db.QueryRow(selectDepth, owner, depth))
+	return layerQueries{w.db}.HasDepth(owner, depth)
 }
 
 // EachLayer implements state.LayerStore.
@@ -274,14 +274,9 @@ func (w *writtenLayers) each(owner string, depth int64, fn func(id string, info 
 			return nil
 		}
 	}
-	var rows *sql.Rows
-	var err error
+	notPending := func(id string, info state.LayerInfo) bool { return pending[id] || fn(id, info) }
 	if depth < 0 {
-		rows, err = w.db.Query(selectLayers, owner)
-	} else {
-		rows, err = w.db.Query(selectLayersAt, owner, depth)
+		return layerQueries{w.db}.EachLayer(owner, notPending)
 	}
-	return eachLayer(rows, err, func(id string, info state.LayerInfo) bool {
-		return pending[id] || fn(id, info)
-	})
+	return layerQueries{w.db}.EachLayerAt(owner, depth, notPending)
 }

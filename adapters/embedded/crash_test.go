@@ -191,32 +191,17 @@ func TestCrashRecovery(t *testing.T) {
 // after a random delay, whichever the dice chose; it returns what the child acknowledged.
 func runAndKill(t *testing.T, dir string, run int, rng *rand.Rand) []ack {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, crashRunEnv+"="+strconv.Itoa(run))
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start crash child: %v", err)
-	}
-	kill := func() { _ = cmd.Process.Kill() }
+	child := startChild(t, "crash child", crashChildEnv+"="+dir, crashRunEnv+"="+strconv.Itoa(run))
 	killAfterLines := -1
 	if rng.IntN(2) == 0 {
 		killAfterLines = 1 + rng.IntN(400)
 	} else {
-		time.AfterFunc(time.Duration(rng.IntN(300))*time.Millisecond, kill)
+		time.AfterFunc(time.Duration(rng.IntN(300))*time.Millisecond, child.kill)
 	}
-	// A child that neither acknowledges nor dies is a failure, not a hang.
-	watchdog := time.AfterFunc(time.Minute, kill)
-	defer watchdog.Stop()
 
 	var acks []ack
-	reader := bufio.NewReader(stdout)
 	for {
-		line, err := reader.ReadBytes('\n')
+		line, err := child.lines.ReadBytes('\n')
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				t.Fatalf("read crash child: %v", err)
@@ -238,15 +223,52 @@ func runAndKill(t *testing.T, dir string, run int, rng *rand.Rand) []ack {
 			}
 		}
 		if len(acks) == killAfterLines {
-			kill()
+			child.kill()
 		}
 	}
-	err = cmd.Wait()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || !exit.Sys().(syscall.WaitStatus).Signaled() {
-		t.Fatalf("crash child run %d ended by itself (%v): %s", run, err, stderr.String())
+	if killed, err := child.wait(); !killed {
+		t.Fatalf("crash child run %d ended by itself (%v): %s", run, err, child.stderr.String())
 	}
 	return acks
+}
+
+// childProcess is the test binary run again as a child process that a test kills (the crash
+// and migration tests): its stdout read line by line, its stderr kept for a failure's message.
+type childProcess struct {
+	cmd      *exec.Cmd
+	lines    *bufio.Reader
+	stderr   strings.Builder
+	watchdog *time.Timer
+}
+
+// startChild starts the test binary with env added (the variables that make it a child). A
+// child that neither ends nor is killed within a minute is killed: a failure, not a hang.
+func startChild(t *testing.T, what string, env ...string) *childProcess {
+	t.Helper()
+	c := &childProcess{cmd: exec.Command(os.Args[0], "-test.run=^$")}
+	c.cmd.Env = append(os.Environ(), env...)
+	c.cmd.Stderr = &c.stderr
+	stdout, err := c.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", what, err)
+	}
+	c.lines = bufio.NewReader(stdout)
+	c.watchdog = time.AfterFunc(time.Minute, c.kill)
+	return c
+}
+
+// kill sends SIGKILL.
+func (c *childProcess) kill() { _ = c.cmd.Process.Kill() }
+
+// wait waits for the child to end, and reports whether a signal ended it.
+func (c *childProcess) wait() (killed bool, err error) {
+	c.watchdog.Stop()
+	err = c.cmd.Wait()
+	var exit *exec.ExitError
+	return errors.As(err, &exit) && exit.Sys().(syscall.WaitStatus).Signaled(), err
 }
 
 // verifyCrashStore checks the store in dir against the acknowledgements and returns how many

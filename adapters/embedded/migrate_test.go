@@ -1,7 +1,6 @@
 package embedded_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"database/sql"
@@ -11,7 +10,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -502,18 +500,7 @@ func TestInterruptedMigrationLeavesAUsableStore(t *testing.T) {
 // returns the schema version the database has afterwards (1 or 2, nothing else).
 func killMigration(t *testing.T, dir string, round int, rng *rand.Rand) int {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), migrateChildEnv+"="+dir)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start migrating child: %v", err)
-	}
-	kill := func() { _ = cmd.Process.Kill() }
+	child := startChild(t, "migrating child", migrateChildEnv+"="+dir)
 	// The child logs: the start, a line per migrateProgressEvery events (about 35), the index,
 	// the end, "opened".
 	killAtLine := -1
@@ -521,14 +508,11 @@ func killMigration(t *testing.T, dir string, round int, rng *rand.Rand) int {
 	case 0, 1:
 		killAtLine = 1 + rng.IntN(38)
 	case 2:
-		time.AfterFunc(time.Duration(rng.IntN(400))*time.Millisecond, kill)
+		time.AfterFunc(time.Duration(rng.IntN(400))*time.Millisecond, child.kill)
 	case 3: // let it finish
 	}
-	watchdog := time.AfterFunc(time.Minute, kill)
-	defer watchdog.Stop()
-	reader := bufio.NewReader(stdout)
 	for lines := 1; ; lines++ {
-		_, err := reader.ReadBytes('\n')
+		_, err := child.lines.ReadBytes('\n')
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				t.Fatalf("read migrating child: %v", err)
@@ -536,13 +520,11 @@ func killMigration(t *testing.T, dir string, round int, rng *rand.Rand) int {
 			break
 		}
 		if lines == killAtLine {
-			kill()
+			child.kill()
 		}
 	}
-	err = cmd.Wait()
-	var exit *exec.ExitError
-	if err != nil && !(errors.As(err, &exit) && exit.Sys().(interface{ Signaled() bool }).Signaled()) {
-		t.Fatalf("round %d: migrating child failed (%v): %s", round, err, stderr.String())
+	if killed, err := child.wait(); err != nil && !killed {
+		t.Fatalf("round %d: migrating child failed (%v): %s", round, err, child.stderr.String())
 	}
 	version := schemaVersion(t, dir)
 	if version != 1 && version != 2 {

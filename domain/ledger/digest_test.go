@@ -41,14 +41,7 @@ func (d withoutLengths) Decode(ctx context.Context, data string, known func(ledg
 // bytes alone cannot see; one recorded before cannot be (docs/uploads.md, "Tampering").
 func TestLayerLengthsInDigestsAreBackwardCompatible(t *testing.T) {
 	ctx := context.Background()
-	key, err := usagelog.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := usagelog.NewKeyRing(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := newKeyRing(t)
 	old := true
 	svc, _ := newLedger(t, func(cfg *ledger.Config) {
 		cfg.Decoder = withoutLengths{LogDecoder: usagelog.NewLedgerDecoder(keys), on: &old}

@@ -36,14 +36,7 @@ func TestUploadEntryStorage(t *testing.T) {
 		limit     = 250.0
 	)
 	ctx := context.Background()
-	key, err := usagelog.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := usagelog.NewKeyRing(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := newKeyRing(t)
 	svc, store := newLedger(t, func(cfg *ledger.Config) { cfg.Decoder = usagelog.NewLedgerDecoder(keys) })
 	admin := ledger.Caller{Admin: true}
 	p, err := svc.CreateProduct(ctx, admin, "P")

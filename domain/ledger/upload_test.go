@@ -20,14 +20,7 @@ import (
 func TestUploadFlagsTimestampsTooFarAhead(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	key, err := usagelog.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := usagelog.NewKeyRing(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := newKeyRing(t)
 	svc, store := newLedger(t, func(cfg *ledger.Config) {
 		cfg.Clock = func() time.Time { return now }
 		cfg.Decoder = usagelog.NewLedgerDecoder(keys)
@@ -77,4 +70,18 @@ func TestUploadFlagsTimestampsTooFarAhead(t *testing.T) {
 	if anomalies[0] != "" || !strings.Contains(anomalies[1], "in the future") {
 		t.Fatalf("anomalies %q; want none for 9 minutes ahead, \"in the future\" for 11", anomalies)
 	}
+}
+
+// newKeyRing is a key ring of one fresh RSA key, for ledgers that decode real usage logs.
+func newKeyRing(t *testing.T) *usagelog.KeyRing {
+	t.Helper()
+	key, err := usagelog.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := usagelog.NewKeyRing(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
 }

@@ -190,38 +190,10 @@ func (d *StateDB) Close() error {
 // packID stores a canonical hex identity or digest as its 32 bytes (a BLOB) and anything else
 // as text: SQLite never finds a BLOB equal to a TEXT, so the two cannot collide.
 func packID(s string) any {
-	if b, ok := canonicalHex(s); ok {
+	if b, ok := state.ParseHash(s); ok {
 		return b[:]
 	}
 	return s
-}
-
-// canonicalHex decodes a 64-digit lower-case hex string (what hex.EncodeToString gives back
-// unchanged); false for anything else.
-func canonicalHex(s string) ([32]byte, bool) {
-	var b [32]byte
-	if len(s) != 64 {
-		return b, false
-	}
-	for i := range b {
-		hi, ok1 := hexDigit(s[2*i])
-		lo, ok2 := hexDigit(s[2*i+1])
-		if !ok1 || !ok2 {
-			return b, false
-		}
-		b[i] = hi<<4 | lo
-	}
-	return b, true
-}
-
-func hexDigit(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	}
-	return 0, false
 }
 
 func unpackID(v any) string {

@@ -250,7 +250,7 @@ func (c *layerComparison) lookup(id string) (state.LayerInfo, bool) {
 func (c *layerComparison) finish(readErr error) []string {
 	for id, info := range c.fresh {
 		var raw []byte
-		if b, ok := canonicalHex(id); ok {
+		if b, ok := state.ParseHash(id); ok {
 			raw = b[:]
 		}
 		c.compare(func() string { return id }, raw, info)

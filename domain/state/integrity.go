@@ -227,7 +227,7 @@ func (s *State) rememberLayers(u *Upload, p *domain.UploadPrepared) {
 			if i == len(p.Layers)-1 {
 				info.FileDigest, info.Length = p.FileDigest, p.Length
 			}
-			if raw, ok := parseHash(l); ok {
+			if raw, ok := ParseHash(l); ok {
 				ol.putRaw(raw, info)
 			} else {
 				s.layers.put(owner, l, info)

@@ -103,9 +103,10 @@ func (l *layerSet) owner(owner string) *ownerLayers {
 	return ol
 }
 
-// parseHash reads a 64-digit lowercase hex string (the form the codec writes), and reports
-// whether s was one: only then does hex.EncodeToString give s back.
-func parseHash(s string) (h [32]byte, ok bool) {
+// ParseHash reads a layer identity or digest written as 64 lowercase hex digits (the codec's
+// form) into its 32 bytes, and reports whether s was one: only then does hex.EncodeToString
+// give s back. Anything else is kept as the string it is, by the state and its database.
+func ParseHash(s string) (h [32]byte, ok bool) {
 	if len(s) != 64 {
 		return h, false
 	}
@@ -134,14 +135,14 @@ func (ol *ownerLayers) putRaw(id [32]byte, info LayerInfo) {
 	rec := layerRec{depth: info.Depth, timestamp: info.Timestamp, length: info.Length}
 	var rare rareFields
 	if info.Digest != "" {
-		if d, ok := parseHash(info.Digest); ok {
+		if d, ok := ParseHash(info.Digest); ok {
 			rec.digest, rec.flags = d, rec.flags|recDigest
 		} else {
 			rare.digest = info.Digest
 		}
 	}
 	if info.FileDigest != "" {
-		if d, ok := parseHash(info.FileDigest); ok {
+		if d, ok := ParseHash(info.FileDigest); ok {
 			ol.putFileDigest(id, d, &rec)
 		} else {
 			rare.fileDigest = info.FileDigest
@@ -201,7 +202,7 @@ func (ol *ownerLayers) lookup(id string) (LayerInfo, bool) {
 	if ol == nil {
 		return LayerInfo{}, false
 	}
-	if raw, ok := parseHash(id); ok {
+	if raw, ok := ParseHash(id); ok {
 		rec, ok := ol.recs[raw]
 		if !ok {
 			return LayerInfo{}, false
@@ -297,7 +298,7 @@ func (l *layerSet) stored(owner, id string) (LayerInfo, bool) {
 
 func (l *layerSet) put(owner, id string, info LayerInfo) {
 	ol := l.owner(owner)
-	if raw, ok := parseHash(id); ok {
+	if raw, ok := ParseHash(id); ok {
 		ol.putRaw(raw, info)
 		return
 	}

@@ -65,7 +65,7 @@ func TestLayerSetKeepsEveryInfoExactly(t *testing.T) {
 		t.Fatalf("Layers:\n got %v\nwant %v", got, want)
 	}
 	for id, info := range want {
-		if raw, ok := parseHash(id); ok {
+		if raw, ok := ParseHash(id); ok {
 			if got, ok := st.Layer(owner, raw); !ok || got != info {
 				t.Errorf("Layer(%s) = %+v %v, want %+v", id, got, ok, info)
 			}
@@ -80,7 +80,7 @@ func TestLayerSetKeepsEveryInfoExactly(t *testing.T) {
 			t.Errorf("no layer at depth %d", info.Depth)
 		}
 	}
-	if raw, _ := parseHash(hexID(1)); true {
+	if raw, _ := ParseHash(hexID(1)); true {
 		if got, ok := st.Layer(other, raw); !ok || got.Depth != 99 {
 			t.Errorf("other owner's layer %+v %v", got, ok)
 		}

@@ -422,8 +422,7 @@ func (d *StateDB) Checkpoint(ctx context.Context, st *state.State, c state.Chang
 			return fmt.Errorf("state checkpoint: %w", err)
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO meta (id, format, position, last_stream, last_revision, last_id, events) VALUES (1, ?, ?, ?, ?, ?, ?)`,
-		stateFormat, int64(st.Position), st.LastEvent.Stream, int64(st.LastEvent.Revision), st.LastEvent.ID[:], int64(st.Events)); err != nil {
+	if err := writeMeta(ctx, tx, st); err != nil {
 		return fmt.Errorf("state checkpoint: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -523,6 +522,13 @@ func writeChanges(ctx context.Context, tx *sql.Tx, c state.Changes) error {
 		}
 	}
 	return nil
+}
+
+// writeMeta records in tx the position and event count the state database holds the state at.
+func writeMeta(ctx context.Context, tx *sql.Tx, st *state.State) error {
+	_, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO meta (id, format, position, last_stream, last_revision, last_id, events) VALUES (1, ?, ?, ?, ?, ?, ?)`,
+		stateFormat, int64(st.Position), st.LastEvent.Stream, int64(st.LastEvent.Revision), st.LastEvent.ID[:], int64(st.Events))
+	return err
 }
 
 // LoadState reads the state database at path into a state that holds everything in memory,

@@ -38,6 +38,16 @@ const layersPerInsert = 128
 // SaveState replaces the state database at path with st, whole (tally replay): written to a
 // new file beside it and renamed over it once synced.
 func SaveState(ctx context.Context, path string, st *state.State) error {
+	return replaceStateDB(ctx, path, func(ctx context.Context, db *sql.DB) error {
+		return writeState(ctx, db, st)
+	})
+}
+
+// replaceStateDB writes a new state database with write and puts it in place of the one at
+// path: the new file (beside it, owner-only, in bulk mode on one connection: nobody else sees
+// it yet) is synced, the old one's write-ahead log folded in, and the new one renamed over it,
+// so that a crash at any point leaves the old file or the new one, whole.
+func replaceStateDB(ctx context.Context, path string, write func(context.Context, *sql.DB) error) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("state database directory: %w", err)
 	}
@@ -45,7 +55,7 @@ func SaveState(ctx context.Context, path string, st *state.State) error {
 	if err := removeStateDB(tmp); err != nil { // what a replay that crashed left
 		return err
 	}
-	if err := writeStateFile(ctx, tmp, st); err != nil {
+	if err := writeStateFile(ctx, tmp, write); err != nil {
 		return errors.Join(err, removeStateDB(tmp))
 	}
 	if err := syncFile(tmp); err != nil {
@@ -60,8 +70,8 @@ func SaveState(ctx context.Context, path string, st *state.State) error {
 	return syncFile(filepath.Dir(path))
 }
 
-// writeStateFile writes st into the new file at path.
-func writeStateFile(ctx context.Context, path string, st *state.State) error {
+// writeStateFile creates the new file at path and writes it with write.
+func writeStateFile(ctx context.Context, path string, write func(context.Context, *sql.DB) error) error {
 	// Created owner-only first: SQLite keeps the mode of the file it opens.
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -74,10 +84,11 @@ func writeStateFile(ctx context.Context, path string, st *state.State) error {
 	if err != nil {
 		return fmt.Errorf("write state database: %w", err)
 	}
+	// One connection: a replay's writer and its fold's rare lookups take turns on it.
 	db.SetMaxOpenConns(1)
 	db.SetConnMaxIdleTime(0)
 	db.SetConnMaxLifetime(0)
-	err = writeState(ctx, db, st)
+	err = write(ctx, db)
 	if cerr := db.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("write state database: %w", cerr)
 	}
@@ -103,8 +114,7 @@ func writeState(ctx context.Context, db *sql.DB, st *state.State) error {
 	if err := writeLayers(ctx, tx, st, layersPerInsert); err != nil {
 		return fmt.Errorf("write state database: layers: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO meta (id, format, position, last_stream, last_revision, last_id, events) VALUES (1, ?, ?, ?, ?, ?, ?)`,
-		stateFormat, int64(st.Position), st.LastEvent.Stream, int64(st.LastEvent.Revision), st.LastEvent.ID[:], int64(st.Events)); err != nil {
+	if err := writeMeta(ctx, tx, st); err != nil {
 		return fmt.Errorf("write state database: %w", err)
 	}
 	if err := tx.Commit(); err != nil {

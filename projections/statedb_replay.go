@@ -5,8 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 
@@ -42,50 +40,16 @@ func ReplayState(ctx context.Context, store eventstore.Store, path string, opts 
 		}
 		return st, SaveState(ctx, path, st)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("state database directory: %w", err)
-	}
-	tmp := path + ".new"
-	if err := removeStateDB(tmp); err != nil { // what a replay that crashed left
+	var st *state.State
+	err := replaceStateDB(ctx, path, func(ctx context.Context, db *sql.DB) error {
+		var err error
+		st, err = replayFold(ctx, store, db, opts)
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
-	st, err := replayInto(ctx, store, tmp, opts)
-	if err != nil {
-		return nil, errors.Join(err, removeStateDB(tmp))
-	}
-	if err := syncFile(tmp); err != nil {
-		return nil, errors.Join(err, removeStateDB(tmp))
-	}
-	if err := retireStateDB(ctx, path); err != nil {
-		return nil, errors.Join(err, removeStateDB(tmp))
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return nil, errors.Join(fmt.Errorf("replace state database: %w", err), removeStateDB(tmp))
-	}
-	return st, syncFile(filepath.Dir(path))
-}
-
-func replayInto(ctx context.Context, store eventstore.Store, path string, opts ReplayOptions) (*state.State, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("write state database: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("write state database: %w", err)
-	}
-	db, err := sql.Open("sqlite", bulkStateDSN(path))
-	if err != nil {
-		return nil, fmt.Errorf("write state database: %w", err)
-	}
-	// One connection: the writer's inserts and the fold's rare lookups take turns on it.
-	db.SetMaxOpenConns(1)
-	db.SetConnMaxIdleTime(0)
-	db.SetConnMaxLifetime(0)
-	st, err := replayFold(ctx, store, db, opts)
-	if cerr := db.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("write state database: %w", cerr)
-	}
-	return st, err
+	return st, nil
 }
 
 func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, opts ReplayOptions) (*state.State, error) {
@@ -154,8 +118,7 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, opts Re
 	if err := writeChanges(ctx, tx, c); err != nil {
 		return nil, fmt.Errorf("write state database: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO meta (id, format, position, last_stream, last_revision, last_id, events) VALUES (1, ?, ?, ?, ?, ?, ?)`,
-		stateFormat, int64(st.Position), st.LastEvent.Stream, int64(st.LastEvent.Revision), st.LastEvent.ID[:], int64(st.Events)); err != nil {
+	if err := writeMeta(ctx, tx, st); err != nil {
 		return nil, fmt.Errorf("write state database: %w", err)
 	}
 	if err := tx.Commit(); err != nil {

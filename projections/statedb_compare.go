@@ -6,12 +6,9 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/tallyledger/tally/domain"
 	"github.com/tallyledger/tally/domain/state"
 )
 
@@ -167,9 +164,7 @@ func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.
 // layerComparison compares one owner's layers in the stored state (a) with b's, as state.Diff's
 // layer comparison does: the counts, then each layer of a that b lacks or holds otherwise.
 type layerComparison struct {
-	name   string
-	owner  domain.Owner
-	parsed bool // name is owner.String(): b is asked by raw identity
+	name   string // the owner's key (Owner.String())
 	b      *state.State
 	byID   map[string]state.LayerInfo // b's layers of the owner, for identities that are not raw
 	fresh  map[string]state.LayerInfo // a's layers of the owner since its checkpoint
@@ -179,21 +174,7 @@ type layerComparison struct {
 }
 
 func newLayerComparison(name string, b *state.State, fresh map[string]state.LayerInfo) *layerComparison {
-	c := &layerComparison{name: name, b: b, fresh: fresh}
-	c.owner, c.parsed = parseOwnerKey(name)
-	return c
-}
-
-// parseOwnerKey reads back domain.Owner.String().
-func parseOwnerKey(s string) (domain.Owner, bool) {
-	t, id, ok := strings.Cut(s, "-")
-	if !ok {
-		return domain.Owner{}, false
-	}
-	tv, err1 := strconv.ParseInt(t, 10, 64)
-	iv, err2 := strconv.ParseInt(id, 10, 64)
-	o := domain.Owner{Type: domain.OwnerType(tv), ID: iv}
-	return o, err1 == nil && err2 == nil && o.String() == s
+	return &layerComparison{name: name, b: b, fresh: fresh}
 }
 
 // stored compares one stored layer, its identity as the database holds it (packID).
@@ -218,8 +199,8 @@ func (c *layerComparison) compare(id func() string, raw []byte, info state.Layer
 	}
 	var other state.LayerInfo
 	var ok bool
-	if raw != nil && c.parsed {
-		other, ok = c.b.Layer(c.owner, [32]byte(raw))
+	if raw != nil {
+		other, ok = c.b.LayerOf(c.name, [32]byte(raw))
 	} else {
 		other, ok = c.lookup(id())
 	}
@@ -233,7 +214,7 @@ func (c *layerComparison) compare(id func() string, raw []byte, info state.Layer
 }
 
 // lookup is b's record of one of the owner's layers by its identity's text, for an identity
-// that is not 32 bytes or an owner b cannot be asked by raw identity.
+// that is not 32 bytes.
 func (c *layerComparison) lookup(id string) (state.LayerInfo, bool) {
 	if c.byID == nil {
 		c.byID = map[string]state.LayerInfo{}

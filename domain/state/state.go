@@ -363,7 +363,13 @@ func (s *State) Upload(o domain.Owner) *Upload {
 
 // Layer returns what is known of an applied layer of an owner.
 func (s *State) Layer(o domain.Owner, layer [32]byte) (LayerInfo, bool) {
-	return s.layers.getRaw(o.String(), layer)
+	return s.LayerOf(o.String(), layer)
+}
+
+// LayerOf is Layer for an owner named by its key (Owner.String(), as Uploads and the layer
+// store name owners), for a caller that holds the key already.
+func (s *State) LayerOf(owner string, layer [32]byte) (LayerInfo, bool) {
+	return s.layers.getRaw(owner, layer)
 }
 
 // MaxID returns the largest id seen in a stream category.

@@ -505,7 +505,11 @@ func (s *arrayScanner) uuid() uuid.UUID {
 		}
 		text = []byte(str)
 	}
-	if n, err := base64.RawURLEncoding.Decode(id[:], text); err != nil || n != len(id) || len(text) != 22 {
+	if len(text) != 22 { // checked first: Decode writes past id for longer text
+		s.fail("bad upload id")
+		return id
+	}
+	if n, err := base64.RawURLEncoding.Decode(id[:], text); err != nil || n != len(id) {
 		s.fail("bad upload id")
 	}
 	return id
@@ -667,6 +671,9 @@ func decodeUploadPrepared(data []byte, p *UploadPrepared, h *PreparedHashes) err
 		}
 	}
 	if flags&preparedDigests != 0 {
+		if len(p.Layers) == 0 { // the encoder sets the flag only over digests it wrote
+			r.fail(errors.New("digests flag on an upload without layers"))
+		}
 		p.Digests = r.hashes(len(p.Layers), rawDigests)
 	}
 	if flags&preparedFileDigest != 0 {

@@ -115,6 +115,8 @@ type Store struct {
 	writeDB *sql.DB // one connection, used only by the writer goroutine
 	readDB  *sql.DB // pool for ReadStream, ReadAll and subscriptions
 	reads   readStatements
+	// replayConns read the ranges of a replay (rawread.go).
+	replayConns rawConns
 
 	// streams and types turn the integer ids of event rows back into names (names.go).
 	streams, types *nameTable
@@ -335,6 +337,7 @@ func (s *Store) openDatabases(ctx context.Context) error {
 	s.readDB.SetMaxIdleConns(s.opts.readConns)
 	s.readDB.SetConnMaxIdleTime(0)
 	s.readDB.SetConnMaxLifetime(0)
+	s.replayConns.path = path
 	if err := s.reads.prepare(ctx, s.readDB); err != nil {
 		return fmt.Errorf("event database %s: %w", path, err)
 	}
@@ -342,7 +345,7 @@ func (s *Store) openDatabases(ctx context.Context) error {
 }
 
 func (s *Store) closeDatabases() error {
-	var errs []error
+	errs := []error{s.replayConns.close()}
 	s.reads.close()
 	if s.readDB != nil {
 		errs = append(errs, s.readDB.Close())

@@ -1,0 +1,255 @@
+package embedded
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/google/uuid"
+	"modernc.org/libc"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/tallyledger/tally/domain/eventstore"
+)
+
+// replayMmapBytes is the mmap_size of a replay connection: the whole event database of a
+// large ledger (1.2 GB at ten million events) is read through the mapping instead of a pread
+// per page.
+const replayMmapBytes = 1 << 40
+
+// rawConn is a read-only connection to the event database opened through SQLite's C API
+// (modernc.org/sqlite/lib, the library under the database/sql driver), for the range reads of
+// a replay only. The driver opens every connection SQLITE_OPEN_FULLMUTEX, boxes every integer
+// column in an interface and copies every blob into its own allocation; for the millions of
+// small rows of a replay that cost more than SQLite's own reading (docs/encoding.md,
+// "Replay"). This connection is opened SQLITE_OPEN_NOMUTEX (it is used by one goroutine at a
+// time: a pool hands it out), reads columns as integers, and copies the bodies of a range into
+// a few shared buffers.
+type rawConn struct {
+	tls  *libc.TLS
+	db   uintptr
+	stmt uintptr // replayQuery, prepared once
+}
+
+// openRawConn opens the database at path read-only for replay reads.
+func openRawConn(path string) (_ *rawConn, err error) {
+	c := &rawConn{tls: libc.NewTLS()}
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
+	name, err := libc.CString(path)
+	if err != nil {
+		return nil, err
+	}
+	defer libc.Xfree(c.tls, name)
+	pdb := libc.Xmalloc(c.tls, 8)
+	if pdb == 0 {
+		return nil, errors.New("out of memory")
+	}
+	defer libc.Xfree(c.tls, pdb)
+	rc := sqlite3.Xsqlite3_open_v2(c.tls, name, pdb, sqlite3.SQLITE_OPEN_READONLY|sqlite3.SQLITE_OPEN_NOMUTEX, 0)
+	c.db = uintptr(binary.NativeEndian.Uint64(libc.GoBytes(pdb, 8)))
+	if rc != sqlite3.SQLITE_OK {
+		return nil, c.error("open", rc)
+	}
+	if rc := sqlite3.Xsqlite3_busy_timeout(c.tls, c.db, 10000); rc != sqlite3.SQLITE_OK {
+		return nil, c.error("busy timeout", rc)
+	}
+	if err := c.exec(fmt.Sprintf("PRAGMA mmap_size=%d; PRAGMA cache_size=-16384", replayMmapBytes)); err != nil {
+		return nil, err
+	}
+	q, err := libc.CString(replayQuery)
+	if err != nil {
+		return nil, err
+	}
+	defer libc.Xfree(c.tls, q)
+	pstmt := libc.Xmalloc(c.tls, 8)
+	if pstmt == 0 {
+		return nil, errors.New("out of memory")
+	}
+	defer libc.Xfree(c.tls, pstmt)
+	if rc := sqlite3.Xsqlite3_prepare_v2(c.tls, c.db, q, -1, pstmt, 0); rc != sqlite3.SQLITE_OK {
+		return nil, c.error("prepare", rc)
+	}
+	c.stmt = uintptr(binary.NativeEndian.Uint64(libc.GoBytes(pstmt, 8)))
+	return c, nil
+}
+
+func (c *rawConn) exec(sql string) error {
+	q, err := libc.CString(sql)
+	if err != nil {
+		return err
+	}
+	defer libc.Xfree(c.tls, q)
+	if rc := sqlite3.Xsqlite3_exec(c.tls, c.db, q, 0, 0, 0); rc != sqlite3.SQLITE_OK {
+		return c.error(sql, rc)
+	}
+	return nil
+}
+
+// error describes a failed call by SQLite's message.
+func (c *rawConn) error(what string, rc int32) error {
+	msg := libc.GoString(sqlite3.Xsqlite3_errstr(c.tls, rc))
+	if c.db != 0 {
+		msg = libc.GoString(sqlite3.Xsqlite3_errmsg(c.tls, c.db))
+	}
+	return fmt.Errorf("%s: %s (%d)", what, msg, rc)
+}
+
+func (c *rawConn) close() error {
+	var err error
+	if c.stmt != 0 {
+		sqlite3.Xsqlite3_finalize(c.tls, c.stmt)
+		c.stmt = 0
+	}
+	if c.db != 0 {
+		if rc := sqlite3.Xsqlite3_close_v2(c.tls, c.db); rc != sqlite3.SQLITE_OK {
+			err = fmt.Errorf("close: %s (%d)", libc.GoString(sqlite3.Xsqlite3_errstr(c.tls, rc)), rc)
+		}
+		c.db = 0
+	}
+	c.tls.Close()
+	return err
+}
+
+// bodyArena is where the bodies of a range are copied: a few large buffers instead of one
+// allocation per row. A replay keeps no reference into a body once it is folded
+// (foldAhead), so the buffers go with the range.
+const bodyArena = 256 << 10
+
+// readRange appends the events of (after, upTo] to events, naming streams and types from s's
+// caches. The checks of the column types are those of the driver read it replaces.
+func (c *rawConn) readRange(ctx context.Context, s *Store, after, upTo eventstore.Position, events []eventstore.RecordedEvent) (_ []eventstore.RecordedEvent, err error) {
+	tls, stmt := c.tls, c.stmt
+	if rc := sqlite3.Xsqlite3_bind_int64(tls, stmt, 1, clampInt64(uint64(after))); rc != sqlite3.SQLITE_OK {
+		return nil, c.error("bind", rc)
+	}
+	if rc := sqlite3.Xsqlite3_bind_int64(tls, stmt, 2, clampInt64(uint64(upTo))); rc != sqlite3.SQLITE_OK {
+		return nil, c.error("bind", rc)
+	}
+	defer func() {
+		// reset ends the statement's read transaction; it repeats the step's error, if any.
+		if rc := sqlite3.Xsqlite3_reset(tls, stmt); rc != sqlite3.SQLITE_OK && err == nil {
+			err = c.error("reset", rc)
+		}
+	}()
+	if events == nil {
+		events = make([]eventstore.RecordedEvent, 0, min(upTo-after, 1<<16))
+	}
+	streams, types := s.streams.load(), s.types.load()
+	var arena []byte
+	for row := 0; ; row++ {
+		if row&1023 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
+		switch rc := sqlite3.Xsqlite3_step(tls, stmt); rc {
+		case sqlite3.SQLITE_ROW:
+		case sqlite3.SQLITE_DONE:
+			return events, nil
+		default:
+			return nil, c.error("step", rc)
+		}
+		for col, want := range replayColumnTypes {
+			if got := sqlite3.Xsqlite3_column_type(tls, stmt, int32(col)); got != want && !(col == replayDataColumn && got == sqlite3.SQLITE_NULL) {
+				return nil, fmt.Errorf("event row after position %d has column %d of SQLite type %d, want %d", after, col, got, want)
+			}
+		}
+		position := sqlite3.Xsqlite3_column_int64(tls, stmt, 0)
+		var stream, typ string
+		if stream, streams, err = s.streams.name(streams, sqlite3.Xsqlite3_column_int64(tls, stmt, 1)); err != nil {
+			return nil, fmt.Errorf("event at position %d: %w", position, err)
+		}
+		if typ, types, err = s.types.name(types, sqlite3.Xsqlite3_column_int64(tls, stmt, 4)); err != nil {
+			return nil, fmt.Errorf("event at position %d: %w", position, err)
+		}
+		ev := eventstore.RecordedEvent{
+			Position: eventstore.Position(position), Stream: stream,
+			Revision: uint64(sqlite3.Xsqlite3_column_int64(tls, stmt, 2)), Type: typ,
+		}
+		if ev.ID, err = uuid.FromBytes(c.blob(3)); err != nil {
+			return nil, fmt.Errorf("event at position %d: %w", position, err)
+		}
+		if body := c.blob(replayDataColumn); len(body) > 0 { // nil for an empty body, as the driver gives it
+			if cap(arena)-len(arena) < len(body) {
+				arena = make([]byte, 0, max(bodyArena, len(body)))
+			}
+			n := len(arena)
+			arena = append(arena, body...)
+			ev.Data = arena[n:len(arena):len(arena)]
+		}
+		events = append(events, ev)
+	}
+}
+
+// replayColumnTypes are the SQLite types of replayQuery's columns; the data column may also
+// be NULL (an empty body, as the driver reads it).
+var replayColumnTypes = [...]int32{sqlite3.SQLITE_INTEGER, sqlite3.SQLITE_INTEGER, sqlite3.SQLITE_INTEGER, sqlite3.SQLITE_BLOB, sqlite3.SQLITE_INTEGER, sqlite3.SQLITE_BLOB}
+
+const replayDataColumn = 5
+
+// blob returns a view of a blob column of the current row, valid until the next step.
+func (c *rawConn) blob(col int32) []byte {
+	p := sqlite3.Xsqlite3_column_blob(c.tls, c.stmt, col)
+	n := sqlite3.Xsqlite3_column_bytes(c.tls, c.stmt, col)
+	if p == 0 || n <= 0 {
+		return nil
+	}
+	return libc.GoBytes(p, int(n))
+}
+
+// rawConns is the pool of a store's replay connections, opened on first use and closed with
+// the store.
+type rawConns struct {
+	path   string
+	mu     sync.Mutex
+	idle   []*rawConn
+	closed bool
+}
+
+func (p *rawConns) get() (*rawConn, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, eventstore.ErrClosed
+	}
+	if n := len(p.idle); n > 0 {
+		c := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		return c, nil
+	}
+	p.mu.Unlock()
+	return openRawConn(p.path)
+}
+
+// put hands a connection back, closing it when the store closed meanwhile.
+func (p *rawConns) put(c *rawConn) {
+	p.mu.Lock()
+	if !p.closed {
+		p.idle = append(p.idle, c)
+		c = nil
+	}
+	p.mu.Unlock()
+	if c != nil {
+		_ = c.close()
+	}
+}
+
+// close closes the idle connections; those in use close when handed back.
+func (p *rawConns) close() error {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle, p.closed = nil, true
+	p.mu.Unlock()
+	var errs []error
+	for _, c := range idle {
+		errs = append(errs, c.close())
+	}
+	return errors.Join(errs...)
+}

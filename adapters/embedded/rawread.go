@@ -14,11 +14,6 @@ import (
 	"github.com/tallyledger/tally/domain/eventstore"
 )
 
-// replayMmapBytes is the mmap_size of a replay connection: the whole event database of a
-// large ledger (1.2 GB at ten million events) is read through the mapping instead of a pread
-// per page.
-const replayMmapBytes = 1 << 40
-
 // rawConn is a read-only connection to the event database opened through SQLite's C API
 // (modernc.org/sqlite/lib, the library under the database/sql driver), for the range reads of
 // a replay only. The driver opens every connection SQLITE_OPEN_FULLMUTEX, boxes every integer
@@ -59,7 +54,10 @@ func openRawConn(path string) (_ *rawConn, err error) {
 	if rc := sqlite3.Xsqlite3_busy_timeout(c.tls, c.db, 10000); rc != sqlite3.SQLITE_OK {
 		return nil, c.error("busy timeout", rc)
 	}
-	if err := c.exec(fmt.Sprintf("PRAGMA mmap_size=%d; PRAGMA cache_size=-16384", replayMmapBytes)); err != nil {
+	// The page cache of the store's other connections. No mmap_size: reading the file through
+	// a mapping cost more CPU than pread here and added the mapped file to the resident set
+	// (docs/encoding.md, "Replay").
+	if err := c.exec("PRAGMA cache_size=-16384"); err != nil {
 		return nil, err
 	}
 	q, err := libc.CString(replayQuery)

@@ -119,9 +119,12 @@ func verifyApply(st *state.State, d *state.Decoded, pending map[uuid.UUID][]reco
 		delete(pending, uploadID)
 	}
 	// The values before a commit of the objects its changes touch (a commit touches a few
-	// objects: a slice, on the stack when small, beats a map; a map past a few dozen).
-	var before [8]objectValue
-	running := objectValues{list: before[:0]}
+	// objects: a slice beats a map; a map past a few dozen). Made for a commit only: an array
+	// on the stack escaped (objectValues' methods keep its slice), one allocation per event.
+	var running objectValues
+	if len(committed) > 0 {
+		running.list = make([]objectValue, 0, min(len(committed), maxListed))
+	}
 	for _, c := range committed {
 		if o, ok := st.Objects[c.objectID]; ok && running.find(c.objectID) == nil {
 			running.add(c.objectID, o.IntValue)

@@ -189,8 +189,8 @@ func (u replayUpTo) Head(ctx context.Context) (eventstore.Position, error) {
 	return min(h, u.end), err
 }
 
-func (u replayUpTo) ReadRangeForReplay(ctx context.Context, after, to eventstore.Position, buf []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
-	return u.rr.ReadRangeForReplay(ctx, after, min(to, u.end), buf)
+func (u replayUpTo) ReadRangeForFold(ctx context.Context, after, to eventstore.Position, buf []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
+	return u.rr.ReadRangeForFold(ctx, after, min(to, u.end), buf)
 }
 
 // readUpTo reads the store up to end (inclusive): the snapshot of the store at a position it

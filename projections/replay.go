@@ -13,8 +13,10 @@ import (
 // fixed width hold a page each and can be read at once on several connections.
 type replayReader interface {
 	Head(ctx context.Context) (eventstore.Position, error)
-	// ReadRangeForReplay appends the events of (after, upTo] to buf[:0].
-	ReadRangeForReplay(ctx context.Context, after, upTo eventstore.Position, buf []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error)
+	// ReadRangeForFold appends the events of (after, upTo] to buf[:0], with the id of the
+	// last one only: a fold reads an event's id only for its checkpoint (State.LastEvent), and
+	// foldAhead folds every range to its end.
+	ReadRangeForFold(ctx context.Context, after, upTo eventstore.Position, buf []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error)
 }
 
 // Read-ahead of a replay: ranges of replayRange positions, replayReaders read at once, at most
@@ -79,7 +81,7 @@ func foldAhead(ctx context.Context, r replayReader, st *state.State, n *int, pro
 			}
 			go func() {
 				var res result
-				buf.read, res.err = r.ReadRangeForReplay(ctx, lo, hi, buf.read)
+				buf.read, res.err = r.ReadRangeForFold(ctx, lo, hi, buf.read)
 				if res.err == nil {
 					res.events = state.DecodeInto(buf.decoded[:0], buf.read)
 				}

@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/google/uuid"
+
 	"github.com/tallyledger/tally/adapters/embedded"
 	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/state"
@@ -82,6 +84,55 @@ func TestRebuildReadAheadEqualsPagedReplay(t *testing.T) {
 		t.Fatalf("verify: %v, %v", problems, err)
 	}
 	sameState(t, verified, paged)
+}
+
+// TestFoldEndsAtEveryRangeWithTheCheckpointID: the read-ahead fold reads the event ids of the
+// range ends only (ReadRangeForFold); replays that stop anywhere (inside a range, at its last
+// event, one after it, at the head) and a fold in chunks (as ReplayState catches up) end at
+// the same event, with its id, and the same state as the paged replay, which reads every id.
+func TestFoldEndsAtEveryRangeWithTheCheckpointID(t *testing.T) {
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	env := audittest.Start(t, store, "")
+	audittest.Seed(t, env, rand.New(rand.NewPCG(15, 16)), 3000)
+	env.Stop()
+	head, err := store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head <= 4097 {
+		t.Fatalf("only %d events: the test needs more than one read-ahead range", head)
+	}
+	for _, end := range []eventstore.Position{1, 2, 4095, 4096, 4097, head - 1, head} {
+		ahead, err := projections.Rebuild(ctx, projections.UpTo(store, end), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paged, err := projections.Rebuild(ctx, pagedOnly{projections.UpTo(store, end)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if paged.Position != end || paged.LastEvent.ID == (uuid.UUID{}) {
+			t.Fatalf("the paged replay up to %d ends at %d %+v", end, paged.Position, paged.LastEvent)
+		}
+		sameState(t, ahead, paged)
+	}
+	chunked := state.NewState()
+	for to := eventstore.Position(0); to < head; {
+		to = min(to+1000, head)
+		if err := projections.CatchUp(ctx, projections.UpTo(store, to), chunked); err != nil {
+			t.Fatal(err)
+		}
+	}
+	paged, err := projections.Rebuild(ctx, pagedOnly{store}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, chunked, paged)
 }
 
 // TestRebuildOfAStoreWrittenAsJSON: a store written by Tally before the compact encoding (the

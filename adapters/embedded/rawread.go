@@ -23,9 +23,10 @@ import (
 // time: a pool hands it out), reads columns as integers, and copies the bodies of a range into
 // a few shared buffers.
 type rawConn struct {
-	tls  *libc.TLS
-	db   uintptr
-	stmt uintptr // replayQuery, prepared once
+	tls *libc.TLS
+	db  uintptr
+	// Prepared once: replayQuery, foldQuery and eventIDQuery.
+	replay, fold, eventID uintptr
 }
 
 // openRawConn opens the database at path read-only for replay reads.
@@ -60,21 +61,32 @@ func openRawConn(path string) (_ *rawConn, err error) {
 	if err := c.exec("PRAGMA cache_size=-16384"); err != nil {
 		return nil, err
 	}
-	q, err := libc.CString(replayQuery)
+	for _, st := range []struct {
+		sql  string
+		stmt *uintptr
+	}{{replayQuery, &c.replay}, {foldQuery, &c.fold}, {eventIDQuery, &c.eventID}} {
+		if *st.stmt, err = c.prepare(st.sql); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *rawConn) prepare(sql string) (uintptr, error) {
+	q, err := libc.CString(sql)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	defer libc.Xfree(c.tls, q)
 	pstmt := libc.Xmalloc(c.tls, 8)
 	if pstmt == 0 {
-		return nil, errors.New("out of memory")
+		return 0, errors.New("out of memory")
 	}
 	defer libc.Xfree(c.tls, pstmt)
 	if rc := sqlite3.Xsqlite3_prepare_v2(c.tls, c.db, q, -1, pstmt, 0); rc != sqlite3.SQLITE_OK {
-		return nil, c.error("prepare", rc)
+		return 0, c.error("prepare", rc)
 	}
-	c.stmt = uintptr(binary.NativeEndian.Uint64(libc.GoBytes(pstmt, 8)))
-	return c, nil
+	return uintptr(binary.NativeEndian.Uint64(libc.GoBytes(pstmt, 8))), nil
 }
 
 func (c *rawConn) exec(sql string) error {
@@ -100,9 +112,11 @@ func (c *rawConn) error(what string, rc int32) error {
 
 func (c *rawConn) close() error {
 	var err error
-	if c.stmt != 0 {
-		sqlite3.Xsqlite3_finalize(c.tls, c.stmt)
-		c.stmt = 0
+	for _, stmt := range []*uintptr{&c.replay, &c.fold, &c.eventID} {
+		if *stmt != 0 {
+			sqlite3.Xsqlite3_finalize(c.tls, *stmt)
+			*stmt = 0
+		}
 	}
 	if c.db != 0 {
 		if rc := sqlite3.Xsqlite3_close_v2(c.tls, c.db); rc != sqlite3.SQLITE_OK {
@@ -120,9 +134,44 @@ func (c *rawConn) close() error {
 const bodyArena = 256 << 10
 
 // readRange appends the events of (after, upTo] to events, naming streams and types from s's
-// caches. The checks of the column types are those of the driver read it replaces.
-func (c *rawConn) readRange(ctx context.Context, s *Store, after, upTo eventstore.Position, events []eventstore.RecordedEvent) (_ []eventstore.RecordedEvent, err error) {
-	tls, stmt := c.tls, c.stmt
+// caches. With withIDs false it reads foldQuery, which leaves out the id column, and reads the
+// id of the range's last event only (eventIDQuery). The checks of the column types are those
+// of the driver read it replaces.
+func (c *rawConn) readRange(ctx context.Context, s *Store, after, upTo eventstore.Position, events []eventstore.RecordedEvent, withIDs bool) (_ []eventstore.RecordedEvent, err error) {
+	stmt := c.fold
+	if withIDs {
+		stmt = c.replay
+	}
+	first := len(events)
+	if events, err = c.readRows(ctx, s, stmt, after, upTo, events, withIDs); err != nil || withIDs || len(events) == first {
+		return events, err
+	}
+	last := &events[len(events)-1]
+	if last.ID, err = c.readEventID(last.Position); err != nil {
+		return nil, err
+	}
+	return events, nil
+}
+
+// Columns of replayQuery and foldQuery (which stops before the id).
+const (
+	colPosition = iota
+	colStream
+	colRevision
+	colType
+	colData
+	colID
+)
+
+// columnTypes are the SQLite types of replayQuery's columns; the data column may also be NULL
+// (an empty body, as the driver reads it).
+var columnTypes = [...]int32{
+	colPosition: sqlite3.SQLITE_INTEGER, colStream: sqlite3.SQLITE_INTEGER, colRevision: sqlite3.SQLITE_INTEGER,
+	colType: sqlite3.SQLITE_INTEGER, colData: sqlite3.SQLITE_BLOB, colID: sqlite3.SQLITE_BLOB,
+}
+
+func (c *rawConn) readRows(ctx context.Context, s *Store, stmt uintptr, after, upTo eventstore.Position, events []eventstore.RecordedEvent, withIDs bool) (_ []eventstore.RecordedEvent, err error) {
+	tls := c.tls
 	if rc := sqlite3.Xsqlite3_bind_int64(tls, stmt, 1, clampInt64(uint64(after))); rc != sqlite3.SQLITE_OK {
 		return nil, c.error("bind", rc)
 	}
@@ -137,6 +186,10 @@ func (c *rawConn) readRange(ctx context.Context, s *Store, after, upTo eventstor
 	}()
 	if events == nil {
 		events = make([]eventstore.RecordedEvent, 0, min(upTo-after, 1<<16))
+	}
+	columns := columnTypes[:colID]
+	if withIDs {
+		columns = columnTypes[:]
 	}
 	streams, types := s.streams.load(), s.types.load()
 	var arena []byte
@@ -153,27 +206,29 @@ func (c *rawConn) readRange(ctx context.Context, s *Store, after, upTo eventstor
 		default:
 			return nil, c.error("step", rc)
 		}
-		for col, want := range replayColumnTypes {
-			if got := sqlite3.Xsqlite3_column_type(tls, stmt, int32(col)); got != want && !(col == replayDataColumn && got == sqlite3.SQLITE_NULL) {
+		for col, want := range columns {
+			if got := sqlite3.Xsqlite3_column_type(tls, stmt, int32(col)); got != want && !(col == colData && got == sqlite3.SQLITE_NULL) {
 				return nil, fmt.Errorf("event row after position %d has column %d of SQLite type %d, want %d", after, col, got, want)
 			}
 		}
-		position := sqlite3.Xsqlite3_column_int64(tls, stmt, 0)
+		position := sqlite3.Xsqlite3_column_int64(tls, stmt, colPosition)
 		var stream, typ string
-		if stream, streams, err = s.streams.name(streams, sqlite3.Xsqlite3_column_int64(tls, stmt, 1)); err != nil {
+		if stream, streams, err = s.streams.name(streams, sqlite3.Xsqlite3_column_int64(tls, stmt, colStream)); err != nil {
 			return nil, fmt.Errorf("event at position %d: %w", position, err)
 		}
-		if typ, types, err = s.types.name(types, sqlite3.Xsqlite3_column_int64(tls, stmt, 4)); err != nil {
+		if typ, types, err = s.types.name(types, sqlite3.Xsqlite3_column_int64(tls, stmt, colType)); err != nil {
 			return nil, fmt.Errorf("event at position %d: %w", position, err)
 		}
 		ev := eventstore.RecordedEvent{
 			Position: eventstore.Position(position), Stream: stream,
-			Revision: uint64(sqlite3.Xsqlite3_column_int64(tls, stmt, 2)), Type: typ,
+			Revision: uint64(sqlite3.Xsqlite3_column_int64(tls, stmt, colRevision)), Type: typ,
 		}
-		if ev.ID, err = uuid.FromBytes(c.blob(3)); err != nil {
-			return nil, fmt.Errorf("event at position %d: %w", position, err)
+		if withIDs {
+			if ev.ID, err = uuid.FromBytes(c.blob(stmt, colID)); err != nil {
+				return nil, fmt.Errorf("event at position %d: %w", position, err)
+			}
 		}
-		if body := c.blob(replayDataColumn); len(body) > 0 { // nil for an empty body, as the driver gives it
+		if body := c.blob(stmt, colData); len(body) > 0 { // nil for an empty body, as the driver gives it
 			if cap(arena)-len(arena) < len(body) {
 				arena = make([]byte, 0, max(bodyArena, len(body)))
 			}
@@ -185,16 +240,38 @@ func (c *rawConn) readRange(ctx context.Context, s *Store, after, upTo eventstor
 	}
 }
 
-// replayColumnTypes are the SQLite types of replayQuery's columns; the data column may also
-// be NULL (an empty body, as the driver reads it).
-var replayColumnTypes = [...]int32{sqlite3.SQLITE_INTEGER, sqlite3.SQLITE_INTEGER, sqlite3.SQLITE_INTEGER, sqlite3.SQLITE_BLOB, sqlite3.SQLITE_INTEGER, sqlite3.SQLITE_BLOB}
+// readEventID reads the id of the event at a position.
+func (c *rawConn) readEventID(position eventstore.Position) (_ uuid.UUID, err error) {
+	tls, stmt := c.tls, c.eventID
+	if rc := sqlite3.Xsqlite3_bind_int64(tls, stmt, 1, clampInt64(uint64(position))); rc != sqlite3.SQLITE_OK {
+		return uuid.UUID{}, c.error("bind", rc)
+	}
+	defer func() {
+		if rc := sqlite3.Xsqlite3_reset(tls, stmt); rc != sqlite3.SQLITE_OK && err == nil {
+			err = c.error("reset", rc)
+		}
+	}()
+	switch rc := sqlite3.Xsqlite3_step(tls, stmt); rc {
+	case sqlite3.SQLITE_ROW:
+	case sqlite3.SQLITE_DONE:
+		return uuid.UUID{}, fmt.Errorf("no event at position %d", position)
+	default:
+		return uuid.UUID{}, c.error("step", rc)
+	}
+	if got := sqlite3.Xsqlite3_column_type(tls, stmt, 0); got != sqlite3.SQLITE_BLOB {
+		return uuid.UUID{}, fmt.Errorf("event at position %d has an id of SQLite type %d", position, got)
+	}
+	id, err := uuid.FromBytes(c.blob(stmt, 0))
+	if err != nil {
+		return uuid.UUID{}, fmt.Errorf("event at position %d: %w", position, err)
+	}
+	return id, nil
+}
 
-const replayDataColumn = 5
-
-// blob returns a view of a blob column of the current row, valid until the next step.
-func (c *rawConn) blob(col int32) []byte {
-	p := sqlite3.Xsqlite3_column_blob(c.tls, c.stmt, col)
-	n := sqlite3.Xsqlite3_column_bytes(c.tls, c.stmt, col)
+// blob returns a view of a blob column of stmt's current row, valid until the next step.
+func (c *rawConn) blob(stmt uintptr, col int32) []byte {
+	p := sqlite3.Xsqlite3_column_blob(c.tls, stmt, col)
+	n := sqlite3.Xsqlite3_column_bytes(c.tls, stmt, col)
 	if p == 0 || n <= 0 {
 		return nil
 	}

@@ -114,3 +114,45 @@ func TestReadRangeForReplayAfterClose(t *testing.T) {
 		t.Fatalf("read after reopening: %+v, %v", evs, err)
 	}
 }
+
+// TestReadRangeForFoldReadsTheLastID: ReadRangeForFold gives exactly what ReadRangeForReplay
+// gives, but with the id of the range's last event only (the others zero): for ranges that
+// end inside the store, at its head and beyond it, and for a range of one event.
+func TestReadRangeForFoldReadsTheLastID(t *testing.T) {
+	ctx := t.Context()
+	store := openStore(t, t.TempDir())
+	for i := range 30 {
+		ev := benchEvent(i)
+		if i%5 == 0 {
+			ev.Data = nil
+		}
+		if _, err := store.Append(ctx, fmt.Sprintf("stream-%d", i%4), eventstore.Any(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	head := eventstore.Position(30)
+	var buf []eventstore.RecordedEvent
+	for _, r := range [][2]eventstore.Position{{0, 30}, {0, 7}, {7, 8}, {8, 29}, {20, 40}, {29, 30}, {30, 31}} {
+		full, err := store.ReadRangeForReplay(ctx, r[0], r[1], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]eventstore.RecordedEvent, len(full))
+		copy(want, full)
+		for i := range len(want) - 1 {
+			want[i].ID = uuid.UUID{}
+		}
+		got, err := store.ReadRangeForFold(ctx, r[0], r[1], buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := int(min(r[1], head) - min(r[0], head)); len(got) != n {
+			t.Fatalf("(%d, %d]: %d events, want %d", r[0], r[1], len(got), n)
+		}
+		sameEvents(t, fmt.Sprintf("(%d, %d]", r[0], r[1]), got, want)
+		if len(got) > 0 && got[len(got)-1].ID == (uuid.UUID{}) {
+			t.Fatalf("(%d, %d]: the last event has no id", r[0], r[1])
+		}
+		buf = got
+	}
+}

@@ -212,7 +212,7 @@ func (s *State) rememberLayers(u *Upload, p *domain.UploadPrepared) {
 			if reason := skipped[i]; reason != "" {
 				ol.putRare(h.Layers[i], rareFields{skipped: reason}, &rec)
 			}
-			ol.recs[h.Layers[i]] = rec
+			ol.set(&h.Layers[i], rec)
 		}
 	} else {
 		for i, l := range p.Layers {

@@ -1,9 +1,11 @@
 package state
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"sync"
 
@@ -44,9 +46,9 @@ type LayerRecord struct {
 // is kept (errMu) because readers may meet it concurrently.
 //
 // A replay holds millions of fresh layers, so they are kept compact (docs/encoding.md,
-// "Replay"): per owner, one map from the identity's 32 raw bytes to a fixed-size record without
-// pointers (the garbage collector never scans it), instead of maps keyed by 64-character hex
-// strings. What does not fit that form (an identity or digest that is not 64 lowercase hex
+// "Replay"): per owner, a slice of fixed-size records without pointers (the garbage collector
+// never scans it) with the identity's 32 raw bytes, and a map from the identity's first eight
+// bytes to the record, instead of maps keyed by 64-character hex strings. What does not fit that form (an identity or digest that is not 64 lowercase hex
 // digits, a skip reason) is kept beside it as it came, so every LayerInfo reads back exactly as
 // it was put.
 type layerSet struct {
@@ -59,12 +61,107 @@ type layerSet struct {
 
 // ownerLayers are one owner's fresh layers.
 type ownerLayers struct {
-	recs map[[32]byte]layerRec // by raw identity
-	// Beside recs, for the records whose flags say so.
+	// The records by raw identity: entries in the order they came, index from the identity's
+	// first eight bytes (prefix) to the entry, and clash for the identities whose first eight
+	// bytes an earlier one has (layer identities are SHA-256 digests: in practice never).
+	// A map slot of 16 bytes instead of the 96 of a map by the whole identity: a replay inserts
+	// millions of layers, each a few cache misses into the map, and grows it as it goes. The
+	// entries are kept in blocks of entryBlock (the first one grows up to that), so that an
+	// owner of hundreds of thousands of layers is never copied whole to grow.
+	entries entryBlocks
+	index   map[uint64]int
+	clash   map[[32]byte]int
+	// Beside the entries, for the records whose flags say so.
 	fileDigests map[[32]byte][32]byte
 	rare        map[[32]byte]rareFields
 	// odd holds the layers whose identity is not 64 lowercase hex digits, as put.
 	odd map[string]LayerInfo
+}
+
+// layerEntry is a record with its raw identity.
+type layerEntry struct {
+	id  [32]byte
+	rec layerRec
+}
+
+// entryBlock is the size of a block of entryBlocks but the first.
+const entryBlock = 1024
+
+// entryBlocks is a list of layer entries in blocks: entry i is blocks[i/entryBlock][i%entryBlock].
+type entryBlocks struct {
+	blocks [][]layerEntry
+	n      int
+}
+
+func (b *entryBlocks) at(i int) *layerEntry { return &b.blocks[i/entryBlock][i%entryBlock] }
+
+// add appends e and returns its place.
+func (b *entryBlocks) add(e layerEntry) int {
+	i := b.n
+	if i%entryBlock == 0 && (i > 0 || len(b.blocks) == 0) {
+		var block []layerEntry
+		if i > 0 {
+			block = make([]layerEntry, 0, entryBlock)
+		}
+		b.blocks = append(b.blocks, block)
+	}
+	last := &b.blocks[len(b.blocks)-1]
+	*last = append(*last, e)
+	b.n++
+	return i
+}
+
+func (b *entryBlocks) clone() entryBlocks {
+	c := entryBlocks{blocks: make([][]layerEntry, len(b.blocks)), n: b.n}
+	for i, block := range b.blocks {
+		c.blocks[i] = slices.Clone(block)
+	}
+	return c
+}
+
+// prefix is the key of index: the identity's first eight bytes.
+func prefix(id *[32]byte) uint64 { return binary.LittleEndian.Uint64(id[:8]) }
+
+// find returns the place in entries of a layer, if it is there.
+func (ol *ownerLayers) find(id *[32]byte) (int, bool) {
+	i, ok := ol.index[prefix(id)]
+	if !ok {
+		return 0, false // no identity with this prefix: none in clash either
+	}
+	if ol.entries.at(i).id == *id {
+		return i, true
+	}
+	i, ok = ol.clash[*id]
+	return i, ok
+}
+
+// rec returns the record of a layer, if it is there.
+func (ol *ownerLayers) rec(id *[32]byte) (layerRec, bool) {
+	if i, ok := ol.find(id); ok {
+		return ol.entries.at(i).rec, true
+	}
+	return layerRec{}, false
+}
+
+// set adds or replaces the record of a layer.
+func (ol *ownerLayers) set(id *[32]byte, rec layerRec) {
+	p := prefix(id)
+	i, ok := ol.index[p]
+	switch {
+	case !ok:
+		ol.index[p] = ol.entries.add(layerEntry{id: *id, rec: rec})
+	case ol.entries.at(i).id == *id:
+		ol.entries.at(i).rec = rec
+	default:
+		if j, ok := ol.clash[*id]; ok {
+			ol.entries.at(j).rec = rec
+			return
+		}
+		if ol.clash == nil {
+			ol.clash = map[[32]byte]int{}
+		}
+		ol.clash[*id] = ol.entries.add(layerEntry{id: *id, rec: rec})
+	}
 }
 
 // layerRec is a LayerInfo in fixed size: its digest raw, its file digest and rare fields
@@ -97,7 +194,7 @@ func newLayerSet(store LayerStore) *layerSet {
 func (l *layerSet) owner(owner string) *ownerLayers {
 	ol := l.fresh[owner]
 	if ol == nil {
-		ol = &ownerLayers{recs: map[[32]byte]layerRec{}}
+		ol = &ownerLayers{index: map[uint64]int{}}
 		l.fresh[owner] = ol
 	}
 	return ol
@@ -153,7 +250,7 @@ func (ol *ownerLayers) putRaw(id [32]byte, info LayerInfo) {
 		ol.putRare(id, rare, &rec)
 	}
 	// A replaced record's entries beside it stay, unread: its flags no longer point at them.
-	ol.recs[id] = rec
+	ol.set(&id, rec)
 }
 
 // putFileDigest keeps the file digest of the layer id whose record rec is.
@@ -203,7 +300,7 @@ func (ol *ownerLayers) lookup(id string) (LayerInfo, bool) {
 		return LayerInfo{}, false
 	}
 	if raw, ok := ParseHash(id); ok {
-		rec, ok := ol.recs[raw]
+		rec, ok := ol.rec(&raw)
 		if !ok {
 			return LayerInfo{}, false
 		}
@@ -213,7 +310,7 @@ func (ol *ownerLayers) lookup(id string) (LayerInfo, bool) {
 	return info, ok
 }
 
-func (ol *ownerLayers) len() int { return len(ol.recs) + len(ol.odd) }
+func (ol *ownerLayers) len() int { return ol.entries.n + len(ol.odd) }
 
 // each calls fn with every layer of ol at depth (every depth when depth is -1) until fn
 // returns false, and reports whether it stopped.
@@ -221,12 +318,15 @@ func (ol *ownerLayers) each(depth int64, fn func(id string, info LayerInfo) bool
 	if ol == nil {
 		return false
 	}
-	for id, rec := range ol.recs {
-		if depth >= 0 && rec.depth != depth {
-			continue
-		}
-		if !fn(hex.EncodeToString(id[:]), ol.info(id, rec)) {
-			return true
+	for _, block := range ol.entries.blocks {
+		for i := range block {
+			id, rec := block[i].id, block[i].rec
+			if depth >= 0 && rec.depth != depth {
+				continue
+			}
+			if !fn(hex.EncodeToString(id[:]), ol.info(id, rec)) {
+				return true
+			}
 		}
 	}
 	for id, info := range ol.odd {
@@ -242,7 +342,7 @@ func (ol *ownerLayers) each(depth int64, fn func(id string, info LayerInfo) bool
 
 // clone copies ol.
 func (ol *ownerLayers) clone() *ownerLayers {
-	return &ownerLayers{recs: maps.Clone(ol.recs), fileDigests: maps.Clone(ol.fileDigests), rare: maps.Clone(ol.rare), odd: maps.Clone(ol.odd)}
+	return &ownerLayers{entries: ol.entries.clone(), index: maps.Clone(ol.index), clash: maps.Clone(ol.clash), fileDigests: maps.Clone(ol.fileDigests), rare: maps.Clone(ol.rare), odd: maps.Clone(ol.odd)}
 }
 
 // fail keeps the first error of the store.
@@ -273,7 +373,7 @@ func (l *layerSet) get(owner, id string) (LayerInfo, bool) {
 // getRaw is get for an identity as raw bytes.
 func (l *layerSet) getRaw(owner string, id [32]byte) (LayerInfo, bool) {
 	if ol := l.fresh[owner]; ol != nil {
-		if rec, ok := ol.recs[id]; ok {
+		if rec, ok := ol.rec(&id); ok {
 			return ol.info(id, rec), true
 		}
 	}

@@ -138,6 +138,96 @@ func TestLayerSetKeepsEveryInfoExactly(t *testing.T) {
 	}
 }
 
+// TestLayerSetKeepsIdentitiesThatShareTheirFirstBytes: the layer set indexes a layer by the
+// first eight bytes of its identity; identities that share them (one differing only in its
+// last byte, others after the eighth) are each kept, found, replaced and listed on their own,
+// in any order of arrival, and a FreezeLayers copy does not move with the state.
+func TestLayerSetKeepsIdentitiesThatShareTheirFirstBytes(t *testing.T) {
+	owner := domain.Owner{Type: domain.OwnerKey, ID: 3}
+	base := hexID(0x5a)
+	ids := []string{base, base[:62] + "5b", base[:16] + strings.Repeat("00", 24), base[:16] + "01" + base[18:], hexID(0x5b)}
+	st := NewState()
+	st.Uploads[owner.String()] = &Upload{Owner: owner}
+	want := map[string]LayerInfo{}
+	for i, id := range ids {
+		info := LayerInfo{Depth: int64(i + 1), Timestamp: int64(100 + i), Digest: hexID(byte(i))}
+		st.layers.put(owner.String(), id, info)
+		want[id] = info
+	}
+	// Replace the second and the first: each keeps its own record.
+	for _, i := range []int{1, 0} {
+		info := LayerInfo{Depth: int64(20 + i), Length: int64(7 + i)}
+		st.layers.put(owner.String(), ids[i], info)
+		want[ids[i]] = info
+	}
+	if got := layersOf(t, st, owner); !maps.Equal(got, want) {
+		t.Fatalf("Layers:\n got %v\nwant %v", got, want)
+	}
+	for id, info := range want {
+		raw, _ := ParseHash(id)
+		if got, ok := st.Layer(owner, raw); !ok || got != info {
+			t.Errorf("Layer(%s) = %+v %v, want %+v", id, got, ok, info)
+		}
+		if got, ok := st.layerInfo(owner, id); !ok || got != info {
+			t.Errorf("layerInfo(%s) = %+v %v, want %+v", id, got, ok, info)
+		}
+	}
+	for _, unknown := range []string{base[:62] + "5c", base[:16] + strings.Repeat("11", 24)} {
+		raw, _ := ParseHash(unknown)
+		if got, ok := st.Layer(owner, raw); ok {
+			t.Errorf("unknown layer %s found: %+v", unknown, got)
+		}
+	}
+	if n := st.LayersInMemory(); n != len(ids) {
+		t.Errorf("LayersInMemory %d, want %d", n, len(ids))
+	}
+	frozen := st.FreezeLayers(nil)
+	st.layers.put(owner.String(), base[:62]+"5c", LayerInfo{Depth: 30})
+	st.layers.put(owner.String(), ids[2], LayerInfo{Depth: 31})
+	if d := strings.Join(DiffLayers(frozen, st), "\n"); !strings.Contains(d, "5 vs 6 applied layers") || !strings.Contains(d, ids[2]+" differs") {
+		t.Errorf("a frozen copy moved with the state: %v", d)
+	}
+	want[base[:62]+"5c"], want[ids[2]] = LayerInfo{Depth: 30}, LayerInfo{Depth: 31}
+	if got := layersOf(t, st, owner); !maps.Equal(got, want) {
+		t.Fatalf("Layers after more puts:\n got %v\nwant %v", got, want)
+	}
+}
+
+// TestLayerSetOfManyLayers: an owner's layers past several blocks of the layer set (entryBlock)
+// are each found, replaced and listed once, and a FreezeLayers copy keeps them as they were.
+func TestLayerSetOfManyLayers(t *testing.T) {
+	owner := domain.Owner{Type: domain.OwnerKey, ID: 4}
+	st := NewState()
+	st.Uploads[owner.String()] = &Upload{Owner: owner}
+	idOf := func(i int) string { return fmt.Sprintf("%064x", i*7919+1) }
+	const n = 3*entryBlock + 17
+	want := map[string]LayerInfo{}
+	for i := range n {
+		want[idOf(i)] = LayerInfo{Depth: int64(i + 1), Timestamp: int64(i)}
+		st.layers.put(owner.String(), idOf(i), want[idOf(i)])
+	}
+	frozen := st.FreezeLayers(nil)
+	for _, i := range []int{0, entryBlock - 1, entryBlock, 2*entryBlock + 5, n - 1} {
+		want[idOf(i)] = LayerInfo{Depth: int64(i + 1), Length: 5}
+		st.layers.put(owner.String(), idOf(i), want[idOf(i)])
+	}
+	if got := layersOf(t, st, owner); !maps.Equal(got, want) {
+		t.Fatalf("Layers: %d layers, want %d (or different records)", len(got), len(want))
+	}
+	if n := st.LayersInMemory(); n != len(want) {
+		t.Errorf("LayersInMemory %d, want %d", n, len(want))
+	}
+	for id, info := range want {
+		raw, _ := ParseHash(id)
+		if got, ok := st.Layer(owner, raw); !ok || got != info {
+			t.Fatalf("Layer(%s) = %+v %v, want %+v", id, got, ok, info)
+		}
+	}
+	if d := DiffLayers(frozen, st); len(d) != 5 {
+		t.Errorf("the frozen copy differs from the state in %d layers, want the 5 replaced: %v", len(d), d)
+	}
+}
+
 // TestBinaryAndJSONUploadsFoldAlike folds the same uploads once with their bodies as the
 // ledger writes them (binary UploadPrepared: the layers are indexed from the raw hashes) and
 // once as JSON (from the hex strings), and finds the same layers and values.

@@ -23,7 +23,7 @@ func (s *State) ApplyOrSkip(ev eventstore.RecordedEvent) { _ = s.Apply(ev) }
 
 // ApplyDecoded is Apply for an event Decode decoded.
 func (s *State) ApplyDecoded(d *Decoded) error {
-	ev := d.Event
+	ev := &d.Event // not a copy: a replay applies millions
 	if ev.Position > s.Position {
 		s.Position = ev.Position
 		s.LastEvent = EventRef{Stream: ev.Stream, Revision: ev.Revision, ID: ev.ID}
@@ -39,7 +39,7 @@ func (s *State) ApplyDecoded(d *Decoded) error {
 func (s *State) ApplyDecodedOrSkip(d *Decoded) { _ = s.ApplyDecoded(d) }
 
 func (s *State) apply(d *Decoded) error {
-	ev := d.Event
+	ev := &d.Event
 	if ok, err := s.applyRefusalEvent(ev); ok {
 		return err
 	}
@@ -189,7 +189,7 @@ func (s *State) seenID(category string, id int64) {
 }
 
 // object returns the data object a data-object event belongs to and moves its revision.
-func (s *State) object(ev eventstore.RecordedEvent) *Object {
+func (s *State) object(ev *eventstore.RecordedEvent) *Object {
 	id, ok := domain.ParseDataObjectStream(ev.Stream)
 	if !ok {
 		return nil
@@ -216,7 +216,7 @@ func (s *State) uploadStream(owner domain.Owner, revision uint64) *Upload {
 }
 
 // uploadOf finds the upload stream record of an upload event by its stream name.
-func (s *State) uploadOf(ev eventstore.RecordedEvent) *Upload {
+func (s *State) uploadOf(ev *eventstore.RecordedEvent) *Upload {
 	owner, ok := s.streamOwner(ev.Stream)
 	if !ok {
 		return nil

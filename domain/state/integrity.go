@@ -95,7 +95,7 @@ func (s *State) AllAnomalies() []IntegrityAnomaly {
 }
 
 // applyIntegrity folds the integrity events; handled reports whether ev was one.
-func (s *State) applyIntegrity(ev eventstore.RecordedEvent) (handled bool, err error) {
+func (s *State) applyIntegrity(ev *eventstore.RecordedEvent) (handled bool, err error) {
 	switch ev.Type {
 	case domain.EventUploadIntegrityAnomaly:
 		var e domain.UploadIntegrityAnomaly

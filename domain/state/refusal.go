@@ -25,7 +25,7 @@ type Refusal struct {
 
 // applyRefusalEvent folds the refusal and resolution events of an upload stream. It reports
 // whether ev was one of them.
-func (s *State) applyRefusalEvent(ev eventstore.RecordedEvent) (bool, error) {
+func (s *State) applyRefusalEvent(ev *eventstore.RecordedEvent) (bool, error) {
 	switch ev.Type {
 	case domain.EventUploadRefused:
 		var e domain.UploadRefused
@@ -73,7 +73,7 @@ func (s *State) applyRefusalEvent(ev eventstore.RecordedEvent) (bool, error) {
 
 // uploadAt returns the upload-stream record of an event of that stream, creating it, and
 // moves its revision.
-func (s *State) uploadAt(ev eventstore.RecordedEvent) *Upload {
+func (s *State) uploadAt(ev *eventstore.RecordedEvent) *Upload {
 	owner, ok := s.streamOwner(ev.Stream)
 	if !ok {
 		return nil

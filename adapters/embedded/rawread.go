@@ -279,13 +279,17 @@ func (c *rawConn) blob(stmt uintptr, col int32) []byte {
 }
 
 // rawConns is the pool of a store's replay connections, opened on first use and closed with
-// the store.
+// the store. At most maxIdleRawConns wait idle, their page caches emptied: a replay reads each
+// page once, and a server that replayed once at start should not keep those pages.
 type rawConns struct {
 	path   string
 	mu     sync.Mutex
 	idle   []*rawConn
 	closed bool
+	inUse  sync.WaitGroup // connections handed out: Close waits for their reads
 }
+
+const maxIdleRawConns = 4
 
 func (p *rawConns) get() (*rawConn, error) {
 	p.mu.Lock()
@@ -293,6 +297,7 @@ func (p *rawConns) get() (*rawConn, error) {
 		p.mu.Unlock()
 		return nil, eventstore.ErrClosed
 	}
+	p.inUse.Add(1)
 	if n := len(p.idle); n > 0 {
 		c := p.idle[n-1]
 		p.idle = p.idle[:n-1]
@@ -300,13 +305,20 @@ func (p *rawConns) get() (*rawConn, error) {
 		return c, nil
 	}
 	p.mu.Unlock()
-	return openRawConn(p.path)
+	c, err := openRawConn(p.path)
+	if err != nil {
+		p.inUse.Done()
+		return nil, err
+	}
+	return c, nil
 }
 
-// put hands a connection back, closing it when the store closed meanwhile.
+// put hands a connection back, closing it when the store closed meanwhile or enough wait.
 func (p *rawConns) put(c *rawConn) {
+	defer p.inUse.Done()
+	sqlite3.Xsqlite3_db_release_memory(c.tls, c.db)
 	p.mu.Lock()
-	if !p.closed {
+	if !p.closed && len(p.idle) < maxIdleRawConns {
 		p.idle = append(p.idle, c)
 		c = nil
 	}
@@ -316,11 +328,15 @@ func (p *rawConns) put(c *rawConn) {
 	}
 }
 
-// close closes the idle connections; those in use close when handed back.
+// close waits for the reads in flight (a range: milliseconds) and closes every connection.
 func (p *rawConns) close() error {
 	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.inUse.Wait()
+	p.mu.Lock()
 	idle := p.idle
-	p.idle, p.closed = nil, true
+	p.idle = nil
 	p.mu.Unlock()
 	var errs []error
 	for _, c := range idle {

@@ -106,6 +106,18 @@ func DecodeValueChanged(data []byte) (ValueChanged, error) {
 	return v, err
 }
 
+// DecodeValueChangedInto is DecodeValueChanged into v, which keeps the upload of an entry in the
+// compact form in *upload (v.Upload then points at it) instead of allocating it: a replay
+// decodes millions of entries into storage it allocates in batches. Other forms allocate as
+// DecodeValueChanged does; v.Upload == upload tells which.
+func DecodeValueChangedInto(data []byte, v *ValueChanged, upload *UploadSource) error {
+	i := skipSpace(data, 0)
+	if i < len(data) && data[i] == '[' {
+		return decodeValueChangedArray(data[i:], v, upload)
+	}
+	return v.UnmarshalJSON(data)
+}
+
 // DecodeUploadPrepared decodes the body of an UploadPrepared event, binary or JSON.
 func DecodeUploadPrepared(data []byte) (UploadPrepared, error) {
 	var p UploadPrepared
@@ -257,7 +269,7 @@ func (p *UploadPrepared) EntryLayer(src *UploadSource) string {
 func (v *ValueChanged) UnmarshalJSON(data []byte) error {
 	i := skipSpace(data, 0)
 	if i < len(data) && data[i] == '[' {
-		return decodeValueChangedArray(data[i:], v)
+		return decodeValueChangedArray(data[i:], v, nil)
 	}
 	if decodeLegacyValueChanged(data, v) {
 		return nil
@@ -322,7 +334,9 @@ func appendJSONString(b []byte, s string) []byte {
 }
 
 // decodeValueChangedArray reads the compact array form.
-func decodeValueChangedArray(data []byte, v *ValueChanged) error {
+// decodeValueChangedArray decodes the compact form into v; an upload entry's source goes to
+// *upload, or to a new UploadSource when upload is nil.
+func decodeValueChangedArray(data []byte, v *ValueChanged, upload *UploadSource) error {
 	s := arrayScanner{b: data, i: 1}
 	form := s.int()
 	*v = ValueChanged{ObjectID: s.int()}
@@ -342,7 +356,11 @@ func decodeValueChangedArray(data []byte, v *ValueChanged) error {
 		}
 	case valueChangedUpload:
 		v.At = time.Unix(s.int(), 0).UTC()
-		u := &UploadSource{LogTimestamp: v.At}
+		u := upload
+		if u == nil {
+			u = &UploadSource{}
+		}
+		*u = UploadSource{LogTimestamp: v.At}
 		u.UploadID = s.uuid()
 		u.Entry = int(s.int())
 		if s.more() {

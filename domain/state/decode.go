@@ -48,14 +48,33 @@ func Decode(ev eventstore.RecordedEvent) Decoded {
 	return d
 }
 
-// DecodeInto is Decode for many events, appended to out (a replay reuses its slices).
+// DecodeInto is Decode for many events, appended to out (a replay reuses its slices). The
+// upload sources of the entries in the compact form are allocated in batches, fresh ones
+// (never reused: ValueChanged hands out pointers to them), not one by one.
 func DecodeInto(out []Decoded, evs []eventstore.RecordedEvent) []Decoded {
+	var uploads []domain.UploadSource
 	for _, ev := range evs {
 		out = append(out, Decoded{Event: ev})
-		out[len(out)-1].decode()
+		d := &out[len(out)-1]
+		if d.Event.Type != domain.EventIncrementApplied && d.Event.Type != domain.EventDecrementApplied {
+			d.decode()
+			continue
+		}
+		if len(uploads) == cap(uploads) {
+			uploads = make([]domain.UploadSource, 0, uploadBatch)
+		}
+		next := &uploads[:len(uploads)+1][len(uploads)]
+		d.kind = decodedChange
+		d.err = domain.DecodeValueChangedInto(d.Event.Data, &d.change, next)
+		if d.change.Upload == next {
+			uploads = uploads[:len(uploads)+1]
+		}
 	}
 	return out
 }
+
+// uploadBatch is how many upload sources DecodeInto allocates at once.
+const uploadBatch = 256
 
 func (d *Decoded) decode() {
 	ev := &d.Event

@@ -303,3 +303,41 @@ func mustEncode(t *testing.T, typ string, body any) []byte {
 	}
 	return b
 }
+
+// TestChangesHandsLayersOverInKeyOrder: Changes lists the fresh layers of every owner once, in
+// (owner, identity) order, what the state database's writer relies on for local b-tree writes.
+func TestChangesHandsLayersOverInKeyOrder(t *testing.T) {
+	st := NewState()
+	want := map[string]bool{}
+	for o := range 12 {
+		owner := domain.Owner{Type: domain.OwnerKey, ID: int64(o*37%12 + 1)}
+		st.Uploads[owner.String()] = &Upload{Owner: owner}
+		for i := range 50 {
+			id := fmt.Sprintf("%064x", (i*7919+o)%1000)
+			if i%10 == 0 {
+				id = fmt.Sprintf("legacy-%d", i)
+			}
+			st.layers.put(owner.String(), id, LayerInfo{Depth: int64(i + 1)})
+			want[owner.String()+" "+id] = true
+		}
+	}
+	c, err := st.Changes(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, l := range c.Layers {
+		got[l.Owner+" "+l.ID] = true
+	}
+	if len(c.Layers) != len(want) || !maps.Equal(got, want) {
+		t.Fatalf("Changes lists %d layers (%d distinct), want %d", len(c.Layers), len(got), len(want))
+	}
+	if !slices.IsSortedFunc(c.Layers, func(a, b LayerRecord) int {
+		if a.Owner != b.Owner {
+			return strings.Compare(a.Owner, b.Owner)
+		}
+		return strings.Compare(a.ID, b.ID)
+	}) {
+		t.Fatal("Changes lists the layers out of key order")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"sync"
 
 	"github.com/google/uuid"
@@ -42,13 +43,13 @@ func openRawConn(path string) (_ *rawConn, err error) {
 		return nil, err
 	}
 	defer libc.Xfree(c.tls, name)
-	pdb := libc.Xmalloc(c.tls, 8)
+	pdb := libc.Xmalloc(c.tls, pointerSize)
 	if pdb == 0 {
 		return nil, errors.New("out of memory")
 	}
 	defer libc.Xfree(c.tls, pdb)
 	rc := sqlite3.Xsqlite3_open_v2(c.tls, name, pdb, sqlite3.SQLITE_OPEN_READONLY|sqlite3.SQLITE_OPEN_NOMUTEX, 0)
-	c.db = uintptr(binary.NativeEndian.Uint64(libc.GoBytes(pdb, 8)))
+	c.db = readPointer(pdb)
 	if rc != sqlite3.SQLITE_OK {
 		return nil, c.error("open", rc)
 	}
@@ -72,13 +73,26 @@ func openRawConn(path string) (_ *rawConn, err error) {
 	return c, nil
 }
 
+// pointerSize is the size of a C pointer (a uintptr is as wide as a uint on every platform Go
+// runs on).
+const pointerSize = bits.UintSize / 8
+
+// readPointer reads the pointer SQLite wrote at p (an out parameter).
+func readPointer(p uintptr) uintptr {
+	b := libc.GoBytes(p, pointerSize)
+	if pointerSize == 4 {
+		return uintptr(binary.NativeEndian.Uint32(b))
+	}
+	return uintptr(binary.NativeEndian.Uint64(b))
+}
+
 func (c *rawConn) prepare(sql string) (uintptr, error) {
 	q, err := libc.CString(sql)
 	if err != nil {
 		return 0, err
 	}
 	defer libc.Xfree(c.tls, q)
-	pstmt := libc.Xmalloc(c.tls, 8)
+	pstmt := libc.Xmalloc(c.tls, pointerSize)
 	if pstmt == 0 {
 		return 0, errors.New("out of memory")
 	}
@@ -86,7 +100,7 @@ func (c *rawConn) prepare(sql string) (uintptr, error) {
 	if rc := sqlite3.Xsqlite3_prepare_v2(c.tls, c.db, q, -1, pstmt, 0); rc != sqlite3.SQLITE_OK {
 		return 0, c.error("prepare", rc)
 	}
-	return uintptr(binary.NativeEndian.Uint64(libc.GoBytes(pstmt, 8))), nil
+	return readPointer(pstmt), nil
 }
 
 func (c *rawConn) exec(sql string) error {

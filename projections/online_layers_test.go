@@ -47,7 +47,7 @@ func TestVerifyOnlineComparesLayersOnDisk(t *testing.T) {
 	}
 	defer db.Close()
 	var onDisk int
-	if err := db.QueryRow(`SELECT count(*) FROM layers`).Scan(&onDisk); err != nil {
+	if err := db.QueryRow(`SELECT count(*) FROM layer_pages`).Scan(&onDisk); err != nil {
 		t.Fatal(err)
 	}
 	if onDisk == 0 {
@@ -62,9 +62,7 @@ func TestVerifyOnlineComparesLayersOnDisk(t *testing.T) {
 		t.Fatalf("problems on an untouched state: %q", v.Problems)
 	}
 
-	if _, err := db.Exec(`UPDATE layers SET depth = depth + 1000 WHERE layer = (SELECT layer FROM layers ORDER BY owner, layer LIMIT 1)`); err != nil {
-		t.Fatal(err)
-	}
+	changeFirstLayer(t, statePath, func(info *state.LayerInfo) { info.Depth += 1000 })
 	v, err = projections.VerifyOnline(ctx, store, env.Proj, projections.OnlineOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -85,25 +83,20 @@ func TestALayerSnapshotReadsWhatTheDatabaseReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	raw, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
 	id, digest := strings.Repeat("ab", 32), strings.Repeat("cd", 32)
-	insert := `INSERT INTO layers (owner, layer, depth, timestamp, skipped, digest, file_digest, length) VALUES (?, unhex(?), ?, ?, ?, unhex(?), unhex(?), ?)`
-	if _, err := raw.Exec(insert, "key-1", id, 7, 1700000000, "", digest, digest, 336); err != nil {
-		t.Fatal(err)
+	put := func(id string, info state.LayerInfo) {
+		if err := db.PutLayers(ctx, []state.LayerRecord{{Owner: "key-1", ID: id, Info: info}}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	put(id, state.LayerInfo{Depth: 7, Timestamp: 1700000000, Digest: digest, FileDigest: digest, Length: 336})
 	snap, err := db.SnapshotLayers(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer snap.Close()
 	later := strings.Repeat("ef", 32)
-	if _, err := raw.Exec(insert, "key-1", later, 8, 1700000001, "", digest, "", 0); err != nil {
-		t.Fatal(err)
-	}
+	put(later, state.LayerInfo{Depth: 8, Timestamp: 1700000001, Digest: digest})
 	want, ok, err := db.Layer("key-1", id)
 	if err != nil || !ok || want.Length != 336 || want.Digest != digest || want.Depth != 7 {
 		t.Fatalf("database: %+v %v %v", want, ok, err)

@@ -3,6 +3,8 @@ package projections
 import (
 	"context"
 	"database/sql"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -95,12 +97,36 @@ func (s *StoredState) Diff(ctx context.Context, b *state.State) ([]string, error
 }
 
 // diffLayers compares the layers of owners (in order) with b's, reading the stored ones in one
-// query over the owners' range of the layers table, in key order.
+// query over the owners' range of the layer pages, in key order, and the few of text
+// identities before.
 func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.State, fresh map[string]map[string]state.LayerInfo) ([]string, error) {
 	if len(owners) == 0 {
 		return nil, nil
 	}
-	rows, err := s.db.readDB.QueryContext(ctx, `SELECT owner, layer, depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner >= ? AND owner <= ? ORDER BY owner, layer`,
+	text := map[string][]state.LayerRecord{}
+	var readErr error // a read that failed: the owners not finished are unreadable
+	if trows, err := s.db.readDB.QueryContext(ctx, `SELECT owner, layer, record FROM text_layers WHERE owner >= ? AND owner <= ? ORDER BY owner, layer`,
+		owners[0], owners[len(owners)-1]); err != nil {
+		readErr = fmt.Errorf("state database: layers: %w", err)
+	} else {
+		for trows.Next() {
+			var l state.LayerRecord
+			var rec []byte
+			if err := trows.Scan(&l.Owner, &l.ID, &rec); err != nil {
+				readErr = fmt.Errorf("state database: layers: %w", err)
+				break
+			}
+			if l.Info, err = decodeRecord(rec); err != nil {
+				readErr = err
+				break
+			}
+			text[l.Owner] = append(text[l.Owner], l)
+		}
+		if err := errors.Join(trows.Err(), trows.Close()); err != nil && readErr == nil {
+			readErr = fmt.Errorf("state database: layers: %w", err)
+		}
+	}
+	rows, err := s.db.readDB.QueryContext(ctx, `SELECT owner, entries FROM layer_pages WHERE owner >= ? AND owner <= ? ORDER BY owner, first`,
 		owners[0], owners[len(owners)-1])
 	if err != nil {
 		return nil, fmt.Errorf("state database: layers: %w", err)
@@ -109,12 +135,18 @@ func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.
 	var out []string
 	next := 0 // the first owner not finished
 	var cur *layerComparison
-	var readErr error // a read that failed: the owners not finished are unreadable
+	newComparison := func(owner string) *layerComparison {
+		c := newLayerComparison(owner, b, fresh[owner])
+		for _, l := range text[owner] {
+			c.stored(nil, l.ID, l.Info)
+		}
+		return c
+	}
 	finish := func(before string, all bool) {
 		for next < len(owners) && (all || owners[next] < before) {
 			c := cur
 			if c == nil || c.name != owners[next] {
-				c = newLayerComparison(owners[next], b, fresh[owners[next]])
+				c = newComparison(owners[next])
 			}
 			out = append(out, c.finish(readErr)...)
 			cur = nil
@@ -122,32 +154,41 @@ func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.
 		}
 	}
 	var (
-		owner                  sql.RawBytes
-		id, digest, fileDigest any
-		info                   state.LayerInfo
+		owner sql.RawBytes
+		blob  sql.RawBytes
 	)
-	for rows.Next() {
-		if err := rows.Scan(&owner, &id, &info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest, &info.Length); err != nil {
+	comparePage := func() error {
+		p, err := layerPages.parse(blob)
+		if err != nil {
+			return err
+		}
+		for i := range p.n {
+			info, err := decodeRecord(p.val(i))
+			if err != nil {
+				return err
+			}
+			cur.stored(p.key(i), "", info)
+		}
+		return nil
+	}
+	for rows.Next() && readErr == nil {
+		if err := rows.Scan(&owner, &blob); err != nil {
 			readErr = fmt.Errorf("state database: layers: %w", err)
 			break
 		}
-		if cur != nil && cur.name == string(owner) {
-			info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
-			cur.stored(id, info)
-			continue
+		if cur == nil || cur.name != string(owner) {
+			finish(string(owner), false)
+			if next == len(owners) {
+				break
+			}
+			if owners[next] != string(owner) {
+				continue // an owner b has no upload stream for: DiffExceptLayers reports it
+			}
+			cur = newComparison(owners[next])
 		}
-		finish(string(owner), false)
-		if next == len(owners) {
-			break
+		if err := comparePage(); err != nil {
+			readErr = err
 		}
-		if owners[next] != string(owner) {
-			continue // an owner b has no upload stream for: DiffExceptLayers reports it
-		}
-		if cur == nil {
-			cur = newLayerComparison(owners[next], b, fresh[owners[next]])
-		}
-		info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
-		cur.stored(id, info)
 	}
 	if readErr == nil {
 		if err := rows.Err(); err != nil {
@@ -177,18 +218,20 @@ func newLayerComparison(name string, b *state.State, fresh map[string]state.Laye
 	return &layerComparison{name: name, b: b, fresh: fresh}
 }
 
-// stored compares one stored layer, its identity as the database holds it (packID).
-func (c *layerComparison) stored(packed any, info state.LayerInfo) {
-	raw, _ := packed.([]byte)
-	if len(raw) != 32 {
-		raw = nil
+// stored compares one stored layer, known by its raw identity (32 bytes) or else by text.
+func (c *layerComparison) stored(raw []byte, text string, info state.LayerInfo) {
+	id := func() string {
+		if raw != nil {
+			return hex.EncodeToString(raw)
+		}
+		return text
 	}
 	if len(c.fresh) > 0 {
-		if _, hidden := c.fresh[unpackID(packed)]; hidden {
+		if _, hidden := c.fresh[id()]; hidden {
 			return
 		}
 	}
-	c.compare(func() string { return unpackID(packed) }, raw, info)
+	c.compare(id, raw, info)
 }
 
 // compare counts one layer of a and compares it with b's.

@@ -3,6 +3,7 @@ package projections_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 
@@ -13,9 +14,10 @@ import (
 // BenchmarkRebuildOfDataDir replays an existing event store, such as a copy of the generator's
 // 10M ledger: TALLY_REPLAY_EVENTS names its events directory (skipped when unset; the store is
 // only read, but it takes the directory's lock, so use a copy of a server's data). "rebuild" is
-// projections.Rebuild, "verified" RebuildVerified; both report events/s, the process's CPU per
-// event, and the heap in use after the replay (docs/encoding.md, "The fold on the
-// ten-million-event ledger"):
+// projections.Rebuild, "verified" RebuildVerified, "replaystate" ReplayState (tally replay: the
+// fold and the state database written, into a temporary directory); each reports events/s,
+// the process's CPU per event, and the heap in use after the replay (docs/encoding.md, "The
+// fold on the ten-million-event ledger"):
 //
 //	TALLY_REPLAY_EVENTS=/tmp/h10m-copy/events go test -run '^$' -bench RebuildOfDataDir -benchtime 1x ./projections/
 func BenchmarkRebuildOfDataDir(b *testing.B) {
@@ -56,6 +58,18 @@ func BenchmarkRebuildOfDataDir(b *testing.B) {
 			}
 			if len(problems) != 0 {
 				b.Fatalf("%d problems, the first: %s", len(problems), problems[0])
+			}
+			events = int(st.Events)
+		}
+		report(b, events, cpu)
+	})
+	b.Run("replaystate", func(b *testing.B) {
+		cpu, events := processCPU(), 0
+		path := filepath.Join(b.TempDir(), projections.StateFile)
+		for b.Loop() {
+			st, err := projections.ReplayState(ctx, store, path, projections.ReplayOptions{})
+			if err != nil {
+				b.Fatal(err)
 			}
 			events = int(st.Events)
 		}

@@ -81,6 +81,7 @@ type StateDB struct {
 func stateDSN(path string, readOnly bool) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "page_size(16384)") // a new file's (statedb_pages.go); an existing file keeps its own
 	q.Add("_pragma", "journal_mode(WAL)")
 	// NORMAL: a crash may lose the last checkpoints, never half of one; the layers go back
 	// with the checkpoint they were written with, and the projection catches up from it.

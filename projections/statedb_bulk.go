@@ -23,6 +23,7 @@ import (
 // bulkStateDSN opens a state database file that only this process sees yet.
 func bulkStateDSN(path string) string {
 	q := url.Values{}
+	q.Add("_pragma", "page_size(16384)") // a new file's: the layer pages fit in a b-tree cell
 	q.Add("_pragma", "journal_mode(OFF)")
 	q.Add("_pragma", "synchronous(OFF)")
 	q.Add("_pragma", "locking_mode(EXCLUSIVE)")

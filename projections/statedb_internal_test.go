@@ -120,11 +120,11 @@ func TestAReplaysLayerStoreFindsPendingAndWrittenLayers(t *testing.T) {
 		id[0] = byte(n)
 		return state.LayerRecord{Owner: owner, ID: hex.EncodeToString(id[:]), Info: state.LayerInfo{Depth: depth, Timestamp: int64(n)}}
 	}
-	runs, err := openRuns(ctx, path+".runs")
+	runs, err := createRunFile(path + ".runs")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer runs.Close()
+	defer runs.remove()
 	w := &writtenLayers{db: db, runs: runs}
 	first := []state.LayerRecord{rec("2-1", 1, 1), rec("2-1", 2, 2), rec("2-2", 3, 1)}
 	second := []state.LayerRecord{rec("2-1", 4, 3), rec("2-3", 5, 1)}

@@ -20,12 +20,17 @@ import (
 // which answers "the layers at depth d". A lookup is one probe of the primary key (the last
 // page whose first is at most the key) and a binary search in the page. A checkpoint merges
 // its new layers into the pages they fall in and splits a page that grew past twice
-// pageTarget; a replay writes the pages in key order. Layers whose identity is not 64
+// its target size; a replay writes the pages in key order. Layers whose identity is not 64
 // lowercase hex digits (legacy text identities) are a row each in text_layers.
 
-// pageTarget is how many layers a page holds when written in bulk; a checkpoint splits a page
-// past twice as many.
-const pageTarget = 64
+// A page holds its table's target number of entries when written in bulk; a checkpoint
+// splits a page past twice as many. The targets keep a page written in bulk within what
+// SQLite stores in its b-tree cell on a 16 KiB database page (about 4 KiB; more goes to
+// overflow pages): 32 layers of about 80 bytes, 64 depth keys of 40.
+const (
+	layerPageTarget = 32
+	depthPageTarget = 64
+)
 
 // A page: uvarint n; n keys of keyLen bytes, sorted; and for a table whose keys carry a value,
 // n+1 little-endian uint32 offsets into the values that follow (value i is [off[i], off[i+1])).
@@ -42,11 +47,12 @@ type pageTable struct {
 	name   string
 	keyLen int
 	valued bool
+	target int // entries per page written in bulk
 }
 
 var (
-	layerPages = pageTable{name: "layer_pages", keyLen: 32, valued: true}
-	depthPages = pageTable{name: "layer_depth_pages", keyLen: depthKeyLen}
+	layerPages = pageTable{name: "layer_pages", keyLen: 32, valued: true, target: layerPageTarget}
+	depthPages = pageTable{name: "layer_depth_pages", keyLen: depthKeyLen, target: depthPageTarget}
 )
 
 const depthKeyLen = 8 + 32
@@ -337,7 +343,7 @@ func (t pageTable) eachPage(ctx context.Context, q querier, owner string, from, 
 }
 
 // merge puts adds (sorted by key, keys unique) into owner's pages and takes removes (sorted)
-// out of them, rewriting only the pages they fall in; a page past twice pageTarget is split.
+// out of them, rewriting only the pages they fall in; a page past twice its target is split.
 // replaced, if not nil, is called with the old value of each key that adds replace.
 func (t pageTable) merge(ctx context.Context, x execer, owner string, adds []pageEntry, removes [][]byte, replaced func(key, old []byte)) error {
 	var buf []byte
@@ -386,8 +392,8 @@ func (t pageTable) merge(ctx context.Context, x execer, owner string, adds []pag
 			}
 		}
 		parts := 1
-		if len(merged) > 2*pageTarget {
-			parts = (len(merged) + pageTarget - 1) / pageTarget
+		if len(merged) > 2*t.target {
+			parts = (len(merged) + t.target - 1) / t.target
 		}
 		for i := range parts {
 			part := merged[i*len(merged)/parts : (i+1)*len(merged)/parts]
@@ -458,7 +464,7 @@ func newPageWriter(ctx context.Context, x interface {
 // add appends one entry; its key and value are copied when the page is written, so the
 // caller keeps them unchanged until then (flush).
 func (w *pageWriter) add(ctx context.Context, owner string, e pageEntry) error {
-	if owner != w.owner || len(w.entries) == pageTarget {
+	if owner != w.owner || len(w.entries) == w.t.target {
 		if err := w.flush(ctx); err != nil {
 			return err
 		}

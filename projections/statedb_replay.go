@@ -48,17 +48,14 @@ func ReplayState(ctx context.Context, store eventstore.Store, path string, opts 
 		return st, SaveState(ctx, path, st)
 	}
 	runsPath := path + ".runs"
-	if err := removeStateDB(runsPath); err != nil { // what a replay that crashed left
-		return nil, err
-	}
 	var st *state.State
 	err := replaceStateDB(ctx, path, func(ctx context.Context, db *sql.DB) error {
-		runs, err := openRuns(ctx, runsPath)
+		runs, err := createRunFile(runsPath)
 		if err != nil {
 			return err
 		}
 		st, err = replayFold(ctx, store, db, runs, opts)
-		return errors.Join(err, runs.Close(), removeStateDB(runsPath))
+		return errors.Join(err, runs.remove())
 	})
 	if err != nil {
 		return nil, err
@@ -66,30 +63,7 @@ func ReplayState(ctx context.Context, store eventstore.Store, path string, opts 
 	return st, nil
 }
 
-// openRuns creates the scratch file of a replay's sorted runs: one table of pages, keyed by
-// run, owner and first identity; nobody else sees it and it is deleted once merged.
-func openRuns(ctx context.Context, path string) (*sql.DB, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err == nil {
-		err = f.Close()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("replay runs: %w", err)
-	}
-	db, err := sql.Open("sqlite", bulkStateDSN(path))
-	if err != nil {
-		return nil, fmt.Errorf("replay runs: %w", err)
-	}
-	db.SetMaxOpenConns(1)
-	db.SetConnMaxIdleTime(0)
-	db.SetConnMaxLifetime(0)
-	if _, err := db.ExecContext(ctx, `CREATE TABLE runs (run INTEGER NOT NULL, owner TEXT NOT NULL, first BLOB NOT NULL, entries BLOB NOT NULL, PRIMARY KEY (run, owner, first)) WITHOUT ROWID`); err != nil {
-		return nil, errors.Join(fmt.Errorf("replay runs: %w", err), db.Close())
-	}
-	return db, nil
-}
-
-func replayFold(ctx context.Context, store eventstore.Store, db, runs *sql.DB, opts ReplayOptions) (*state.State, error) {
+func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, runs *runFile, opts ReplayOptions) (*state.State, error) {
 	if _, err := db.ExecContext(ctx, stateSchema); err != nil {
 		return nil, fmt.Errorf("write state database: schema: %w", err)
 	}
@@ -156,7 +130,7 @@ func replayFold(ctx context.Context, store eventstore.Store, db, runs *sql.DB, o
 	if err := writeChanges(ctx, tx, c); err != nil {
 		return nil, fmt.Errorf("write state database: %w", err)
 	}
-	if err := mergeRuns(ctx, runs, layers.runCount(), tx); err != nil {
+	if err := mergeRuns(ctx, runs, tx); err != nil {
 		return nil, fmt.Errorf("write state database: %w", err)
 	}
 	if err := writeMeta(ctx, tx, st); err != nil {
@@ -174,22 +148,15 @@ func replayFold(ctx context.Context, store eventstore.Store, db, runs *sql.DB, o
 // text identities go into the new file's text_layers directly.
 type writtenLayers struct {
 	db      *sql.DB
-	runs    *sql.DB
+	runs    *runFile
 	mu      sync.Mutex
 	pending [][]state.LayerRecord
-	nruns   int
 }
 
 func (w *writtenLayers) pend(batch []state.LayerRecord) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.pending = append(w.pending, batch)
-}
-
-func (w *writtenLayers) runCount() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.nruns
 }
 
 // write writes a batch as the next run (its text identities into the new file), and then no
@@ -207,61 +174,22 @@ func (w *writtenLayers) write(ctx context.Context, batch []state.LayerRecord) er
 // writeRun writes a batch as the next run; it stays pending until write drops it, so that
 // a lookup meanwhile finds it in one or the other.
 func (w *writtenLayers) writeRun(ctx context.Context, batch []state.LayerRecord) error {
-	run := w.runCount()
-	tx, err := w.runs.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("replay runs: %w", err)
-	}
-	defer func() { _ = tx.Rollback() }()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO runs (run, owner, first, entries) VALUES (?, ?, ?, ?)`)
-	if err != nil {
-		return fmt.Errorf("replay runs: %w", err)
-	}
-	defer stmt.Close()
 	var text []state.LayerRecord
-	var buf []byte
-	entries := make([]pageEntry, 0, pageTarget)
-	owner := ""
-	flush := func() error {
-		if len(entries) == 0 {
-			return nil
-		}
-		buf = layerPages.encode(buf, entries)
-		if _, err := stmt.ExecContext(ctx, run, owner, entries[0].key, buf); err != nil {
-			return fmt.Errorf("replay runs: %w", err)
-		}
-		entries = entries[:0]
-		return nil
-	}
+	run := w.runs.newRun()
 	for _, l := range batch {
 		raw, ok := state.ParseHash(l.ID)
 		if !ok {
 			text = append(text, l)
 			continue
 		}
-		if l.Owner != owner || len(entries) == pageTarget {
-			if err := flush(); err != nil {
-				return err
-			}
-			owner = l.Owner
-		}
-		entries = append(entries, pageEntry{key: raw[:], val: appendRecord(nil, l.Info)})
-	}
-	if err := flush(); err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("replay runs: %w", err)
+		run.add(l.Owner, raw, l.Info)
 	}
 	if len(text) > 0 {
 		if err := w.writeText(ctx, text); err != nil {
 			return err
 		}
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.nruns++
-	return nil
+	return w.runs.write(run)
 }
 
 func (w *writtenLayers) writeText(ctx context.Context, text []state.LayerRecord) error {
@@ -279,18 +207,18 @@ func (w *writtenLayers) writeText(ctx context.Context, text []state.LayerRecord)
 	return nil
 }
 
-// snapshot returns the pending batches and the number of runs written, at one moment: a batch
-// leaves the pending ones only once its run is written, so what a lookup does not find in the
-// one it finds in the other.
-func (w *writtenLayers) snapshot() ([][]state.LayerRecord, int) {
+// snapshot returns the pending batches and the runs written, at one moment: a batch leaves
+// the pending ones only once its run is written, so what a lookup does not find in the one it
+// finds in the other.
+func (w *writtenLayers) snapshot() ([][]state.LayerRecord, [][]runPageRef) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return slices.Clone(w.pending), w.nruns
+	return slices.Clone(w.pending), w.runs.written()
 }
 
 // Layer implements state.LayerStore.
 func (w *writtenLayers) Layer(owner, id string) (state.LayerInfo, bool, error) {
-	pending, nruns := w.snapshot()
+	pending, runs := w.snapshot()
 	for i := len(pending) - 1; i >= 0; i-- {
 		batch := pending[i]
 		j := sort.Search(len(batch), func(j int) bool {
@@ -304,37 +232,17 @@ func (w *writtenLayers) Layer(owner, id string) (state.LayerInfo, bool, error) {
 	if !ok {
 		return textLayer(context.Background(), w.db, owner, id)
 	}
-	for run := nruns - 1; run >= 0; run-- {
-		v, ok, err := w.runLookup(run, owner, raw[:])
-		if err != nil || ok {
-			if err != nil {
-				return state.LayerInfo{}, false, err
-			}
+	for r := len(runs) - 1; r >= 0; r-- {
+		v, ok, err := w.runs.lookup(runs[r], owner, raw)
+		if err != nil {
+			return state.LayerInfo{}, false, err
+		}
+		if ok {
 			info, err := decodeRecord(v)
 			return info, err == nil, err
 		}
 	}
 	return state.LayerInfo{}, false, nil
-}
-
-func (w *writtenLayers) runLookup(run int, owner string, key []byte) ([]byte, bool, error) {
-	var b []byte
-	err := w.runs.QueryRow(`SELECT entries FROM runs WHERE run = ? AND owner = ? AND first <= ? ORDER BY first DESC LIMIT 1`, run, owner, key).Scan(&b)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("replay runs: %w", err)
-	}
-	p, err := layerPages.parse(b)
-	if err != nil {
-		return nil, false, err
-	}
-	i, ok := p.search(key)
-	if !ok {
-		return nil, false, nil
-	}
-	return p.val(i), true, nil
 }
 
 // HasDepth implements state.LayerStore.
@@ -359,7 +267,7 @@ func (w *writtenLayers) EachLayerAt(owner string, depth int64, fn func(id string
 // when depth is -1). The fold asks this rarely (never on a replay's hot path): it reads all of
 // the owner's pages.
 func (w *writtenLayers) each(owner string, depth int64, fn func(id string, info state.LayerInfo) bool) error {
-	pending, nruns := w.snapshot()
+	pending, runs := w.snapshot()
 	all := map[string]state.LayerInfo{}
 	var order []string
 	put := func(id string, info state.LayerInfo) {
@@ -368,34 +276,19 @@ func (w *writtenLayers) each(owner string, depth int64, fn func(id string, info 
 		}
 		all[id] = info
 	}
-	for run := range nruns {
-		rows, err := w.runs.Query(`SELECT entries FROM runs WHERE run = ? AND owner = ? ORDER BY first`, run, owner)
-		if err != nil {
-			return fmt.Errorf("replay runs: %w", err)
-		}
-		var pages [][]byte
-		for rows.Next() {
-			var b []byte
-			if err := rows.Scan(&b); err != nil {
-				_ = rows.Close()
-				return fmt.Errorf("replay runs: %w", err)
-			}
-			pages = append(pages, b)
-		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return fmt.Errorf("replay runs: %w", err)
-		}
-		for _, b := range pages {
-			p, err := layerPages.parse(b)
+	for _, run := range runs {
+		i, j := ownerRange(run, owner)
+		for _, ref := range run[i:j] {
+			p, err := w.runs.read(ref)
 			if err != nil {
 				return err
 			}
-			for i := range p.n {
-				info, err := decodeRecord(p.val(i))
+			for k := range p.n {
+				info, err := decodeRecord(p.val(k))
 				if err != nil {
 					return err
 				}
-				put(hex.EncodeToString(p.key(i)), info)
+				put(hex.EncodeToString(p.key(k)), info)
 			}
 		}
 	}
@@ -425,18 +318,153 @@ func (w *writtenLayers) each(owner string, depth int64, fn func(id string, info 
 	return nil
 }
 
+// runFile holds a replay's sorted runs: each run's pages (as layer_pages holds them) appended
+// to a scratch file beside the new state database, and indexed in memory by one entry per
+// page (its owner, first identity and place in the file: about 2 bytes per layer). It is
+// deleted once the runs are merged.
+type runFile struct {
+	path string
+	f    *os.File
+	mu   sync.Mutex
+	size int64
+	runs [][]runPageRef
+}
+
+// runPageRef is where one page of a run is.
+type runPageRef struct {
+	owner string
+	first [32]byte
+	off   int64
+	n     int
+}
+
+func createRunFile(path string) (*runFile, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) { // a crashed replay's
+		return nil, fmt.Errorf("replay runs: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("replay runs: %w", err)
+	}
+	return &runFile{path: path, f: f}, nil
+}
+
+func (r *runFile) remove() error {
+	err := r.f.Close()
+	if rerr := os.Remove(r.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = errors.Join(err, rerr)
+	}
+	if err != nil {
+		return fmt.Errorf("replay runs: %w", err)
+	}
+	return nil
+}
+
+// written returns the runs written so far (each run's index never changes once written).
+func (r *runFile) written() [][]runPageRef {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.runs[:len(r.runs):len(r.runs)]
+}
+
+// runBuilder packs one run's layers (handed over sorted) into pages in memory.
+type runBuilder struct {
+	buf     []byte
+	refs    []runPageRef
+	owner   string
+	entries []pageEntry
+	page    []byte
+}
+
+func (r *runFile) newRun() *runBuilder {
+	return &runBuilder{entries: make([]pageEntry, 0, layerPages.target)}
+}
+
+func (b *runBuilder) add(owner string, id [32]byte, info state.LayerInfo) {
+	if owner != b.owner || len(b.entries) == layerPages.target {
+		b.flush()
+		b.owner = owner
+	}
+	b.entries = append(b.entries, pageEntry{key: id[:], val: appendRecord(nil, info)})
+}
+
+func (b *runBuilder) flush() {
+	if len(b.entries) == 0 {
+		return
+	}
+	b.page = layerPages.encode(b.page, b.entries)
+	b.refs = append(b.refs, runPageRef{owner: b.owner, first: [32]byte(b.entries[0].key), off: int64(len(b.buf)), n: len(b.page)})
+	b.buf = append(b.buf, b.page...)
+	clear(b.entries)
+	b.entries = b.entries[:0]
+}
+
+// write appends a built run to the file and publishes its index.
+func (r *runFile) write(b *runBuilder) error {
+	b.flush()
+	r.mu.Lock()
+	start := r.size
+	r.mu.Unlock()
+	if _, err := r.f.WriteAt(b.buf, start); err != nil {
+		return fmt.Errorf("replay runs: %w", err)
+	}
+	for i := range b.refs {
+		b.refs[i].off += start
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.size += int64(len(b.buf))
+	r.runs = append(r.runs, b.refs)
+	return nil
+}
+
+func (r *runFile) read(ref runPageRef) (page, error) {
+	b := make([]byte, ref.n)
+	if _, err := r.f.ReadAt(b, ref.off); err != nil {
+		return page{}, fmt.Errorf("replay runs: %w", err)
+	}
+	return layerPages.parse(b)
+}
+
+// ownerRange is the range of a run's pages that hold owner's layers.
+func ownerRange(run []runPageRef, owner string) (int, int) {
+	i := sort.Search(len(run), func(i int) bool { return run[i].owner >= owner })
+	j := sort.Search(len(run), func(j int) bool { return run[j].owner > owner })
+	return i, j
+}
+
+// lookup finds a layer's record in one run: the last page of the owner whose first is at most
+// the identity.
+func (r *runFile) lookup(run []runPageRef, owner string, id [32]byte) ([]byte, bool, error) {
+	i, j := ownerRange(run, owner)
+	k := sort.Search(j-i, func(k int) bool { return bytes.Compare(run[i+k].first[:], id[:]) > 0 })
+	if k == 0 {
+		return nil, false, nil
+	}
+	p, err := r.read(run[i+k-1])
+	if err != nil {
+		return nil, false, err
+	}
+	n, ok := p.search(id[:])
+	if !ok {
+		return nil, false, nil
+	}
+	return p.val(n), true, nil
+}
+
 // mergeRuns merges the sorted runs (k-way, a later run's record of a layer replacing an
-// earlier one's) into the new file's pages, in key order, through tx. Each run is read a few
-// pages at a time.
-func mergeRuns(ctx context.Context, runs *sql.DB, nruns int, tx *sql.Tx) error {
+// earlier one's) into the new file's pages, in key order, through tx. Each run is read
+// sequentially, a block of pages at a time.
+func mergeRuns(ctx context.Context, runs *runFile, tx *sql.Tx) error {
 	w, err := newLayerWriter(ctx, tx)
 	if err != nil {
 		return err
 	}
-	h := make(runHeap, 0, nruns)
-	for run := range nruns {
-		c := &runCursor{run: run}
-		ok, err := c.next(ctx, runs)
+	written := runs.written()
+	h := make(runHeap, 0, len(written))
+	for i, refs := range written {
+		c := &runCursor{run: i, refs: refs, file: runs.f}
+		ok, err := c.next()
 		if err != nil {
 			return errors.Join(err, w.close(ctx))
 		}
@@ -447,9 +475,9 @@ func mergeRuns(ctx context.Context, runs *sql.DB, nruns int, tx *sql.Tx) error {
 	heap.Init(&h)
 	for len(h) > 0 {
 		c := h[0]
-		owner, key, val := c.owner(), c.key(), c.val()
+		owner, key, val := c.owner, c.key, c.val
 		for {
-			ok, err := c.next(ctx, runs)
+			ok, err := c.next()
 			if err != nil {
 				return errors.Join(err, w.close(ctx))
 			}
@@ -458,12 +486,12 @@ func mergeRuns(ctx context.Context, runs *sql.DB, nruns int, tx *sql.Tx) error {
 			} else {
 				heap.Pop(&h)
 			}
-			if len(h) == 0 || h[0].owner() != owner || !bytes.Equal(h[0].key(), key) {
+			if len(h) == 0 || h[0].owner != owner || !bytes.Equal(h[0].key, key) {
 				break
 			}
 			// The same layer in a later run: its record replaces this one.
 			c = h[0]
-			val = c.val()
+			val = c.val
 		}
 		if err := w.addRaw(ctx, owner, key, val); err != nil {
 			return errors.Join(err, w.close(ctx))
@@ -472,85 +500,57 @@ func mergeRuns(ctx context.Context, runs *sql.DB, nruns int, tx *sql.Tx) error {
 	return w.close(ctx)
 }
 
-// runCursor reads one run in key order, runFetch pages at a time.
+// runCursor reads one run in key order.
 type runCursor struct {
-	run     int
-	pages   []runPage // fetched, pages[0] being read
-	entry   int       // the current entry of pages[0]
-	last    runPage   // the last page fetched
-	started bool
-	done    bool // every page fetched
+	run  int
+	refs []runPageRef
+	file *os.File
+
+	block     []byte // the pages read ahead, from refs[0]
+	blockOff  int64
+	page      page
+	pageIndex int // refs[pageIndex] is page
+	entry     int
+	started   bool
+
+	owner    string // the current entry
+	key, val []byte
 }
 
-type runPage struct {
-	owner string
-	first []byte
-	page  page
-}
-
-const runFetch = 16
-
-func (c *runCursor) owner() string { return c.pages[0].owner }
-func (c *runCursor) key() []byte   { return c.pages[0].page.key(c.entry) }
-func (c *runCursor) val() []byte   { return c.pages[0].page.val(c.entry) }
+// runBlock is how much of a run a cursor reads at once.
+const runBlock = 256 << 10
 
 // next moves to the next entry (the first, on the first call); false when the run is read.
-func (c *runCursor) next(ctx context.Context, runs *sql.DB) (bool, error) {
-	if len(c.pages) > 0 {
-		if c.entry++; c.entry < c.pages[0].page.n {
-			return true, nil
-		}
-		c.pages, c.entry = c.pages[1:], 0
+func (c *runCursor) next() (bool, error) {
+	if c.started {
+		c.entry++
+	} else {
+		c.started, c.pageIndex = true, -1
 	}
-	for {
-		for len(c.pages) > 0 && c.pages[0].page.n == 0 {
-			c.pages = c.pages[1:]
-		}
-		if len(c.pages) > 0 {
-			return true, nil
-		}
-		if c.done {
+	for !c.started || c.pageIndex < 0 || c.entry >= c.page.n {
+		c.pageIndex++
+		if c.pageIndex >= len(c.refs) {
 			return false, nil
 		}
-		if err := c.fetch(ctx, runs); err != nil {
+		ref := c.refs[c.pageIndex]
+		if ref.off < c.blockOff || ref.off+int64(ref.n) > c.blockOff+int64(len(c.block)) {
+			end := ref.off + int64(ref.n)
+			last := c.refs[len(c.refs)-1]
+			end = max(end, min(ref.off+runBlock, last.off+int64(last.n)))
+			c.block = make([]byte, end-ref.off)
+			if _, err := c.file.ReadAt(c.block, ref.off); err != nil {
+				return false, fmt.Errorf("replay runs: %w", err)
+			}
+			c.blockOff = ref.off
+		}
+		p, err := layerPages.parse(c.block[ref.off-c.blockOff : ref.off-c.blockOff+int64(ref.n)])
+		if err != nil {
 			return false, err
 		}
+		c.page, c.entry = p, 0
 	}
-}
-
-// fetch reads the run's next pages (keyset pagination: one connection serves every cursor).
-func (c *runCursor) fetch(ctx context.Context, runs *sql.DB) error {
-	var rows *sql.Rows
-	var err error
-	if !c.started {
-		rows, err = runs.QueryContext(ctx, `SELECT owner, first, entries FROM runs WHERE run = ? ORDER BY owner, first LIMIT ?`, c.run, runFetch)
-	} else {
-		rows, err = runs.QueryContext(ctx, `SELECT owner, first, entries FROM runs WHERE run = ?1 AND (owner, first) > (?2, ?3) ORDER BY owner, first LIMIT ?4`, c.run, c.last.owner, c.last.first, runFetch)
-	}
-	if err != nil {
-		return fmt.Errorf("replay runs: %w", err)
-	}
-	defer rows.Close()
-	c.started = true
-	n := 0
-	for rows.Next() {
-		var rp runPage
-		var b []byte
-		if err := rows.Scan(&rp.owner, &rp.first, &b); err != nil {
-			return fmt.Errorf("replay runs: %w", err)
-		}
-		if rp.page, err = layerPages.parse(b); err != nil {
-			return err
-		}
-		c.pages = append(c.pages, rp)
-		c.last = rp
-		n++
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("replay runs: %w", err)
-	}
-	c.done = n < runFetch
-	return nil
+	c.owner, c.key, c.val = c.refs[c.pageIndex].owner, c.page.key(c.entry), c.page.val(c.entry)
+	return true, nil
 }
 
 // runHeap orders the cursors by their current entry's owner and key, an earlier run first.
@@ -558,10 +558,10 @@ type runHeap []*runCursor
 
 func (h runHeap) Len() int { return len(h) }
 func (h runHeap) Less(i, j int) bool {
-	if a, b := h[i].owner(), h[j].owner(); a != b {
-		return a < b
+	if h[i].owner != h[j].owner {
+		return h[i].owner < h[j].owner
 	}
-	if c := bytes.Compare(h[i].key(), h[j].key()); c != 0 {
+	if c := bytes.Compare(h[i].key, h[j].key); c != 0 {
 		return c < 0
 	}
 	return h[i].run < h[j].run

@@ -149,11 +149,11 @@ func (p page) entries() []pageEntry {
 // The record of a layer (a page's value, text_layers.record): a flags byte, the depth,
 // timestamp and length as varints, then the fields the flags name, in this order.
 const (
-	recDigestRaw     = 1 << iota // 32 bytes
-	recDigestText                // uvarint length, bytes
-	recFileDigestRaw             // 32 bytes
-	recFileDigestText            // uvarint length, bytes
-	recSkipped                   // uvarint length, bytes
+	recDigestRaw      = 1 << iota // 32 bytes
+	recDigestText                 // uvarint length, bytes
+	recFileDigestRaw              // 32 bytes
+	recFileDigestText             // uvarint length, bytes
+	recSkipped                    // uvarint length, bytes
 )
 
 func appendRecord(dst []byte, info state.LayerInfo) []byte {

@@ -56,25 +56,11 @@ func (s *StoredState) Close() error { return s.db.Close() }
 func (s *StoredState) Diff(ctx context.Context, b *state.State) ([]string, error) {
 	a := s.State
 	out := state.DiffExceptLayers(a, b)
-	// The layers a folded since its checkpoint are in memory; they hide stored ones.
-	changes, err := a.Changes(false)
+	fresh, err := freshLayers(a)
 	if err != nil {
 		return nil, err
 	}
-	fresh := map[string]map[string]state.LayerInfo{}
-	for _, l := range changes.Layers {
-		if fresh[l.Owner] == nil {
-			fresh[l.Owner] = map[string]state.LayerInfo{}
-		}
-		fresh[l.Owner][l.ID] = l.Info
-	}
-	owners := make([]string, 0, len(a.Uploads))
-	for owner := range a.Uploads {
-		if _, ok := b.Uploads[owner]; ok {
-			owners = append(owners, owner)
-		}
-	}
-	sort.Strings(owners)
+	owners := commonOwners(uploadOwners(a), b)
 	// Two ranges of owners read at once, on two connections: reading the rows costs more than
 	// comparing them, and it spreads over the cores this way.
 	halves := [][]string{owners[:len(owners)/2], owners[len(owners)/2:]}
@@ -83,7 +69,7 @@ func (s *StoredState) Diff(ctx context.Context, b *state.State) ([]string, error
 	for i, part := range halves {
 		g.Go(func() error {
 			var err error
-			lines[i], err = s.diffLayers(gctx, part, b, fresh)
+			lines[i], err = diffStoredLayers(gctx, s.db.readDB, part, b, fresh)
 			return err
 		})
 	}
@@ -96,16 +82,84 @@ func (s *StoredState) Diff(ctx context.Context, b *state.State) ([]string, error
 	return out, nil
 }
 
-// diffLayers compares the layers of owners (in order) with b's, reading the stored ones in one
-// query over the owners' range of the layer pages, in key order, and the few of text
-// identities before.
-func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.State, fresh map[string]map[string]state.LayerInfo) ([]string, error) {
+// freshLayers are the layers a state folded since its checkpoint, in memory: they hide the
+// stored ones.
+func freshLayers(a *state.State) (map[string]map[string]state.LayerInfo, error) {
+	changes, err := a.Changes(false)
+	if err != nil {
+		return nil, err
+	}
+	fresh := map[string]map[string]state.LayerInfo{}
+	for _, l := range changes.Layers {
+		if fresh[l.Owner] == nil {
+			fresh[l.Owner] = map[string]state.LayerInfo{}
+		}
+		fresh[l.Owner][l.ID] = l.Info
+	}
+	return fresh, nil
+}
+
+// uploadOwners lists the owners with an upload stream of a, in order.
+func uploadOwners(a *state.State) []string {
+	owners := make([]string, 0, len(a.Uploads))
+	for owner := range a.Uploads {
+		owners = append(owners, owner)
+	}
+	sort.Strings(owners)
+	return owners
+}
+
+// commonOwners keeps the owners (in order) that b has an upload stream for too.
+func commonOwners(owners []string, b *state.State) []string {
+	var out []string
+	for _, owner := range owners {
+		if _, ok := b.Uploads[owner]; ok {
+			out = append(out, owner)
+		}
+	}
+	return out
+}
+
+// FrozenLayers are a live projection's applied layers as they were at one moment (ReadFrozen):
+// those since its last checkpoint copied from memory, the older ones in a read transaction of
+// the state database; a projection without a state database holds them all in memory (mem).
+type FrozenLayers struct {
+	owners []string // with an upload stream, in order
+	snap   *LayerSnapshot
+	fresh  map[string]map[string]state.LayerInfo
+	mem    *state.FrozenLayers
+}
+
+// freezeLayers takes st's layers as they are; st is held still and snap shows its layer store
+// as it is now.
+func freezeLayers(st *state.State, snap *LayerSnapshot) (*FrozenLayers, error) {
+	fresh, err := freshLayers(st)
+	if err != nil {
+		return nil, err
+	}
+	return &FrozenLayers{owners: uploadOwners(st), snap: snap, fresh: fresh}, nil
+}
+
+// Diff lists the differences between the frozen layers and b's, as state.DiffLayers does, for
+// the owners both have an upload stream for (state.DiffExceptLayers reports the others),
+// reading the stored layers in one pass over the snapshot's layer pages.
+func (f *FrozenLayers) Diff(ctx context.Context, b *state.State) ([]string, error) {
+	if f.mem != nil {
+		return state.DiffLayers(f.mem, b), nil
+	}
+	return diffStoredLayers(ctx, f.snap.tx, commonOwners(f.owners, b), b, f.fresh)
+}
+
+// diffStoredLayers compares the layers of owners (in order) stored in the database q reads,
+// less those fresh hides, with b's, reading the stored ones in one query over the owners' range
+// of the layer pages, in key order, and the few of text identities before.
+func diffStoredLayers(ctx context.Context, q querier, owners []string, b *state.State, fresh map[string]map[string]state.LayerInfo) ([]string, error) {
 	if len(owners) == 0 {
 		return nil, nil
 	}
 	text := map[string][]state.LayerRecord{}
 	var readErr error // a read that failed: the owners not finished are unreadable
-	if trows, err := s.db.readDB.QueryContext(ctx, `SELECT owner, layer, record FROM text_layers WHERE owner >= ? AND owner <= ? ORDER BY owner, layer`,
+	if trows, err := q.QueryContext(ctx, `SELECT owner, layer, record FROM text_layers WHERE owner >= ? AND owner <= ? ORDER BY owner, layer`,
 		owners[0], owners[len(owners)-1]); err != nil {
 		readErr = fmt.Errorf("state database: layers: %w", err)
 	} else {
@@ -126,7 +180,7 @@ func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.
 			readErr = fmt.Errorf("state database: layers: %w", err)
 		}
 	}
-	rows, err := s.db.readDB.QueryContext(ctx, `SELECT owner, entries FROM layer_pages WHERE owner >= ? AND owner <= ? ORDER BY owner, first`,
+	rows, err := q.QueryContext(ctx, `SELECT owner, entries FROM layer_pages WHERE owner >= ? AND owner <= ? ORDER BY owner, first`,
 		owners[0], owners[len(owners)-1])
 	if err != nil {
 		return nil, fmt.Errorf("state database: layers: %w", err)

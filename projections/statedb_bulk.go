@@ -138,7 +138,7 @@ func writeLayers(ctx context.Context, tx *sql.Tx, st *state.State) error {
 // raw identities in order): the layer pages as they come, and each owner's depth pages once
 // its layers are all in (so it holds one owner's depth keys, 40 bytes a layer).
 type layerWriter struct {
-	x      execer
+	x      *sql.Tx
 	pages  *pageWriter
 	depths *pageWriter
 	owner  string

@@ -168,7 +168,12 @@ func eachTextLayer(ctx context.Context, q querier, owner string, depth *int64, f
 
 // putLayers writes layers (sorted by owner, then identity; a layer already stored is
 // replaced) into the tables through x, rewriting only the pages they fall in.
-func putLayers(ctx context.Context, x execer, layers []state.LayerRecord) error {
+func putLayers(ctx context.Context, tx *sql.Tx, layers []state.LayerRecord) error {
+	s := newTxStmts(tx)
+	return errors.Join(putLayersWith(ctx, s, layers), s.close())
+}
+
+func putLayersWith(ctx context.Context, x *txStmts, layers []state.LayerRecord) error {
 	for len(layers) > 0 {
 		n := 1
 		for n < len(layers) && layers[n].Owner == layers[0].Owner {
@@ -184,12 +189,12 @@ func putLayers(ctx context.Context, x execer, layers []state.LayerRecord) error 
 
 // putOwnerLayers writes one owner's layers, the records into the layer pages and the keys
 // into the depth pages (a replaced layer whose depth changed leaves its old depth).
-func putOwnerLayers(ctx context.Context, x execer, owner string, layers []state.LayerRecord) error {
+func putOwnerLayers(ctx context.Context, x *txStmts, owner string, layers []state.LayerRecord) error {
 	adds := make([]pageEntry, 0, len(layers))
 	for _, l := range layers {
 		raw, ok := state.ParseHash(l.ID)
 		if !ok {
-			if _, err := x.ExecContext(ctx, `INSERT OR REPLACE INTO text_layers (owner, layer, depth, record) VALUES (?, ?, ?, ?)`,
+			if _, err := x.tx.ExecContext(ctx, `INSERT OR REPLACE INTO text_layers (owner, layer, depth, record) VALUES (?, ?, ?, ?)`,
 				owner, l.ID, l.Info.Depth, appendRecord(nil, l.Info)); err != nil {
 				return fmt.Errorf("state database: layers: %w", err)
 			}
@@ -234,13 +239,13 @@ func lastOfEach(entries []pageEntry) []pageEntry {
 }
 
 // removeLayer deletes one layer of owner (tests and repairs: the service never forgets one).
-func removeLayer(ctx context.Context, x execer, owner, id string) error {
+func removeLayer(ctx context.Context, tx *sql.Tx, owner, id string) error {
 	raw, ok := state.ParseHash(id)
 	if !ok {
-		_, err := x.ExecContext(ctx, `DELETE FROM text_layers WHERE owner = ? AND layer = ?`, owner, id)
+		_, err := tx.ExecContext(ctx, `DELETE FROM text_layers WHERE owner = ? AND layer = ?`, owner, id)
 		return err
 	}
-	v, found, err := layerPages.lookup(ctx, x, owner, raw[:])
+	v, found, err := layerPages.lookup(ctx, tx, owner, raw[:])
 	if err != nil || !found {
 		return err
 	}
@@ -248,6 +253,8 @@ func removeLayer(ctx context.Context, x execer, owner, id string) error {
 	if err != nil {
 		return err
 	}
+	x := newTxStmts(tx)
+	defer x.close()
 	if err := layerPages.merge(ctx, x, owner, nil, [][]byte{raw[:]}, nil); err != nil {
 		return err
 	}

@@ -276,11 +276,6 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-type execer interface {
-	querier
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
 // findPage returns the page of owner that holds key if the table has it (the last page whose
 // first is at most key), and that page's first.
 func (t pageTable) findPage(ctx context.Context, q querier, owner string, key []byte) (page, []byte, bool, error) {
@@ -342,10 +337,44 @@ func (t pageTable) eachPage(ctx context.Context, q querier, owner string, from, 
 	return nil
 }
 
+// txStmts runs the page writes of one transaction with statements prepared once for it: a
+// checkpoint touches many pages with the same few statements.
+type txStmts struct {
+	tx *sql.Tx
+	m  map[string]*sql.Stmt
+}
+
+func newTxStmts(tx *sql.Tx) *txStmts { return &txStmts{tx: tx, m: map[string]*sql.Stmt{}} }
+
+func (s *txStmts) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.m[query]; ok {
+		return st, nil
+	}
+	st, err := s.tx.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, fmt.Errorf("state database: %w", err)
+	}
+	s.m[query] = st
+	return st, nil
+}
+
+func (s *txStmts) close() error {
+	var errs []error
+	for _, st := range s.m {
+		errs = append(errs, st.Close())
+	}
+	return errors.Join(errs...)
+}
+
 // merge puts adds (sorted by key, keys unique) into owner's pages and takes removes (sorted)
 // out of them, rewriting only the pages they fall in; a page past twice its target is split.
-// replaced, if not nil, is called with the old value of each key that adds replace.
-func (t pageTable) merge(ctx context.Context, x execer, owner string, adds []pageEntry, removes [][]byte, replaced func(key, old []byte)) error {
+// replaced, if not nil, is called with the old value of each key that adds replace. Each page
+// touched costs one query (the page and its successor's first) and one write.
+func (t pageTable) merge(ctx context.Context, s *txStmts, owner string, adds []pageEntry, removes [][]byte, replaced func(key, old []byte)) error {
+	find, err := s.prepared(ctx, `SELECT first, entries FROM `+t.name+` WHERE owner = ?1 AND first >= coalesce((SELECT max(first) FROM `+t.name+` WHERE owner = ?1 AND first <= ?2), x'') ORDER BY first LIMIT 2`)
+	if err != nil {
+		return err
+	}
 	var buf []byte
 	for len(adds) > 0 || len(removes) > 0 {
 		var k []byte
@@ -355,45 +384,65 @@ func (t pageTable) merge(ctx context.Context, x execer, owner string, adds []pag
 		default:
 			k = removes[0]
 		}
-		p, first, ok, err := t.findPage(ctx, x, owner, k)
+		// The page that holds k (or the owner's first page, for a key before it), and the
+		// first of the page after it: the keys below that go into this page.
+		var first, next []byte
+		var p page
+		rows, err := find.QueryContext(ctx, owner, k)
 		if err != nil {
-			return err
+			return fmt.Errorf("state database: %s: %w", t.name, err)
 		}
-		if !ok { // before the owner's first page: that page takes the key
-			var b []byte
-			err := x.QueryRowContext(ctx, `SELECT first, entries FROM `+t.name+` WHERE owner = ? ORDER BY first LIMIT 1`, owner).Scan(&first, &b)
-			switch {
-			case errors.Is(err, sql.ErrNoRows):
-				first = nil
-			case err != nil:
+		for n := 0; rows.Next(); n++ {
+			var f, b []byte
+			if err := rows.Scan(&f, &b); err != nil {
+				_ = rows.Close()
 				return fmt.Errorf("state database: %s: %w", t.name, err)
-			default:
+			}
+			if n == 0 {
+				first = f
 				if p, err = t.parse(b); err != nil {
+					_ = rows.Close()
 					return err
 				}
+			} else {
+				next = f
 			}
 		}
-		// The keys this page takes: those below the next page's first.
-		var next []byte
-		if first != nil {
-			err := x.QueryRowContext(ctx, `SELECT first FROM `+t.name+` WHERE owner = ? AND first > ? ORDER BY first LIMIT 1`, owner, first).Scan(&next)
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("state database: %s: %w", t.name, err)
-			}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return fmt.Errorf("state database: %s: %w", t.name, err)
 		}
 		below := func(key []byte) bool { return next == nil || bytes.Compare(key, next) < 0 }
 		na := sort.Search(len(adds), func(i int) bool { return !below(adds[i].key) })
 		nr := sort.Search(len(removes), func(i int) bool { return !below(removes[i]) })
 		merged := mergeEntries(p.entries(), adds[:na], removes[:nr], replaced)
 		adds, removes = adds[na:], removes[nr:]
-		if first != nil {
-			if _, err := x.ExecContext(ctx, `DELETE FROM `+t.name+` WHERE owner = ? AND first = ?`, owner, first); err != nil {
-				return fmt.Errorf("state database: %s: %w", t.name, err)
-			}
-		}
 		parts := 1
 		if len(merged) > 2*t.target {
 			parts = (len(merged) + t.target - 1) / t.target
+		}
+		if first != nil && parts == 1 && len(merged) > 0 && bytes.Equal(merged[0].key, first) {
+			update, err := s.prepared(ctx, `UPDATE `+t.name+` SET entries = ? WHERE owner = ? AND first = ?`)
+			if err != nil {
+				return err
+			}
+			buf = t.encode(buf, merged)
+			if _, err := update.ExecContext(ctx, buf, owner, first); err != nil {
+				return fmt.Errorf("state database: %s: %w", t.name, err)
+			}
+			continue
+		}
+		if first != nil {
+			del, err := s.prepared(ctx, `DELETE FROM `+t.name+` WHERE owner = ? AND first = ?`)
+			if err != nil {
+				return err
+			}
+			if _, err := del.ExecContext(ctx, owner, first); err != nil {
+				return fmt.Errorf("state database: %s: %w", t.name, err)
+			}
+		}
+		insert, err := s.prepared(ctx, `INSERT INTO `+t.name+` (owner, first, entries) VALUES (?, ?, ?)`)
+		if err != nil {
+			return err
 		}
 		for i := range parts {
 			part := merged[i*len(merged)/parts : (i+1)*len(merged)/parts]
@@ -401,7 +450,7 @@ func (t pageTable) merge(ctx context.Context, x execer, owner string, adds []pag
 				continue
 			}
 			buf = t.encode(buf, part)
-			if _, err := x.ExecContext(ctx, `INSERT INTO `+t.name+` (owner, first, entries) VALUES (?, ?, ?)`, owner, part[0].key, buf); err != nil {
+			if _, err := insert.ExecContext(ctx, owner, part[0].key, buf); err != nil {
 				return fmt.Errorf("state database: %s: %w", t.name, err)
 			}
 		}

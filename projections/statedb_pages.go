@@ -23,13 +23,15 @@ import (
 // its target size; a replay writes the pages in key order. Layers whose identity is not 64
 // lowercase hex digits (legacy text identities) are a row each in text_layers.
 
-// A page holds its table's target number of entries when written in bulk; a checkpoint
-// splits a page past twice as many. The targets keep a page written in bulk within what
-// SQLite stores in its b-tree cell on a 16 KiB database page (about 4 KiB; more goes to
-// overflow pages): 32 layers of about 80 bytes, 64 depth keys of 40.
+// A page holds its table's target number of entries when written in bulk (32 layers of about
+// 80 bytes, 64 depth keys of 40), and never more than pageMaxBytes: SQLite keeps a row of up
+// to about 4 KiB in its b-tree cell on a 16 KiB database page and puts the rest of a longer one
+// in overflow pages of 16 KiB each, which a file of pages just past that limit would mostly
+// waste. A checkpoint splits a page that grew past twice its target or past pageMaxBytes.
 const (
 	layerPageTarget = 32
 	depthPageTarget = 64
+	pageMaxBytes    = 3800
 )
 
 // A page: uvarint n; n keys of keyLen bytes, sorted; and for a table whose keys carry a value,
@@ -95,6 +97,15 @@ func (t pageTable) parse(b []byte) (page, error) {
 		last = o
 	}
 	return p, nil
+}
+
+// size is the encoded size of a page of n entries whose values take vals bytes.
+func (t pageTable) size(n, vals int) int {
+	size := binary.MaxVarintLen64 + n*t.keyLen
+	if t.valued {
+		size += 4*(n+1) + vals
+	}
+	return size
 }
 
 func (p page) key(i int) []byte { return p.keys[i*p.keyLen : (i+1)*p.keyLen] }
@@ -417,8 +428,13 @@ func (t pageTable) merge(ctx context.Context, s *txStmts, owner string, adds []p
 		merged := mergeEntries(p.entries(), adds[:na], removes[:nr], replaced)
 		adds, removes = adds[na:], removes[nr:]
 		parts := 1
-		if len(merged) > 2*t.target {
-			parts = (len(merged) + t.target - 1) / t.target
+		vals := 0
+		for _, e := range merged {
+			vals += len(e.val)
+		}
+		if size := t.size(len(merged), vals); len(merged) > 2*t.target || size > pageMaxBytes {
+			parts = max(2, (len(merged)+t.target-1)/t.target, (size+pageMaxBytes*3/4-1)/(pageMaxBytes*3/4))
+			parts = min(parts, len(merged))
 		}
 		if first != nil && parts == 1 && len(merged) > 0 && bytes.Equal(merged[0].key, first) {
 			update, err := s.prepared(ctx, `UPDATE `+t.name+` SET entries = ? WHERE owner = ? AND first = ?`)
@@ -497,6 +513,7 @@ type pageWriter struct {
 	stmt    *sql.Stmt
 	owner   string
 	entries []pageEntry
+	vals    int // the entries' values' bytes
 	buf     []byte
 }
 
@@ -513,13 +530,14 @@ func newPageWriter(ctx context.Context, x interface {
 // add appends one entry; its key and value are copied when the page is written, so the
 // caller keeps them unchanged until then (flush).
 func (w *pageWriter) add(ctx context.Context, owner string, e pageEntry) error {
-	if owner != w.owner || len(w.entries) == w.t.target {
+	if owner != w.owner || len(w.entries) == w.t.target || w.t.size(len(w.entries)+1, w.vals+len(e.val)) > pageMaxBytes {
 		if err := w.flush(ctx); err != nil {
 			return err
 		}
 		w.owner = owner
 	}
 	w.entries = append(w.entries, e)
+	w.vals += len(e.val)
 	return nil
 }
 
@@ -532,7 +550,7 @@ func (w *pageWriter) flush(ctx context.Context) error {
 		return fmt.Errorf("state database: %s: %w", w.t.name, err)
 	}
 	clear(w.entries)
-	w.entries = w.entries[:0]
+	w.entries, w.vals = w.entries[:0], 0
 	return nil
 }
 

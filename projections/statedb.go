@@ -81,8 +81,10 @@ type StateDB struct {
 func stateDSN(path string, readOnly bool) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
-	q.Add("_pragma", "page_size(16384)") // a new file's (statedb_pages.go); an existing file keeps its own
-	q.Add("_pragma", "journal_mode(WAL)")
+	// A new file's page size (statedb_pages.go; an existing file keeps its own), set before
+	// WAL mode fixes it: the driver runs the _pragma list sorted by name, then _journal_mode.
+	q.Add("_pragma", "page_size(16384)")
+	q.Add("_journal_mode", "WAL")
 	// NORMAL: a crash may lose the last checkpoints, never half of one; the layers go back
 	// with the checkpoint they were written with, and the projection catches up from it.
 	q.Add("_pragma", "synchronous(NORMAL)")

@@ -23,8 +23,10 @@ import (
 // bulkStateDSN opens a state database file that only this process sees yet.
 func bulkStateDSN(path string) string {
 	q := url.Values{}
-	q.Add("_pragma", "page_size(16384)") // a new file's: the layer pages fit in a b-tree cell
-	q.Add("_pragma", "journal_mode(OFF)")
+	// The page size before the journal mode: the layer pages fit in a b-tree cell
+	// (statedb_pages.go). The driver runs the _pragma list sorted by name, then _journal_mode.
+	q.Add("_pragma", "page_size(16384)")
+	q.Add("_journal_mode", "OFF")
 	q.Add("_pragma", "synchronous(OFF)")
 	q.Add("_pragma", "locking_mode(EXCLUSIVE)")
 	q.Add("_pragma", "cache_size(-65536)") // 64 MiB: the b-trees' pages being filled stay in memory

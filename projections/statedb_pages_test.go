@@ -324,3 +324,37 @@ func TestAReplaysRunsMergeIntoThePagesOfTheLayerTable(t *testing.T) {
 	checkPages(t, db)
 	checkLayerStore(t, layerQueries{db}, m, r)
 }
+
+// TestNewStateDatabasesUse16KiBPages: a state database made by OpenStateDB or written whole
+// (SaveState, a replay) has 16 KiB pages, which the layer pages are sized for.
+func TestNewStateDatabasesUse16KiBPages(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opened, err := OpenStateDB(ctx, filepath.Join(dir, "opened.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer opened.Close()
+	saved := filepath.Join(dir, "saved.db")
+	if err := SaveState(ctx, saved, state.NewState()); err != nil {
+		t.Fatal(err)
+	}
+	reopened, err := OpenStateDB(ctx, saved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reopened.Close()
+	for name, db := range map[string]*StateDB{"opened": opened, "saved": reopened} {
+		var size int
+		var mode string
+		if err := db.writeDB.QueryRow(`PRAGMA page_size`).Scan(&size); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.writeDB.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil {
+			t.Fatal(err)
+		}
+		if size != 16384 || mode != "wal" {
+			t.Errorf("%s: page size %d, journal mode %s; want 16384 and wal", name, size, mode)
+		}
+	}
+}

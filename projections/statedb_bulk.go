@@ -129,18 +129,20 @@ func writeLayers(ctx context.Context, tx *sql.Tx, st *state.State) error {
 	}
 	err = st.AllLayers(func(l state.LayerRecord) error {
 		if raw, ok := state.ParseHash(l.ID); ok {
-			return w.addRaw(ctx, l.Owner, bytes.Clone(raw[:]), appendRecord(nil, l.Info))
+			return w.addRaw(l.Owner, bytes.Clone(raw[:]), appendRecord(nil, l.Info))
 		}
 		return w.addText(ctx, l.Owner, l.ID, l.Info)
 	})
-	return errors.Join(err, w.close(ctx))
+	return errors.Join(err, w.close())
 }
 
 // layerWriter writes the layers of a fresh file in key order (owners in order, each owner's
 // raw identities in order): the layer pages as they come, and each owner's depth pages once
-// its layers are all in (so it holds one owner's depth keys, 40 bytes a layer).
+// its layers are all in (so it holds one owner's depth keys, 40 bytes a layer). The inserts
+// run on a goroutine of their own (rowInserter).
 type layerWriter struct {
 	x      *sql.Tx
+	ins    *rowInserter
 	pages  *pageWriter
 	depths *pageWriter
 	owner  string
@@ -148,23 +150,22 @@ type layerWriter struct {
 }
 
 func newLayerWriter(ctx context.Context, tx *sql.Tx) (*layerWriter, error) {
-	pages, err := newPageWriter(ctx, tx, layerPages)
+	ins := newRowInserter(ctx)
+	pages, err := newPageWriter(ctx, tx, layerPages, ins)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, ins.close())
 	}
-	depths, err := newPageWriter(ctx, tx, depthPages)
+	depths, err := newPageWriter(ctx, tx, depthPages, ins)
 	if err != nil {
-		return nil, errors.Join(err, pages.stmt.Close())
+		return nil, errors.Join(err, ins.close(), pages.stmt.Close())
 	}
-	return &layerWriter{x: tx, pages: pages, depths: depths}, nil
+	return &layerWriter{x: tx, ins: ins, pages: pages, depths: depths}, nil
 }
 
 // addRaw adds a layer by its raw identity and record, kept unchanged until the writer is done.
-func (w *layerWriter) addRaw(ctx context.Context, owner string, id, record []byte) error {
+func (w *layerWriter) addRaw(owner string, id, record []byte) error {
 	if owner != w.owner {
-		if err := w.flushDepths(ctx); err != nil {
-			return err
-		}
+		w.flushDepths()
 		w.owner = owner
 	}
 	depth, err := recordDepth(record)
@@ -174,7 +175,8 @@ func (w *layerWriter) addRaw(ctx context.Context, owner string, id, record []byt
 	var k [depthKeyLen]byte
 	copy(k[:], depthKey(depth, id))
 	w.keys = append(w.keys, k)
-	return w.pages.add(ctx, owner, pageEntry{key: id, val: record})
+	w.pages.add(owner, pageEntry{key: id, val: record})
+	return nil
 }
 
 func (w *layerWriter) addText(ctx context.Context, owner, id string, info state.LayerInfo) error {
@@ -186,25 +188,25 @@ func (w *layerWriter) addText(ctx context.Context, owner, id string, info state.
 	return nil
 }
 
-func (w *layerWriter) flushDepths(ctx context.Context) error {
+// flushDepths writes the owner's depth pages (each page copies its keys, so w.keys is free
+// again afterwards).
+func (w *layerWriter) flushDepths() {
 	if len(w.keys) == 0 {
-		return nil
+		return
 	}
 	slices.SortFunc(w.keys, func(a, b [depthKeyLen]byte) int { return bytes.Compare(a[:], b[:]) })
 	for i := range w.keys {
-		if err := w.depths.add(ctx, w.owner, pageEntry{key: w.keys[i][:]}); err != nil {
-			return err
-		}
+		w.depths.add(w.owner, pageEntry{key: w.keys[i][:]})
 	}
-	if err := w.depths.flush(ctx); err != nil {
-		return err
-	}
+	w.depths.flush()
 	w.keys = w.keys[:0]
-	return nil
 }
 
-func (w *layerWriter) close(ctx context.Context) error {
-	return errors.Join(w.flushDepths(ctx), w.pages.close(ctx), w.depths.close(ctx))
+// close writes what is left and waits for the inserts.
+func (w *layerWriter) close() error {
+	w.flushDepths()
+	w.pages.flush()
+	return errors.Join(w.ins.close(), w.pages.stmt.Close(), w.depths.stmt.Close())
 }
 
 // retireStateDB makes the state database at path ready to be replaced by a rename: its

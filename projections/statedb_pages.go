@@ -507,53 +507,95 @@ func mergeEntries(old, adds []pageEntry, removes [][]byte, replaced func(key, ol
 }
 
 // pageWriter writes pages of one table in key order (a replay, SaveState): the entries of
-// each owner are handed over sorted, owners in order.
+// each owner are handed over sorted, owners in order. The rows go to an inserter.
 type pageWriter struct {
 	t       pageTable
 	stmt    *sql.Stmt
+	ins     *rowInserter
 	owner   string
 	entries []pageEntry
 	vals    int // the entries' values' bytes
-	buf     []byte
 }
 
 func newPageWriter(ctx context.Context, x interface {
 	PrepareContext(context.Context, string) (*sql.Stmt, error)
-}, t pageTable) (*pageWriter, error) {
+}, t pageTable, ins *rowInserter) (*pageWriter, error) {
 	stmt, err := x.PrepareContext(ctx, `INSERT INTO `+t.name+` (owner, first, entries) VALUES (?, ?, ?)`)
 	if err != nil {
 		return nil, fmt.Errorf("state database: %s: %w", t.name, err)
 	}
-	return &pageWriter{t: t, stmt: stmt}, nil
+	return &pageWriter{t: t, stmt: stmt, ins: ins}, nil
 }
 
 // add appends one entry; its key and value are copied when the page is written, so the
 // caller keeps them unchanged until then (flush).
-func (w *pageWriter) add(ctx context.Context, owner string, e pageEntry) error {
+func (w *pageWriter) add(owner string, e pageEntry) {
 	if owner != w.owner || len(w.entries) == w.t.target || w.t.size(len(w.entries)+1, w.vals+len(e.val)) > pageMaxBytes {
-		if err := w.flush(ctx); err != nil {
-			return err
-		}
+		w.flush()
 		w.owner = owner
 	}
 	w.entries = append(w.entries, e)
 	w.vals += len(e.val)
-	return nil
 }
 
-func (w *pageWriter) flush(ctx context.Context) error {
+// flush hands the page being filled to the inserter.
+func (w *pageWriter) flush() {
 	if len(w.entries) == 0 {
-		return nil
+		return
 	}
-	w.buf = w.t.encode(w.buf, w.entries)
-	if _, err := w.stmt.ExecContext(ctx, w.owner, w.entries[0].key, w.buf); err != nil {
-		return fmt.Errorf("state database: %s: %w", w.t.name, err)
-	}
+	w.ins.insert(pageRow{stmt: w.stmt, owner: w.owner, first: bytes.Clone(w.entries[0].key), entries: w.t.encode(w.ins.buffer(), w.entries)})
 	clear(w.entries)
 	w.entries, w.vals = w.entries[:0], 0
-	return nil
 }
 
-func (w *pageWriter) close(ctx context.Context) error {
-	return errors.Join(w.flush(ctx), w.stmt.Close())
+// pageRow is a page to insert.
+type pageRow struct {
+	stmt           *sql.Stmt
+	owner          string
+	first, entries []byte
+}
+
+// rowInserter runs a bulk write's page inserts on a goroutine of its own, so that merging and
+// packing the next pages takes the other core; the first error is reported by close.
+type rowInserter struct {
+	rows chan pageRow
+	free chan []byte // page buffers to reuse
+	done chan error
+}
+
+func newRowInserter(ctx context.Context) *rowInserter {
+	ins := &rowInserter{rows: make(chan pageRow, 64), free: make(chan []byte, 80), done: make(chan error, 1)}
+	go func() {
+		var err error
+		for r := range ins.rows {
+			if err == nil {
+				if _, xerr := r.stmt.ExecContext(ctx, r.owner, r.first, r.entries); xerr != nil {
+					err = fmt.Errorf("state database: layer pages: %w", xerr)
+				}
+			}
+			select {
+			case ins.free <- r.entries[:0]:
+			default:
+			}
+		}
+		ins.done <- err
+	}()
+	return ins
+}
+
+func (ins *rowInserter) buffer() []byte {
+	select {
+	case b := <-ins.free:
+		return b
+	default:
+		return nil
+	}
+}
+
+func (ins *rowInserter) insert(r pageRow) { ins.rows <- r }
+
+// close waits for the inserts handed over and returns the first error.
+func (ins *rowInserter) close() error {
+	close(ins.rows)
+	return <-ins.done
 }

@@ -466,7 +466,7 @@ func mergeRuns(ctx context.Context, runs *runFile, tx *sql.Tx) error {
 		c := &runCursor{run: i, refs: refs, file: runs.f}
 		ok, err := c.next()
 		if err != nil {
-			return errors.Join(err, w.close(ctx))
+			return errors.Join(err, w.close())
 		}
 		if ok {
 			h = append(h, c)
@@ -479,7 +479,7 @@ func mergeRuns(ctx context.Context, runs *runFile, tx *sql.Tx) error {
 		for {
 			ok, err := c.next()
 			if err != nil {
-				return errors.Join(err, w.close(ctx))
+				return errors.Join(err, w.close())
 			}
 			if ok {
 				heap.Fix(&h, 0)
@@ -493,11 +493,11 @@ func mergeRuns(ctx context.Context, runs *runFile, tx *sql.Tx) error {
 			c = h[0]
 			val = c.val
 		}
-		if err := w.addRaw(ctx, owner, key, val); err != nil {
-			return errors.Join(err, w.close(ctx))
+		if err := w.addRaw(owner, key, val); err != nil {
+			return errors.Join(err, w.close())
 		}
 	}
-	return w.close(ctx)
+	return w.close()
 }
 
 // runCursor reads one run in key order.

@@ -2,8 +2,10 @@ package projections
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/url"
@@ -141,12 +143,19 @@ func writeLayers(ctx context.Context, tx *sql.Tx, st *state.State) error {
 // its layers are all in (so it holds one owner's depth keys, 40 bytes a layer). The inserts
 // run on a goroutine of their own (rowInserter).
 type layerWriter struct {
-	x      *sql.Tx
-	ins    *rowInserter
-	pages  *pageWriter
-	depths *pageWriter
-	owner  string
-	keys   [][depthKeyLen]byte // the owner's depth keys
+	x        *sql.Tx
+	ins      *rowInserter
+	pages    *pageWriter
+	depths   *pageWriter
+	owner    string
+	depthsOf []depthOfLayer // the owner's layers' depths
+	keys     []byte         // their depth keys, depthKeyLen bytes each, once sorted
+}
+
+// depthOfLayer is a layer's depth and identity, for its depth key.
+type depthOfLayer struct {
+	depth int64
+	id    []byte
 }
 
 func newLayerWriter(ctx context.Context, tx *sql.Tx) (*layerWriter, error) {
@@ -172,9 +181,7 @@ func (w *layerWriter) addRaw(owner string, id, record []byte) error {
 	if err != nil {
 		return err
 	}
-	var k [depthKeyLen]byte
-	copy(k[:], depthKey(depth, id))
-	w.keys = append(w.keys, k)
+	w.depthsOf = append(w.depthsOf, depthOfLayer{depth: depth, id: id})
 	w.pages.add(owner, pageEntry{key: id, val: record})
 	return nil
 }
@@ -191,15 +198,27 @@ func (w *layerWriter) addText(ctx context.Context, owner, id string, info state.
 // flushDepths writes the owner's depth pages (each page copies its keys, so w.keys is free
 // again afterwards).
 func (w *layerWriter) flushDepths() {
-	if len(w.keys) == 0 {
+	if len(w.depthsOf) == 0 {
 		return
 	}
-	slices.SortFunc(w.keys, func(a, b [depthKeyLen]byte) int { return bytes.Compare(a[:], b[:]) })
-	for i := range w.keys {
-		w.depths.add(w.owner, pageEntry{key: w.keys[i][:]})
+	// By depth, then identity: depthKey's order (the depth's sign bit flipped, big-endian).
+	slices.SortFunc(w.depthsOf, func(a, b depthOfLayer) int {
+		if a.depth != b.depth {
+			return cmp.Compare(a.depth, b.depth)
+		}
+		return bytes.Compare(a.id, b.id)
+	})
+	w.keys = slices.Grow(w.keys[:0], len(w.depthsOf)*depthKeyLen)
+	for _, d := range w.depthsOf {
+		w.keys = binary.BigEndian.AppendUint64(w.keys, uint64(d.depth)^(1<<63))
+		w.keys = append(w.keys, d.id...)
+	}
+	for i := range w.depthsOf {
+		w.depths.add(w.owner, pageEntry{key: w.keys[i*depthKeyLen : (i+1)*depthKeyLen]})
 	}
 	w.depths.flush()
-	w.keys = w.keys[:0]
+	clear(w.depthsOf)
+	w.depthsOf = w.depthsOf[:0]
 }
 
 // close writes what is left and waits for the inserts.

@@ -68,8 +68,6 @@ func depthKey(depth int64, id []byte) []byte {
 	return k
 }
 
-func depthOfKey(k []byte) int64 { return int64(binary.BigEndian.Uint64(k) ^ (1 << 63)) }
-
 func (t pageTable) parse(b []byte) (page, error) {
 	n, used := binary.Uvarint(b)
 	if used <= 0 || n > uint64(len(b))/uint64(t.keyLen) {

@@ -140,3 +140,79 @@ func TestALayerSnapshotReadsWhatTheDatabaseReads(t *testing.T) {
 		t.Fatalf("each: %v %v", seen, err)
 	}
 }
+
+// TestVerifyOnlineNamesAChangedAMissingAndAnExtraLayer: the online comparison of the live
+// projection's layers (the stored ones in one pass over a snapshot's pages, the ones since its
+// checkpoint from memory) names a changed layer, counts a missing one, and names an extra one,
+// in state.Diff's lines.
+func TestVerifyOnlineNamesAChangedAMissingAndAnExtraLayer(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store, err := embedded.Open(ctx, filepath.Join(dir, "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	statePath := filepath.Join(dir, "state.db")
+	env := audittest.Start(t, store, statePath)
+	rng := rand.New(rand.NewPCG(31, 37))
+	audittest.Seed(t, env, rng, 200)
+	head, err := store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Proj.WaitFor(ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Proj.Save(); err != nil {
+		t.Fatal(err)
+	}
+	// More uploads after the checkpoint: their layers are in memory only.
+	audittest.Seed(t, env, rng, 60)
+	if head, err = store.Head(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Proj.WaitFor(ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	owners, stored := storedLayers(t, statePath)
+	var two []string
+	for _, o := range owners {
+		if len(stored[o]) > 1 {
+			two = append(two, o)
+		}
+	}
+	if len(two) < 2 {
+		t.Fatalf("%d owners with two stored layers or more: the test compares too little", len(two))
+	}
+	first, last := two[0], two[len(two)-1]
+	changed := stored[first][0]
+	changed.Info.Timestamp++
+	missing := stored[first][len(stored[first])-1]
+	extra := stored[last][0]
+	extra.ID = strings.Repeat("00", 32)
+	changeStoredLayers(t, statePath, []state.LayerRecord{changed, extra}, []state.LayerRecord{missing})
+
+	v, err := projections.VerifyOnline(ctx, store, env.Proj, projections.OnlineOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(v.Problems, "\n")
+	for _, want := range []string{
+		"projection vs replay: uploads of owner " + first + ": layer " + changed.ID + " differs",
+		"projection vs replay: uploads of owner " + last + ": layer " + extra.ID + " differs",
+		"projection vs replay: uploads of owner " + last + ": ",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in:\n%s", want, got)
+		}
+	}
+	if !strings.Contains(got, "projection vs replay: uploads of owner "+first+": ") || !strings.Contains(got, " applied layers") {
+		t.Errorf("the missing layer is not counted:\n%s", got)
+	}
+	// As state.Diff: per owner the counts when they differ, then each layer of the projection
+	// the replay lacks or holds otherwise (the missing one shows in the count only).
+	if len(v.Problems) != 4 || !strings.HasSuffix(v.Problems[0], " applied layers") || !strings.HasSuffix(v.Problems[2], " applied layers") {
+		t.Errorf("%d problems, want 4 (each owner's count, the changed layer, the extra one):\n%s", len(v.Problems), got)
+	}
+}

@@ -373,6 +373,7 @@ type runBuilder struct {
 	refs    []runPageRef
 	owner   string
 	entries []pageEntry
+	arena   []byte // the entries' identities and records, reused for each page
 	page    []byte
 }
 
@@ -385,7 +386,11 @@ func (b *runBuilder) add(owner string, id [32]byte, info state.LayerInfo) {
 		b.flush()
 		b.owner = owner
 	}
-	b.entries = append(b.entries, pageEntry{key: id[:], val: appendRecord(nil, info)})
+	start := len(b.arena)
+	b.arena = append(b.arena, id[:]...)
+	b.arena = appendRecord(b.arena, info)
+	// Slices of the arena stay valid when it grows: they keep the array they were taken from.
+	b.entries = append(b.entries, pageEntry{key: b.arena[start : start+32], val: b.arena[start+32:]})
 }
 
 func (b *runBuilder) flush() {
@@ -396,7 +401,7 @@ func (b *runBuilder) flush() {
 	b.refs = append(b.refs, runPageRef{owner: b.owner, first: [32]byte(b.entries[0].key), off: int64(len(b.buf)), n: len(b.page)})
 	b.buf = append(b.buf, b.page...)
 	clear(b.entries)
-	b.entries = b.entries[:0]
+	b.entries, b.arena = b.entries[:0], b.arena[:0]
 }
 
 // write appends a built run to the file and publishes its index.

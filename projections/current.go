@@ -398,20 +398,24 @@ func (c *Current) Read(fn func(*state.State)) {
 // applied layers as they were then (in memory: those since the last checkpoint; on disk: a read
 // transaction begun under the lock), readable after the lock is gone until release is called.
 // Comparing millions of layers then holds nothing still.
-func (c *Current) ReadFrozen(ctx context.Context, fn func(*state.State)) (layers *state.FrozenLayers, release func(), err error) {
+func (c *Current) ReadFrozen(ctx context.Context, fn func(*state.State)) (layers *FrozenLayers, release func(), err error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	var store state.LayerStore
-	release = func() {}
-	if c.db != nil {
-		snap, err := c.db.SnapshotLayers(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		store, release = snap, func() { _ = snap.Close() }
+	if c.db == nil {
+		fn(c.state)
+		return &FrozenLayers{mem: c.state.FreezeLayers(nil)}, func() {}, nil
+	}
+	snap, err := c.db.SnapshotLayers(ctx)
+	if err != nil {
+		return nil, nil, err
 	}
 	fn(c.state)
-	return c.state.FreezeLayers(store), release, nil
+	frozen, err := freezeLayers(c.state, snap)
+	if err != nil {
+		_ = snap.Close()
+		return nil, nil, err
+	}
+	return frozen, func() { _ = snap.Close() }, nil
 }
 
 // WaitUntil blocks until cond holds for the state, ctx ends, or the projection stops.

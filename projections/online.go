@@ -16,7 +16,7 @@ import (
 type LiveState interface {
 	Position() eventstore.Position
 	WaitFor(ctx context.Context, pos eventstore.Position) error
-	ReadFrozen(ctx context.Context, fn func(*state.State)) (*state.FrozenLayers, func(), error)
+	ReadFrozen(ctx context.Context, fn func(*state.State)) (*FrozenLayers, func(), error)
 }
 
 var _ LiveState = (*Current)(nil)
@@ -154,7 +154,11 @@ func VerifyOnline(ctx context.Context, store eventstore.Store, live LiveState, o
 	}
 	// The applied layers as they were at that position, compared after the projection moved on:
 	// they may be millions, on disk.
-	for _, d := range state.DiffLayers(layers, st) {
+	diff, err := layers.Diff(ctx, st)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	for _, d := range diff {
 		v.Problems = append(v.Problems, "projection vs replay: "+d)
 	}
 	for i, m := range opts.Models {

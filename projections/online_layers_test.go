@@ -47,7 +47,7 @@ func TestVerifyOnlineComparesLayersOnDisk(t *testing.T) {
 	}
 	defer db.Close()
 	var onDisk int
-	if err := db.QueryRow(`SELECT count(*) FROM layers`).Scan(&onDisk); err != nil {
+	if err := db.QueryRow(`SELECT count(*) FROM layer_pages`).Scan(&onDisk); err != nil {
 		t.Fatal(err)
 	}
 	if onDisk == 0 {
@@ -62,9 +62,7 @@ func TestVerifyOnlineComparesLayersOnDisk(t *testing.T) {
 		t.Fatalf("problems on an untouched state: %q", v.Problems)
 	}
 
-	if _, err := db.Exec(`UPDATE layers SET depth = depth + 1000 WHERE layer = (SELECT layer FROM layers ORDER BY owner, layer LIMIT 1)`); err != nil {
-		t.Fatal(err)
-	}
+	changeFirstLayer(t, statePath, func(info *state.LayerInfo) { info.Depth += 1000 })
 	v, err = projections.VerifyOnline(ctx, store, env.Proj, projections.OnlineOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -85,25 +83,20 @@ func TestALayerSnapshotReadsWhatTheDatabaseReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	raw, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
 	id, digest := strings.Repeat("ab", 32), strings.Repeat("cd", 32)
-	insert := `INSERT INTO layers (owner, layer, depth, timestamp, skipped, digest, file_digest, length) VALUES (?, unhex(?), ?, ?, ?, unhex(?), unhex(?), ?)`
-	if _, err := raw.Exec(insert, "key-1", id, 7, 1700000000, "", digest, digest, 336); err != nil {
-		t.Fatal(err)
+	put := func(id string, info state.LayerInfo) {
+		if err := db.PutLayers(ctx, []state.LayerRecord{{Owner: "key-1", ID: id, Info: info}}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	put(id, state.LayerInfo{Depth: 7, Timestamp: 1700000000, Digest: digest, FileDigest: digest, Length: 336})
 	snap, err := db.SnapshotLayers(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer snap.Close()
 	later := strings.Repeat("ef", 32)
-	if _, err := raw.Exec(insert, "key-1", later, 8, 1700000001, "", digest, "", 0); err != nil {
-		t.Fatal(err)
-	}
+	put(later, state.LayerInfo{Depth: 8, Timestamp: 1700000001, Digest: digest})
 	want, ok, err := db.Layer("key-1", id)
 	if err != nil || !ok || want.Length != 336 || want.Digest != digest || want.Depth != 7 {
 		t.Fatalf("database: %+v %v %v", want, ok, err)
@@ -145,5 +138,81 @@ func TestALayerSnapshotReadsWhatTheDatabaseReads(t *testing.T) {
 		return true
 	}); err != nil || len(seen) != 1 || seen[0] != id {
 		t.Fatalf("each: %v %v", seen, err)
+	}
+}
+
+// TestVerifyOnlineNamesAChangedAMissingAndAnExtraLayer: the online comparison of the live
+// projection's layers (the stored ones in one pass over a snapshot's pages, the ones since its
+// checkpoint from memory) names a changed layer, counts a missing one, and names an extra one,
+// in state.Diff's lines.
+func TestVerifyOnlineNamesAChangedAMissingAndAnExtraLayer(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store, err := embedded.Open(ctx, filepath.Join(dir, "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	statePath := filepath.Join(dir, "state.db")
+	env := audittest.Start(t, store, statePath)
+	rng := rand.New(rand.NewPCG(31, 37))
+	audittest.Seed(t, env, rng, 200)
+	head, err := store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Proj.WaitFor(ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Proj.Save(); err != nil {
+		t.Fatal(err)
+	}
+	// More uploads after the checkpoint: their layers are in memory only.
+	audittest.Seed(t, env, rng, 60)
+	if head, err = store.Head(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Proj.WaitFor(ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	owners, stored := storedLayers(t, statePath)
+	var two []string
+	for _, o := range owners {
+		if len(stored[o]) > 1 {
+			two = append(two, o)
+		}
+	}
+	if len(two) < 2 {
+		t.Fatalf("%d owners with two stored layers or more: the test compares too little", len(two))
+	}
+	first, last := two[0], two[len(two)-1]
+	changed := stored[first][0]
+	changed.Info.Timestamp++
+	missing := stored[first][len(stored[first])-1]
+	extra := stored[last][0]
+	extra.ID = strings.Repeat("00", 32)
+	changeStoredLayers(t, statePath, []state.LayerRecord{changed, extra}, []state.LayerRecord{missing})
+
+	v, err := projections.VerifyOnline(ctx, store, env.Proj, projections.OnlineOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(v.Problems, "\n")
+	for _, want := range []string{
+		"projection vs replay: uploads of owner " + first + ": layer " + changed.ID + " differs",
+		"projection vs replay: uploads of owner " + last + ": layer " + extra.ID + " differs",
+		"projection vs replay: uploads of owner " + last + ": ",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in:\n%s", want, got)
+		}
+	}
+	if !strings.Contains(got, "projection vs replay: uploads of owner "+first+": ") || !strings.Contains(got, " applied layers") {
+		t.Errorf("the missing layer is not counted:\n%s", got)
+	}
+	// As state.Diff: per owner the counts when they differ, then each layer of the projection
+	// the replay lacks or holds otherwise (the missing one shows in the count only).
+	if len(v.Problems) != 4 || !strings.HasSuffix(v.Problems[0], " applied layers") || !strings.HasSuffix(v.Problems[2], " applied layers") {
+		t.Errorf("%d problems, want 4 (each owner's count, the changed layer, the extra one):\n%s", len(v.Problems), got)
 	}
 }

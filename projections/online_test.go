@@ -164,7 +164,7 @@ type heldProjection struct {
 	during func()
 }
 
-func (h heldProjection) ReadFrozen(ctx context.Context, fn func(*state.State)) (*state.FrozenLayers, func(), error) {
+func (h heldProjection) ReadFrozen(ctx context.Context, fn func(*state.State)) (*projections.FrozenLayers, func(), error) {
 	return h.Current.ReadFrozen(ctx, func(s *state.State) { h.during(); fn(s) })
 }
 

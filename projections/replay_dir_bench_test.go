@@ -3,6 +3,7 @@ package projections_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 
@@ -13,9 +14,13 @@ import (
 // BenchmarkRebuildOfDataDir replays an existing event store, such as a copy of the generator's
 // 10M ledger: TALLY_REPLAY_EVENTS names its events directory (skipped when unset; the store is
 // only read, but it takes the directory's lock, so use a copy of a server's data). "rebuild" is
-// projections.Rebuild, "verified" RebuildVerified; both report events/s, the process's CPU per
-// event, and the heap in use after the replay (docs/encoding.md, "The fold on the
-// ten-million-event ledger"):
+// projections.Rebuild, "verified" RebuildVerified, "replaystate" ReplayState (tally replay: the
+// fold and the state database written, into a temporary directory), "storeddiff" the
+// comparison of tally verify (StoredState.Diff of the data directory's readmodels/state.db,
+// which must be at the head, with a replay folded before the timer starts: its figures are
+// per event of the ledger too); each reports events/s,
+// the process's CPU per event, and the heap in use after the replay (docs/encoding.md, "The
+// fold on the ten-million-event ledger"):
 //
 //	TALLY_REPLAY_EVENTS=/tmp/h10m-copy/events go test -run '^$' -bench RebuildOfDataDir -benchtime 1x ./projections/
 func BenchmarkRebuildOfDataDir(b *testing.B) {
@@ -60,5 +65,43 @@ func BenchmarkRebuildOfDataDir(b *testing.B) {
 			events = int(st.Events)
 		}
 		report(b, events, cpu)
+	})
+	b.Run("replaystate", func(b *testing.B) {
+		cpu, events := processCPU(), 0
+		path := filepath.Join(b.TempDir(), projections.StateFile)
+		for b.Loop() {
+			st, err := projections.ReplayState(ctx, store, path, projections.ReplayOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			events = int(st.Events)
+		}
+		report(b, events, cpu)
+	})
+	b.Run("storeddiff", func(b *testing.B) {
+		rebuilt, err := projections.Rebuild(ctx, store, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		path := filepath.Join(dir, "..", projections.StateFile)
+		cpu := processCPU()
+		b.ResetTimer()
+		for b.Loop() {
+			stored, err := projections.OpenStoredState(ctx, path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			diff, err := stored.Diff(ctx, rebuilt)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(diff) != 0 {
+				b.Fatalf("%d differences, the first: %s", len(diff), diff[0])
+			}
+			if err := stored.Close(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, int(rebuilt.Events), cpu)
 	})
 }

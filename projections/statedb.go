@@ -23,11 +23,11 @@ const StateFile = "readmodels/state.db"
 
 // stateFormat changes when the tables or their records change; a file of another format is
 // dropped and the state replayed from the events.
-const stateFormat = 2 // 2: layers.length (docs/uploads.md, "Tamper evidence")
+const stateFormat = 3 // 2: layers.length (docs/uploads.md, "Tamper evidence"); 3: layer pages
 
 // The state database: one row per record of the State (a JSON document, the State's own
-// encoding), a meta row with the checkpoint, and the applied layers in a table of their own
-// that is never loaded whole. A checkpoint writes the changed rows, the new layers and the
+// encoding), a meta row with the checkpoint, and the applied layers packed in pages
+// (statedb_pages.go) that are never loaded whole. A checkpoint writes the changed rows, the new layers and the
 // meta row in one transaction.
 const stateSchema = `
 CREATE TABLE IF NOT EXISTS meta (
@@ -46,18 +46,26 @@ CREATE TABLE IF NOT EXISTS tokens    (id BLOB PRIMARY KEY, record TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS uploads   (owner TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS anomalies (owner TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS aborted   (id BLOB PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS layers (
-	owner       TEXT    NOT NULL,
-	layer               NOT NULL, -- 32 bytes for a hex identity, else the identity as text
-	depth       INTEGER NOT NULL,
-	timestamp   INTEGER NOT NULL,
-	skipped     TEXT    NOT NULL,
-	digest              NOT NULL, -- as layer
-	file_digest         NOT NULL, -- as layer
-	length      INTEGER NOT NULL, -- the EncryptedObject's length, 0 when not recorded
+CREATE TABLE IF NOT EXISTS layer_pages (
+	owner   TEXT NOT NULL,
+	first   BLOB NOT NULL, -- the page's least raw identity
+	entries BLOB NOT NULL, -- the page (statedb_pages.go)
+	PRIMARY KEY (owner, first)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS layer_depth_pages (
+	owner   TEXT NOT NULL,
+	first   BLOB NOT NULL, -- the page's least (depth, identity) key
+	entries BLOB NOT NULL,
+	PRIMARY KEY (owner, first)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS text_layers ( -- layers whose identity is not 64 lowercase hex digits
+	owner  TEXT    NOT NULL,
+	layer  TEXT    NOT NULL,
+	depth  INTEGER NOT NULL,
+	record BLOB    NOT NULL, -- as a page's record
 	PRIMARY KEY (owner, layer)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS layers_depth ON layers (owner, depth);
+CREATE INDEX IF NOT EXISTS text_layers_depth ON text_layers (owner, depth);
 `
 
 // StateDB is the persisted current state (StateFile): Current's checkpoints, and the layer
@@ -67,15 +75,16 @@ type StateDB struct {
 	path    string
 	writeDB *sql.DB
 	readDB  *sql.DB
-	layer   *sql.Stmt
-	depth   *sql.Stmt
 	closed  bool
 }
 
 func stateDSN(path string, readOnly bool) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
-	q.Add("_pragma", "journal_mode(WAL)")
+	// A new file's page size (statedb_pages.go; an existing file keeps its own), set before
+	// WAL mode fixes it: the driver runs the _pragma list sorted by name, then _journal_mode.
+	q.Add("_pragma", "page_size(16384)")
+	q.Add("_journal_mode", "WAL")
 	// NORMAL: a crash may lose the last checkpoints, never half of one; the layers go back
 	// with the checkpoint they were written with, and the projection catches up from it.
 	q.Add("_pragma", "synchronous(NORMAL)")
@@ -155,14 +164,6 @@ func openStateDB(ctx context.Context, path string) (*StateDB, bool, error) {
 	d.readDB.SetMaxIdleConns(4)
 	d.readDB.SetConnMaxIdleTime(0)
 	d.readDB.SetConnMaxLifetime(0)
-	if d.layer, err = d.readDB.PrepareContext(ctx, selectLayer); err != nil {
-		_ = d.Close()
-		return nil, false, fmt.Errorf("state database %s: %w", path, err)
-	}
-	if d.depth, err = d.readDB.PrepareContext(ctx, selectDepth); err != nil {
-		_ = d.Close()
-		return nil, false, fmt.Errorf("state database %s: %w", path, err)
-	}
 	return d, true, nil
 }
 
@@ -174,26 +175,12 @@ func (d *StateDB) Close() error {
 	}
 	d.closed = true
 	var errs []error
-	for _, s := range []*sql.Stmt{d.layer, d.depth} {
-		if s != nil {
-			errs = append(errs, s.Close())
-		}
-	}
 	for _, db := range []*sql.DB{d.readDB, d.writeDB} {
 		if db != nil {
 			errs = append(errs, db.Close())
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// packID stores a canonical hex identity or digest as its 32 bytes (a BLOB) and anything else
-// as text: SQLite never finds a BLOB equal to a TEXT, so the two cannot collide.
-func packID(s string) any {
-	if b, ok := state.ParseHash(s); ok {
-		return b[:]
-	}
-	return s
 }
 
 func unpackID(v any) string {
@@ -206,22 +193,14 @@ func unpackID(v any) string {
 	return ""
 }
 
-// The layer queries, shared by the database's read connections and its snapshots.
-const (
-	selectLayer    = `SELECT depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ? AND layer = ?`
-	selectDepth    = `SELECT 1 FROM layers WHERE owner = ? AND depth = ? LIMIT 1`
-	selectLayers   = `SELECT layer, depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ?`
-	selectLayersAt = selectLayers + ` AND depth = ?` // the layers_depth index
-)
-
 // Layer implements state.LayerStore.
 func (d *StateDB) Layer(owner, id string) (state.LayerInfo, bool, error) {
-	return scanLayer(d.layer.QueryRow(owner, packID(id)))
+	return layerQueries{d.readDB}.Layer(owner, id)
 }
 
 // HasDepth implements state.LayerStore.
 func (d *StateDB) HasDepth(owner string, depth int64) (bool, error) {
-	return scanFound(d.depth.QueryRow(owner, depth))
+	return layerQueries{d.readDB}.HasDepth(owner, depth)
 }
 
 // EachLayer implements state.LayerStore.
@@ -232,89 +211,6 @@ func (d *StateDB) EachLayer(owner string, fn func(id string, info state.LayerInf
 // EachLayerAt implements state.LayerStore.
 func (d *StateDB) EachLayerAt(owner string, depth int64, fn func(id string, info state.LayerInfo) bool) error {
 	return layerQueries{d.readDB}.EachLayerAt(owner, depth, fn)
-}
-
-// layerQueries answers state.LayerStore's questions from a layers table through q: a pool of
-// connections (a replay's new file) or one read transaction (a snapshot). StateDB answers the
-// two lookups of an upload's decision with statements prepared once instead.
-type layerQueries struct {
-	q interface {
-		Query(query string, args ...any) (*sql.Rows, error)
-		QueryRow(query string, args ...any) *sql.Row
-	}
-}
-
-// Layer implements state.LayerStore.
-func (l layerQueries) Layer(owner, id string) (state.LayerInfo, bool, error) {
-	return scanLayer(l.q.QueryRow(selectLayer, owner, packID(id)))
-}
-
-// HasDepth implements state.LayerStore.
-func (l layerQueries) HasDepth(owner string, depth int64) (bool, error) {
-	return scanFound(l.q.QueryRow(selectDepth, owner, depth))
-}
-
-// EachLayer implements state.LayerStore.
-func (l layerQueries) EachLayer(owner string, fn func(id string, info state.LayerInfo) bool) error {
-	rows, err := l.q.Query(selectLayers, owner)
-	return eachLayer(rows, err, fn)
-}
-
-// EachLayerAt implements state.LayerStore.
-func (l layerQueries) EachLayerAt(owner string, depth int64, fn func(id string, info state.LayerInfo) bool) error {
-	rows, err := l.q.Query(selectLayersAt, owner, depth)
-	return eachLayer(rows, err, fn)
-}
-
-// scanLayer reads the answer of selectLayer.
-func scanLayer(row *sql.Row) (state.LayerInfo, bool, error) {
-	var info state.LayerInfo
-	var digest, fileDigest any
-	err := row.Scan(&info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest, &info.Length)
-	if errors.Is(err, sql.ErrNoRows) {
-		return state.LayerInfo{}, false, nil
-	}
-	if err != nil {
-		return state.LayerInfo{}, false, fmt.Errorf("state database: layer: %w", err)
-	}
-	info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
-	return info, true, nil
-}
-
-// scanFound reads the answer of selectDepth.
-func scanFound(row *sql.Row) (bool, error) {
-	var one int
-	err := row.Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("state database: layer depth: %w", err)
-	}
-	return true, nil
-}
-
-// eachLayer calls fn with each row of selectLayers until it returns false.
-func eachLayer(rows *sql.Rows, err error, fn func(id string, info state.LayerInfo) bool) error {
-	if err != nil {
-		return fmt.Errorf("state database: layers: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var info state.LayerInfo
-		var id, digest, fileDigest any
-		if err := rows.Scan(&id, &info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest, &info.Length); err != nil {
-			return fmt.Errorf("state database: layers: %w", err)
-		}
-		info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
-		if !fn(unpackID(id), info) {
-			return nil
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("state database: layers: %w", err)
-	}
-	return nil
 }
 
 // Load returns the persisted state, its layers left in the database (false: no checkpoint
@@ -458,23 +354,23 @@ func record(v any) (string, error) {
 	return string(b), err
 }
 
-const insertLayer = `INSERT OR REPLACE INTO layers (owner, layer, depth, timestamp, skipped, digest, file_digest, length) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
-
-func layerArgs(l state.LayerRecord) []any {
-	return []any{l.Owner, packID(l.ID), l.Info.Depth, l.Info.Timestamp, l.Info.Skipped, packID(l.Info.Digest), packID(l.Info.FileDigest), l.Info.Length}
-}
-
-// writeAllLayers writes every layer of st, one owner at a time (tally replay, a migration).
+// writeAllLayers writes every layer of st, one owner at a time (a migration).
 func writeAllLayers(ctx context.Context, tx *sql.Tx, st *state.State) error {
-	stmt, err := tx.PrepareContext(ctx, insertLayer)
+	var owner []state.LayerRecord
+	err := st.AllLayers(func(l state.LayerRecord) error {
+		if len(owner) > 0 && owner[0].Owner != l.Owner {
+			if err := putLayers(ctx, tx, owner); err != nil {
+				return err
+			}
+			owner = owner[:0]
+		}
+		owner = append(owner, l)
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	defer stmt.Close()
-	return st.AllLayers(func(l state.LayerRecord) error {
-		_, err := stmt.ExecContext(ctx, layerArgs(l)...)
-		return err
-	})
+	return putLayers(ctx, tx, owner)
 }
 
 func writeChanges(ctx context.Context, tx *sql.Tx, c state.Changes) error {
@@ -514,14 +410,13 @@ func writeChanges(ctx context.Context, tx *sql.Tx, c state.Changes) error {
 		{`INSERT OR IGNORE INTO aborted (id) VALUES (?)`, len(c.Aborted), func(i int) ([]any, error) {
 			return []any{c.Aborted[i][:]}, nil
 		}},
-		{insertLayer, len(c.Layers), func(i int) ([]any, error) { return layerArgs(c.Layers[i]), nil }},
 	}
 	for _, s := range steps {
 		if err := upsert(ctx, tx, s.query, s.n, s.args); err != nil {
 			return err
 		}
 	}
-	return nil
+	return putLayers(ctx, tx, c.Layers)
 }
 
 // writeMeta records in tx the position and event count the state database holds the state at.
@@ -597,7 +492,7 @@ func (d *StateDB) SnapshotLayers(ctx context.Context) (*LayerSnapshot, error) {
 		return nil, fmt.Errorf("state database: snapshot: %w", err)
 	}
 	var one int
-	if err := tx.QueryRowContext(ctx, `SELECT 1 FROM layers LIMIT 1`).Scan(&one); err != nil && !errors.Is(err, sql.ErrNoRows) {
+	if err := tx.QueryRowContext(ctx, `SELECT 1 FROM layer_pages LIMIT 1`).Scan(&one); err != nil && !errors.Is(err, sql.ErrNoRows) {
 		_ = tx.Rollback()
 		return nil, fmt.Errorf("state database: snapshot: %w", err)
 	}

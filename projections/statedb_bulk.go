@@ -1,39 +1,39 @@
 package projections
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
+	"slices"
 
 	"github.com/tallyledger/tally/domain/state"
 )
 
 // A replay writes the state database whole (SaveState): a new file beside the old one, private
 // to the replay while it is written, so that it needs neither a journal nor an fsync per
-// transaction; the layers go in in key order, many per INSERT, in one transaction, while
-// another goroutine lists and packs the next ones; then the file is synced once and renamed
-// over the old one. A crash at any point leaves the old state database or the new one, whole.
-// (Building the depth index after the rows costs as much CPU and leaves the other core idle
-// meanwhile: docs/performance.md.)
+// transaction; the layers go in in key order, packed into pages (statedb_pages.go), in one
+// transaction; then the file is synced once and renamed over the old one. A crash at any point
+// leaves the old state database or the new one, whole.
 
 // bulkStateDSN opens a state database file that only this process sees yet.
 func bulkStateDSN(path string) string {
 	q := url.Values{}
-	q.Add("_pragma", "journal_mode(OFF)")
+	// The page size before the journal mode: the layer pages fit in a b-tree cell
+	// (statedb_pages.go). The driver runs the _pragma list sorted by name, then _journal_mode.
+	q.Add("_pragma", "page_size(16384)")
+	q.Add("_journal_mode", "OFF")
 	q.Add("_pragma", "synchronous(OFF)")
 	q.Add("_pragma", "locking_mode(EXCLUSIVE)")
 	q.Add("_pragma", "cache_size(-65536)") // 64 MiB: the b-trees' pages being filled stay in memory
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 }
-
-// layersPerInsert is how many layers one INSERT writes: a statement's own cost, and the
-// driver's per call, spread over many rows.
-const layersPerInsert = 128
 
 // SaveState replaces the state database at path with st, whole (tally replay): written to a
 // new file beside it and renamed over it once synced.
@@ -111,7 +111,7 @@ func writeState(ctx context.Context, db *sql.DB, st *state.State) error {
 	if err := writeChanges(ctx, tx, c); err != nil {
 		return fmt.Errorf("write state database: %w", err)
 	}
-	if err := writeLayers(ctx, tx, st, layersPerInsert); err != nil {
+	if err := writeLayers(ctx, tx, st); err != nil {
 		return fmt.Errorf("write state database: layers: %w", err)
 	}
 	if err := writeMeta(ctx, tx, st); err != nil {
@@ -123,89 +123,109 @@ func writeState(ctx context.Context, db *sql.DB, st *state.State) error {
 	return nil
 }
 
-// writeLayers inserts every layer of st in key order, rows layers per INSERT. Listing and
-// sorting the layers and packing their values runs on a goroutine of its own, ahead of the
-// inserts, so that it takes another core than SQLite's.
-func writeLayers(ctx context.Context, tx *sql.Tx, st *state.State, rows int) error {
-	rows = max(rows, 1)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	const ahead = 64 // batches packed and not yet inserted
-	batches := make(chan []any, ahead)
-	free := make(chan []any, ahead+2)
-	listed := make(chan error, 1)
-	go func() {
-		defer close(batches)
-		batch := make([]any, 0, rows*layerColumns)
-		send := func() error {
-			select {
-			case batches <- batch:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			select {
-			case batch = <-free:
-				batch = batch[:0]
-			default:
-				batch = make([]any, 0, rows*layerColumns)
-			}
-			return nil
-		}
-		err := st.AllLayers(func(l state.LayerRecord) error {
-			batch = append(batch, l.Owner, packID(l.ID), l.Info.Depth, l.Info.Timestamp, l.Info.Skipped, packID(l.Info.Digest), packID(l.Info.FileDigest), l.Info.Length)
-			if len(batch) < cap(batch) {
-				return nil
-			}
-			return send()
-		})
-		if err == nil && len(batch) > 0 {
-			err = send()
-		}
-		listed <- err
-	}()
-	var full *sql.Stmt
-	defer func() {
-		if full != nil {
-			_ = full.Close()
-		}
-	}()
-	for batch := range batches {
-		var err error
-		if len(batch) == rows*layerColumns {
-			if full == nil {
-				if full, err = tx.PrepareContext(ctx, insertLayers(rows)); err != nil {
-					return err
-				}
-			}
-			_, err = full.ExecContext(ctx, batch...)
-		} else {
-			_, err = tx.ExecContext(ctx, insertLayers(len(batch)/layerColumns), batch...)
-		}
-		if err != nil {
-			return err
-		}
-		clear(batch)
-		select {
-		case free <- batch:
-		default:
-		}
+// writeLayers writes every layer of st into the pages of a fresh file, in key order.
+func writeLayers(ctx context.Context, tx *sql.Tx, st *state.State) error {
+	w, err := newLayerWriter(ctx, tx)
+	if err != nil {
+		return err
 	}
-	return <-listed
+	err = st.AllLayers(func(l state.LayerRecord) error {
+		if raw, ok := state.ParseHash(l.ID); ok {
+			return w.addRaw(l.Owner, bytes.Clone(raw[:]), appendRecord(nil, l.Info))
+		}
+		return w.addText(ctx, l.Owner, l.ID, l.Info)
+	})
+	return errors.Join(err, w.close())
 }
 
-const layerColumns = 8
+// layerWriter writes the layers of a fresh file in key order (owners in order, each owner's
+// raw identities in order): the layer pages as they come, and each owner's depth pages once
+// its layers are all in (so it holds one owner's depth keys, 40 bytes a layer). The inserts
+// run on a goroutine of their own (rowInserter).
+type layerWriter struct {
+	x        *sql.Tx
+	ins      *rowInserter
+	pages    *pageWriter
+	depths   *pageWriter
+	owner    string
+	depthsOf []depthOfLayer // the owner's layers' depths
+	keys     []byte         // their depth keys, depthKeyLen bytes each, once sorted
+}
 
-// insertLayers is an INSERT of n layers.
-func insertLayers(n int) string {
-	var b strings.Builder
-	b.WriteString(`INSERT INTO layers (owner, layer, depth, timestamp, skipped, digest, file_digest, length) VALUES `)
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(`(?,?,?,?,?,?,?,?)`)
+// depthOfLayer is a layer's depth and identity, for its depth key.
+type depthOfLayer struct {
+	depth int64
+	id    []byte
+}
+
+func newLayerWriter(ctx context.Context, tx *sql.Tx) (*layerWriter, error) {
+	ins := newRowInserter(ctx)
+	pages, err := newPageWriter(ctx, tx, layerPages, ins)
+	if err != nil {
+		return nil, errors.Join(err, ins.close())
 	}
-	return b.String()
+	depths, err := newPageWriter(ctx, tx, depthPages, ins)
+	if err != nil {
+		return nil, errors.Join(err, ins.close(), pages.stmt.Close())
+	}
+	return &layerWriter{x: tx, ins: ins, pages: pages, depths: depths}, nil
+}
+
+// addRaw adds a layer by its raw identity and record, kept unchanged until the writer is done.
+func (w *layerWriter) addRaw(owner string, id, record []byte) error {
+	if owner != w.owner {
+		w.flushDepths()
+		w.owner = owner
+	}
+	depth, err := recordDepth(record)
+	if err != nil {
+		return err
+	}
+	w.depthsOf = append(w.depthsOf, depthOfLayer{depth: depth, id: id})
+	w.pages.add(owner, pageEntry{key: id, val: record})
+	return nil
+}
+
+func (w *layerWriter) addText(ctx context.Context, owner, id string, info state.LayerInfo) error {
+	_, err := w.x.ExecContext(ctx, `INSERT OR REPLACE INTO text_layers (owner, layer, depth, record) VALUES (?, ?, ?, ?)`,
+		owner, id, info.Depth, appendRecord(nil, info))
+	if err != nil {
+		return fmt.Errorf("state database: layers: %w", err)
+	}
+	return nil
+}
+
+// flushDepths writes the owner's depth pages (each page copies its keys, so w.keys is free
+// again afterwards).
+func (w *layerWriter) flushDepths() {
+	if len(w.depthsOf) == 0 {
+		return
+	}
+	// By depth, then identity: depthKey's order (the depth's sign bit flipped, big-endian).
+	slices.SortFunc(w.depthsOf, func(a, b depthOfLayer) int {
+		if a.depth != b.depth {
+			return cmp.Compare(a.depth, b.depth)
+		}
+		return bytes.Compare(a.id, b.id)
+	})
+	w.keys = slices.Grow(w.keys[:0], len(w.depthsOf)*depthKeyLen)
+	for _, d := range w.depthsOf {
+		w.keys = binary.BigEndian.AppendUint64(w.keys, uint64(d.depth)^(1<<63))
+		w.keys = append(w.keys, d.id...)
+	}
+	for i := range w.depthsOf {
+		w.depths.add(w.owner, pageEntry{key: w.keys[i*depthKeyLen : (i+1)*depthKeyLen]})
+	}
+	w.depths.flush()
+	clear(w.depthsOf)
+	w.depthsOf = w.depthsOf[:0]
+}
+
+// close writes what is left and waits for the inserts.
+func (w *layerWriter) close() error {
+	w.flushDepths()
+	w.pages.flush()
+	return errors.Join(w.ins.close(), w.pages.stmt.Close(), w.depths.stmt.Close())
 }
 
 // retireStateDB makes the state database at path ready to be replaced by a rename: its

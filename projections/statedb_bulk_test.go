@@ -57,7 +57,7 @@ func TestReplayReplacesAStateDatabaseACrashLeftWithItsLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if _, err := db.Exec(`UPDATE meta SET events = events + 1; UPDATE layers SET timestamp = timestamp + 1`); err != nil {
+	if _, err := db.Exec(`UPDATE meta SET events = events + 1; DELETE FROM layer_pages`); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), projections.StateFile)

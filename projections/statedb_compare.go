@@ -3,6 +3,8 @@ package projections
 import (
 	"context"
 	"database/sql"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -54,25 +56,11 @@ func (s *StoredState) Close() error { return s.db.Close() }
 func (s *StoredState) Diff(ctx context.Context, b *state.State) ([]string, error) {
 	a := s.State
 	out := state.DiffExceptLayers(a, b)
-	// The layers a folded since its checkpoint are in memory; they hide stored ones.
-	changes, err := a.Changes(false)
+	fresh, err := freshLayers(a)
 	if err != nil {
 		return nil, err
 	}
-	fresh := map[string]map[string]state.LayerInfo{}
-	for _, l := range changes.Layers {
-		if fresh[l.Owner] == nil {
-			fresh[l.Owner] = map[string]state.LayerInfo{}
-		}
-		fresh[l.Owner][l.ID] = l.Info
-	}
-	owners := make([]string, 0, len(a.Uploads))
-	for owner := range a.Uploads {
-		if _, ok := b.Uploads[owner]; ok {
-			owners = append(owners, owner)
-		}
-	}
-	sort.Strings(owners)
+	owners := commonOwners(uploadOwners(a), b)
 	// Two ranges of owners read at once, on two connections: reading the rows costs more than
 	// comparing them, and it spreads over the cores this way.
 	halves := [][]string{owners[:len(owners)/2], owners[len(owners)/2:]}
@@ -81,7 +69,7 @@ func (s *StoredState) Diff(ctx context.Context, b *state.State) ([]string, error
 	for i, part := range halves {
 		g.Go(func() error {
 			var err error
-			lines[i], err = s.diffLayers(gctx, part, b, fresh)
+			lines[i], err = diffStoredLayers(gctx, s.db.readDB, part, b, fresh)
 			return err
 		})
 	}
@@ -94,13 +82,105 @@ func (s *StoredState) Diff(ctx context.Context, b *state.State) ([]string, error
 	return out, nil
 }
 
-// diffLayers compares the layers of owners (in order) with b's, reading the stored ones in one
-// query over the owners' range of the layers table, in key order.
-func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.State, fresh map[string]map[string]state.LayerInfo) ([]string, error) {
+// freshLayers are the layers a state folded since its checkpoint, in memory: they hide the
+// stored ones.
+func freshLayers(a *state.State) (map[string]map[string]state.LayerInfo, error) {
+	changes, err := a.Changes(false)
+	if err != nil {
+		return nil, err
+	}
+	fresh := map[string]map[string]state.LayerInfo{}
+	for _, l := range changes.Layers {
+		if fresh[l.Owner] == nil {
+			fresh[l.Owner] = map[string]state.LayerInfo{}
+		}
+		fresh[l.Owner][l.ID] = l.Info
+	}
+	return fresh, nil
+}
+
+// uploadOwners lists the owners with an upload stream of a, in order.
+func uploadOwners(a *state.State) []string {
+	owners := make([]string, 0, len(a.Uploads))
+	for owner := range a.Uploads {
+		owners = append(owners, owner)
+	}
+	sort.Strings(owners)
+	return owners
+}
+
+// commonOwners keeps the owners (in order) that b has an upload stream for too.
+func commonOwners(owners []string, b *state.State) []string {
+	var out []string
+	for _, owner := range owners {
+		if _, ok := b.Uploads[owner]; ok {
+			out = append(out, owner)
+		}
+	}
+	return out
+}
+
+// FrozenLayers are a live projection's applied layers as they were at one moment (ReadFrozen):
+// those since its last checkpoint copied from memory, the older ones in a read transaction of
+// the state database; a projection without a state database holds them all in memory (mem).
+type FrozenLayers struct {
+	owners []string // with an upload stream, in order
+	snap   *LayerSnapshot
+	fresh  map[string]map[string]state.LayerInfo
+	mem    *state.FrozenLayers
+}
+
+// freezeLayers takes st's layers as they are; st is held still and snap shows its layer store
+// as it is now.
+func freezeLayers(st *state.State, snap *LayerSnapshot) (*FrozenLayers, error) {
+	fresh, err := freshLayers(st)
+	if err != nil {
+		return nil, err
+	}
+	return &FrozenLayers{owners: uploadOwners(st), snap: snap, fresh: fresh}, nil
+}
+
+// Diff lists the differences between the frozen layers and b's, as state.DiffLayers does, for
+// the owners both have an upload stream for (state.DiffExceptLayers reports the others),
+// reading the stored layers in one pass over the snapshot's layer pages.
+func (f *FrozenLayers) Diff(ctx context.Context, b *state.State) ([]string, error) {
+	if f.mem != nil {
+		return state.DiffLayers(f.mem, b), nil
+	}
+	return diffStoredLayers(ctx, f.snap.tx, commonOwners(f.owners, b), b, f.fresh)
+}
+
+// diffStoredLayers compares the layers of owners (in order) stored in the database q reads,
+// less those fresh hides, with b's, reading the stored ones in one query over the owners' range
+// of the layer pages, in key order, and the few of text identities before.
+func diffStoredLayers(ctx context.Context, q querier, owners []string, b *state.State, fresh map[string]map[string]state.LayerInfo) ([]string, error) {
 	if len(owners) == 0 {
 		return nil, nil
 	}
-	rows, err := s.db.readDB.QueryContext(ctx, `SELECT owner, layer, depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner >= ? AND owner <= ? ORDER BY owner, layer`,
+	text := map[string][]state.LayerRecord{}
+	var readErr error // a read that failed: the owners not finished are unreadable
+	if trows, err := q.QueryContext(ctx, `SELECT owner, layer, record FROM text_layers WHERE owner >= ? AND owner <= ? ORDER BY owner, layer`,
+		owners[0], owners[len(owners)-1]); err != nil {
+		readErr = fmt.Errorf("state database: layers: %w", err)
+	} else {
+		for trows.Next() {
+			var l state.LayerRecord
+			var rec []byte
+			if err := trows.Scan(&l.Owner, &l.ID, &rec); err != nil {
+				readErr = fmt.Errorf("state database: layers: %w", err)
+				break
+			}
+			if l.Info, err = decodeRecord(rec); err != nil {
+				readErr = err
+				break
+			}
+			text[l.Owner] = append(text[l.Owner], l)
+		}
+		if err := errors.Join(trows.Err(), trows.Close()); err != nil && readErr == nil {
+			readErr = fmt.Errorf("state database: layers: %w", err)
+		}
+	}
+	rows, err := q.QueryContext(ctx, `SELECT owner, entries FROM layer_pages WHERE owner >= ? AND owner <= ? ORDER BY owner, first`,
 		owners[0], owners[len(owners)-1])
 	if err != nil {
 		return nil, fmt.Errorf("state database: layers: %w", err)
@@ -109,12 +189,18 @@ func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.
 	var out []string
 	next := 0 // the first owner not finished
 	var cur *layerComparison
-	var readErr error // a read that failed: the owners not finished are unreadable
+	newComparison := func(owner string) *layerComparison {
+		c := newLayerComparison(owner, b, fresh[owner])
+		for _, l := range text[owner] {
+			c.stored(nil, l.ID, l.Info)
+		}
+		return c
+	}
 	finish := func(before string, all bool) {
 		for next < len(owners) && (all || owners[next] < before) {
 			c := cur
 			if c == nil || c.name != owners[next] {
-				c = newLayerComparison(owners[next], b, fresh[owners[next]])
+				c = newComparison(owners[next])
 			}
 			out = append(out, c.finish(readErr)...)
 			cur = nil
@@ -122,32 +208,41 @@ func (s *StoredState) diffLayers(ctx context.Context, owners []string, b *state.
 		}
 	}
 	var (
-		owner                  sql.RawBytes
-		id, digest, fileDigest any
-		info                   state.LayerInfo
+		owner sql.RawBytes
+		blob  sql.RawBytes
 	)
-	for rows.Next() {
-		if err := rows.Scan(&owner, &id, &info.Depth, &info.Timestamp, &info.Skipped, &digest, &fileDigest, &info.Length); err != nil {
+	comparePage := func() error {
+		p, err := layerPages.parse(blob)
+		if err != nil {
+			return err
+		}
+		for i := range p.n {
+			info, err := decodeRecord(p.val(i))
+			if err != nil {
+				return err
+			}
+			cur.stored(p.key(i), "", info)
+		}
+		return nil
+	}
+	for rows.Next() && readErr == nil {
+		if err := rows.Scan(&owner, &blob); err != nil {
 			readErr = fmt.Errorf("state database: layers: %w", err)
 			break
 		}
-		if cur != nil && cur.name == string(owner) {
-			info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
-			cur.stored(id, info)
-			continue
+		if cur == nil || cur.name != string(owner) {
+			finish(string(owner), false)
+			if next == len(owners) {
+				break
+			}
+			if owners[next] != string(owner) {
+				continue // an owner b has no upload stream for: DiffExceptLayers reports it
+			}
+			cur = newComparison(owners[next])
 		}
-		finish(string(owner), false)
-		if next == len(owners) {
-			break
+		if err := comparePage(); err != nil {
+			readErr = err
 		}
-		if owners[next] != string(owner) {
-			continue // an owner b has no upload stream for: DiffExceptLayers reports it
-		}
-		if cur == nil {
-			cur = newLayerComparison(owners[next], b, fresh[owners[next]])
-		}
-		info.Digest, info.FileDigest = unpackID(digest), unpackID(fileDigest)
-		cur.stored(id, info)
 	}
 	if readErr == nil {
 		if err := rows.Err(); err != nil {
@@ -177,18 +272,20 @@ func newLayerComparison(name string, b *state.State, fresh map[string]state.Laye
 	return &layerComparison{name: name, b: b, fresh: fresh}
 }
 
-// stored compares one stored layer, its identity as the database holds it (packID).
-func (c *layerComparison) stored(packed any, info state.LayerInfo) {
-	raw, _ := packed.([]byte)
-	if len(raw) != 32 {
-		raw = nil
+// stored compares one stored layer, known by its raw identity (32 bytes) or else by text.
+func (c *layerComparison) stored(raw []byte, text string, info state.LayerInfo) {
+	id := func() string {
+		if raw != nil {
+			return hex.EncodeToString(raw)
+		}
+		return text
 	}
 	if len(c.fresh) > 0 {
-		if _, hidden := c.fresh[unpackID(packed)]; hidden {
+		if _, hidden := c.fresh[id()]; hidden {
 			return
 		}
 	}
-	c.compare(func() string { return unpackID(packed) }, raw, info)
+	c.compare(id, raw, info)
 }
 
 // compare counts one layer of a and compares it with b's.

@@ -2,7 +2,6 @@ package projections_test
 
 import (
 	"context"
-	"database/sql"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -85,41 +84,23 @@ func TestStoredStateDiffReportsWhatDiffReports(t *testing.T) {
 			if got, oracle := storedDiff(t, store, path, rebuilt); len(got) != 0 || len(oracle) != 0 {
 				t.Fatalf("untouched: %q (state.Diff: %q)", got, oracle)
 			}
-			db, err := sql.Open("sqlite", "file:"+path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
+			allOwners, stored := storedLayers(t, path)
 			var owners []string
-			rows, err := db.Query(`SELECT owner FROM layers GROUP BY owner HAVING count(*) > 1 ORDER BY owner`)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for rows.Next() {
-				var o string
-				if err := rows.Scan(&o); err != nil {
-					t.Fatal(err)
+			for _, o := range allOwners {
+				if len(stored[o]) > 1 {
+					owners = append(owners, o)
 				}
-				owners = append(owners, o)
-			}
-			if err := rows.Err(); err != nil {
-				t.Fatal(err)
 			}
 			if len(owners) < 2 {
 				t.Fatalf("%d owners with two layers or more: the test compares too little", len(owners))
 			}
 			first, last := owners[0], owners[len(owners)-1]
-			for _, q := range []string{
-				`UPDATE layers SET timestamp = timestamp + 1 WHERE owner = ? AND layer = (SELECT min(layer) FROM layers WHERE owner = ?)`,
-				`DELETE FROM layers WHERE owner = ? AND layer = (SELECT max(layer) FROM layers WHERE owner = ?)`,
-			} {
-				if _, err := db.Exec(q, first, first); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if _, err := db.Exec(`INSERT INTO layers SELECT owner, zeroblob(32), depth, timestamp, skipped, digest, file_digest, length FROM layers WHERE owner = ? LIMIT 1`, last); err != nil {
-				t.Fatal(err)
-			}
+			// first: its least layer changed, its greatest missing; last: an extra layer.
+			changed := stored[first][0]
+			changed.Info.Timestamp++
+			extra := stored[last][0]
+			extra.ID = strings.Repeat("00", 32)
+			changeStoredLayers(t, path, []state.LayerRecord{changed, extra}, []state.LayerRecord{stored[first][len(stored[first])-1]})
 			got, oracle := storedDiff(t, store, path, rebuilt)
 			if !slices.Equal(got, oracle) {
 				t.Fatalf("one pass:\n%s\nstate.Diff:\n%s", strings.Join(got, "\n"), strings.Join(oracle, "\n"))

@@ -62,21 +62,40 @@ func TestALayerIndexThatFailsAnswersKnownAndIsNeverPersisted(t *testing.T) {
 	}
 }
 
-// TestPackIDKeepsOnlyCanonicalHexAsBytes: an identity is stored as 32 bytes only when it is
-// what hex.EncodeToString gives back for them, so that unpackID returns it unchanged.
-func TestPackIDKeepsOnlyCanonicalHexAsBytes(t *testing.T) {
+// TestOnlyCanonicalHexIsStoredRaw: an identity or digest is stored as 32 bytes only when it
+// is what hex.EncodeToString gives back for them; anything else is kept as the text it is, so
+// that every layer reads back as it was put, and only canonical identities go into the pages.
+func TestOnlyCanonicalHexIsStoredRaw(t *testing.T) {
+	ctx := context.Background()
+	db, err := OpenStateDB(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
 	var raw [32]byte
 	for i := range raw {
 		raw[i] = byte(i*37 + 5)
 	}
 	canonical := hex.EncodeToString(raw[:])
-	for _, id := range []string{canonical, strings.ToUpper(canonical), canonical[:63], canonical + "0", canonical[:62] + "g0", "", "legacy-id"} {
-		packed := packID(id)
-		if got := unpackID(packed); got != id {
-			t.Errorf("%q: packed and unpacked gives %q", id, got)
+	ids := []string{canonical, strings.ToUpper(canonical), canonical[:63], canonical + "0", canonical[:62] + "g0", "", "legacy-id"}
+	var layers []state.LayerRecord
+	for i, id := range ids {
+		layers = append(layers, state.LayerRecord{Owner: "2-1", ID: id, Info: state.LayerInfo{Depth: int64(i + 1), Digest: id, FileDigest: id, Skipped: id, Length: int64(i)}})
+	}
+	if err := db.PutLayers(ctx, layers); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		got, ok, err := db.Layer(l.Owner, l.ID)
+		if err != nil || !ok || got != l.Info {
+			t.Errorf("%q: %+v %v %v, want %+v", l.ID, got, ok, err, l.Info)
 		}
-		if _, isBytes := packed.([]byte); isBytes != (id == canonical) {
-			t.Errorf("%q: stored as bytes %v", id, isBytes)
+		var inText int
+		if err := db.readDB.QueryRow(`SELECT count(*) FROM text_layers WHERE owner = ? AND layer = ?`, l.Owner, l.ID).Scan(&inText); err != nil {
+			t.Fatal(err)
+		}
+		if (inText == 0) != (l.ID == canonical) {
+			t.Errorf("%q: stored as text %v", l.ID, inText == 1)
 		}
 	}
 }
@@ -101,7 +120,12 @@ func TestAReplaysLayerStoreFindsPendingAndWrittenLayers(t *testing.T) {
 		id[0] = byte(n)
 		return state.LayerRecord{Owner: owner, ID: hex.EncodeToString(id[:]), Info: state.LayerInfo{Depth: depth, Timestamp: int64(n)}}
 	}
-	w := &writtenLayers{db: db}
+	runs, err := createRunFile(path + ".runs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runs.remove()
+	w := &writtenLayers{db: db, runs: runs}
 	first := []state.LayerRecord{rec("2-1", 1, 1), rec("2-1", 2, 2), rec("2-2", 3, 1)}
 	second := []state.LayerRecord{rec("2-1", 4, 3), rec("2-3", 5, 1)}
 	w.pend(first)
@@ -109,17 +133,8 @@ func TestAReplaysLayerStoreFindsPendingAndWrittenLayers(t *testing.T) {
 	if err := w.write(ctx, first); err != nil {
 		t.Fatal(err)
 	}
-	// second is pending; write it to the file without dropping it: both at once.
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range second {
-		if _, err := tx.Exec(insertLayer, layerArgs(l)...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
+	// second is pending; write it as a run without dropping it: both at once.
+	if err := w.writeRun(ctx, second); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range append(append([]state.LayerRecord{}, first...), second...) {

@@ -1,10 +1,15 @@
 package projections
 
 import (
+	"bytes"
+	"container/heap"
 	"context"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"sort"
 	"sync"
 
@@ -25,10 +30,12 @@ type ReplayOptions struct {
 // ReplayState folds every event of store into a fresh state, as Rebuild does, and writes it as
 // the state database at path, as SaveState does (a new file renamed over the old one once
 // whole and synced), without holding every applied layer in memory: the fold hands the layers
-// of each chunk of events to a goroutine that inserts them into the new file while it folds
-// the next chunk, and looks older layers up there. Chunks are ranges of positions, which only
-// the embedded store numbers densely (a replayReader); another store (KurrentDB: positions
-// are offsets in its log) is folded whole, then written as SaveState does.
+// of each chunk of events, sorted, to a goroutine that writes them as a sorted run (pages of a
+// scratch file beside the new one) while it folds the next chunk, and looks older layers up
+// there; at the end the runs are merged into the new file's pages, in key order. Chunks are
+// ranges of positions, which only the embedded store numbers densely (a replayReader); another
+// store (KurrentDB: positions are offsets in its log) is folded whole, then written as
+// SaveState does.
 func ReplayState(ctx context.Context, store eventstore.Store, path string, opts ReplayOptions) (*state.State, error) {
 	if opts.Chunk <= 0 {
 		opts.Chunk = 1 << 18
@@ -40,11 +47,15 @@ func ReplayState(ctx context.Context, store eventstore.Store, path string, opts 
 		}
 		return st, SaveState(ctx, path, st)
 	}
+	runsPath := path + ".runs"
 	var st *state.State
 	err := replaceStateDB(ctx, path, func(ctx context.Context, db *sql.DB) error {
-		var err error
-		st, err = replayFold(ctx, store, db, opts)
-		return err
+		runs, err := createRunFile(runsPath)
+		if err != nil {
+			return err
+		}
+		st, err = replayFold(ctx, store, db, runs, opts)
+		return errors.Join(err, runs.remove())
 	})
 	if err != nil {
 		return nil, err
@@ -52,7 +63,7 @@ func ReplayState(ctx context.Context, store eventstore.Store, path string, opts 
 	return st, nil
 }
 
-func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, opts ReplayOptions) (*state.State, error) {
+func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, runs *runFile, opts ReplayOptions) (*state.State, error) {
 	if _, err := db.ExecContext(ctx, stateSchema); err != nil {
 		return nil, fmt.Errorf("write state database: schema: %w", err)
 	}
@@ -62,7 +73,7 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, opts Re
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	layers := &writtenLayers{db: db}
+	layers := &writtenLayers{db: db, runs: runs}
 	batches := make(chan []state.LayerRecord, 1)
 	written := make(chan error, 1)
 	go func() {
@@ -105,7 +116,8 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, opts Re
 	if err := errors.Join(foldErr, <-written, st.LayerError()); err != nil {
 		return nil, err
 	}
-	// The other records and the checkpoint, in the transaction that makes the file whole.
+	// The other records, the layers' pages and the checkpoint, in the transaction that makes
+	// the file whole.
 	c, err := st.Changes(true)
 	if err != nil {
 		return nil, err
@@ -118,6 +130,9 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, opts Re
 	if err := writeChanges(ctx, tx, c); err != nil {
 		return nil, fmt.Errorf("write state database: %w", err)
 	}
+	if err := mergeRuns(ctx, runs, tx); err != nil {
+		return nil, fmt.Errorf("write state database: %w", err)
+	}
 	if err := writeMeta(ctx, tx, st); err != nil {
 		return nil, fmt.Errorf("write state database: %w", err)
 	}
@@ -128,9 +143,12 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, opts Re
 }
 
 // writtenLayers is the layer store of a replay's state: the layers handed to the writer and
-// not yet committed (pending, each batch in key order), then the new file.
+// not yet written (pending, each batch in key order), then the sorted runs, newest first (a
+// layer put again later replaces the earlier record, as INSERT OR REPLACE did); layers of
+// text identities go into the new file's text_layers directly.
 type writtenLayers struct {
 	db      *sql.DB
+	runs    *runFile
 	mu      sync.Mutex
 	pending [][]state.LayerRecord
 }
@@ -141,39 +159,11 @@ func (w *writtenLayers) pend(batch []state.LayerRecord) {
 	w.pending = append(w.pending, batch)
 }
 
-// write inserts a batch in one transaction, and then no longer holds it in memory.
+// write writes a batch as the next run (its text identities into the new file), and then no
+// longer holds it in memory.
 func (w *writtenLayers) write(ctx context.Context, batch []state.LayerRecord) error {
-	tx, err := w.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("write state database: %w", err)
-	}
-	defer func() { _ = tx.Rollback() }()
-	args := make([]any, 0, layersPerInsert*layerColumns)
-	var full *sql.Stmt
-	for i, l := range batch {
-		args = append(args, l.Owner, packID(l.ID), l.Info.Depth, l.Info.Timestamp, l.Info.Skipped, packID(l.Info.Digest), packID(l.Info.FileDigest), l.Info.Length)
-		if len(args) < cap(args) && i < len(batch)-1 {
-			continue
-		}
-		if len(args) == layersPerInsert*layerColumns {
-			if full == nil {
-				if full, err = tx.PrepareContext(ctx, insertLayers(layersPerInsert)); err != nil {
-					return fmt.Errorf("write state database: %w", err)
-				}
-				defer full.Close()
-			}
-			_, err = full.ExecContext(ctx, args...)
-		} else {
-			_, err = tx.ExecContext(ctx, insertLayers(len(args)/layerColumns), args...)
-		}
-		if err != nil {
-			return fmt.Errorf("write state database: layers: %w", err)
-		}
-		clear(args)
-		args = args[:0]
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("write state database: %w", err)
+	if err := w.writeRun(ctx, batch); err != nil {
+		return err
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -181,40 +171,85 @@ func (w *writtenLayers) write(ctx context.Context, batch []state.LayerRecord) er
 	return nil
 }
 
-// pendingOf returns the pending layers of owner (at depth, unless depth is -1). A batch leaves
-// the pending ones only after its transaction committed, so that what a lookup does not find
-// there it finds in the file.
-func (w *writtenLayers) pendingOf(owner string, depth int64) []state.LayerRecord {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var out []state.LayerRecord
-	for _, batch := range w.pending {
-		i := sort.Search(len(batch), func(i int) bool { return batch[i].Owner >= owner })
-		for ; i < len(batch) && batch[i].Owner == owner; i++ {
-			if depth < 0 || batch[i].Info.Depth == depth {
-				out = append(out, batch[i])
-			}
+// writeRun writes a batch as the next run; it stays pending until write drops it, so that
+// a lookup meanwhile finds it in one or the other.
+func (w *writtenLayers) writeRun(ctx context.Context, batch []state.LayerRecord) error {
+	var text []state.LayerRecord
+	run := w.runs.newRun()
+	for _, l := range batch {
+		raw, ok := state.ParseHash(l.ID)
+		if !ok {
+			text = append(text, l)
+			continue
+		}
+		run.add(l.Owner, raw, l.Info)
+	}
+	if len(text) > 0 {
+		if err := w.writeText(ctx, text); err != nil {
+			return err
 		}
 	}
-	return out
+	return w.runs.write(run)
+}
+
+func (w *writtenLayers) writeText(ctx context.Context, text []state.LayerRecord) error {
+	tx, err := w.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("write state database: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if err := putLayers(ctx, tx, text); err != nil {
+		return fmt.Errorf("write state database: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("write state database: %w", err)
+	}
+	return nil
+}
+
+// snapshot returns the pending batches and the runs written, at one moment: a batch leaves
+// the pending ones only once its run is written, so what a lookup does not find in the one it
+// finds in the other.
+func (w *writtenLayers) snapshot() ([][]state.LayerRecord, [][]runPageRef) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.pending), w.runs.written()
 }
 
 // Layer implements state.LayerStore.
 func (w *writtenLayers) Layer(owner, id string) (state.LayerInfo, bool, error) {
-	for _, l := range w.pendingOf(owner, -1) {
-		if l.ID == id {
-			return l.Info, true, nil
+	pending, runs := w.snapshot()
+	for i := len(pending) - 1; i >= 0; i-- {
+		batch := pending[i]
+		j := sort.Search(len(batch), func(j int) bool {
+			return batch[j].Owner > owner || (batch[j].Owner == owner && batch[j].ID >= id)
+		})
+		if j < len(batch) && batch[j].Owner == owner && batch[j].ID == id {
+			return batch[j].Info, true, nil
 		}
 	}
-	return layerQueries{w.db}.Layer(owner, id)
+	raw, ok := state.ParseHash(id)
+	if !ok {
+		return textLayer(context.Background(), w.db, owner, id)
+	}
+	for r := len(runs) - 1; r >= 0; r-- {
+		v, ok, err := w.runs.lookup(runs[r], owner, raw)
+		if err != nil {
+			return state.LayerInfo{}, false, err
+		}
+		if ok {
+			info, err := decodeRecord(v)
+			return info, err == nil, err
+		}
+	}
+	return state.LayerInfo{}, false, nil
 }
 
 // HasDepth implements state.LayerStore.
 func (w *writtenLayers) HasDepth(owner string, depth int64) (bool, error) {
-	if len(w.pendingOf(owner, depth)) > 0 {
-		return true, nil
-	}
-	return layerQueries{w.db}.HasDepth(owner, depth)
+	found := false
+	err := w.each(owner, depth, func(string, state.LayerInfo) bool { found = true; return false })
+	return found, err
 }
 
 // EachLayer implements state.LayerStore.
@@ -227,19 +262,320 @@ func (w *writtenLayers) EachLayerAt(owner string, depth int64, fn func(id string
 	return w.each(owner, depth, fn)
 }
 
-// each lists the pending layers, then those of the file that were not pending (a batch may
-// commit meanwhile).
+// each gathers the owner's layers from the runs, oldest first, then the pending batches, a
+// later record replacing an earlier one, and then calls fn with those at depth (every depth
+// when depth is -1). The fold asks this rarely (never on a replay's hot path): it reads all of
+// the owner's pages.
 func (w *writtenLayers) each(owner string, depth int64, fn func(id string, info state.LayerInfo) bool) error {
-	pending := map[string]bool{}
-	for _, l := range w.pendingOf(owner, depth) {
-		pending[l.ID] = true
-		if !fn(l.ID, l.Info) {
-			return nil
+	pending, runs := w.snapshot()
+	all := map[string]state.LayerInfo{}
+	var order []string
+	put := func(id string, info state.LayerInfo) {
+		if _, ok := all[id]; !ok {
+			order = append(order, id)
+		}
+		all[id] = info
+	}
+	for _, run := range runs {
+		i, j := ownerRange(run, owner)
+		for _, ref := range run[i:j] {
+			p, err := w.runs.read(ref)
+			if err != nil {
+				return err
+			}
+			for k := range p.n {
+				info, err := decodeRecord(p.val(k))
+				if err != nil {
+					return err
+				}
+				put(hex.EncodeToString(p.key(k)), info)
+			}
 		}
 	}
-	notPending := func(id string, info state.LayerInfo) bool { return pending[id] || fn(id, info) }
-	if depth < 0 {
-		return layerQueries{w.db}.EachLayer(owner, notPending)
+	var text []state.LayerRecord
+	if err := eachTextLayer(context.Background(), w.db, owner, nil, func(id string, info state.LayerInfo) bool {
+		text = append(text, state.LayerRecord{ID: id, Info: info})
+		return true
+	}); err != nil {
+		return err
 	}
-	return layerQueries{w.db}.EachLayerAt(owner, depth, notPending)
+	for _, l := range text {
+		put(l.ID, l.Info)
+	}
+	for _, batch := range pending {
+		i := sort.Search(len(batch), func(i int) bool { return batch[i].Owner >= owner })
+		for ; i < len(batch) && batch[i].Owner == owner; i++ {
+			put(batch[i].ID, batch[i].Info)
+		}
+	}
+	for _, id := range order {
+		if info := all[id]; depth < 0 || info.Depth == depth {
+			if !fn(id, info) {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// runFile holds a replay's sorted runs: each run's pages (as layer_pages holds them) appended
+// to a scratch file beside the new state database, and indexed in memory by one entry per
+// page (its owner, first identity and place in the file: about 2 bytes per layer). It is
+// deleted once the runs are merged.
+type runFile struct {
+	path string
+	f    *os.File
+	mu   sync.Mutex
+	size int64
+	runs [][]runPageRef
+}
+
+// runPageRef is where one page of a run is.
+type runPageRef struct {
+	owner string
+	first [32]byte
+	off   int64
+	n     int
+}
+
+func createRunFile(path string) (*runFile, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) { // a crashed replay's
+		return nil, fmt.Errorf("replay runs: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("replay runs: %w", err)
+	}
+	return &runFile{path: path, f: f}, nil
+}
+
+func (r *runFile) remove() error {
+	err := r.f.Close()
+	if rerr := os.Remove(r.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = errors.Join(err, rerr)
+	}
+	if err != nil {
+		return fmt.Errorf("replay runs: %w", err)
+	}
+	return nil
+}
+
+// written returns the runs written so far (each run's index never changes once written).
+func (r *runFile) written() [][]runPageRef {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.runs[:len(r.runs):len(r.runs)]
+}
+
+// runBuilder packs one run's layers (handed over sorted) into pages in memory.
+type runBuilder struct {
+	buf     []byte
+	refs    []runPageRef
+	owner   string
+	entries []pageEntry
+	arena   []byte // the entries' identities and records, reused for each page
+	page    []byte
+}
+
+func (r *runFile) newRun() *runBuilder {
+	return &runBuilder{entries: make([]pageEntry, 0, layerPages.target)}
+}
+
+func (b *runBuilder) add(owner string, id [32]byte, info state.LayerInfo) {
+	if owner != b.owner || len(b.entries) == layerPages.target {
+		b.flush()
+		b.owner = owner
+	}
+	start := len(b.arena)
+	b.arena = append(b.arena, id[:]...)
+	b.arena = appendRecord(b.arena, info)
+	// Slices of the arena stay valid when it grows: they keep the array they were taken from.
+	b.entries = append(b.entries, pageEntry{key: b.arena[start : start+32], val: b.arena[start+32:]})
+}
+
+func (b *runBuilder) flush() {
+	if len(b.entries) == 0 {
+		return
+	}
+	b.page = layerPages.encode(b.page, b.entries)
+	b.refs = append(b.refs, runPageRef{owner: b.owner, first: [32]byte(b.entries[0].key), off: int64(len(b.buf)), n: len(b.page)})
+	b.buf = append(b.buf, b.page...)
+	clear(b.entries)
+	b.entries, b.arena = b.entries[:0], b.arena[:0]
+}
+
+// write appends a built run to the file and publishes its index.
+func (r *runFile) write(b *runBuilder) error {
+	b.flush()
+	r.mu.Lock()
+	start := r.size
+	r.mu.Unlock()
+	if _, err := r.f.WriteAt(b.buf, start); err != nil {
+		return fmt.Errorf("replay runs: %w", err)
+	}
+	for i := range b.refs {
+		b.refs[i].off += start
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.size += int64(len(b.buf))
+	r.runs = append(r.runs, b.refs)
+	return nil
+}
+
+func (r *runFile) read(ref runPageRef) (page, error) {
+	b := make([]byte, ref.n)
+	if _, err := r.f.ReadAt(b, ref.off); err != nil {
+		return page{}, fmt.Errorf("replay runs: %w", err)
+	}
+	return layerPages.parse(b)
+}
+
+// ownerRange is the range of a run's pages that hold owner's layers.
+func ownerRange(run []runPageRef, owner string) (int, int) {
+	i := sort.Search(len(run), func(i int) bool { return run[i].owner >= owner })
+	j := sort.Search(len(run), func(j int) bool { return run[j].owner > owner })
+	return i, j
+}
+
+// lookup finds a layer's record in one run: the last page of the owner whose first is at most
+// the identity.
+func (r *runFile) lookup(run []runPageRef, owner string, id [32]byte) ([]byte, bool, error) {
+	i, j := ownerRange(run, owner)
+	k := sort.Search(j-i, func(k int) bool { return bytes.Compare(run[i+k].first[:], id[:]) > 0 })
+	if k == 0 {
+		return nil, false, nil
+	}
+	p, err := r.read(run[i+k-1])
+	if err != nil {
+		return nil, false, err
+	}
+	n, ok := p.search(id[:])
+	if !ok {
+		return nil, false, nil
+	}
+	return p.val(n), true, nil
+}
+
+// mergeRuns merges the sorted runs (k-way, a later run's record of a layer replacing an
+// earlier one's) into the new file's pages, in key order, through tx. Each run is read
+// sequentially, a block of pages at a time.
+func mergeRuns(ctx context.Context, runs *runFile, tx *sql.Tx) error {
+	w, err := newLayerWriter(ctx, tx)
+	if err != nil {
+		return err
+	}
+	written := runs.written()
+	h := make(runHeap, 0, len(written))
+	for i, refs := range written {
+		c := &runCursor{run: i, refs: refs, file: runs.f}
+		ok, err := c.next()
+		if err != nil {
+			return errors.Join(err, w.close())
+		}
+		if ok {
+			h = append(h, c)
+		}
+	}
+	heap.Init(&h)
+	for len(h) > 0 {
+		c := h[0]
+		owner, key, val := c.owner, c.key, c.val
+		for {
+			ok, err := c.next()
+			if err != nil {
+				return errors.Join(err, w.close())
+			}
+			if ok {
+				heap.Fix(&h, 0)
+			} else {
+				heap.Pop(&h)
+			}
+			if len(h) == 0 || h[0].owner != owner || !bytes.Equal(h[0].key, key) {
+				break
+			}
+			// The same layer in a later run: its record replaces this one.
+			c = h[0]
+			val = c.val
+		}
+		if err := w.addRaw(owner, key, val); err != nil {
+			return errors.Join(err, w.close())
+		}
+	}
+	return w.close()
+}
+
+// runCursor reads one run in key order.
+type runCursor struct {
+	run  int
+	refs []runPageRef
+	file *os.File
+
+	block     []byte // the pages read ahead, from refs[0]
+	blockOff  int64
+	page      page
+	pageIndex int // refs[pageIndex] is page
+	entry     int
+	started   bool
+
+	owner    string // the current entry
+	key, val []byte
+}
+
+// runBlock is how much of a run a cursor reads at once.
+const runBlock = 256 << 10
+
+// next moves to the next entry (the first, on the first call); false when the run is read.
+func (c *runCursor) next() (bool, error) {
+	if c.started {
+		c.entry++
+	} else {
+		c.started, c.pageIndex = true, -1
+	}
+	for !c.started || c.pageIndex < 0 || c.entry >= c.page.n {
+		c.pageIndex++
+		if c.pageIndex >= len(c.refs) {
+			return false, nil
+		}
+		ref := c.refs[c.pageIndex]
+		if ref.off < c.blockOff || ref.off+int64(ref.n) > c.blockOff+int64(len(c.block)) {
+			end := ref.off + int64(ref.n)
+			last := c.refs[len(c.refs)-1]
+			end = max(end, min(ref.off+runBlock, last.off+int64(last.n)))
+			c.block = make([]byte, end-ref.off)
+			if _, err := c.file.ReadAt(c.block, ref.off); err != nil {
+				return false, fmt.Errorf("replay runs: %w", err)
+			}
+			c.blockOff = ref.off
+		}
+		p, err := layerPages.parse(c.block[ref.off-c.blockOff : ref.off-c.blockOff+int64(ref.n)])
+		if err != nil {
+			return false, err
+		}
+		c.page, c.entry = p, 0
+	}
+	c.owner, c.key, c.val = c.refs[c.pageIndex].owner, c.page.key(c.entry), c.page.val(c.entry)
+	return true, nil
+}
+
+// runHeap orders the cursors by their current entry's owner and key, an earlier run first.
+type runHeap []*runCursor
+
+func (h runHeap) Len() int { return len(h) }
+func (h runHeap) Less(i, j int) bool {
+	if h[i].owner != h[j].owner {
+		return h[i].owner < h[j].owner
+	}
+	if c := bytes.Compare(h[i].key, h[j].key); c != 0 {
+		return c < 0
+	}
+	return h[i].run < h[j].run
+}
+func (h runHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *runHeap) Push(x any)   { *h = append(*h, x.(*runCursor)) }
+func (h *runHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return c
 }

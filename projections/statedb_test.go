@@ -2,6 +2,7 @@ package projections_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -251,4 +252,68 @@ func TestCopyStateWhileCheckpointing(t *testing.T) {
 		stop()
 	}
 	t.Logf("%d copies at %d distinct checkpoints", len(taken), len(positions))
+}
+
+// TestAFormat2StateDatabaseIsReplacedAndReplayed: a state database of the format before the
+// layer pages (one row per layer in a layers table, format 2 in its meta row) is replaced by a
+// fresh file on start, and the projection replays the events into it: it ends equal to a
+// replay, every layer answered from the new pages, and the old table gone.
+func TestAFormat2StateDatabaseIsReplacedAndReplayed(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), projections.StateFile)
+	store, rebuilt := seededState(t, "")
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Exec(`
+CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 1), format INTEGER NOT NULL, position INTEGER NOT NULL,
+	last_stream TEXT NOT NULL, last_revision INTEGER NOT NULL, last_id BLOB NOT NULL, events INTEGER NOT NULL);
+CREATE TABLE layers (owner TEXT NOT NULL, layer NOT NULL, depth INTEGER NOT NULL, timestamp INTEGER NOT NULL,
+	skipped TEXT NOT NULL, digest NOT NULL, file_digest NOT NULL, length INTEGER NOT NULL,
+	PRIMARY KEY (owner, layer)) WITHOUT ROWID;
+CREATE INDEX layers_depth ON layers (owner, depth);
+INSERT INTO meta VALUES (1, 2, 3, 's', 0, zeroblob(16), 3);
+INSERT INTO layers VALUES ('1-1', zeroblob(32), 1, 0, '', x'', x'', 0);`); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, stop := runCurrentOn(t, store, path)
+	if c.LoadedAt() != 0 {
+		t.Fatalf("started from %d on a file of format 2, want a replay from 0", c.LoadedAt())
+	}
+	if err := c.WaitFor(ctx, rebuilt.Position); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Save(); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	c, stop = runCurrentOn(t, store, path)
+	defer stop()
+	if c.LoadedAt() != rebuilt.Position {
+		t.Fatalf("restarted from %d, want the checkpoint %d", c.LoadedAt(), rebuilt.Position)
+	}
+	c.Read(func(st *state.State) {
+		if n := st.LayersInMemory(); n != 0 {
+			t.Errorf("%d layers in memory after a restart, want 0", n)
+		}
+		if d := state.Diff(st, rebuilt); len(d) != 0 {
+			t.Errorf("the state differs from a replay: %v", d)
+		}
+	})
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var tables int
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE name IN ('layers', 'layers_depth')`).Scan(&tables); err != nil || tables != 0 {
+		t.Fatalf("the format 2 layers table is still there: %d %v", tables, err)
+	}
 }

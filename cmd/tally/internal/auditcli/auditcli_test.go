@@ -23,6 +23,7 @@ import (
 	"github.com/tallyledger/tally/adapters/httpapi/openapi/openapitest"
 	"github.com/tallyledger/tally/cmd/tally/internal/auditcli"
 	"github.com/tallyledger/tally/domain/eventstore"
+	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 	"github.com/tallyledger/tally/projections/audittest"
 	"github.com/tallyledger/tally/projections/readmodel"
@@ -307,24 +308,36 @@ func TestClientCommandsAgainstTheAuditAPI(t *testing.T) {
 func TestVerifyNamesAChangedLayerOfTheStateDatabase(t *testing.T) {
 	dir, _ := seededDataDir(t)
 	path := filepath.Join(dir, auditcli.SnapshotFile)
-	db, err := sql.Open("sqlite", path)
+	ctx := context.Background()
+	db, err := projections.OpenStateDB(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var owner string
-	var layer []byte
-	err = db.QueryRow(`SELECT owner, layer FROM layers ORDER BY owner DESC, layer DESC LIMIT 1`).Scan(&owner, &layer)
+	// The last layer of the last owner, in key order.
+	var changed state.LayerRecord
+	owners, err := db.LayerOwners(ctx)
+	if err == nil && len(owners) > 0 {
+		changed.Owner = owners[len(owners)-1]
+		err = db.EachLayer(changed.Owner, func(id string, info state.LayerInfo) bool {
+			if id > changed.ID {
+				changed.ID, changed.Info = id, info
+			}
+			return true
+		})
+	}
 	if err == nil {
-		_, err = db.Exec(`UPDATE layers SET depth = depth + 1 WHERE owner = ? AND layer = ?`, owner, layer)
+		changed.Info.Depth++
+		err = db.PutLayers(ctx, []state.LayerRecord{changed})
 	}
 	if err := errors.Join(err, db.Close()); err != nil {
 		t.Fatal(err)
 	}
+	owner, layer := changed.Owner, changed.ID
 	out, err := run(t, "verify", "--data-dir", dir)
 	if err == nil {
 		t.Fatalf("a changed layer verified:\n%s", out)
 	}
-	want := fmt.Sprintf("projection vs replay: uploads of owner %s: layer %x differs", owner, layer)
+	want := fmt.Sprintf("projection vs replay: uploads of owner %s: layer %s differs", owner, layer)
 	if !strings.Contains(out, want) {
 		t.Errorf("output does not name the layer (%s):\n%s", want, out)
 	}

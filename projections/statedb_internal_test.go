@@ -128,13 +128,14 @@ func TestAReplaysLayerStoreFindsPendingAndWrittenLayers(t *testing.T) {
 	w := &writtenLayers{db: db, runs: runs}
 	first := []state.LayerRecord{rec("2-1", 1, 1), rec("2-1", 2, 2), rec("2-2", 3, 1)}
 	second := []state.LayerRecord{rec("2-1", 4, 3), rec("2-3", 5, 1)}
-	w.pend(first)
-	w.pend(second)
-	if err := w.write(ctx, first); err != nil {
+	rawFirst, rawSecond := rawLayers(first), rawLayers(second)
+	w.pend(rawFirst)
+	w.pend(rawSecond)
+	if err := w.write(ctx, rawFirst); err != nil {
 		t.Fatal(err)
 	}
 	// second is pending; write it as a run without dropping it: both at once.
-	if err := w.writeRun(ctx, second); err != nil {
+	if err := w.writeRun(ctx, rawSecond); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range append(append([]state.LayerRecord{}, first...), second...) {
@@ -163,4 +164,29 @@ func TestAReplaysLayerStoreFindsPendingAndWrittenLayers(t *testing.T) {
 	if err := w.EachLayerAt("2-1", 3, func(id string, info state.LayerInfo) bool { n++; return info.Depth == 3 && id == second[0].ID }); err != nil || n != 1 {
 		t.Errorf("layers of 2-1 at depth 3: %d, %v", n, err)
 	}
+}
+
+// rawLayers is records in the form a replay hands them to its writer (state.FreshLayersRaw).
+func rawLayers(records []state.LayerRecord) []state.RawLayer {
+	out := make([]state.RawLayer, len(records))
+	for i, l := range records {
+		r := state.RawLayer{Owner: l.Owner, Depth: l.Info.Depth, Timestamp: l.Info.Timestamp, Length: l.Info.Length, Skipped: l.Info.Skipped}
+		if id, ok := state.ParseHash(l.ID); ok {
+			r.ID = id
+		} else {
+			r.TextID, r.IsText = l.ID, true
+		}
+		if d, ok := state.ParseHash(l.Info.Digest); ok {
+			r.Digest, r.DigestRaw = d, true
+		} else {
+			r.DigestText = l.Info.Digest
+		}
+		if d, ok := state.ParseHash(l.Info.FileDigest); ok {
+			r.FileDigest, r.FileDigestRaw = d, true
+		} else {
+			r.FileDigestText = l.Info.FileDigest
+		}
+		out[i] = r
+	}
+	return out
 }

@@ -210,6 +210,51 @@ func appendRecord(dst []byte, info state.LayerInfo) []byte {
 	return dst
 }
 
+// appendRawRecord is appendRecord for a layer in the layer set's raw form: the same bytes as
+// appendRecord(dst, l.Info()), without formatting and parsing its digests as hex.
+func appendRawRecord(dst []byte, l *state.RawLayer) []byte {
+	var flags byte
+	switch {
+	case l.DigestRaw:
+		flags |= recDigestRaw
+	case l.DigestText != "":
+		flags |= recDigestText
+	}
+	switch {
+	case l.FileDigestRaw:
+		flags |= recFileDigestRaw
+	case l.FileDigestText != "":
+		flags |= recFileDigestText
+	}
+	if l.Skipped != "" {
+		flags |= recSkipped
+	}
+	dst = append(dst, flags)
+	dst = binary.AppendVarint(dst, l.Depth)
+	dst = binary.AppendVarint(dst, l.Timestamp)
+	dst = binary.AppendVarint(dst, l.Length)
+	appendText := func(s string) {
+		dst = binary.AppendUvarint(dst, uint64(len(s)))
+		dst = append(dst, s...)
+	}
+	switch {
+	case l.DigestRaw:
+		dst = append(dst, l.Digest[:]...)
+	case l.DigestText != "":
+		appendText(l.DigestText)
+	}
+	switch {
+	case l.FileDigestRaw:
+		dst = append(dst, l.FileDigest[:]...)
+	case l.FileDigestText != "":
+		appendText(l.FileDigestText)
+	}
+	if l.Skipped != "" {
+		appendText(l.Skipped)
+	}
+	return dst
+}
+
 var errBadRecord = errors.New("state database: a malformed layer record")
 
 // recordDepth reads only the depth of a record.

@@ -302,11 +302,12 @@ func TestAReplaysRunsMergeIntoThePagesOfTheLayerTable(t *testing.T) {
 		for _, l := range batch {
 			m.put(l)
 		}
-		w.pend(batch)
+		raw := rawLayers(batch)
+		w.pend(raw)
 		if batchNo%3 == 1 {
 			checkLayerStore(t, w, m, r) // this batch pending, the earlier ones in runs
 		}
-		if err := w.write(ctx, batch); err != nil {
+		if err := w.write(ctx, raw); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -355,6 +356,25 @@ func TestNewStateDatabasesUse16KiBPages(t *testing.T) {
 		}
 		if size != 16384 || mode != "wal" {
 			t.Errorf("%s: page size %d, journal mode %s; want 16384 and wal", name, size, mode)
+		}
+	}
+}
+
+// TestARawRecordIsTheRecordOfItsInfo: the record a replay writes from a layer's raw form is
+// byte for byte the record of its LayerInfo, for layers of every form (text digests and file
+// digests, skip reasons, upper-case identities).
+func TestARawRecordIsTheRecordOfItsInfo(t *testing.T) {
+	r := &randomLayers{rng: rand.New(rand.NewPCG(3, 9)), owners: []string{"1-1"}}
+	var records []state.LayerRecord
+	for range 2000 {
+		records = append(records, r.layer())
+	}
+	for i, raw := range rawLayers(records) {
+		if raw.Info() != records[i].Info {
+			t.Fatalf("%+v: Info %+v", records[i], raw.Info())
+		}
+		if got, want := appendRawRecord(nil, &raw), appendRecord(nil, records[i].Info); !bytes.Equal(got, want) {
+			t.Fatalf("%+v: raw record %x, record %x", records[i].Info, got, want)
 		}
 	}
 }

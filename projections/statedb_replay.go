@@ -74,7 +74,7 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, runs *r
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	layers := &writtenLayers{db: db, runs: runs}
-	batches := make(chan []state.LayerRecord, 1)
+	batches := make(chan []state.RawLayer, 1)
 	written := make(chan error, 1)
 	go func() {
 		var err error
@@ -89,13 +89,15 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, runs *r
 	}()
 	st := state.NewStateOn(layers)
 	handOver := func() error {
-		c, err := st.Changes(false)
-		if err != nil || len(c.Layers) == 0 {
-			return err
+		// Raw, not Changes' LayerRecords: no hex strings made here to be parsed back by the
+		// writer. The other records are written at the end (Changes(true)).
+		fresh := st.FreshLayersRaw()
+		if len(fresh) == 0 {
+			return nil
 		}
-		layers.pend(c.Layers)
+		layers.pend(fresh)
 		select {
-		case batches <- c.Layers:
+		case batches <- fresh:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -150,10 +152,10 @@ type writtenLayers struct {
 	db      *sql.DB
 	runs    *runFile
 	mu      sync.Mutex
-	pending [][]state.LayerRecord
+	pending [][]state.RawLayer
 }
 
-func (w *writtenLayers) pend(batch []state.LayerRecord) {
+func (w *writtenLayers) pend(batch []state.RawLayer) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.pending = append(w.pending, batch)
@@ -161,7 +163,7 @@ func (w *writtenLayers) pend(batch []state.LayerRecord) {
 
 // write writes a batch as the next run (its text identities into the new file), and then no
 // longer holds it in memory.
-func (w *writtenLayers) write(ctx context.Context, batch []state.LayerRecord) error {
+func (w *writtenLayers) write(ctx context.Context, batch []state.RawLayer) error {
 	if err := w.writeRun(ctx, batch); err != nil {
 		return err
 	}
@@ -173,16 +175,16 @@ func (w *writtenLayers) write(ctx context.Context, batch []state.LayerRecord) er
 
 // writeRun writes a batch as the next run; it stays pending until write drops it, so that
 // a lookup meanwhile finds it in one or the other.
-func (w *writtenLayers) writeRun(ctx context.Context, batch []state.LayerRecord) error {
+func (w *writtenLayers) writeRun(ctx context.Context, batch []state.RawLayer) error {
 	var text []state.LayerRecord
 	run := w.runs.newRun()
-	for _, l := range batch {
-		raw, ok := state.ParseHash(l.ID)
-		if !ok {
-			text = append(text, l)
+	for i := range batch {
+		l := &batch[i]
+		if l.IsText {
+			text = append(text, state.LayerRecord{Owner: l.Owner, ID: l.TextID, Info: l.Info()})
 			continue
 		}
-		run.add(l.Owner, raw, l.Info)
+		run.add(l)
 	}
 	if len(text) > 0 {
 		if err := w.writeText(ctx, text); err != nil {
@@ -210,7 +212,7 @@ func (w *writtenLayers) writeText(ctx context.Context, text []state.LayerRecord)
 // snapshot returns the pending batches and the runs written, at one moment: a batch leaves
 // the pending ones only once its run is written, so what a lookup does not find in the one it
 // finds in the other.
-func (w *writtenLayers) snapshot() ([][]state.LayerRecord, [][]runPageRef) {
+func (w *writtenLayers) snapshot() ([][]state.RawLayer, [][]runPageRef) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return slices.Clone(w.pending), w.runs.written()
@@ -219,16 +221,16 @@ func (w *writtenLayers) snapshot() ([][]state.LayerRecord, [][]runPageRef) {
 // Layer implements state.LayerStore.
 func (w *writtenLayers) Layer(owner, id string) (state.LayerInfo, bool, error) {
 	pending, runs := w.snapshot()
+	raw, ok := state.ParseHash(id)
 	for i := len(pending) - 1; i >= 0; i-- {
 		batch := pending[i]
 		j := sort.Search(len(batch), func(j int) bool {
-			return batch[j].Owner > owner || (batch[j].Owner == owner && batch[j].ID >= id)
+			return batch[j].Owner > owner || (batch[j].Owner == owner && state.CompareRawID(&batch[j], !ok, &raw, id) >= 0)
 		})
-		if j < len(batch) && batch[j].Owner == owner && batch[j].ID == id {
-			return batch[j].Info, true, nil
+		if j < len(batch) && batch[j].Owner == owner && state.CompareRawID(&batch[j], !ok, &raw, id) == 0 {
+			return batch[j].Info(), true, nil
 		}
 	}
-	raw, ok := state.ParseHash(id)
 	if !ok {
 		return textLayer(context.Background(), w.db, owner, id)
 	}
@@ -305,7 +307,7 @@ func (w *writtenLayers) each(owner string, depth int64, fn func(id string, info 
 	for _, batch := range pending {
 		i := sort.Search(len(batch), func(i int) bool { return batch[i].Owner >= owner })
 		for ; i < len(batch) && batch[i].Owner == owner; i++ {
-			put(batch[i].ID, batch[i].Info)
+			put(batch[i].IDString(), batch[i].Info())
 		}
 	}
 	for _, id := range order {
@@ -381,14 +383,15 @@ func (r *runFile) newRun() *runBuilder {
 	return &runBuilder{entries: make([]pageEntry, 0, layerPages.target)}
 }
 
-func (b *runBuilder) add(owner string, id [32]byte, info state.LayerInfo) {
-	if owner != b.owner || len(b.entries) == layerPages.target {
+// add adds a layer of a raw identity.
+func (b *runBuilder) add(l *state.RawLayer) {
+	if l.Owner != b.owner || len(b.entries) == layerPages.target {
 		b.flush()
-		b.owner = owner
+		b.owner = l.Owner
 	}
 	start := len(b.arena)
-	b.arena = append(b.arena, id[:]...)
-	b.arena = appendRecord(b.arena, info)
+	b.arena = append(b.arena, l.ID[:]...)
+	b.arena = appendRawRecord(b.arena, l)
 	// Slices of the arena stay valid when it grows: they keep the array they were taken from.
 	b.entries = append(b.entries, pageEntry{key: b.arena[start : start+32], val: b.arena[start+32:]})
 }

@@ -378,3 +378,58 @@ func TestARawRecordIsTheRecordOfItsInfo(t *testing.T) {
 		}
 	}
 }
+
+// TestTheBulkWriterSortsDepthKeysOfAnyRange: the depth pages a bulk write makes are in
+// (depth, identity) order, and hold every layer, whether the owner's depths lie in a narrow
+// range (sorted by counting), in a wide one or across the sign (sorted by comparison), and
+// whether the identities come in order or not.
+func TestTheBulkWriterSortsDepthKeysOfAnyRange(t *testing.T) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(1, 2))
+	depthsOf := map[string]func(i int) int64{
+		"1-narrow": func(i int) int64 { return 1 + rng.Int64N(50) },
+		"2-chain":  func(i int) int64 { return int64(1000 + i) },
+		"3-wide":   func(i int) int64 { return rng.Int64() - 1<<62 },
+		"4-signs":  func(i int) int64 { return []int64{-1 << 63, 1<<63 - 1, 0, -5}[i%4] },
+		"5-one":    func(i int) int64 { return -7 },
+	}
+	db, err := sql.Open("sqlite", bulkStateDSN(filepath.Join(t.TempDir(), "state.db")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, stateSchema); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := newLayerWriter(ctx, tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, owner := range slices.Sorted(maps.Keys(depthsOf)) {
+		ids := make([][]byte, 300)
+		for i := range ids {
+			ids[i] = make([]byte, 32)
+			for j := range ids[i] {
+				ids[i][j] = byte(rng.IntN(256))
+			}
+		}
+		slices.SortFunc(ids, bytes.Compare)
+		for i, id := range ids {
+			if err := w.addRaw(owner, id, appendRecord(nil, state.LayerInfo{Depth: depthsOf[owner](i)})); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	checkPages(t, db)
+}

@@ -128,7 +128,12 @@ type pageEntry struct {
 
 // encode writes entries (sorted by key, keys unique) as a page.
 func (t pageTable) encode(dst []byte, entries []pageEntry) []byte {
-	dst = binary.AppendUvarint(dst[:0], uint64(len(entries)))
+	return t.appendPage(dst[:0], entries)
+}
+
+// appendPage appends the page of entries to dst.
+func (t pageTable) appendPage(dst []byte, entries []pageEntry) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(entries)))
 	for _, e := range entries {
 		dst = append(dst, e.key...)
 	}

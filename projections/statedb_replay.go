@@ -329,6 +329,8 @@ type runFile struct {
 	mu   sync.Mutex
 	size int64
 	runs [][]runPageRef
+	// spare is the buffer of the last run written, for the next one.
+	spare []byte
 }
 
 // runPageRef is where one page of a run is.
@@ -375,11 +377,17 @@ type runBuilder struct {
 	owner   string
 	entries []pageEntry
 	arena   []byte // the entries' identities and records, reused for each page
-	page    []byte
 }
 
+// newRun starts a run in the buffer of the last one written (the runs are written one at a
+// time): a replay's run is ten megabytes, which a fresh buffer grew to by copying and faulted
+// in anew each time.
 func (r *runFile) newRun() *runBuilder {
-	return &runBuilder{entries: make([]pageEntry, 0, layerPages.target)}
+	r.mu.Lock()
+	buf := r.spare
+	r.spare = nil
+	r.mu.Unlock()
+	return &runBuilder{entries: make([]pageEntry, 0, layerPages.target), buf: buf[:0]}
 }
 
 // add adds a layer of a raw identity.
@@ -399,9 +407,9 @@ func (b *runBuilder) flush() {
 	if len(b.entries) == 0 {
 		return
 	}
-	b.page = layerPages.encode(b.page, b.entries)
-	b.refs = append(b.refs, runPageRef{owner: b.owner, first: [32]byte(b.entries[0].key), off: int64(len(b.buf)), n: len(b.page)})
-	b.buf = append(b.buf, b.page...)
+	off := len(b.buf)
+	b.buf = layerPages.appendPage(b.buf, b.entries)
+	b.refs = append(b.refs, runPageRef{owner: b.owner, first: [32]byte(b.entries[0].key), off: int64(off), n: len(b.buf) - off})
 	clear(b.entries)
 	b.entries, b.arena = b.entries[:0], b.arena[:0]
 }
@@ -422,6 +430,7 @@ func (r *runFile) write(b *runBuilder) error {
 	defer r.mu.Unlock()
 	r.size += int64(len(b.buf))
 	r.runs = append(r.runs, b.refs)
+	r.spare = b.buf
 	return nil
 }
 

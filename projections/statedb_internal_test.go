@@ -166,7 +166,7 @@ func TestAReplaysLayerStoreFindsPendingAndWrittenLayers(t *testing.T) {
 	}
 }
 
-// rawLayers is records in the form a replay hands them to its writer (state.FreshLayersRaw).
+// rawLayers is records in the form a replay hands them to its writer (state.AppendFreshLayersRaw).
 func rawLayers(records []state.LayerRecord) []state.RawLayer {
 	out := make([]state.RawLayer, len(records))
 	for i, l := range records {

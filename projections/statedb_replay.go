@@ -74,14 +74,25 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, runs *r
 	defer cancel()
 	layers := &writtenLayers{db: db, runs: runs}
 	batches := make(chan []state.RawLayer, 1)
+	// The buffers of the batches written, for the next hand-overs: a batch is tens of
+	// megabytes, which a fresh one faulted in and zeroed each time. A batch is free once
+	// written: the fold's lookups (on the fold's goroutine, as are the hand-overs) no longer
+	// see it, and the writer is done with it.
+	free := make(chan []state.RawLayer, 2)
 	written := make(chan error, 1)
 	go func() {
 		var err error
 		for batch := range batches {
-			if err == nil {
-				if err = layers.write(ctx, batch); err != nil {
-					cancel()
-				}
+			if err != nil {
+				continue
+			}
+			if err = layers.write(ctx, batch); err != nil {
+				cancel()
+				continue // still pending: never reused
+			}
+			select {
+			case free <- batch[:0]:
+			default:
 			}
 		}
 		written <- err
@@ -90,7 +101,12 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, runs *r
 	handOver := func() error {
 		// Raw, not Changes' LayerRecords: no hex strings made here to be parsed back by the
 		// writer. The other records are written at the end (Changes(true)).
-		fresh := st.FreshLayersRaw()
+		var buf []state.RawLayer
+		select {
+		case buf = <-free:
+		default:
+		}
+		fresh := st.AppendFreshLayersRaw(buf)
 		if len(fresh) == 0 {
 			return nil
 		}

@@ -76,16 +76,17 @@ func CompareRawID(l *RawLayer, text bool, id *[32]byte, textID string) int {
 	return strings.Compare(a, b)
 }
 
-// FreshLayersRaw lists what Changes(false).Layers lists (the layers applied since the last
-// checkpoint, in key order) as RawLayers. Only a replay uses it; a checkpoint keeps Changes.
-// The caller must keep Apply away while it runs.
-func (s *State) FreshLayersRaw() []RawLayer {
+// AppendFreshLayersRaw appends to dst what Changes(false).Layers lists (the layers applied
+// since the last checkpoint, in key order) as RawLayers. Only a replay uses it, with the
+// buffer of a batch it has written (a checkpoint keeps Changes). The caller must keep Apply
+// away while it runs.
+func (s *State) AppendFreshLayersRaw(dst []RawLayer) []RawLayer {
 	owners := make([]string, 0, len(s.layers.fresh))
 	for owner := range s.layers.fresh {
 		owners = append(owners, owner)
 	}
 	sort.Strings(owners)
-	out := make([]RawLayer, 0, s.LayersInMemory())
+	out := slices.Grow(dst, s.LayersInMemory())
 	for _, owner := range owners {
 		out = s.layers.fresh[owner].appendRaw(out, owner)
 	}

@@ -1,19 +1,20 @@
 package state
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/tallyledger/tally/domain"
 )
 
-// TestFreshLayersRawListsWhatChangesLists puts layers in every form the layer set stores
+// TestAppendFreshLayersRawListsWhatChangesLists puts layers in every form the layer set stores
 // differently (identities and digests as 64 lowercase hex digits, upper case, other lengths,
 // text identities that sort before, between and after the hex ones; file digests, skip
-// reasons; a replaced record), for three owners, and checks that FreshLayersRaw lists exactly
+// reasons; a replaced record), for three owners, and checks that AppendFreshLayersRaw lists exactly
 // the layers Changes(false) lists, in the same order, each with the same identity and info, and
 // that CompareRawLayers agrees with that order.
-func TestFreshLayersRawListsWhatChangesLists(t *testing.T) {
+func TestAppendFreshLayersRawListsWhatChangesLists(t *testing.T) {
 	owners := []domain.Owner{{Type: domain.OwnerKey, ID: 9}, {Type: domain.OwnerKey, ID: 10}, {Type: domain.OwnerProduct, ID: 3}}
 	st := NewState()
 	for _, o := range owners {
@@ -50,7 +51,15 @@ func TestFreshLayersRawListsWhatChangesLists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := st.FreshLayersRaw()
+	got := st.AppendFreshLayersRaw(nil)
+	// Into a buffer used before, as a replay does: the same list, nothing of the old one left.
+	used := make([]RawLayer, 5000)
+	for i := range used {
+		used[i] = RawLayer{Owner: "old", TextID: "old", IsText: true, Skipped: "old", DigestRaw: true, Depth: 1}
+	}
+	if again := st.AppendFreshLayersRaw(used[:0]); !slices.Equal(again, got) {
+		t.Fatal("AppendFreshLayersRaw into a used buffer lists other layers")
+	}
 	if len(got) != len(want.Layers) || len(got) != 3000+14+1 {
 		t.Fatalf("FreshLayersRaw lists %d layers, Changes %d", len(got), len(want.Layers))
 	}

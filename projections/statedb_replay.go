@@ -78,7 +78,7 @@ func replayFold(ctx context.Context, store eventstore.Store, db *sql.DB, runs *r
 	// megabytes, which a fresh one faulted in and zeroed each time. A batch is free once
 	// written: the fold's lookups (on the fold's goroutine, as are the hand-overs) no longer
 	// see it, and the writer is done with it.
-	free := make(chan []state.RawLayer, 2)
+	free := make(chan []state.RawLayer, 1)
 	written := make(chan error, 1)
 	go func() {
 		var err error

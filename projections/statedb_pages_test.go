@@ -362,12 +362,20 @@ func TestNewStateDatabasesUse16KiBPages(t *testing.T) {
 
 // TestARawRecordIsTheRecordOfItsInfo: the record a replay writes from a layer's raw form is
 // byte for byte the record of its LayerInfo, for layers of every form (text digests and file
-// digests, skip reasons, upper-case identities).
+// digests, skip reasons, upper-case identities and digests, negative numbers).
 func TestARawRecordIsTheRecordOfItsInfo(t *testing.T) {
 	r := &randomLayers{rng: rand.New(rand.NewPCG(3, 9)), owners: []string{"1-1"}}
 	var records []state.LayerRecord
 	for range 2000 {
 		records = append(records, r.layer())
+	}
+	h := r.hash()
+	for _, info := range []state.LayerInfo{
+		{Depth: -3, Timestamp: -1, Length: 1 << 40, FileDigest: "short", Digest: strings.ToUpper(h)},
+		{FileDigest: h + "0", Skipped: "x"},
+		{Digest: h, FileDigest: h},
+	} {
+		records = append(records, state.LayerRecord{Owner: "1-1", ID: h, Info: info})
 	}
 	for i, raw := range rawLayers(records) {
 		if raw.Info() != records[i].Info {

@@ -48,9 +48,9 @@ type LayerRecord struct {
 // A replay holds millions of fresh layers, so they are kept compact (docs/encoding.md,
 // "Replay"): per owner, a slice of fixed-size records without pointers (the garbage collector
 // never scans it) with the identity's 32 raw bytes, and a map from the identity's first eight
-// bytes to the record, instead of maps keyed by 64-character hex strings. What does not fit that form (an identity or digest that is not 64 lowercase hex
-// digits, a skip reason) is kept beside it as it came, so every LayerInfo reads back exactly as
-// it was put.
+// bytes to the record, instead of maps keyed by 64-character hex strings. What does not fit
+// that form (an identity or digest that is not 64 lowercase hex digits, a skip reason) is kept
+// beside it as it came, so every LayerInfo reads back exactly as it was put.
 type layerSet struct {
 	store LayerStore
 	fresh map[string]*ownerLayers // by owner

@@ -171,52 +171,19 @@ const (
 )
 
 func appendRecord(dst []byte, info state.LayerInfo) []byte {
-	var flags byte
-	digest, digestRaw := state.ParseHash(info.Digest)
-	fileDigest, fileRaw := state.ParseHash(info.FileDigest)
-	switch {
-	case digestRaw:
-		flags |= recDigestRaw
-	case info.Digest != "":
-		flags |= recDigestText
+	l := state.RawLayer{Depth: info.Depth, Timestamp: info.Timestamp, Length: info.Length, Skipped: info.Skipped}
+	if l.Digest, l.DigestRaw = state.ParseHash(info.Digest); !l.DigestRaw {
+		l.DigestText = info.Digest
 	}
-	switch {
-	case fileRaw:
-		flags |= recFileDigestRaw
-	case info.FileDigest != "":
-		flags |= recFileDigestText
+	if l.FileDigest, l.FileDigestRaw = state.ParseHash(info.FileDigest); !l.FileDigestRaw {
+		l.FileDigestText = info.FileDigest
 	}
-	if info.Skipped != "" {
-		flags |= recSkipped
-	}
-	dst = append(dst, flags)
-	dst = binary.AppendVarint(dst, info.Depth)
-	dst = binary.AppendVarint(dst, info.Timestamp)
-	dst = binary.AppendVarint(dst, info.Length)
-	appendText := func(s string) {
-		dst = binary.AppendUvarint(dst, uint64(len(s)))
-		dst = append(dst, s...)
-	}
-	switch {
-	case digestRaw:
-		dst = append(dst, digest[:]...)
-	case info.Digest != "":
-		appendText(info.Digest)
-	}
-	switch {
-	case fileRaw:
-		dst = append(dst, fileDigest[:]...)
-	case info.FileDigest != "":
-		appendText(info.FileDigest)
-	}
-	if info.Skipped != "" {
-		appendText(info.Skipped)
-	}
-	return dst
+	return appendRawRecord(dst, &l)
 }
 
-// appendRawRecord is appendRecord for a layer in the layer set's raw form: the same bytes as
-// appendRecord(dst, l.Info()), without formatting and parsing its digests as hex.
+// appendRawRecord writes the record of a layer in the layer set's raw form (a replay's
+// writer has them so): the same bytes as appendRecord(dst, l.Info()), without formatting and
+// parsing its digests as hex.
 func appendRawRecord(dst []byte, l *state.RawLayer) []byte {
 	var flags byte
 	switch {

@@ -39,23 +39,8 @@ func benchCheckpoint(b *testing.B, objects, layers, changed int, wholeJSON bool)
 	ctx := context.Background()
 	path := filepath.Join(b.TempDir(), projections.StateFile)
 	st := state.NewState()
-	pos := eventstore.Position(0)
-	revs := map[string]uint64{}
-	apply := func(stream, typ string, data any) {
-		raw, err := json.Marshal(data)
-		if err != nil {
-			b.Fatal(err)
-		}
-		pos++
-		rev, seen := revs[stream]
-		if seen {
-			rev++
-		}
-		revs[stream] = rev
-		if err := st.Apply(eventstore.RecordedEvent{ID: uuid.New(), Type: typ, Data: raw, Stream: stream, Revision: rev, Position: pos}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	applier := newStateApplier(b, st)
+	apply := applier.apply
 	owners := objects / 10
 	for i := range objects {
 		id := int64(i + 1)
@@ -107,6 +92,7 @@ func benchCheckpoint(b *testing.B, objects, layers, changed int, wholeJSON bool)
 	if err != nil || !ok {
 		b.Fatalf("load: %v %v", ok, err)
 	}
+	applier.st = st // the changes below go to the loaded state
 	next := 0
 	for b.Loop() {
 		b.StopTimer()
@@ -141,4 +127,34 @@ func writeSynced(path string, b []byte) error {
 		err = f.Sync()
 	}
 	return errors.Join(err, f.Close())
+}
+
+// stateApplier applies events to its state as a store would have recorded them: positions one
+// after the other, each stream's revisions from 0, the bodies as JSON. st may be replaced (by
+// the state loaded from a checkpoint) and the numbering goes on.
+type stateApplier struct {
+	tb   testing.TB
+	st   *state.State
+	pos  eventstore.Position
+	revs map[string]uint64
+}
+
+func newStateApplier(tb testing.TB, st *state.State) *stateApplier {
+	return &stateApplier{tb: tb, st: st, revs: map[string]uint64{}}
+}
+
+func (a *stateApplier) apply(stream, typ string, data any) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		a.tb.Fatal(err)
+	}
+	a.pos++
+	rev, seen := a.revs[stream]
+	if seen {
+		rev++
+	}
+	a.revs[stream] = rev
+	if err := a.st.Apply(eventstore.RecordedEvent{ID: uuid.New(), Type: typ, Data: raw, Stream: stream, Revision: rev, Position: a.pos}); err != nil {
+		a.tb.Fatal(err)
+	}
 }

@@ -3,7 +3,6 @@ package projections_test
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/tallyledger/tally/domain"
-	"github.com/tallyledger/tally/domain/eventstore"
 	"github.com/tallyledger/tally/domain/state"
 	"github.com/tallyledger/tally/projections"
 )
@@ -36,23 +34,8 @@ func benchCheckpointLayers(b *testing.B, layers, uploads int) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(1, 2))
 	st := state.NewState()
-	pos := eventstore.Position(0)
-	revs := map[string]uint64{}
-	apply := func(stream, typ string, data any) {
-		raw, err := json.Marshal(data)
-		if err != nil {
-			b.Fatal(err)
-		}
-		pos++
-		rev, seen := revs[stream]
-		if seen {
-			rev++
-		}
-		revs[stream] = rev
-		if err := st.Apply(eventstore.RecordedEvent{ID: uuid.New(), Type: typ, Data: raw, Stream: stream, Revision: rev, Position: pos}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	applier := newStateApplier(b, st)
+	apply := applier.apply
 	hash := func() string {
 		var h [32]byte
 		for i := range h {
@@ -90,6 +73,7 @@ func benchCheckpointLayers(b *testing.B, layers, uploads int) {
 	if err != nil || !ok {
 		b.Fatalf("load: %v %v", ok, err)
 	}
+	applier.st = st // the uploads below go to the loaded state
 	for b.Loop() {
 		b.StopTimer()
 		for range uploads {

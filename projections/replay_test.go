@@ -49,21 +49,7 @@ func sameState(t *testing.T, got, want *state.State) {
 // the plain paged replay, with the same progress and no problems.
 func TestRebuildReadAheadEqualsPagedReplay(t *testing.T) {
 	ctx := context.Background()
-	store, err := embedded.Open(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	env := audittest.Start(t, store, "")
-	audittest.Seed(t, env, rand.New(rand.NewPCG(13, 14)), 3000)
-	env.Stop()
-	head, err := store.Head(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if head <= 4096 {
-		t.Fatalf("only %d events: the test needs more than one read-ahead range", head)
-	}
+	store, head := storeBeyondOneRange(t, 13, 14)
 
 	var progress []int
 	ahead, err := projections.Rebuild(ctx, store, func(n int) { progress = append(progress, n) })
@@ -92,21 +78,7 @@ func TestRebuildReadAheadEqualsPagedReplay(t *testing.T) {
 // the same event, with its id, and the same state as the paged replay, which reads every id.
 func TestFoldEndsAtEveryRangeWithTheCheckpointID(t *testing.T) {
 	ctx := context.Background()
-	store, err := embedded.Open(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	env := audittest.Start(t, store, "")
-	audittest.Seed(t, env, rand.New(rand.NewPCG(15, 16)), 3000)
-	env.Stop()
-	head, err := store.Head(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if head <= 4097 {
-		t.Fatalf("only %d events: the test needs more than one read-ahead range", head)
-	}
+	store, head := storeBeyondOneRange(t, 15, 16)
 	for _, end := range []eventstore.Position{1, 2, 4095, 4096, 4097, head - 1, head} {
 		ahead, err := projections.Rebuild(ctx, projections.UpTo(store, end), nil)
 		if err != nil {
@@ -181,4 +153,27 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// storeBeyondOneRange is an embedded store seeded (audittest.Seed, from the seeds given) with
+// more events than one read-ahead range and one more, and its head. It closes with the test.
+func storeBeyondOneRange(t *testing.T, seed1, seed2 uint64) (*embedded.Store, eventstore.Position) {
+	t.Helper()
+	ctx := context.Background()
+	store, err := embedded.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	env := audittest.Start(t, store, "")
+	audittest.Seed(t, env, rand.New(rand.NewPCG(seed1, seed2)), 3000)
+	env.Stop()
+	head, err := store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head <= 4097 {
+		t.Fatalf("only %d events: the tests need more than one read-ahead range", head)
+	}
+	return store, head
 }
